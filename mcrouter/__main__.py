@@ -1,0 +1,3 @@
+from mcrouter.cli import main
+
+main()

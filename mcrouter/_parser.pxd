@@ -1,0 +1,62 @@
+# The wire protocol's hot objects. protocol.py holds the same numbers for the
+# Python layer; tests/unit/test_parser.py checks that the two agree.
+
+cdef enum:
+    CMD_GET = 1
+    CMD_GETS = 2
+    CMD_GAT = 3
+    CMD_GATS = 4
+    CMD_SET = 5
+    CMD_ADD = 6
+    CMD_REPLACE = 7
+    CMD_APPEND = 8
+    CMD_PREPEND = 9
+    CMD_CAS = 10
+    CMD_DELETE = 11
+    CMD_INCR = 12
+    CMD_DECR = 13
+    CMD_TOUCH = 14
+    CMD_FLUSH_ALL = 15
+    CMD_VERSION = 16
+    CMD_VERBOSITY = 17
+    CMD_STATS = 18
+    CMD_QUIT = 19
+    CMD_MG = 20
+    CMD_MS = 21
+    CMD_MD = 22
+    CMD_MA = 23
+    CMD_MN = 24
+    CMD_ME = 25
+    CMD_LOCAL = 26
+
+    RK_NONE = 0     # answered by the router itself
+    RK_GET = 1      # VALUE ... <data> ... END
+    RK_LINE = 2     # one line
+    RK_STATS = 3    # STAT/ITEM/PREFIX lines, then one closing line
+    RK_META = 4     # one line, VA <n> followed by a data block
+    RK_QUIET = 5    # whatever comes before the MN the router appended
+
+    ST_OK = 0
+    ST_FAIL = 1
+    ST_ERROR = 2
+
+
+cdef class Request:
+    # One client request on its way through the router, or a reply the parser
+    # made itself (cmd == CMD_LOCAL, reply already set).
+    cdef public int cmd          # CMD_*
+    cdef public int rkind        # RK_*: how its upstream reply is framed
+    cdef public bint quiet       # noreply / meta q: wire ends with "mn\r\n"
+    cdef public int status       # ST_* once answered
+    cdef public bytes key        # routing key (the first key), b"" if none
+    cdef public list keys        # every key of a multi-key get, else None
+    cdef public bytes wire       # the exact bytes to send upstream
+    cdef public object reply     # bytes once answered, None before
+    cdef public object owner     # who is told: owner.on_reply(request)
+    cdef public double deadline  # monotonic time its upstream reply is due
+
+    cpdef finish(self, bytes reply, int status)
+    cpdef Request child(self, object owner)
+
+
+cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int *status)

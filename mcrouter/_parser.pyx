@@ -1,0 +1,672 @@
+# cython: language_level=3
+"""The memcached wire protocol, both directions (hot path).
+
+Client side: ``RequestParser.feed`` turns the bytes a client sent into
+``Request`` objects, exactly framed as memcached 1.6.18 frames them.  The
+router decides only what it must: where a request ends, its command and
+key, and whether it is quiet.  Everything else (numeric arguments, meta
+flags) is forwarded verbatim so that memcached itself produces the exact
+reply, error strings included.
+
+Quiet requests (text ``noreply``, meta ``q``) are forwarded with ``mn\\r\\n``
+appended: memcached then answers with exactly what it would have sent the
+client (often nothing) followed by ``MN``, so a reply is never missing and
+never misaligns the upstream pipeline.
+
+Upstream side: ``scan_reply`` finds where one reply ends for a given reply
+kind and judges its status on the first token (ROUTES.md).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memchr, memcmp
+from libc.stdlib cimport strtol, strtoul, strtoull
+from libc.errno cimport errno, ERANGE
+from libc.limits cimport INT_MAX
+
+cdef extern from "ctype.h":
+    int isspace(int c)
+
+DEF MAX_TOKENS = 24          # memcached's MAX_TOKENS
+DEF KEY_MAX = 250
+DEF LINE_LIMIT = 2048
+
+cdef bytes MN_SUFFIX = b"mn\r\n"
+cdef bytes R_ERROR = b"ERROR\r\n"
+cdef bytes R_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+cdef bytes R_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+cdef bytes R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+cdef bytes R_NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
+
+
+cdef class Request:
+    """One request; ``finish`` delivers its reply to ``owner`` exactly once."""
+
+    def __cinit__(self):
+        self.key = b""
+        self.status = ST_OK
+
+    cpdef finish(self, bytes reply, int status):
+        if self.reply is not None:
+            return          # already answered (e.g. timed out): a late reply is dropped
+        self.reply = reply
+        self.status = status
+        self.owner.on_reply(self)
+
+    cpdef Request child(self, object owner):
+        """A copy to send elsewhere (fan-out, failover); its reply goes to ``owner``."""
+        cdef Request r = Request.__new__(Request)
+        r.cmd = self.cmd
+        r.rkind = self.rkind
+        r.quiet = self.quiet
+        r.key = self.key
+        r.keys = self.keys
+        r.wire = self.wire
+        r.owner = owner
+        return r
+
+    def __repr__(self):
+        return f"<Request cmd={self.cmd} key={self.key!r} wire={self.wire!r} reply={self.reply!r}>"
+
+
+cdef Request local_reply(bytes reply):
+    cdef Request r = Request.__new__(Request)
+    r.cmd = CMD_LOCAL
+    r.rkind = RK_NONE
+    r.reply = reply
+    r.status = ST_FAIL
+    return r
+
+
+# ---------------------------------------------------------------------------
+# memcached's number parsing (util.c safe_strto*), using libc as it does, so
+# that "3\t", "+3", "-0" and overflow behave exactly as in the server.
+
+cdef bint mc_strtoul32(bytes tok):
+    cdef const char *s = PyBytes_AS_STRING(tok)
+    cdef char *end
+    errno = 0
+    cdef unsigned long l = strtoul(s, &end, 10)
+    if errno == ERANGE or end == s:
+        return False
+    if isspace(end[0]) or end[0] == 0:
+        if <long>l < 0 and memchr(s, b'-', end - s) != NULL:
+            return False
+        return True
+    return False
+
+
+cdef bint mc_strtoull(bytes tok):
+    cdef const char *s = PyBytes_AS_STRING(tok)
+    cdef char *end
+    errno = 0
+    cdef unsigned long long l = strtoull(s, &end, 10)
+    if errno == ERANGE or end == s:
+        return False
+    if isspace(end[0]) or end[0] == 0:
+        if <long long>l < 0 and memchr(s, b'-', end - s) != NULL:
+            return False
+        return True
+    return False
+
+
+cdef bint mc_strtol(bytes tok, long *out):
+    cdef const char *s = PyBytes_AS_STRING(tok)
+    cdef char *end
+    errno = 0
+    cdef long l = strtol(s, &end, 10)
+    if errno == ERANGE or end == s:
+        return False
+    if l > INT_MAX:
+        return False
+    if isspace(end[0]) or end[0] == 0:
+        out[0] = l
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Client side
+
+cdef inline bint tok_is(const unsigned char *p, Py_ssize_t ts, Py_ssize_t tl, const char *word, Py_ssize_t wl):
+    return tl == wl and memcmp(p + ts, word, wl) == 0
+
+
+cdef class RequestParser:
+    """Incremental, bounded request framing for one client connection.
+
+    State is explicit and small: the unparsed tail of the input, and how many
+    bytes of a rejected data block are still to be swallowed.  Once
+    ``closing`` is set the parser accepts nothing more.
+    """
+    cdef bytearray buf
+    cdef Py_ssize_t swallow
+    cdef Py_ssize_t max_item_size
+    cdef Py_ssize_t max_line
+    cdef public bint closing
+
+    # token table of the current line: (start, length) relative to the buffer
+    cdef Py_ssize_t ts[MAX_TOKENS]
+    cdef Py_ssize_t tl[MAX_TOKENS]
+    cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
+    cdef int more        # 1 if the line had more tokens than were stored
+
+    def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576):
+        self.buf = bytearray()
+        self.max_item_size = max_item_size
+        self.max_line = max(max_line, LINE_LIMIT)
+
+    @property
+    def buffered(self):
+        return len(self.buf)
+
+    def feed(self, data):
+        """Add client bytes; return the list of complete requests, in order."""
+        cdef list out = []
+        cdef Py_ssize_t n = len(data)
+        cdef Py_ssize_t skip
+        if self.closing:
+            return out
+        if self.swallow:
+            skip = min(self.swallow, n)
+            self.swallow -= skip
+            if skip == n:
+                return out
+            data = memoryview(data)[skip:]
+        self.buf += data
+        cdef Py_ssize_t pos = self.parse(out)
+        if pos:
+            del self.buf[:pos]
+        return out
+
+    cdef Py_ssize_t parse(self, list out) except -1:
+        cdef bytearray buf = self.buf
+        cdef Py_ssize_t n = len(buf)
+        cdef const unsigned char *p = buf
+        cdef Py_ssize_t pos = 0, nl, el, r, k
+        cdef const unsigned char *hit
+        while pos < n and not self.closing:
+            if self.swallow:
+                k = min(self.swallow, n - pos)
+                self.swallow -= k
+                pos += k
+                continue
+            hit = <const unsigned char *>memchr(p + pos, b'\n', n - pos)
+            if hit == NULL:
+                if n - pos > LINE_LIMIT and (not self.is_large_get(p, pos, n) or n - pos > self.max_line):
+                    self.close(out)
+                break
+            nl = hit - p
+            el = nl
+            if el - pos > 1 and p[el - 1] == b'\r':
+                el -= 1
+            r = self.command(p, pos, el, nl + 1, n, out)
+            if r < 0:
+                break       # a data block is not complete yet
+            pos = r
+        return pos
+
+    cdef void close(self, list out):
+        # the connection ends once every earlier request is answered
+        cdef Request r = local_reply(b"")
+        r.cmd = CMD_QUIT
+        out.append(r)
+        self.closing = True
+
+    cdef bint is_large_get(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t n):
+        # memcached lets a line run past 2048 bytes only for a large multiget
+        cdef Py_ssize_t i = pos
+        while i < n and p[i] == b' ':
+            i += 1
+        if i - pos > 100:
+            return False
+        if n - i >= 4 and memcmp(p + i, b"get ", 4) == 0:
+            return True
+        return n - i >= 5 and memcmp(p + i, b"gets ", 5) == 0
+
+    cdef void tokenize(self, const unsigned char *p, Py_ssize_t s, Py_ssize_t e):
+        # memcached's tokenize_command: split on single spaces, skip empties,
+        # and stop storing after MAX_TOKENS - 1 tokens.
+        cdef Py_ssize_t i = s, start
+        self.ntok = 0
+        self.more = 0
+        while i < e:
+            while i < e and p[i] == b' ':
+                i += 1
+            if i >= e:
+                break
+            if self.ntok == MAX_TOKENS - 1:
+                self.more = 1
+                break
+            start = i
+            while i < e and p[i] != b' ':
+                i += 1
+            self.ts[self.ntok] = start
+            self.tl[self.ntok] = i - start
+            self.ntok += 1
+
+    cdef inline int mc_ntokens(self):
+        # memcached's ntokens: stored tokens plus its terminal token
+        return self.ntok + 1
+
+    cdef bytes token(self, const unsigned char *p, int i):
+        return PyBytes_FromStringAndSize(<const char *>p + self.ts[i], self.tl[i])
+
+    cdef bint last_is(self, const unsigned char *p, const char *word, Py_ssize_t wl):
+        cdef int i = self.ntok - 1
+        return self.more == 0 and i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
+
+    cdef Request forward(self, const unsigned char *p, int cmd, int rkind, bint quiet,
+                         Py_ssize_t start, Py_ssize_t end, int keytok):
+        cdef Request r = Request.__new__(Request)
+        r.cmd = cmd
+        r.rkind = rkind
+        r.quiet = quiet
+        if keytok >= 0 and keytok < self.ntok:
+            r.key = self.token(p, keytok)
+        r.wire = PyBytes_FromStringAndSize(<const char *>p + start, end - start)
+        if quiet:
+            r.wire += MN_SUFFIX
+            r.rkind = RK_QUIET
+        return r
+
+    cdef Py_ssize_t command(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
+                            Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
+        """Handle the line [pos, el); its successor starts at nxt.  Return the
+        position after what was consumed, or -1 when a data block is incomplete."""
+        self.tokenize(p, pos, el)
+        cdef int nt = self.mc_ntokens()
+        if nt < 2 or self.tl[0] < 2:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        cdef Py_ssize_t c0 = self.ts[0]
+        cdef Py_ssize_t cl = self.tl[0]
+        cdef unsigned char first = p[c0]
+        cdef int cmd = 0
+        if first == b'm' and cl == 2:
+            return self.meta(p, pos, el, nxt, n, out)
+        if first == b'g':
+            if tok_is(p, c0, cl, "get", 3):
+                cmd = CMD_GET
+            elif tok_is(p, c0, cl, "gets", 4):
+                cmd = CMD_GETS
+            elif tok_is(p, c0, cl, "gat", 3):
+                cmd = CMD_GAT
+            elif tok_is(p, c0, cl, "gats", 4):
+                cmd = CMD_GATS
+            if cmd:
+                return self.retrieval(p, cmd, pos, el, nxt, out)
+        elif tok_is(p, c0, cl, "set", 3):
+            return self.storage(p, CMD_SET, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "add", 3):
+            return self.storage(p, CMD_ADD, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "replace", 7):
+            return self.storage(p, CMD_REPLACE, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "append", 6):
+            return self.storage(p, CMD_APPEND, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "prepend", 7):
+            return self.storage(p, CMD_PREPEND, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "cas", 3):
+            return self.storage(p, CMD_CAS, pos, nxt, n, out)
+        elif tok_is(p, c0, cl, "delete", 6):
+            return self.keyed(p, CMD_DELETE, nt >= 3 and nt <= 5, pos, nxt, out)
+        elif tok_is(p, c0, cl, "incr", 4):
+            return self.keyed(p, CMD_INCR, nt == 4 or nt == 5, pos, nxt, out)
+        elif tok_is(p, c0, cl, "decr", 4):
+            return self.keyed(p, CMD_DECR, nt == 4 or nt == 5, pos, nxt, out)
+        elif tok_is(p, c0, cl, "touch", 5):
+            return self.keyed(p, CMD_TOUCH, nt == 4 or nt == 5, pos, nxt, out)
+        elif tok_is(p, c0, cl, "flush_all", 9):
+            return self.keyless(p, CMD_FLUSH_ALL, RK_LINE, nt >= 2 and nt <= 4, pos, nxt, out)
+        elif tok_is(p, c0, cl, "version", 7):
+            out.append(self.forward(p, CMD_VERSION, RK_LINE, False, pos, nxt, -1))
+            return nxt
+        elif tok_is(p, c0, cl, "verbosity", 9):
+            return self.keyless(p, CMD_VERBOSITY, RK_LINE, nt == 3 or nt == 4, pos, nxt, out)
+        elif tok_is(p, c0, cl, "stats", 5):
+            out.append(self.forward(p, CMD_STATS, RK_STATS, False, pos, nxt, -1))
+            return nxt
+        elif tok_is(p, c0, cl, "quit", 4):
+            self.close(out)
+            return nxt
+        elif (tok_is(p, c0, cl, "cache_memlimit", 14) or tok_is(p, c0, cl, "shutdown", 8)
+              or tok_is(p, c0, cl, "slabs", 5) or tok_is(p, c0, cl, "lru", 3)
+              or tok_is(p, c0, cl, "lru_crawler", 11) or tok_is(p, c0, cl, "watch", 5)
+              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)):
+            out.append(local_reply(R_NOT_SUPPORTED))
+            return nxt
+        # memcached closes on anything that looks like HTTP
+        cdef int last = self.ntok - 1
+        if self.tl[last] >= 5 and memcmp(p + self.ts[last], b"HTTP/", 5) == 0:
+            self.close(out)
+            return nxt
+        out.append(local_reply(R_ERROR))
+        return nxt
+
+    cdef Py_ssize_t retrieval(self, const unsigned char *p, int cmd, Py_ssize_t pos,
+                              Py_ssize_t el, Py_ssize_t nxt, list out) except -2:
+        # get/gets <key>*, gat/gats <exptime> <key>*: any number of keys, so
+        # scan the whole line rather than the token table.
+        cdef Py_ssize_t i = self.ts[0] + self.tl[0], start
+        cdef int skip = 1 if (cmd == CMD_GAT or cmd == CMD_GATS) else 0
+        cdef list keys = []
+        cdef bint too_long = False
+        while i < el:
+            while i < el and p[i] == b' ':
+                i += 1
+            if i >= el:
+                break
+            start = i
+            while i < el and p[i] != b' ':
+                i += 1
+            if skip:
+                skip = 0
+                continue
+            if i - start > KEY_MAX:
+                too_long = True
+            keys.append(PyBytes_FromStringAndSize(<const char *>p + start, i - start))
+        if not keys:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        if too_long:
+            out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        cdef Request r = Request.__new__(Request)
+        r.cmd = cmd
+        r.rkind = RK_GET
+        r.key = keys[0]
+        if len(keys) > 1:
+            r.keys = keys
+        r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
+        out.append(r)
+        return nxt
+
+    cdef Py_ssize_t storage(self, const unsigned char *p, int cmd, Py_ssize_t pos,
+                            Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
+        # <cmd> <key> <flags> <exptime> <bytes> [<cas unique>] [noreply]\r\n<data>\r\n
+        cdef int nt = self.mc_ntokens()
+        cdef bint cas = cmd == CMD_CAS
+        if (not cas and nt != 6 and nt != 7) or (cas and nt != 7 and nt != 8):
+            out.append(local_reply(R_ERROR))
+            return nxt
+        cdef bint noreply = self.last_is(p, "noreply", 7)
+        cdef long exptime = 0, vlen = 0
+        if self.tl[1] > KEY_MAX or not (
+                mc_strtoul32(self.token(p, 2)) and mc_strtol(self.token(p, 3), &exptime)
+                and mc_strtol(self.token(p, 4), &vlen)) or (
+                cas and not mc_strtoull(self.token(p, 5))) or vlen < 0 or vlen > INT_MAX - 2:
+            if not noreply:
+                out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        if vlen > self.max_item_size:
+            if not noreply:
+                out.append(local_reply(R_TOO_LARGE))
+            self.swallow = vlen + 2
+            return nxt
+        return self.data_block(p, cmd, RK_LINE, noreply, pos, nxt, n, vlen, out)
+
+    cdef Py_ssize_t data_block(self, const unsigned char *p, int cmd, int rkind, bint quiet,
+                               Py_ssize_t pos, Py_ssize_t nxt, Py_ssize_t n, long vlen,
+                               list out) except -2:
+        cdef Py_ssize_t end = nxt + vlen + 2
+        if end > n:
+            return -1
+        if p[end - 2] != b'\r' or p[end - 1] != b'\n':
+            if not quiet or cmd == CMD_MS:
+                out.append(local_reply(R_BAD_CHUNK))
+            return end
+        out.append(self.forward(p, cmd, rkind, quiet, pos, end, 1))
+        return end
+
+    cdef Py_ssize_t keyed(self, const unsigned char *p, int cmd, bint ntokens_ok,
+                          Py_ssize_t pos, Py_ssize_t nxt, list out) except -2:
+        # delete/incr/decr/touch <key> ... [noreply]
+        if not ntokens_ok:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        cdef bint noreply = self.last_is(p, "noreply", 7)
+        if self.tl[1] > KEY_MAX:
+            if not noreply:
+                out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        out.append(self.forward(p, cmd, RK_LINE, noreply, pos, nxt, 1))
+        return nxt
+
+    cdef Py_ssize_t keyless(self, const unsigned char *p, int cmd, int rkind, bint ntokens_ok,
+                            Py_ssize_t pos, Py_ssize_t nxt, list out) except -2:
+        if not ntokens_ok:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        out.append(self.forward(p, cmd, rkind, self.last_is(p, "noreply", 7), pos, nxt, -1))
+        return nxt
+
+    cdef Py_ssize_t meta(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
+                         Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
+        cdef unsigned char c = p[self.ts[0] + 1]
+        cdef int cmd
+        if c == b'g':
+            cmd = CMD_MG
+        elif c == b's':
+            cmd = CMD_MS
+        elif c == b'd':
+            cmd = CMD_MD
+        elif c == b'a':
+            cmd = CMD_MA
+        elif c == b'e':
+            cmd = CMD_ME
+        elif c == b'n':
+            out.append(self.forward(p, CMD_MN, RK_META, False, pos, nxt, -1))
+            return nxt
+        else:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        if self.ntok < 2:
+            out.append(local_reply(R_ERROR))
+            return nxt
+        if self.tl[1] > KEY_MAX:
+            out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        cdef int first_flag = 3 if cmd == CMD_MS else 2
+        cdef bint quiet = False
+        cdef int i
+        if cmd != CMD_ME:
+            for i in range(first_flag, self.ntok):
+                if p[self.ts[i]] == b'q':
+                    quiet = True
+        if cmd != CMD_MS:
+            out.append(self.forward(p, cmd, RK_META, quiet, pos, nxt, 1))
+            return nxt
+        # ms <key> <datalen> <flags>*\r\n<data>\r\n
+        cdef long vlen = 0
+        if self.ntok < 3:
+            out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        if not mc_strtol(self.token(p, 2), &vlen) or vlen < 0 or vlen > INT_MAX - 2:
+            out.append(local_reply(R_BAD_CHUNK))
+            return nxt
+        if vlen > self.max_item_size:
+            out.append(local_reply(R_TOO_LARGE))
+            self.swallow = vlen + 2
+            return nxt
+        return self.data_block(p, CMD_MS, RK_META, quiet, pos, nxt, n, vlen, out)
+
+
+# ---------------------------------------------------------------------------
+# Upstream side
+
+cdef inline Py_ssize_t line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n):
+    """Index just past the next \\r\\n, -1 if incomplete, -2 if a bare \\n."""
+    cdef const unsigned char *hit = <const unsigned char *>memchr(p + pos, b'\n', n - pos)
+    if hit == NULL:
+        return -1
+    cdef Py_ssize_t nl = hit - p
+    if nl == pos or p[nl - 1] != b'\r':
+        return -2
+    return nl + 1
+
+
+cdef inline bint starts(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, const char *w, Py_ssize_t wl):
+    return le - pos >= wl and memcmp(p + pos, w, wl) == 0
+
+
+cdef int line_status(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
+    """Judge a reply by its first token (le is just past its \\r\\n)."""
+    cdef Py_ssize_t tl = 0
+    while pos + tl < le - 2 and p[pos + tl] != b' ':
+        tl += 1
+    if tl == 2:
+        if (memcmp(p + pos, b"EN", 2) == 0 or memcmp(p + pos, b"NF", 2) == 0
+                or memcmp(p + pos, b"NS", 2) == 0 or memcmp(p + pos, b"EX", 2) == 0):
+            return ST_FAIL
+        return ST_OK
+    if tok_is(p, pos, tl, "END", 3) or tok_is(p, pos, tl, "NOT_FOUND", 9) \
+            or tok_is(p, pos, tl, "NOT_STORED", 10) or tok_is(p, pos, tl, "EXISTS", 6) \
+            or tok_is(p, pos, tl, "ERROR", 5) or tok_is(p, pos, tl, "CLIENT_ERROR", 12) \
+            or tok_is(p, pos, tl, "SERVER_ERROR", 12):
+        return ST_FAIL
+    return ST_OK
+
+
+cdef inline bint is_error_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
+    return (starts(p, pos, le, "ERROR\r\n", 7) or starts(p, pos, le, "CLIENT_ERROR ", 13)
+            or starts(p, pos, le, "SERVER_ERROR ", 13))
+
+
+cdef long field_number(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int field):
+    """The decimal value of space-separated field ``field`` of a reply line, or -1."""
+    cdef int f = 0
+    cdef long v = -1
+    cdef Py_ssize_t i = pos
+    le -= 2
+    while i < le and f < field:
+        if p[i] == b' ':
+            f += 1
+            while i < le and p[i] == b' ':
+                i += 1
+        else:
+            i += 1
+    if f != field or i >= le:
+        return -1
+    v = 0
+    while i < le and p[i] != b' ':
+        if p[i] < b'0' or p[i] > b'9' or v > 0x7fffffff:
+            return -1
+        v = v * 10 + (p[i] - 48)   # 48 is '0'
+        i += 1
+    return v
+
+
+cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int *status):
+    """Length of the first complete reply in p[0:n]; -1 if incomplete; -2 if
+    the bytes are not a reply of this kind (the connection must be dropped)."""
+    cdef Py_ssize_t pos = 0, le, end
+    cdef long size
+    cdef bint hit = False
+    if rkind == RK_LINE:
+        le = line_end(p, 0, n)
+        if le >= 0:
+            status[0] = line_status(p, 0, le)
+        return le
+    if rkind == RK_META:
+        le = line_end(p, 0, n)
+        if le < 0:
+            return le
+        status[0] = line_status(p, 0, le)
+        if starts(p, 0, le, "VA ", 3):
+            size = field_number(p, 0, le, 1)
+            if size < 0:
+                return -2
+            end = le + size + 2
+            if end > n:
+                return -1
+            if p[end - 2] != b'\r' or p[end - 1] != b'\n':
+                return -2
+            return end
+        return le
+    if rkind == RK_GET:
+        while True:
+            le = line_end(p, pos, n)
+            if le < 0:
+                return le
+            if starts(p, pos, le, "VALUE ", 6):
+                size = field_number(p, pos, le, 3)
+                if size < 0:
+                    return -2
+                end = le + size + 2
+                if end > n:
+                    return -1
+                if p[end - 2] != b'\r' or p[end - 1] != b'\n':
+                    return -2
+                pos = end
+                hit = True
+                continue
+            if starts(p, pos, le, "END\r\n", 5):
+                status[0] = ST_OK if hit else ST_FAIL
+                return le
+            if is_error_line(p, pos, le):
+                status[0] = ST_FAIL
+                return le
+            return -2
+    if rkind == RK_STATS:
+        while True:
+            le = line_end(p, pos, n)
+            if le < 0:
+                return le
+            if starts(p, pos, le, "STAT ", 5) or starts(p, pos, le, "ITEM ", 5) \
+                    or starts(p, pos, le, "PREFIX ", 7):
+                pos = le
+                continue
+            status[0] = ST_FAIL if is_error_line(p, pos, le) else ST_OK
+            return le
+    if rkind == RK_QUIET:
+        status[0] = ST_OK
+        while True:
+            le = line_end(p, pos, n)
+            if le < 0:
+                return le
+            if starts(p, pos, le, "MN\r\n", 4):
+                return le
+            if pos == 0:
+                status[0] = line_status(p, 0, le)
+            if starts(p, pos, le, "VA ", 3):
+                size = field_number(p, pos, le, 1)
+                if size < 0:
+                    return -2
+                end = le + size + 2
+                if end > n:
+                    return -1
+                pos = end
+            else:
+                pos = le
+    return -2
+
+
+def scan(data, int rkind):
+    """Python entry to ``scan_reply`` for tests and cold paths: (length, status)."""
+    cdef const unsigned char[:] view = data
+    cdef int status = ST_OK
+    cdef Py_ssize_t n = view.shape[0]
+    if n == 0:
+        return (-1, status)
+    return (scan_reply(&view[0], n, rkind, &status), status)
+
+
+def split_values(bytes reply):
+    """Split a get-family reply into [(key, block)], block being the VALUE
+    line and its data; used to merge partial hits from several hosts."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(reply)
+    cdef Py_ssize_t n = len(reply), pos = 0, le, ks, ke, end
+    cdef long size
+    cdef list out = []
+    while pos < n:
+        le = line_end(p, pos, n)
+        if le < 0 or not starts(p, pos, le, "VALUE ", 6):
+            break
+        ks = pos + 6
+        ke = ks
+        while ke < le - 2 and p[ke] != b' ':
+            ke += 1
+        size = field_number(p, pos, le, 3)
+        end = le + size + 2
+        out.append((reply[ks:ke], reply[pos:end]))
+        pos = end
+    return out

@@ -1,0 +1,19 @@
+from mcrouter._parser cimport Request
+
+cdef class Ring:
+    # The two queues of one upstream connection (see _ring.pyx).
+    cdef bytearray out          # encoded requests not yet written: one send per loop turn
+    cdef bytearray inbuf        # reply bytes received but not yet matched
+    cdef list fifo              # requests in the order they were queued
+    cdef Py_ssize_t head        # fifo[head] is the oldest request still owed a reply
+    cdef Py_ssize_t expired     # fifo[head:expired] timed out; their replies are dropped
+    cdef Py_ssize_t max_inflight
+    cdef Py_ssize_t max_out
+    cdef Py_ssize_t max_reply
+
+    cpdef bint push(self, Request req, double deadline)
+    cpdef Py_ssize_t write_to(self, sock) except -1
+    cpdef int feed(self, data) except -2
+    cpdef int expire(self, double now, bytes reply) except -1
+    cpdef fail_all(self, bytes reply)
+    cdef void _compact(self)

@@ -1,0 +1,144 @@
+# cython: language_level=3
+"""One upstream connection's queues (hot path).
+
+A ring holds the requests queued for one memcached connection in the order
+they were queued.  Their bytes are appended to ``out``, written by the loop
+in one send per turn; memcached answers in order, so each reply read back is
+matched to the oldest request still owed one.  A request that times out is
+answered at once with the router's timeout reply but keeps its place, so its
+late reply is recognised and dropped without shifting any other.
+
+Every queue is bounded: ``push`` refuses work past ``max_inflight``
+requests or ``max_out`` unwritten bytes, and a single reply larger than
+``max_reply`` is a protocol error.
+"""
+
+from mcrouter._parser cimport Request, scan_reply, RK_QUIET, CMD_MG, ST_FAIL, ST_ERROR
+
+
+cdef class Ring:
+
+    def __init__(self, Py_ssize_t max_inflight=65536, Py_ssize_t max_out=64 << 20,
+                 Py_ssize_t max_reply=(1 << 20) * 4):
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.fifo = []
+        self.max_inflight = max_inflight
+        self.max_out = max_out
+        self.max_reply = max_reply
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def inflight(self):
+        """Requests queued or written and not yet matched to a reply."""
+        return len(self.fifo) - self.head
+
+    @property
+    def pending(self):
+        """Bytes queued and not yet written."""
+        return len(self.out)
+
+    @property
+    def oldest_deadline(self):
+        """Deadline of the oldest request still owed a reply, or 0.0."""
+        if self.head < len(self.fifo):
+            return (<Request>self.fifo[self.head]).deadline
+        return 0.0
+
+    cpdef bint push(self, Request req, double deadline):
+        """Queue a request; False when the ring is full (the caller answers it)."""
+        if len(self.fifo) - self.head >= self.max_inflight or len(self.out) > self.max_out:
+            return False
+        req.deadline = deadline
+        self.out += req.wire
+        self.fifo.append(req)
+        return True
+
+    cpdef Py_ssize_t write_to(self, sock) except -1:
+        """One send of everything queued; returns the bytes still unwritten."""
+        cdef Py_ssize_t sent
+        if not self.out:
+            return 0
+        try:
+            sent = sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return len(self.out)
+        del self.out[:sent]
+        return len(self.out)
+
+    cpdef int feed(self, data) except -2:
+        """Match received bytes to requests; 0 when fine, -1 on a protocol
+        error (the connection must be dropped and ``fail_all`` called)."""
+        cdef int status = 0
+        cdef Py_ssize_t pos = 0, n, r, end
+        cdef const unsigned char *p
+        cdef Request req
+        cdef bytes reply
+        self.inbuf += data
+        n = len(self.inbuf)
+        p = self.inbuf
+        while pos < n:
+            if self.head >= len(self.fifo):
+                return -1       # bytes nobody asked for
+            req = <Request>self.fifo[self.head]
+            r = scan_reply(p + pos, n - pos, req.rkind, &status)
+            if r == -1:
+                if n - pos > self.max_reply:
+                    return -1
+                break
+            if r < 0:
+                return -1
+            end = pos + r
+            if req.rkind == RK_QUIET:
+                end -= 4        # the MN the router appended is not the client's
+                if end == pos and req.cmd == CMD_MG:
+                    status = ST_FAIL    # a quiet mg says nothing only on a miss
+            reply = bytes(self.inbuf[pos:end])
+            pos += r
+            self.fifo[self.head] = None
+            self.head += 1
+            if self.expired < self.head:
+                self.expired = self.head
+            req.finish(reply, status)
+        if pos:
+            del self.inbuf[:pos]
+        self._compact()
+        return 0
+
+    cpdef int expire(self, double now, bytes reply) except -1:
+        """Answer every request whose deadline has passed; return how many."""
+        cdef Py_ssize_t i = max(self.head, self.expired)
+        cdef Py_ssize_t count = 0
+        cdef Request req
+        while i < len(self.fifo):
+            req = <Request>self.fifo[i]
+            if req.deadline > now:
+                break
+            req.finish(reply, ST_ERROR)
+            i += 1
+            count += 1
+        self.expired = i
+        return count
+
+    cpdef fail_all(self, bytes reply):
+        """The connection is gone: answer everything still owed a reply."""
+        cdef list fifo = self.fifo
+        cdef Py_ssize_t i, start = self.head
+        self.fifo = []
+        self.head = 0
+        self.expired = 0
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        for i in range(start, len(fifo)):
+            (<Request>fifo[i]).finish(reply, ST_ERROR)
+
+    cdef void _compact(self):
+        if self.head == len(self.fifo):
+            self.fifo = []
+            self.expired -= self.head
+            self.head = 0
+        elif self.head > 1024 and self.head * 2 > len(self.fifo):
+            del self.fifo[:self.head]
+            self.expired -= self.head
+            self.head = 0

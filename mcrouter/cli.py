@@ -1,0 +1,133 @@
+"""Command line: ``mcrouter run``, ``mcrouter check-config``, ``mcrouter --version``.
+
+A bare ``mcrouter [flags]`` means ``mcrouter run [flags]``, so gomcrouter
+command lines keep working.  Operator mistakes end in one line on stderr and
+exit status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Optional
+
+import typer
+
+from mcrouter import __version__
+from mcrouter.config import ConfigError, load_config
+from mcrouter.listen import ListenError, parse_listen
+from mcrouter.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=False,
+                  help="mcrouter: a memcached request router.")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SUBCOMMANDS = ("run", "check-config", "version")
+EXIT_USAGE = 2
+
+
+def _die(message: str) -> None:
+    typer.echo(f"mcrouter: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512k``, ``1m``, ``2MiB`` → bytes (memcached's -I accepts k/m)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"mcrouter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback,
+                                       is_eager=True, help="Print the version and exit.")) -> None:
+    """mcrouter: a memcached request router."""
+
+
+@app.command()
+def run(
+    router_config: str = typer.Option("router.yaml", "-f", "--router-config",
+                                      help="Route config (YAML)."),
+    listen: str = typer.Option("tcp://:8080", "-l", "--listen",
+                               help="tcp://[host]:port, host:port, [::1]:port or unix:///path."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    server_event_loops: int = typer.Option(1, "-n", "--server-event-loops",
+                                           help="Worker processes, one event loop each."),
+    upstream_connections: int = typer.Option(2, "-C", "--upstream-connections",
+                                             help="Connections per memcached host per worker."),
+    timeout_ms: int = typer.Option(1000, "-r", "--timeout-ms",
+                                   help="Upstream request timeout in milliseconds."),
+    buffer_size: int = typer.Option(1048576, "-b", "--buffer-size",
+                                    help="Read size and per-client output bound, in bytes."),
+    reuseport: bool = typer.Option(False, "--reuseport",
+                                   help="Each worker binds its own SO_REUSEPORT socket."),
+    max_item_size: str = typer.Option("1m", "--max-item-size",
+                                      help="Largest value accepted (as memcached's -I)."),
+    graceful_timeout: float = typer.Option(10.0, "--graceful-timeout",
+                                           help="Seconds to finish requests in flight on SIGTERM."),
+) -> None:
+    """Run the router (the default command)."""
+    if log_level not in LOG_LEVELS:
+        _die(f"--log-level {log_level!r} is not valid; use one of {', '.join(LOG_LEVELS)}")
+    for flag, value in (("-n/--server-event-loops", server_event_loops),
+                        ("-C/--upstream-connections", upstream_connections),
+                        ("-r/--timeout-ms", timeout_ms), ("-b/--buffer-size", buffer_size)):
+        if value < 1:
+            _die(f"{flag} must be at least 1 (got {value})")
+    try:
+        item_size = parse_size(max_item_size)
+    except ValueError:
+        _die(f"--max-item-size {max_item_size!r} is not a size; write e.g. 1048576, 512k or 2m")
+    if item_size < 1024:
+        _die(f"--max-item-size must be at least 1k (got {max_item_size})")
+    try:
+        addr = parse_listen(listen)
+    except ListenError as e:
+        _die(str(e))
+    settings = Settings(config_path=router_config, listen=listen, workers=server_event_loops,
+                        upstream_connections=upstream_connections, timeout_ms=timeout_ms,
+                        buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
+                        graceful_timeout=graceful_timeout, log_level=log_level)
+    try:
+        config = load_config(router_config)
+    except ConfigError as e:
+        _die(str(e))
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s mcrouter[%(process)d]: %(message)s")
+    from mcrouter.master import Master
+    try:
+        code = Master(settings, config, addr).run()
+    except OSError as e:
+        _die(f"cannot listen on {addr}: {e.strerror or e}; choose another address with -l")
+    raise typer.Exit(code)
+
+
+@app.command("check-config")
+def check_config(router_config: str = typer.Option("router.yaml", "-f", "--router-config",
+                                                   help="Route config (YAML).")) -> None:
+    """Validate a config file and exit: 0 when valid, 2 with one line when not."""
+    try:
+        config = load_config(router_config)
+    except ConfigError as e:
+        _die(str(e))
+    typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.ordered_pool)} host(s))")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"mcrouter {__version__}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or (args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h", "--version")):
+        args.insert(0, "run")
+    app(args=args, prog_name="mcrouter")

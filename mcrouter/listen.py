@@ -1,0 +1,85 @@
+"""Listen addresses: parsing ``-l`` and binding sockets."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+BACKLOG = 1024
+
+
+class ListenError(ValueError):
+    """A listen address that cannot be used, phrased for the operator."""
+
+
+@dataclass(frozen=True)
+class ListenAddr:
+    family: int
+    address: str | tuple        # a path for AF_UNIX, (host, port) otherwise
+
+    def __str__(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return f"unix://{self.address}"
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+
+
+_TCP = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen(text: str) -> ListenAddr:
+    """``tcp://:8080``, ``host:port``, ``[::1]:port`` or ``unix:///path``."""
+    if text.startswith("unix://"):
+        path = text[len("unix://"):]
+        if not path:
+            raise ListenError(f"listen address {text!r} has no path; write unix:///path/to.sock")
+        return ListenAddr(socket.AF_UNIX, path)
+    rest = text[len("tcp://"):] if text.startswith("tcp://") else text
+    m = _TCP.match(rest)
+    if not m or not 0 <= int(m.group("port")) < 65536:
+        raise ListenError(f"listen address {text!r} is not valid; write tcp://:8080, "
+                          "host:port, [::1]:port or unix:///path")
+    port = int(m.group("port"))
+    if m.group("v6") is not None:
+        return ListenAddr(socket.AF_INET6, (m.group("v6"), port))
+    host = m.group("host")
+    if host and ":" not in host:
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+            return ListenAddr(socket.AF_INET, (host, port))
+        except OSError:
+            pass
+    return ListenAddr(socket.AF_INET6 if not host else socket.AF_UNSPEC, (host, port))
+
+
+def bind(addr: ListenAddr, reuseport: bool = False) -> socket.socket:
+    """A listening, non-blocking socket for ``addr``; OSError when it cannot bind."""
+    if addr.family == socket.AF_UNIX:
+        path = str(addr.address)
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+    else:
+        host, port = addr.address
+        if addr.family == socket.AF_UNSPEC:          # a host name
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        elif addr.family == socket.AF_INET6 and not host:   # all interfaces, v4 and v6
+            family, sockaddr = socket.AF_INET6, ("::", port)
+        else:
+            family, sockaddr = addr.family, (host, port)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if not host else 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError:
+            sock.close()
+            raise
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock

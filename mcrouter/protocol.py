@@ -1,0 +1,48 @@
+"""Wire constants in one place: command ids, reply kinds, limits, the router's own replies.
+
+The numbers here are mirrored as C enums in ``_parser.pxd``; keep both in step
+(``tests/unit/test_parser.py`` checks that they agree).
+"""
+from __future__ import annotations
+
+# Limits (memcached.h and proto_text.c of memcached 1.6.18).
+KEY_MAX_LENGTH = 250
+LINE_LIMIT = 2048          # a request line with no \n in this many bytes closes the connection
+MEMCACHED_PROTOCOL_LEVEL = "1.6.18"
+
+# Command ids: what the parser tells the routes.
+CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS = 1, 2, 3, 4
+CMD_SET, CMD_ADD, CMD_REPLACE, CMD_APPEND, CMD_PREPEND, CMD_CAS = 5, 6, 7, 8, 9, 10
+CMD_DELETE, CMD_INCR, CMD_DECR, CMD_TOUCH = 11, 12, 13, 14
+CMD_FLUSH_ALL, CMD_VERSION, CMD_VERBOSITY, CMD_STATS, CMD_QUIT = 15, 16, 17, 18, 19
+CMD_MG, CMD_MS, CMD_MD, CMD_MA, CMD_MN, CMD_ME = 20, 21, 22, 23, 24, 25
+CMD_LOCAL = 26             # not a command: a reply the parser made itself (an error)
+
+COMMAND_IDS: dict[str, int] = {
+    "get": CMD_GET, "gets": CMD_GETS, "gat": CMD_GAT, "gats": CMD_GATS,
+    "set": CMD_SET, "add": CMD_ADD, "replace": CMD_REPLACE, "append": CMD_APPEND,
+    "prepend": CMD_PREPEND, "cas": CMD_CAS, "delete": CMD_DELETE, "incr": CMD_INCR,
+    "decr": CMD_DECR, "touch": CMD_TOUCH, "flush_all": CMD_FLUSH_ALL,
+    "version": CMD_VERSION, "verbosity": CMD_VERBOSITY, "stats": CMD_STATS,
+    "quit": CMD_QUIT, "mg": CMD_MG, "ms": CMD_MS, "md": CMD_MD, "ma": CMD_MA,
+    "mn": CMD_MN, "me": CMD_ME,
+}
+COMMAND_NAMES: dict[int, str] = {v: k for k, v in COMMAND_IDS.items()}
+
+# A meta command with no policy of its own follows the policy of its text twin.
+META_TWIN: dict[str, str] = {"mg": "get", "ms": "set", "md": "delete", "ma": "incr"}
+
+# Reply kinds: how the upstream reader finds the end of one reply.
+RK_NONE, RK_GET, RK_LINE, RK_STATS, RK_META, RK_QUIET = 0, 1, 2, 3, 4, 5
+
+# Reply status, judged on the first token of the reply (ROUTES.md).
+ST_OK, ST_FAIL, ST_ERROR = 0, 1, 2
+
+# Replies the router makes itself.
+NO_HEALTHY_UPSTREAM = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
+UPSTREAM_TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
+UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
+UPSTREAM_QUEUE_FULL = b"SERVER_ERROR mcrouter: upstream queue full\r\n"
+NOT_HANDLED_LOCALLY = b"SERVER_ERROR mcrouter: command not handled locally\r\n"
+NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
+SHUTTING_DOWN = b"SERVER_ERROR mcrouter: shutting down\r\n"

@@ -1,0 +1,51 @@
+"""AllFastestRoute: every healthy host at once, the first success wins."""
+from __future__ import annotations
+
+from mcrouter._parser import Request
+from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK
+from mcrouter.routes.base import PoolRoute
+
+
+class AllFastestRoute(PoolRoute):
+    name = "AllFastestRoute"
+
+    def dispatch(self, req: Request) -> None:
+        hosts = self.healthy()
+        if not hosts:
+            self.no_host(req)
+        elif len(hosts) == 1:
+            hosts[0].send(req)
+        else:
+            race = _Race(req, len(hosts))
+            for host in hosts:
+                host.send(req.child(race))
+
+
+class _Race:
+    """Collects the copies' replies: forwards the first success at once; if
+    none succeeds, the last failure reply, else the last router error."""
+
+    __slots__ = ("parent", "left", "failure", "error")
+
+    def __init__(self, parent: Request, count: int) -> None:
+        self.parent = parent
+        self.left = count
+        self.failure: bytes | None = None
+        self.error: bytes | None = None
+
+    def on_reply(self, sub: Request) -> None:
+        self.left -= 1
+        if self.parent.reply is not None:
+            return                      # already answered: the rest finish in the background
+        if sub.status == ST_OK:
+            self.parent.finish(sub.reply, ST_OK)
+            return
+        if sub.status == ST_FAIL:
+            self.failure = sub.reply
+        else:
+            self.error = sub.reply
+        if self.left == 0:
+            if self.failure is not None:
+                self.parent.finish(self.failure, ST_FAIL)
+            else:
+                self.parent.finish(self.error, ST_ERROR)

@@ -1,0 +1,18 @@
+"""The run-time settings the command line produces, in one typed object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: str = "router.yaml"
+    listen: str = "tcp://:8080"
+    workers: int = 1                    # -n/--server-event-loops
+    upstream_connections: int = 2       # -C, per host per worker
+    timeout_ms: int = 1000              # -r, per upstream request
+    buffer_size: int = 1048576          # -b, read size and per-client output bound
+    max_item_size: int = 1048576        # --max-item-size, as memcached's -I
+    reuseport: bool = False
+    graceful_timeout: float = 10.0
+    log_level: str = "info"

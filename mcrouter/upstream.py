@@ -1,0 +1,222 @@
+"""Upstream memcached hosts and their pipelined connections.
+
+A Host owns ``-C`` connections.  A connection is a socket plus a Ring (the
+Cython queues); it connects without blocking, queues requests while it
+connects, and when it fails answers everything in flight with the router's
+error reply and reconnects with capped exponential backoff.  Until active
+health checks exist, a host whose connection failed is down until one of its
+connections reconnects.
+
+Socket I/O stays inside ``Connection`` (connect, ``sock.send``, ``sock.recv``)
+so that a TLS wrapper can later replace it without touching rings or routes.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+
+from mcrouter._parser import Request
+from mcrouter._ring import Ring
+from mcrouter.config import HostAddr
+from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
+from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
+                               UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
+
+log = logging.getLogger("mcrouter.upstream")
+
+RECV_SIZE = 256 * 1024
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+DOWN, CONNECTING, UP = 0, 1, 2
+
+
+class Host:
+    """One memcached server: its address, its connections, its health."""
+
+    def __init__(self, addr: HostAddr, loop: Loop, connections: int, timeout: float,
+                 max_item_size: int) -> None:
+        self.addr = addr
+        self.loop = loop
+        self.timeout = timeout
+        self.healthy = True           # optimistic until a connection fails
+        self.last_error = ""
+        self.conns = [Connection(self, max_item_size) for _ in range(max(1, connections))]
+        self._next = 0
+
+    def start(self) -> None:
+        for c in self.conns:
+            c.connect()
+
+    def send(self, req: Request) -> None:
+        """Queue ``req`` on the next usable connection; answer it if none is."""
+        conns = self.conns
+        for _ in range(len(conns)):
+            c = conns[self._next]
+            self._next = (self._next + 1) % len(conns)
+            if c.state != DOWN:
+                c.send(req)
+                return
+        req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
+
+    def connection_up(self) -> None:
+        if not self.healthy:
+            log.info("host %s: down -> up (reconnected)", self.addr)
+        self.healthy = True
+
+    def connection_failed(self, reason: str) -> None:
+        if self.healthy:
+            log.warning("host %s: up -> down (%s)", self.addr, reason)
+        self.healthy = False
+        self.last_error = reason
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close(UPSTREAM_ERROR)
+
+
+class Connection:
+    """One pipelined connection to a host."""
+
+    def __init__(self, host: Host, max_item_size: int) -> None:
+        self.host = host
+        self.loop = host.loop
+        self.ring = Ring(max_reply=max_item_size + 64 * 1024)
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.state = DOWN
+        self.dirty = False
+        self.want_write = False
+        self.backoff = BACKOFF_MIN
+        self.connect_deadline = 0.0
+        self.closed = False
+
+    # -- requests ----------------------------------------------------------
+
+    def send(self, req: Request) -> None:
+        loop = self.loop
+        if not self.ring.push(req, loop.now + self.host.timeout):
+            req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
+            return
+        loop.busy.add(self)
+        if not self.dirty and self.state == UP:
+            self.dirty = True
+            loop.dirty_upstreams.append(self)
+
+    def flush(self) -> None:
+        """Called once per loop turn: one send of everything queued."""
+        if self.state != UP:
+            return
+        try:
+            left = self.ring.write_to(self.sock)
+        except OSError as e:
+            self.fail(f"send: {e.strerror or e}")
+            return
+        self._want_write(left > 0)
+
+    def expire(self, now: float) -> None:
+        """Answer requests past their deadline; drop a connection that hangs."""
+        ring = self.ring
+        ring.expire(now, UPSTREAM_TIMEOUT)
+        oldest = ring.oldest_deadline
+        if oldest and now > oldest + self.host.timeout:
+            self.fail("no reply within twice the timeout")
+        elif self.state == CONNECTING and now > self.connect_deadline:
+            self.fail("connect timeout")
+        elif ring.inflight == 0 and self.state != CONNECTING:
+            self.loop.busy.discard(self)
+
+    # -- socket life -------------------------------------------------------
+
+    def connect(self) -> None:
+        if self.closed:
+            return
+        addr = self.host.addr
+        try:
+            infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            self.fail(f"resolve {addr.host}: {e.strerror}")
+            return
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(sockaddr)
+        self.sock, self.fd = sock, sock.fileno()
+        self.state = CONNECTING
+        self.connect_deadline = self.loop.now + self.host.timeout
+        self.loop.busy.add(self)
+        if err == 0:
+            self.loop.add(self.fd, EV_IN, self)
+            self._connected()
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self.loop.add(self.fd, EV_OUT, self)
+        else:
+            self.fail(f"connect: {errno.errorcode.get(err, err)}")
+
+    def _connected(self) -> None:
+        self.state = UP
+        self.backoff = BACKOFF_MIN
+        self.want_write = False
+        self.loop.modify(self.fd, EV_IN)
+        self.host.connection_up()
+        if self.ring.pending and not self.dirty:
+            self.dirty = True
+            self.loop.dirty_upstreams.append(self)
+
+    def on_event(self, mask: int) -> None:
+        if self.state == CONNECTING:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.fail(f"connect: {errno.errorcode.get(err, err)}")
+            else:
+                self._connected()
+            return
+        if mask & EV_IN or mask & EV_ERR:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as e:
+                self.fail(f"recv: {e.strerror or e}")
+                return
+            if data is not None:
+                if not data:
+                    self.fail("connection closed by server")
+                    return
+                if self.ring.feed(data) < 0:
+                    self.fail("unparseable reply")
+                    return
+        if mask & EV_OUT and self.state == UP:
+            self.flush()
+
+    def _want_write(self, want: bool) -> None:
+        if want != self.want_write and self.state == UP:
+            self.want_write = want
+            self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
+
+    def fail(self, reason: str) -> None:
+        """Drop the socket, answer everything in flight, schedule a reconnect."""
+        self._drop_socket()
+        self.state = DOWN
+        self.host.connection_failed(reason)
+        self.ring.fail_all(UPSTREAM_ERROR)
+        self.loop.busy.discard(self)
+        if not self.closed:
+            delay = self.backoff * random.uniform(0.5, 1.0)
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            self.loop.call_later(delay, self.connect)
+
+    def _drop_socket(self) -> None:
+        if self.sock is not None:
+            self.loop.remove(self.fd)
+            self.sock.close()
+            self.sock, self.fd = None, -1
+
+    def close(self, reply: bytes) -> None:
+        self.closed = True
+        self._drop_socket()
+        self.state = DOWN
+        self.ring.fail_all(reply)
+        self.loop.busy.discard(self)

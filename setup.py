@@ -1,0 +1,16 @@
+"""Build the two Cython extensions; everything else is in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension("mcrouter._parser", ["mcrouter/_parser.pyx"]),
+    Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    ),
+)
