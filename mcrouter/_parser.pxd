@@ -54,6 +54,7 @@ cdef class Request:
     cdef public object reply     # bytes once answered, None before
     cdef public object owner     # who is told: owner.on_reply(request)
     cdef public double deadline  # monotonic time its upstream reply is due
+    cdef public bytes override   # if set, the client gets this whatever upstream says
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)

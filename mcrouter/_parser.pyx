@@ -22,6 +22,7 @@ from libc.string cimport memchr, memcmp
 from libc.stdlib cimport strtol, strtoul, strtoull
 from libc.errno cimport errno, ERANGE
 from libc.limits cimport INT_MAX
+from libc.stdint cimport int32_t
 
 cdef extern from "ctype.h":
     int isspace(int c)
@@ -35,6 +36,8 @@ cdef bytes R_ERROR = b"ERROR\r\n"
 cdef bytes R_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 cdef bytes R_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 cdef bytes R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+cdef bytes R_FLAGS_TOO_LONG = b"CLIENT_ERROR options flags too long\r\n"
+DEF META_MAX_NTOKENS = 20    # memcached's MFLAG_MAX_OPT_LENGTH
 cdef bytes R_NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 
 
@@ -48,6 +51,8 @@ cdef class Request:
     cpdef finish(self, bytes reply, int status):
         if self.reply is not None:
             return          # already answered (e.g. timed out): a late reply is dropped
+        if self.override is not None:
+            reply = self.override
         self.reply = reply
         self.status = status
         self.owner.on_reply(self)
@@ -110,16 +115,15 @@ cdef bint mc_strtoull(bytes tok):
 
 
 cdef bint mc_strtol(bytes tok, long *out):
+    # memcached stores the result in an int32_t: 4294967299 becomes 3 (probed)
     cdef const char *s = PyBytes_AS_STRING(tok)
     cdef char *end
     errno = 0
     cdef long l = strtol(s, &end, 10)
     if errno == ERANGE or end == s:
         return False
-    if l > INT_MAX:
-        return False
     if isspace(end[0]) or end[0] == 0:
-        out[0] = l
+        out[0] = <int32_t>l
         return True
     return False
 
@@ -364,7 +368,7 @@ cdef class RequestParser:
             if i - start > KEY_MAX:
                 too_long = True
             keys.append(PyBytes_FromStringAndSize(<const char *>p + start, i - start))
-        if not keys:
+        if not keys and (skip or cmd == CMD_GET or cmd == CMD_GETS):   # no key; a bare gat
             out.append(local_reply(R_ERROR))
             return nxt
         if too_long:
@@ -373,7 +377,8 @@ cdef class RequestParser:
         cdef Request r = Request.__new__(Request)
         r.cmd = cmd
         r.rkind = RK_GET
-        r.key = keys[0]
+        if keys:
+            r.key = keys[0]
         if len(keys) > 1:
             r.keys = keys
         r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
@@ -398,11 +403,30 @@ cdef class RequestParser:
                 out.append(local_reply(R_BAD_FORMAT))
             return nxt
         if vlen > self.max_item_size:
-            if not noreply:
-                out.append(local_reply(R_TOO_LARGE))
+            self.too_large(p, cmd, noreply, cmd == CMD_SET, b"delete %s noreply\r\n", out)
             self.swallow = vlen + 2
             return nxt
         return self.data_block(p, cmd, RK_LINE, noreply, pos, nxt, n, vlen, out)
+
+    cdef void too_large(self, const unsigned char *p, int cmd, bint quiet, bint drop_old,
+                        bytes drop_fmt, list out):
+        # memcached answers "too large" after swallowing the block, and a set
+        # also deletes the old value so it cannot be read stale (probed): the
+        # router forwards that delete where the set would have gone.
+        cdef bytes reply = b"" if quiet else R_TOO_LARGE
+        cdef Request r
+        if not drop_old:
+            if reply:
+                out.append(local_reply(reply))
+            return
+        r = Request.__new__(Request)
+        r.cmd = cmd
+        r.rkind = RK_QUIET
+        r.quiet = True
+        r.key = self.token(p, 1)
+        r.wire = (drop_fmt % r.key) + MN_SUFFIX
+        r.override = reply
+        out.append(r)
 
     cdef Py_ssize_t data_block(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                                Py_ssize_t pos, Py_ssize_t nxt, Py_ssize_t n, long vlen,
@@ -460,18 +484,23 @@ cdef class RequestParser:
             out.append(local_reply(R_ERROR))
             return nxt
         if self.ntok < 2:
-            out.append(local_reply(R_ERROR))
+            out.append(local_reply(R_BAD_FORMAT if cmd == CMD_ME else R_ERROR))
             return nxt
         if self.tl[1] > KEY_MAX:
             out.append(local_reply(R_BAD_FORMAT))
             return nxt
         cdef int first_flag = 3 if cmd == CMD_MS else 2
-        cdef bint quiet = False
+        cdef bint quiet = False, b64 = False, set_mode = True
         cdef int i
         if cmd != CMD_ME:
             for i in range(first_flag, self.ntok):
-                if p[self.ts[i]] == b'q':
+                c = p[self.ts[i]]
+                if c == b'q':
                     quiet = True
+                elif c == b'b':
+                    b64 = True
+                elif c == b'M' and self.tl[i] > 1 and p[self.ts[i] + 1] != b'S' and p[self.ts[i] + 1] != b's':
+                    set_mode = False
         if cmd != CMD_MS:
             out.append(self.forward(p, cmd, RK_META, quiet, pos, nxt, 1))
             return nxt
@@ -481,10 +510,14 @@ cdef class RequestParser:
             out.append(local_reply(R_BAD_FORMAT))
             return nxt
         if not mc_strtol(self.token(p, 2), &vlen) or vlen < 0 or vlen > INT_MAX - 2:
-            out.append(local_reply(R_BAD_CHUNK))
+            out.append(local_reply(R_BAD_FORMAT))
+            return nxt
+        if self.mc_ntokens() > META_MAX_NTOKENS:
+            out.append(local_reply(R_FLAGS_TOO_LONG))
             return nxt
         if vlen > self.max_item_size:
-            out.append(local_reply(R_TOO_LARGE))
+            self.too_large(p, CMD_MS, False, set_mode,
+                           b"md %s b q\r\n" if b64 else b"md %s q\r\n", out)
             self.swallow = vlen + 2
             return nxt
         return self.data_block(p, CMD_MS, RK_META, quiet, pos, nxt, n, vlen, out)

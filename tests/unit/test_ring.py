@@ -1,0 +1,85 @@
+"""Ring: FIFO matching, timeouts that keep their slot, bounded queues."""
+from __future__ import annotations
+
+from mcrouter._parser import RequestParser
+from mcrouter._ring import Ring
+from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK
+
+TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
+GONE = b"SERVER_ERROR mcrouter: upstream error\r\n"
+
+
+class Inbox:
+    def __init__(self):
+        self.got = []
+
+    def on_reply(self, req):
+        self.got.append((req.wire, req.reply, req.status))
+
+
+def requests(data: bytes, owner):
+    reqs = RequestParser().feed(data)
+    for r in reqs:
+        r.owner = owner
+    return reqs
+
+
+def test_replies_match_requests_in_order_across_partial_reads():
+    inbox, ring = Inbox(), Ring()
+    for r in requests(b"get a\r\nset b 0 0 1\r\nx\r\nmg c v q\r\ndelete d noreply\r\n", inbox):
+        assert ring.push(r, 10.0)
+    assert bytes(ring._out_for_tests()) == (b"get a\r\nset b 0 0 1\r\nx\r\nmg c v q\r\nmn\r\n"
+                                            b"delete d noreply\r\nmn\r\n")
+    stream = b"VALUE a 0 2\r\nhi\r\nEND\r\nSTORED\r\nMN\r\nMN\r\n"
+    for i in range(len(stream)):
+        assert ring.feed(stream[i:i + 1]) == 0
+    assert inbox.got == [
+        (b"get a\r\n", b"VALUE a 0 2\r\nhi\r\nEND\r\n", ST_OK),
+        (b"set b 0 0 1\r\nx\r\n", b"STORED\r\n", ST_OK),
+        (b"mg c v q\r\nmn\r\n", b"", ST_FAIL),      # a quiet mg miss is a miss
+        (b"delete d noreply\r\nmn\r\n", b"", ST_OK),
+    ]
+    assert ring.inflight == 0
+
+
+def test_timeout_answers_at_once_and_drops_the_late_reply():
+    inbox, ring = Inbox(), Ring()
+    first, second = requests(b"get a\r\nget b\r\n", inbox)
+    ring.push(first, 1.0)
+    ring.push(second, 2.0)
+    assert ring.expire(1.5, TIMEOUT) == 1
+    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)]
+    assert ring.inflight == 2                 # the slot is kept for the late reply
+    ring.feed(b"VALUE a 0 1\r\nA\r\nEND\r\nVALUE b 0 1\r\nB\r\nEND\r\n")
+    assert inbox.got[1] == (b"get b\r\n", b"VALUE b 0 1\r\nB\r\nEND\r\n", ST_OK)
+    assert len(inbox.got) == 2 and ring.inflight == 0
+
+
+def test_unsolicited_or_garbage_bytes_are_a_protocol_error():
+    inbox, ring = Inbox(), Ring()
+    assert ring.feed(b"STORED\r\n") == -1
+    ring = Ring()
+    ring.push(requests(b"get a\r\n", inbox)[0], 1.0)
+    assert ring.feed(b"STORED\r\n") == -1
+
+
+def test_fail_all_answers_everything_once():
+    inbox, ring = Inbox(), Ring()
+    for r in requests(b"get a\r\nget b\r\n", inbox):
+        ring.push(r, 1.0)
+    ring.fail_all(GONE)
+    assert [g[1] for g in inbox.got] == [GONE, GONE]
+    assert ring.inflight == 0 and ring.pending == 0
+
+
+def test_push_is_bounded():
+    inbox, ring = Inbox(), Ring(max_inflight=2)
+    reqs = requests(b"get a\r\nget b\r\nget c\r\n", inbox)
+    assert ring.push(reqs[0], 1.0) and ring.push(reqs[1], 1.0)
+    assert not ring.push(reqs[2], 1.0)
+
+
+def test_a_reply_larger_than_the_bound_is_an_error():
+    inbox, ring = Inbox(), Ring(max_reply=100)
+    ring.push(requests(b"get a\r\n", inbox)[0], 1.0)
+    assert ring.feed(b"VALUE a 0 1000\r\n" + b"x" * 200) == -1
