@@ -55,6 +55,8 @@ cdef class Request:
     cdef public object owner     # who is told: owner.on_reply(request)
     cdef public double deadline  # monotonic time its upstream reply is due
     cdef public bytes override   # if set, the client gets this whatever upstream says
+    cdef public int chan         # the client's channel: picks its upstream connection,
+                                 # so one client's requests keep their order on a host
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)

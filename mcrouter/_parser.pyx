@@ -66,6 +66,7 @@ cdef class Request:
         r.key = self.key
         r.keys = self.keys
         r.wire = self.wire
+        r.chan = self.chan
         r.owner = owner
         return r
 
@@ -147,6 +148,7 @@ cdef class RequestParser:
     cdef Py_ssize_t max_item_size
     cdef Py_ssize_t max_line
     cdef public bint closing
+    cdef public int chan
 
     # token table of the current line: (start, length) relative to the buffer
     cdef Py_ssize_t ts[MAX_TOKENS]
@@ -154,8 +156,10 @@ cdef class RequestParser:
     cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
     cdef int more        # 1 if the line had more tokens than were stored
 
-    def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576):
+    def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
+                 int chan=0):
         self.buf = bytearray()
+        self.chan = chan
         self.max_item_size = max_item_size
         self.max_line = max(max_line, LINE_LIMIT)
 
@@ -265,6 +269,7 @@ cdef class RequestParser:
         r.cmd = cmd
         r.rkind = rkind
         r.quiet = quiet
+        r.chan = self.chan
         if keytok >= 0 and keytok < self.ntok:
             r.key = self.token(p, keytok)
         r.wire = PyBytes_FromStringAndSize(<const char *>p + start, end - start)
@@ -377,6 +382,7 @@ cdef class RequestParser:
         cdef Request r = Request.__new__(Request)
         r.cmd = cmd
         r.rkind = RK_GET
+        r.chan = self.chan
         if keys:
             r.key = keys[0]
         if len(keys) > 1:
@@ -423,6 +429,7 @@ cdef class RequestParser:
         r.cmd = cmd
         r.rkind = RK_QUIET
         r.quiet = True
+        r.chan = self.chan
         r.key = self.token(p, 1)
         r.wire = (drop_fmt % r.key) + MN_SUFFIX
         r.override = reply

@@ -35,7 +35,7 @@ class ClientConnection:
         self.loop = worker.loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.parser = RequestParser(s.max_item_size, s.buffer_size)
+        self.parser = RequestParser(s.max_item_size, s.buffer_size, worker.next_channel())
         self.pending: deque[Request] = deque()
         self.out = bytearray()
         self.dirty = False

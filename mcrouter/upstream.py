@@ -43,21 +43,24 @@ class Host:
         self.healthy = True           # optimistic until a connection fails
         self.last_error = ""
         self.conns = [Connection(self, max_item_size) for _ in range(max(1, connections))]
-        self._next = 0
 
     def start(self) -> None:
         for c in self.conns:
             c.connect()
 
     def send(self, req: Request) -> None:
-        """Queue ``req`` on the next usable connection; answer it if none is."""
+        """Queue ``req`` on its client's connection (so that one client's
+        requests reach memcached in the order it sent them, as on a direct
+        connection), or on the next usable one if that is down."""
         conns = self.conns
-        for _ in range(len(conns)):
-            c = conns[self._next]
-            self._next = (self._next + 1) % len(conns)
+        n = len(conns)
+        i = req.chan % n
+        for _ in range(n):
+            c = conns[i]
             if c.state != DOWN:
                 c.send(req)
                 return
+            i = (i + 1) % n
         req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
 
     def connection_up(self) -> None:

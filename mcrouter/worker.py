@@ -76,6 +76,12 @@ class Worker:
         self.route: Route
         self.stopping_at = 0.0
         self.running = True
+        self._channels = 0
+
+    def next_channel(self) -> int:
+        """Spread clients over the -C connections of each host, one each."""
+        self._channels = (self._channels + 1) & 0x3FFFFFFF
+        return self._channels
 
     # -- boot --------------------------------------------------------------
 
