@@ -10,7 +10,7 @@ late reply is recognised and dropped without shifting any other.
 
 Every queue is bounded: ``push`` refuses work past ``max_inflight``
 requests or ``max_out`` unwritten bytes, and a single reply larger than
-``max_reply`` is a protocol error.
+``max_reply`` per key asked is a protocol error.
 """
 
 from mcrouter._parser cimport Request, scan_reply, RK_QUIET, CMD_MG, ST_FAIL, ST_ERROR
@@ -87,7 +87,8 @@ cdef class Ring:
             req = <Request>self.fifo[self.head]
             r = scan_reply(p + pos, n - pos, req.rkind, &status)
             if r == -1:
-                if n - pos > self.max_reply:
+                # a multiget may carry one item per key
+                if n - pos > self.max_reply * (len(req.keys) if req.keys is not None else 1):
                     return -1
                 break
             if r < 0:

@@ -24,6 +24,7 @@ import time
 from mcrouter.config import RouterConfig
 from mcrouter.listen import ListenAddr, bind
 from mcrouter.settings import Settings
+from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
 
 log = logging.getLogger("mcrouter.master")
 
@@ -50,8 +51,13 @@ class Master:
 
     # -- lifecycle ---------------------------------------------------------
 
+    @property
+    def bind_per_worker(self) -> bool:
+        """With --reuseport each worker binds its own TCP socket (not a unix path)."""
+        return self.settings.reuseport and self.addr.family != socket.AF_UNIX
+
     def run(self) -> int:
-        if not self.settings.reuseport:
+        if not self.bind_per_worker:
             self.listeners = [bind(self.addr)]
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
@@ -85,8 +91,11 @@ class Master:
             pass
 
     def sleep(self) -> None:
+        timeout = 1.0
+        if self.respawn_at:
+            timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         try:
-            ready, _, _ = select.select([self.wake_r], [], [], 1.0)
+            ready, _, _ = select.select([self.wake_r], [], [], timeout)
             if ready:
                 while os.read(self.wake_r, 64):
                     pass
@@ -110,9 +119,8 @@ class Master:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self.wake_r)
             os.close(self.wake_w)
-            from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
             listeners = self.listeners
-            if self.settings.reuseport:
+            if self.bind_per_worker:
                 try:
                     listeners = [bind(self.addr, reuseport=True)]
                 except OSError as e:
@@ -127,7 +135,6 @@ class Master:
             os._exit(code)
 
     def reap_workers(self) -> None:
-        from mcrouter.worker import EXIT_BOOT_FAILED
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
