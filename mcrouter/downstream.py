@@ -155,6 +155,9 @@ class ClientConnection:
     def idle(self) -> bool:
         return self.closed or (not self.pending and not self.out)
 
+    def abort(self) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.closed:
             return

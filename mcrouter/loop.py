@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import select
 from time import monotonic
 from typing import Callable, Protocol
+
+log = logging.getLogger("mcrouter.loop")
 
 TICK = 0.01
 IDLE_POLL = 1.0
@@ -30,6 +33,9 @@ EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 class Handler(Protocol):
     def on_event(self, mask: int) -> None: ...
+
+    def abort(self) -> None:
+        """Drop this connection after an internal error (optional)."""
 
 
 class Flushable(Protocol):
@@ -83,7 +89,14 @@ class Loop:
         for fd, mask in events:
             h = handlers.get(fd)
             if h is not None:
-                h.on_event(mask)
+                try:
+                    h.on_event(mask)
+                except Exception:       # noqa: BLE001 - a bug on one connection must not stop the rest
+                    log.exception("closing a connection after an internal error")
+                    self.remove(fd)
+                    abort = getattr(h, "abort", None)
+                    if abort is not None:
+                        abort()
         self.flush()
         timers = self._timers
         while timers and timers[0][0] <= self.now:

@@ -211,6 +211,9 @@ class Connection:
             self.backoff = min(self.backoff * 2, BACKOFF_MAX)
             self.loop.call_later(delay, self.connect)
 
+    def abort(self) -> None:
+        self.fail("internal error")
+
     def _drop_socket(self) -> None:
         if self.sock is not None:
             self.loop.remove(self.fd)
