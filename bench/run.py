@@ -153,15 +153,6 @@ def wait_ready(port, proc, timeout=10.0):
     return False
 
 
-def cpu_seconds(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def tail(path, n=15):
     try:
         with open(path, errors="replace") as f:
@@ -314,10 +305,13 @@ def summarize(runs):
     return s
 
 
-def ratio(a, b, key):
-    if a and b and a.get(key) and b.get(key):
-        return a[key] / b[key]
-    return None
+def paired_ratio(runs_a, runs_b, key):
+    """Median over rounds of a/b, pairing runs from the same round: runs of
+    one round are adjacent in time, so this cancels most machine drift."""
+    b_by_round = {r["round"]: r for r in runs_b if "failed" not in r}
+    vals = [a[key] / b_by_round[a["round"]][key] for a in runs_a
+            if "failed" not in a and a["round"] in b_by_round and b_by_round[a["round"]][key]]
+    return statistics.median(vals) if vals else None
 
 
 # ---------------------------------------------------------------- output
@@ -331,7 +325,8 @@ def print_table(results, args):
     print(f"rounds={args.rounds} duration={args.duration}s warmup={args.warmup}s conns={args.conns} "
           f"keyspace={args.keyspace} router workers={args.workers} twemproxy "
           f"server_connections={args.twem_conns}; servers on core {SERVER_CORE}, "
-          f"loadgen on core {LOADGEN_CORE}; values are medians over rounds")
+          f"loadgen on core {LOADGEN_CORE}; values are medians over rounds, ratios are medians "
+          f"of per-round ratios")
     hdr = (f"{'workload':<12} {'target':<10} {'ops/s':>9} {'spread':>7} {'p50us':>7} {'p99us':>7} "
            f"{'cpu/req':>8} {'mc/req':>7} {'lg cpu':>6} {'errors':>6}")
     print(hdr)
@@ -360,10 +355,11 @@ def print_table(results, args):
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 round, 2 s per run, 0.5 s warm-up")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
-    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run")
+    ap.add_argument("--quick", action="store_true",
+                    help="defaults of 1 round, 2 s per run, 0.5 s warm-up")
+    ap.add_argument("--rounds", type=int, help="rounds per workload (3)")
+    ap.add_argument("--duration", type=float, help="measured seconds per run (4)")
+    ap.add_argument("--warmup", type=float, help="unmeasured seconds per run (1)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of targets")
@@ -371,14 +367,17 @@ def parse_args():
     ap.add_argument("--keyspace", type=int, default=10000)
     ap.add_argument("--max-requests", type=int, default=0, help="per-run cap (0 = none)")
     ap.add_argument("--workers", type=int, default=1, help="router worker processes (-n)")
-    ap.add_argument("--twem-conns", type=int, default=1, help="twemproxy server_connections")
+    ap.add_argument("--twem-conns", type=int, default=2,
+                    help="twemproxy server_connections (2 = the router's default -C)")
     ap.add_argument("--router-cmd", help="router command template; {cfg}, {port}, {workers} are "
                     "substituted, e.g. 'python -m mcrouter run -f {cfg} -l 127.0.0.1:{port} -n {workers}'")
     ap.add_argument("--router-timeout", type=float, default=15.0, help="seconds to wait for the router")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
+    # explicit --rounds/--duration/--warmup win over --quick
+    for name, normal, quick in (("rounds", 3, 1), ("duration", 4.0, 2.0), ("warmup", 1.0, 0.5)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else normal)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.targets = [t for t in args.targets.split(",") if t]
     bad = [w for w in args.workloads if w not in WORKLOADS] + [t for t in args.targets if t not in TARGETS]
@@ -442,6 +441,7 @@ def main():
                               file=sys.stderr)
                         continue
                     res = measure(args, exe, t, t["port"], workload, depth, procs)
+                    res["round"] = rnd + 1
                     runs[name].append(res)
                     if "failed" in res:
                         print(f"  {wl} round {rnd + 1} {name}: FAILED {res['failed']}", file=sys.stderr)
@@ -453,9 +453,9 @@ def main():
             summary = {name: summarize(rs) for name, rs in runs.items()}
             ratios = {}
             for name, base in (("router/twemproxy", "twemproxy"), ("router/direct", "direct")):
-                a, b = summary.get("router"), summary.get(base)
-                ratios[name] = {k: ratio(a, b, k) for k in ("ops_per_s", "p50_us", "p99_us",
-                                                             "cpu_us_per_req")}
+                a, b = runs.get("router", []), runs.get(base, [])
+                ratios[name] = {k: paired_ratio(a, b, k) for k in ("ops_per_s", "p50_us", "p99_us",
+                                                                    "cpu_us_per_req")}
             results[wl] = {"workload": workload, "depth": depth, "runs": runs,
                            "summary": summary, "ratios": ratios, "skipped": wl_skipped}
 
