@@ -5,6 +5,7 @@ from setuptools import Extension, setup
 extensions = [
     Extension("mcrouter._parser", ["mcrouter/_parser.pyx"]),
     Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
+    Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
 ]
 
 setup(

@@ -14,7 +14,7 @@ import socket
 from time import monotonic
 
 from mcrouter.config import RouterConfig
-from mcrouter.downstream import ClientConnection
+from mcrouter._downstream import ClientConnection
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.routes import Route, build_route
 from mcrouter.settings import Settings

@@ -1,4 +1,5 @@
-"""One client connection: read requests, route them, reply in order.
+# cython: language_level=3
+"""One client connection: read requests, route them, reply in order (hot path).
 
 Every request a client sends takes a slot in ``pending`` in the order it was
 read, whether the router answers it itself or a host does; a reply is written
@@ -6,50 +7,57 @@ only when every earlier slot has been written.  Replies from different hosts
 may complete in any order; the client sees them in its own order.
 
 Bounded: reading pauses while more than ``MAX_PENDING`` requests are owed a
-reply or more than ``buffer_size`` bytes wait to be written, so a client that
+reply or more than ``out_limit`` bytes wait to be written, so a client that
 never reads cannot grow the router.
 """
-from __future__ import annotations
 
-import socket
 from collections import deque
-from typing import TYPE_CHECKING
+import select
 
-from mcrouter._parser import Request, RequestParser
-from mcrouter.loop import EV_ERR, EV_IN, EV_OUT
-from mcrouter.protocol import CMD_QUIT
+from mcrouter._parser cimport Request, CMD_QUIT
+from mcrouter._parser import RequestParser
 
-if TYPE_CHECKING:
-    from mcrouter.worker import Worker
+cdef int EV_IN = select.EPOLLIN
+cdef int EV_OUT = select.EPOLLOUT
+cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 4096
+cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 
 
-class ClientConnection:
-    __slots__ = ("worker", "loop", "sock", "fd", "parser", "pending", "out", "dirty",
-                 "closed", "quitting", "reading", "want_write", "recv_size", "out_limit")
+cdef class ClientConnection:
+    cdef readonly object worker
+    cdef object loop
+    cdef object sock
+    cdef readonly int fd
+    cdef readonly object parser    # RequestParser
+    cdef object pending            # deque of Request, oldest first
+    cdef bytearray out             # replies ready to write
+    cdef public bint dirty         # queued in loop.dirty_clients for this turn
+    cdef readonly bint closed
+    cdef bint quitting
+    cdef bint reading
+    cdef bint want_write
+    cdef Py_ssize_t recv_size
+    cdef Py_ssize_t out_limit
 
-    def __init__(self, worker: "Worker", sock: socket.socket) -> None:
+    def __init__(self, worker, sock):
         s = worker.settings
         self.worker = worker
         self.loop = worker.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.parser = RequestParser(s.max_item_size, s.buffer_size, worker.next_channel())
-        self.pending: deque[Request] = deque()
+        self.pending = deque()
         self.out = bytearray()
-        self.dirty = False
-        self.closed = False
-        self.quitting = False
         self.reading = True
-        self.want_write = False
         self.recv_size = min(s.buffer_size, 256 * 1024)
         self.out_limit = max(s.buffer_size, 64 * 1024)
         self.loop.add(self.fd, EV_IN, self)
 
     # -- events ------------------------------------------------------------
 
-    def on_event(self, mask: int) -> None:
+    cpdef on_event(self, int mask):
         if mask & EV_IN:
             self.read()
         elif mask & EV_ERR and not mask & EV_OUT:
@@ -58,7 +66,9 @@ class ClientConnection:
         if mask & EV_OUT and not self.closed:
             self.flush()
 
-    def read(self) -> None:
+    cdef read(self):
+        cdef list reqs
+        cdef Request req
         try:
             data = self.sock.recv(self.recv_size)
         except (BlockingIOError, InterruptedError):
@@ -74,77 +84,80 @@ class ClientConnection:
             return
         pending = self.pending
         route = self.worker.route
+        dispatch = route.dispatch
         for req in reqs:
             req.owner = self
             pending.append(req)
             if req.reply is None:
-                route.dispatch(req)
-        if pending and pending[0].reply is not None:
+                dispatch(req)
+        if pending and (<Request>pending[0]).reply is not None:
             self.on_reply(pending[0])
-        if self.parser.closing or len(pending) > MAX_PENDING:
+        if self.parser.closing or len(pending) > C_MAX_PENDING:
             self._set_reading(False)
 
-    def on_reply(self, req: Request) -> None:
-        """A request was answered: write every answered slot at the head."""
+    cpdef on_reply(self, Request req):
+        """A request was answered: move every answered slot at the head to ``out``."""
+        cdef Request r
         if self.closed:
             return
         pending = self.pending
-        out = self.out
         while pending:
-            r = pending[0]
-            reply = r.reply
-            if reply is None:
+            r = <Request>pending[0]
+            if r.reply is None:
                 break
             pending.popleft()
             if r.cmd == CMD_QUIT:
                 self.quitting = True
                 pending.clear()
                 break
-            out += reply
+            self.out += r.reply
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
 
-    def flush(self) -> None:
+    cpdef flush(self):
+        cdef Py_ssize_t sent = 0
         if self.closed:
             return
-        out = self.out
-        if out:
+        if self.out:
             try:
-                sent = self.sock.send(out)
+                sent = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self.close()
                 return
-            del out[:sent]
-        if self.quitting and not out:
+            if sent == len(self.out):
+                self.out = bytearray()
+            else:
+                del self.out[:sent]
+        if self.quitting and not self.out:
             self.close()
             return
-        if not self.reading and not self.parser.closing and len(out) <= self.out_limit \
-                and len(self.pending) <= MAX_PENDING:
-            self._set_reading(True)
-        elif self.reading and len(out) > self.out_limit:
+        if not self.reading:
+            if not self.parser.closing and len(self.out) <= self.out_limit \
+                    and len(self.pending) <= C_MAX_PENDING:
+                self._set_reading(True)
+        elif len(self.out) > self.out_limit:
             self._set_reading(False)
-        self._set_want_write(bool(out))
+        self._set_want_write(len(self.out) > 0)
 
     # -- state -------------------------------------------------------------
 
-    def _register(self) -> None:
-        mask = (EV_IN if self.reading else 0) | (EV_OUT if self.want_write else 0)
-        self.loop.modify(self.fd, mask)
+    cdef _register(self):
+        self.loop.modify(self.fd, (EV_IN if self.reading else 0) | (EV_OUT if self.want_write else 0))
 
-    def _set_reading(self, on: bool) -> None:
+    cdef _set_reading(self, bint on):
         if on != self.reading:
             self.reading = on
             self._register()
 
-    def _set_want_write(self, on: bool) -> None:
+    cdef _set_want_write(self, bint on):
         if on != self.want_write:
             self.want_write = on
             self._register()
 
-    def stop_reading(self) -> None:
+    def stop_reading(self):
         """Shutting down: take no new requests, finish those already read."""
         self.parser.closing = True
         self._set_reading(False)
@@ -152,13 +165,13 @@ class ClientConnection:
             self.close()
 
     @property
-    def idle(self) -> bool:
+    def idle(self):
         return self.closed or (not self.pending and not self.out)
 
-    def abort(self) -> None:
+    def abort(self):
         self.close()
 
-    def close(self) -> None:
+    cpdef close(self):
         if self.closed:
             return
         self.closed = True
