@@ -69,17 +69,19 @@ cdef class ClientConnection:
     cdef read(self):
         cdef list reqs
         cdef Request req
+        cdef Py_ssize_t n
+        buf = self.loop.recv_buf
         try:
-            data = self.sock.recv(self.recv_size)
+            n = self.sock.recv_into(buf, self.recv_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self.close()
             return
-        if not data:
+        if n == 0:
             self.close()
             return
-        reqs = self.parser.feed(data)
+        reqs = self.parser.feed(buf, n)
         if not reqs:
             return
         pending = self.pending

@@ -62,4 +62,6 @@ cdef class Request:
     cpdef Request child(self, object owner)
 
 
+cdef void append_bytes(bytearray dst, const unsigned char *src, Py_ssize_t n) except *
+
 cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int *status)

@@ -18,7 +18,9 @@ kind and judges its status on the first token (ROUTES.md).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.string cimport memchr, memcmp
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from libc.string cimport memchr, memcmp, memcpy, memset
+from base64 import b64decode
 from libc.stdlib cimport strtol, strtoul, strtoull
 from libc.errno cimport errno, ERANGE
 from libc.limits cimport INT_MAX
@@ -32,6 +34,7 @@ DEF KEY_MAX = 250
 DEF LINE_LIMIT = 2048
 
 cdef bytes MN_SUFFIX = b"mn\r\n"
+cdef const char *MS_PREPARSE_FLAGS = "bNTRlOkstcfvhuqPLMICF"    # flags 1.6.18 knows
 cdef bytes R_ERROR = b"ERROR\r\n"
 cdef bytes R_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 cdef bytes R_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
@@ -132,6 +135,12 @@ cdef bint mc_strtol(bytes tok, long *out):
 # ---------------------------------------------------------------------------
 # Client side
 
+cdef void append_bytes(bytearray dst, const unsigned char *src, Py_ssize_t n) except *:
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(dst)
+    PyByteArray_Resize(dst, old + n)
+    memcpy(PyByteArray_AS_STRING(dst) + old, src, n)
+
+
 cdef inline bint tok_is(const unsigned char *p, Py_ssize_t ts, Py_ssize_t tl, const char *word, Py_ssize_t wl):
     return tl == wl and memcmp(p + ts, word, wl) == 0
 
@@ -155,6 +164,7 @@ cdef class RequestParser:
     cdef Py_ssize_t tl[MAX_TOKENS]
     cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
     cdef int more        # 1 if the line had more tokens than were stored
+    cdef long scratch
 
     def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
                  int chan=0):
@@ -167,29 +177,38 @@ cdef class RequestParser:
     def buffered(self):
         return len(self.buf)
 
-    def feed(self, data):
-        """Add client bytes; return the list of complete requests, in order."""
+    def feed(self, data, Py_ssize_t n=-1):
+        """Add client bytes (the first ``n`` of ``data`` if given); return the
+        list of complete requests, in order.  Input is parsed in place when
+        nothing is buffered, so only an unfinished tail is ever copied."""
         cdef list out = []
-        cdef Py_ssize_t n = len(data)
-        cdef Py_ssize_t skip
-        if self.closing:
+        cdef const unsigned char[::1] view = data
+        cdef const unsigned char *p
+        cdef Py_ssize_t skip, pos
+        if n < 0 or n > view.shape[0]:
+            n = view.shape[0]
+        if self.closing or n == 0:
             return out
+        p = &view[0]
         if self.swallow:
             skip = min(self.swallow, n)
             self.swallow -= skip
-            if skip == n:
+            p += skip
+            n -= skip
+            if n == 0:
                 return out
-            data = memoryview(data)[skip:]
-        self.buf += data
-        cdef Py_ssize_t pos = self.parse(out)
-        if pos:
-            del self.buf[:pos]
+        if len(self.buf) == 0:
+            pos = self.parse(p, n, out)
+            if pos < n and not self.closing:
+                append_bytes(self.buf, p + pos, n - pos)
+        else:
+            append_bytes(self.buf, p, n)
+            pos = self.parse(self.buf, len(self.buf), out)
+            if pos:
+                del self.buf[:pos]
         return out
 
-    cdef Py_ssize_t parse(self, list out) except -1:
-        cdef bytearray buf = self.buf
-        cdef Py_ssize_t n = len(buf)
-        cdef const unsigned char *p = buf
+    cdef Py_ssize_t parse(self, const unsigned char *p, Py_ssize_t n, list out) except -1:
         cdef Py_ssize_t pos = 0, nl, el, r, k
         cdef const unsigned char *hit
         while pos < n and not self.closing:
@@ -470,6 +489,47 @@ cdef class RequestParser:
         out.append(self.forward(p, cmd, rkind, self.last_is(p, "noreply", 7), pos, nxt, -1))
         return nxt
 
+    cdef bytes ms_flag_error(self, const unsigned char *p, bint b64):
+        """The error memcached 1.6.18 gives an ms line's flags before it
+        looks at the value size, or None.  Needed only when the router
+        refuses a value as too large, since memcached never sees that line."""
+        cdef int i
+        cdef int seen[128]
+        cdef unsigned char c
+        cdef bytes err = None, tok
+        memset(seen, 0, sizeof(seen))
+        for i in range(3, self.ntok):                  # memcached's preparse
+            c = p[self.ts[i]]
+            if c == 0 or c >= 128 or memchr(MS_PREPARSE_FLAGS, c, 21) == NULL:
+                return b"CLIENT_ERROR invalid flag\r\n"
+            if seen[c]:
+                return b"CLIENT_ERROR duplicate flag\r\n"
+            seen[c] = 1
+            tok = self.token(p, i)[1:]
+            if c == b'N' or c == b'T' or c == b'R':
+                if not mc_strtol(tok, &self.scratch):
+                    err = b"CLIENT_ERROR bad token in command line format\r\n"
+            elif c == b'C' and not mc_strtoull(tok):
+                err = b"CLIENT_ERROR bad token in command line format\r\n"
+            elif c == b'M' and self.tl[i] != 2:
+                err = b"CLIENT_ERROR incorrect length for M token\r\n"
+        if err is not None:
+            return err
+        for i in range(3, self.ntok):                  # then ms's own checks
+            c = p[self.ts[i]]
+            if c == b'F' and not mc_strtoul32(self.token(p, i)[1:]):
+                return R_BAD_FORMAT
+            if c == b'O' and self.tl[i] > 32:
+                return b"CLIENT_ERROR opaque token too long\r\n"
+            if c == b'M' and memchr(b"EAPRS", p[self.ts[i] + 1], 5) == NULL:
+                return b"CLIENT_ERROR invalid mode for ms M token\r\n"
+        if b64:
+            try:
+                b64decode(self.token(p, 1), validate=True)
+            except ValueError:
+                return b"CLIENT_ERROR error decoding key\r\n"
+        return None
+
     cdef Py_ssize_t meta(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
                          Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
         cdef unsigned char c = p[self.ts[0] + 1]
@@ -497,7 +557,7 @@ cdef class RequestParser:
             out.append(local_reply(R_BAD_FORMAT))
             return nxt
         cdef int first_flag = 3 if cmd == CMD_MS else 2
-        cdef bint quiet = False, b64 = False, set_mode = True
+        cdef bint quiet = False, b64 = False
         cdef int i
         if cmd != CMD_ME:
             for i in range(first_flag, self.ntok):
@@ -506,8 +566,6 @@ cdef class RequestParser:
                     quiet = True
                 elif c == b'b':
                     b64 = True
-                elif c == b'M' and self.tl[i] > 1 and p[self.ts[i] + 1] != b'S' and p[self.ts[i] + 1] != b's':
-                    set_mode = False
         if cmd != CMD_MS:
             out.append(self.forward(p, cmd, RK_META, quiet, pos, nxt, 1))
             return nxt
@@ -523,8 +581,12 @@ cdef class RequestParser:
             out.append(local_reply(R_FLAGS_TOO_LONG))
             return nxt
         if vlen > self.max_item_size:
-            self.too_large(p, CMD_MS, False, set_mode,
-                           b"md %s b q\r\n" if b64 else b"md %s q\r\n", out)
+            err = self.ms_flag_error(p, b64)
+            if err is not None:
+                out.append(local_reply(err))
+            else:       # in every mode ms drops the old value (probed)
+                self.too_large(p, CMD_MS, False, True,
+                               b"md %s b q\r\n" if b64 else b"md %s q\r\n", out)
             self.swallow = vlen + 2
             return nxt
         return self.data_block(p, CMD_MS, RK_META, quiet, pos, nxt, n, vlen, out)

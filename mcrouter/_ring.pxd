@@ -13,7 +13,7 @@ cdef class Ring:
 
     cpdef bint push(self, Request req, double deadline)
     cpdef Py_ssize_t write_to(self, sock) except -1
-    cpdef int feed(self, data) except -2
+    cpdef int feed(self, data, Py_ssize_t n=*) except -2
     cpdef int expire(self, double now, bytes reply) except -1
     cpdef fail_all(self, bytes reply)
     cdef void _compact(self)

@@ -13,7 +13,10 @@ requests or ``max_out`` unwritten bytes, and a single reply larger than
 ``max_reply`` per key asked is a protocol error.
 """
 
-from mcrouter._parser cimport Request, scan_reply, RK_QUIET, CMD_MG, ST_FAIL, ST_ERROR
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from mcrouter._parser cimport (Request, append_bytes, scan_reply, RK_QUIET, CMD_MG,
+                               ST_FAIL, ST_ERROR)
 
 
 cdef class Ring:
@@ -70,17 +73,29 @@ cdef class Ring:
         del self.out[:sent]
         return len(self.out)
 
-    cpdef int feed(self, data) except -2:
-        """Match received bytes to requests; 0 when fine, -1 on a protocol
-        error (the connection must be dropped and ``fail_all`` called)."""
+    cpdef int feed(self, data, Py_ssize_t n=-1) except -2:
+        """Match received bytes (the first ``n`` of ``data`` if given) to
+        requests; 0 when fine, -1 on a protocol error (the connection must be
+        dropped and ``fail_all`` called).  Replies are cut straight from the
+        input when nothing is buffered; only an unfinished tail is copied."""
+        cdef const unsigned char[::1] view = data
         cdef int status = 0
-        cdef Py_ssize_t pos = 0, n, r, end
+        cdef Py_ssize_t pos = 0, r, end
         cdef const unsigned char *p
+        cdef bytearray held = None
         cdef Request req
         cdef bytes reply
-        self.inbuf += data
-        n = len(self.inbuf)
-        p = self.inbuf
+        if n < 0 or n > view.shape[0]:
+            n = view.shape[0]
+        if n == 0:
+            return 0
+        if len(self.inbuf) == 0:
+            p = &view[0]
+        else:
+            append_bytes(self.inbuf, &view[0], n)
+            held = self.inbuf           # keeps p valid whatever the callbacks do
+            p = held
+            n = len(held)
         while pos < n:
             if self.head >= len(self.fifo):
                 return -1       # bytes nobody asked for
@@ -98,15 +113,18 @@ cdef class Ring:
                 end -= 4        # the MN the router appended is not the client's
                 if end == pos and req.cmd == CMD_MG:
                     status = ST_FAIL    # a quiet mg says nothing only on a miss
-            reply = bytes(self.inbuf[pos:end])
+            reply = PyBytes_FromStringAndSize(<const char *>p + pos, end - pos)
             pos += r
             self.fifo[self.head] = None
             self.head += 1
             if self.expired < self.head:
                 self.expired = self.head
             req.finish(reply, status)
-        if pos:
-            del self.inbuf[:pos]
+        if held is None:
+            if pos < n:
+                append_bytes(self.inbuf, p + pos, n - pos)
+        elif pos and held is self.inbuf:
+            del held[:pos]
         self._compact()
         return 0
 

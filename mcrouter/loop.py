@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 log = logging.getLogger("mcrouter.loop")
 
 TICK = 0.01
+RECV_SIZE = 256 * 1024
 IDLE_POLL = 1.0
 
 EV_IN = select.EPOLLIN
@@ -52,6 +53,10 @@ class Loop:
         self.dirty_upstreams: list[Flushable] = []
         self.dirty_clients: list[Flushable] = []
         self.busy: set = set()          # upstream connections with requests in flight
+        # One receive buffer for every socket of the worker: a read is parsed
+        # before the next one happens, and parsers copy only unfinished tails.
+        # (recv() would allocate and shrink a bytes object per call instead.)
+        self.recv_buf = bytearray(RECV_SIZE)
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
 

@@ -26,7 +26,6 @@ from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
 
 log = logging.getLogger("mcrouter.upstream")
 
-RECV_SIZE = 256 * 1024
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 DOWN, CONNECTING, UP = 0, 1, 2
@@ -177,20 +176,20 @@ class Connection:
                 self._connected()
             return
         if mask & EV_IN or mask & EV_ERR:
+            buf = self.loop.recv_buf
             try:
-                data = self.sock.recv(RECV_SIZE)
+                n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                data = None
+                n = -1
             except OSError as e:
                 self.fail(f"recv: {e.strerror or e}")
                 return
-            if data is not None:
-                if not data:
-                    self.fail("connection closed by server")
-                    return
-                if self.ring.feed(data) < 0:
-                    self.fail("unparseable reply")
-                    return
+            if n == 0:
+                self.fail("connection closed by server")
+                return
+            if n > 0 and self.ring.feed(buf, n) < 0:
+                self.fail("unparseable reply")
+                return
         if mask & EV_OUT and self.state == UP:
             self.flush()
 
