@@ -22,6 +22,7 @@ cdef int EV_OUT = select.EPOLLOUT
 cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 4096
+MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 
 
@@ -36,6 +37,7 @@ cdef class ClientConnection:
     cdef public bint dirty         # queued in loop.dirty_clients for this turn
     cdef readonly bint closed
     cdef bint quitting
+    cdef bint eof                  # the client half-closed
     cdef bint reading
     cdef bint want_write
     cdef Py_ssize_t recv_size
@@ -47,7 +49,8 @@ cdef class ClientConnection:
         self.loop = worker.loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.parser = RequestParser(s.max_item_size, s.buffer_size, worker.next_channel())
+        self.parser = RequestParser(s.max_item_size, max(s.buffer_size, MAX_GET_LINE),
+                                    worker.next_channel())
         self.pending = deque()
         self.out = bytearray()
         self.reading = True
@@ -79,7 +82,12 @@ cdef class ClientConnection:
             self.close()
             return
         if n == 0:
-            self.close()
+            # The client shut its write side: answer what it sent, then close.
+            self.eof = True
+            self.parser.closing = True
+            self._set_reading(False)
+            if not self.pending and not self.out:
+                self.close()
             return
         reqs = self.parser.feed(buf, n)
         if not reqs:
@@ -133,7 +141,7 @@ cdef class ClientConnection:
                 self.out = bytearray()
             else:
                 del self.out[:sent]
-        if self.quitting and not self.out:
+        if (self.quitting or (self.eof and not self.pending)) and not self.out:
             self.close()
             return
         if not self.reading:

@@ -69,6 +69,7 @@ cdef class Request:
         r.key = self.key
         r.keys = self.keys
         r.wire = self.wire
+        r.override = self.override
         r.chan = self.chan
         r.owner = owner
         return r

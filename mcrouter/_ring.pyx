@@ -16,7 +16,7 @@ requests or ``max_out`` unwritten bytes, and a single reply larger than
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, RK_QUIET, CMD_MG,
-                               ST_FAIL, ST_ERROR)
+                               ST_OK, ST_FAIL, ST_ERROR)
 
 
 cdef class Ring:
@@ -113,6 +113,8 @@ cdef class Ring:
                 end -= 4        # the MN the router appended is not the client's
                 if end == pos and req.cmd == CMD_MG:
                     status = ST_FAIL    # a quiet mg says nothing only on a miss
+            if req.override is not None:
+                status = ST_OK          # the router's own answer: no route may fail it over
             reply = PyBytes_FromStringAndSize(<const char *>p + pos, end - pos)
             pos += r
             self.fifo[self.head] = None
