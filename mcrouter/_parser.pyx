@@ -302,6 +302,10 @@ cdef class RequestParser:
                             Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
         """Handle the line [pos, el); its successor starts at nxt.  Return the
         position after what was consumed, or -1 when a data block is incomplete."""
+        # memcached reads the line as a C string: a NUL byte ends it (probed)
+        cdef const unsigned char *nul = <const unsigned char *>memchr(p + pos, 0, el - pos)
+        if nul != NULL:
+            el = nul - p
         self.tokenize(p, pos, el)
         cdef int nt = self.mc_ntokens()
         if nt < 2 or self.tl[0] < 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from mcrouter._parser import Request
-from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR
+from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL
 from mcrouter.upstream import Host
 
 
@@ -30,3 +30,28 @@ class PoolRoute(Route):
     @staticmethod
     def no_host(req: Request) -> None:
         req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
+
+
+class Attempts:
+    """Base of a request's tries over several hosts: remembers the last
+    failure reply and the last error, and answers with the failure if there
+    was one (a real memcached reply beats the router's own error)."""
+
+    __slots__ = ("parent", "failure", "error")
+
+    def __init__(self, parent: Request) -> None:
+        self.parent = parent
+        self.failure: bytes | None = None
+        self.error: bytes | None = None
+
+    def note(self, sub: Request) -> None:
+        if sub.status == ST_FAIL:
+            self.failure = sub.reply
+        else:
+            self.error = sub.reply
+
+    def give_up(self) -> None:
+        if self.failure is not None:
+            self.parent.finish(self.failure, ST_FAIL)
+        else:
+            self.parent.finish(self.error, ST_ERROR)

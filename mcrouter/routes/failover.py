@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mcrouter._parser import Request, split_values
 from mcrouter.protocol import CMD_GAT, CMD_GATS, ST_ERROR, ST_FAIL, ST_OK
-from mcrouter.routes.base import PoolRoute
+from mcrouter.routes.base import Attempts, PoolRoute
 from mcrouter.upstream import Host
 
 
@@ -25,17 +25,15 @@ class MissFailoverRoute(PoolRoute):
             _Chain(req, hosts).next()
 
 
-class _Chain:
+class _Chain(Attempts):
     """Single request: the first success, else the last failure, else the last error."""
 
-    __slots__ = ("parent", "hosts", "i", "failure", "error")
+    __slots__ = ("hosts", "i")
 
     def __init__(self, parent: Request, hosts: list[Host]) -> None:
-        self.parent = parent
+        super().__init__(parent)
         self.hosts = hosts
         self.i = 0
-        self.failure: bytes | None = None
-        self.error: bytes | None = None
 
     def next(self) -> None:
         host = self.hosts[self.i]
@@ -46,16 +44,11 @@ class _Chain:
         if sub.status == ST_OK:
             self.parent.finish(sub.reply, ST_OK)
             return
-        if sub.status == ST_FAIL:
-            self.failure = sub.reply
-        else:
-            self.error = sub.reply
+        self.note(sub)
         if self.i < len(self.hosts):
             self.next()
-        elif self.failure is not None:
-            self.parent.finish(self.failure, ST_FAIL)
         else:
-            self.parent.finish(self.error, ST_ERROR)
+            self.give_up()
 
 
 class _MultiGet:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from mcrouter._parser import Request
-from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK
-from mcrouter.routes.base import PoolRoute
+from mcrouter.protocol import ST_OK
+from mcrouter.routes.base import Attempts, PoolRoute
 
 
 class AllFastestRoute(PoolRoute):
@@ -21,17 +21,15 @@ class AllFastestRoute(PoolRoute):
                 host.send(req.child(race))
 
 
-class _Race:
+class _Race(Attempts):
     """Collects the copies' replies: forwards the first success at once; if
     none succeeds, the last failure reply, else the last router error."""
 
-    __slots__ = ("parent", "left", "failure", "error")
+    __slots__ = ("left",)
 
     def __init__(self, parent: Request, count: int) -> None:
-        self.parent = parent
+        super().__init__(parent)
         self.left = count
-        self.failure: bytes | None = None
-        self.error: bytes | None = None
 
     def on_reply(self, sub: Request) -> None:
         self.left -= 1
@@ -40,12 +38,6 @@ class _Race:
         if sub.status == ST_OK:
             self.parent.finish(sub.reply, ST_OK)
             return
-        if sub.status == ST_FAIL:
-            self.failure = sub.reply
-        else:
-            self.error = sub.reply
+        self.note(sub)
         if self.left == 0:
-            if self.failure is not None:
-                self.parent.finish(self.failure, ST_FAIL)
-            else:
-                self.parent.finish(self.error, ST_ERROR)
+            self.give_up()
