@@ -30,4 +30,8 @@ print(" ".join(str(h.port) for h in c.ordered_pool if h.host in ("127.0.0.1", "l
         pids+=($!)
     fi
 done
-mcrouter run -f "$config" "$@"
+mcrouter run -f "$config" "$@" &
+router=$!
+trap 'kill -TERM "$router" 2>/dev/null' INT TERM
+wait "$router" || true      # returns early when a signal arrives: wait again for the drain
+wait "$router" 2>/dev/null || true
