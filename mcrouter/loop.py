@@ -11,6 +11,16 @@ Facts the design relies on (Linux, level-triggered epoll):
 * Timeouts are enforced by the loop's own clock: while any request is in
   flight the poll timeout is ``TICK`` (10 ms), so a request expires within
   its deadline plus about one tick even when no byte arrives anywhere.
+* Write interest (EPOLLOUT) is registered only while a socket has bytes the
+  kernel refused; the common turn makes no epoll_ctl call at all.
+
+Measured (strace -c on one worker, 50 clients without pipelining, gets and
+sets to one memcached, 2-core VM, 2026-11): per ~39,700 requests, 39,656
+sendto, 39,741 recvfrom and 1,582 epoll_wait: one read and one write per
+request, about 25 requests per turn, upstream I/O amortised over them.
+twemproxy under the same load made ~2.4 epoll_ctl, 1.2 writev and 1.2 read
+calls per request.  What is left of the router's cost is interpreter time,
+which is why the per-request path lives in the .pyx modules.
 """
 from __future__ import annotations
 
