@@ -375,8 +375,9 @@ def test_killed_worker_is_replaced(memcached, router):
     victim = before[0]
     import os
     os.kill(victim, signal.SIGKILL)
-    assert wait_until(lambda: len(r.worker_pids()) == 2 and victim not in r.worker_pids(), 15), \
-        f"workers after SIGKILL of {victim}: {r.worker_pids()}"
+    # one look per poll: two separate looks could see a dying pid, then its absence
+    assert wait_until(lambda: (lambda now: len(now) == 2 and victim not in now)(r.worker_pids()),
+                      15), f"workers after SIGKILL of {victim}: {r.worker_pids()}"
     after = r.worker_pids()
     assert before[1] in after
     assert r.proc.poll() is None

@@ -1,0 +1,304 @@
+"""Command line: check-config, --version, bare ``mcrouter`` = ``mcrouter run``,
+and operator mistakes ending in one line on stderr with exit status 2."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HOST, REPO, Client, free_port, wait_port
+
+MCROUTER = [sys.executable, "-m", "mcrouter"]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*MCROUTER, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, cwd=str(REPO))
+
+
+def write(tmp_path: Path, text: str, name: str = "router.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip("\n"))
+    return p
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, where: str | None) -> str:
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, f"exit {proc.returncode}, stderr: {err!r}"
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), f"expected exactly one line, got {err!r}"
+    if where is not None:
+        assert where in lines[0], f"{where!r} not in {lines[0]!r}"
+    assert proc.stdout == b""
+    return lines[0]
+
+
+VALID = """
+orderedPool: [127.0.0.1:11211, "127.0.0.1:11212"]
+route:
+  type: OperationSelectorRoute
+  operationPolicies: {get: MissFailoverRoute, set: AllFastestRoute, version: LocalRoute}
+"""
+
+
+def test_check_config_valid(tmp_path):
+    cfg = write(tmp_path, VALID)
+    proc = run_cli("check-config", "-f", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{cfg}: ok (OperationSelectorRoute, 2 host(s))\n".encode()
+    assert proc.stderr == b""
+
+
+@pytest.mark.parametrize("text", [
+    "orderedPool: [127.0.0.1:11211]\nroute: {type: DefaultRoute}\n",
+    "orderedPool:\n  - 127.0.0.1:11211\n  - '[::1]:11212'\nroute:\n  type: MissFailoverRoute\n",
+    "orderedPool: []\nroute: {type: LocalRoute}\n",
+    "orderedPool: [127.0.0.1:1]\nroute:\n  type: OperationSelectorRoute\n"
+    "  operationPolicies: {mg: DefaultRoute, ms: AllFastestRoute, md: LocalRoute, "
+    "ma: MissFailoverRoute, gats: MissFailoverRoute, flush_all: AllFastestRoute}\n",
+], ids=["default", "ipv6-block-list", "local-no-hosts", "meta-policies"])
+def test_check_config_other_valid(tmp_path, text):
+    cfg = write(tmp_path, text)
+    proc = run_cli("check-config", "-f", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{cfg}: ok (".encode())
+
+
+# (config text, line, column) of the offending token, 1-based
+INVALID = {
+    "unknown-top-key": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: DefaultRoute
+        bogus: 1
+        """, 4, 1),
+    "unknown-route-key": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: DefaultRoute
+          timeout: 5
+        """, 4, 3),
+    "unknown-route-type": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: FancyRoute
+        """, 3, 9),
+    "unknown-command": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: OperationSelectorRoute
+          operationPolicies:
+            get: MissFailoverRoute
+            frobnicate: DefaultRoute
+        """, 6, 5),
+    "quit-is-not-routable": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: OperationSelectorRoute
+          operationPolicies: {quit: LocalRoute}
+        """, 4, 23),
+    "unknown-policy": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: OperationSelectorRoute
+          operationPolicies:
+            get: FailoverRoute
+        """, 5, 10),
+    "bad-host-port": ("""
+        orderedPool:
+          - 127.0.0.1:11211
+          - nohostport
+        route:
+          type: DefaultRoute
+        """, 3, 5),
+    "port-out-of-range": ("""
+        orderedPool: [127.0.0.1:11211, 127.0.0.1:99999]
+        route: {type: DefaultRoute}
+        """, 1, 32),
+    "empty-pool": ("""
+        orderedPool: []
+        route: {type: DefaultRoute}
+        """, 1, 14),
+    "policies-on-non-selector": ("""
+        orderedPool: [127.0.0.1:11211]
+        route:
+          type: DefaultRoute
+          operationPolicies: {get: LocalRoute}
+        """, 4, 3),
+    "duplicate-key": ("""
+        orderedPool: [127.0.0.1:11211]
+        route: {type: DefaultRoute}
+        route: {type: LocalRoute}
+        """, 3, 1),
+    "yaml-syntax": ("""
+        orderedPool: [127.0.0.1:11211
+        route: {type: DefaultRoute}
+        """, None, None),
+}
+
+
+@pytest.mark.parametrize("name", list(INVALID))
+def test_check_config_invalid(tmp_path, name):
+    text, line, col = INVALID[name]
+    cfg = write(tmp_path, text)
+    proc = run_cli("check-config", "-f", str(cfg))
+    if line is None:
+        msg = assert_one_line_error(proc, f"{cfg}:")
+        assert re.search(re.escape(str(cfg)) + r":\d+:\d+: ", msg), msg
+    else:
+        assert_one_line_error(proc, f"{cfg}:{line}:{col}:")
+
+
+def test_check_config_missing_file(tmp_path):
+    proc = run_cli("check-config", "-f", str(tmp_path / "nope.yaml"))
+    assert_one_line_error(proc, str(tmp_path / "nope.yaml"))
+
+
+def test_run_with_invalid_config_is_one_line(tmp_path):
+    text, line, col = INVALID["unknown-route-type"]
+    cfg = write(tmp_path, text)
+    proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{free_port()}")
+    assert_one_line_error(proc, f"{cfg}:{line}:{col}:")
+
+
+@pytest.mark.parametrize("args", [
+    ["-n", "0"], ["-r", "0"], ["-C", "0"], ["-l", "nonsense"], ["--log-level", "loud"],
+    ["--max-item-size", "huge"],
+], ids=["workers0", "timeout0", "conns0", "listen", "log-level", "item-size"])
+def test_run_bad_flags_are_one_line(tmp_path, args):
+    cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
+    if "-l" not in args:
+        args = args + ["-l", f"{HOST}:{free_port()}"]
+    proc = run_cli("run", "-f", str(cfg), *args)
+    assert_one_line_error(proc, None)
+
+
+def test_run_port_in_use_is_one_line(tmp_path):
+    cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{port}")
+    line = assert_one_line_error(proc, "cannot listen")
+    assert str(port) in line
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout == b"mcrouter 0.1.0\n"
+    assert proc.stderr == b""
+    proc = run_cli("version")
+    assert proc.returncode == 0 and proc.stdout == b"mcrouter 0.1.0\n"
+
+
+@pytest.mark.skipif(shutil.which("mcrouter") is None, reason="the mcrouter console script is not installed")
+def test_console_script_version():
+    proc = subprocess.run(["mcrouter", "--version"], capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == b"mcrouter 0.1.0\n"
+
+
+@pytest.mark.parametrize("subcommand", [[], ["run"]], ids=["bare", "run"])
+def test_bare_command_runs_the_router(tmp_path, memcached, subcommand):
+    m = memcached()
+    cfg = write(tmp_path, f"""
+        orderedPool: [{m.addr}]
+        route:
+          type: OperationSelectorRoute
+          operationPolicies: {{version: LocalRoute}}
+        """)
+    port = free_port()
+    err = tmp_path / "stderr"
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen([*MCROUTER, *subcommand, "-f", str(cfg), "-l", f"{HOST}:{port}",
+                                 "-n", "1"], stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                                cwd=str(REPO))
+    try:
+        assert wait_port(port, proc), f"router did not start: {err.read_text()}"
+        with Client(port) as c:
+            exp = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+            assert c.request(b"version\r\n", exp) == exp
+            exp = b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+            assert c.request(b"set k 0 0 1\r\nv\r\nget k\r\n", exp) == exp
+        assert m.get_raw("k") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _serve_version(tmp_path, memcached, listen: str, connect) -> None:
+    m = memcached()
+    cfg = write(tmp_path, f"orderedPool: [{m.addr}]\nroute: {{type: DefaultRoute}}\n")
+    err = tmp_path / "stderr"
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen([*MCROUTER, "-f", str(cfg), "-l", listen, "-n", "2"],
+                                stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, cwd=str(REPO))
+    try:
+        deadline = time.monotonic() + 10
+        sock = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                sock = connect()
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert sock is not None, f"router did not start on {listen}: {err.read_text()}"
+        with sock:
+            sock.settimeout(10)
+            sock.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
+            exp = b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+            got = b""
+            while len(got) < len(exp):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                got += data
+            assert got == exp
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_listen_unix_socket(tmp_path, memcached):
+    path = tmp_path / "mcr.sock"
+
+    def connect():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    _serve_version(tmp_path, memcached, f"unix://{path}", connect)
+    assert not path.exists(), "the unix socket file is left behind after a graceful stop"
+
+
+def test_listen_ipv6_loopback(tmp_path, memcached):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    _serve_version(tmp_path, memcached, f"[::1]:{port}",
+                   lambda: socket.create_connection(("::1", port), timeout=1))
