@@ -6,9 +6,10 @@ read, whether the router answers it itself or a host does; a reply is written
 only when every earlier slot has been written.  Replies from different hosts
 may complete in any order; the client sees them in its own order.
 
-Bounded: reading pauses while more than ``MAX_PENDING`` requests are owed a
-reply or more than ``out_limit`` bytes wait to be written, so a client that
-never reads cannot grow the router.
+Bounded: at most ``MAX_PENDING`` requests of one client are owed a reply at
+any time (more stay unparsed in its buffer), and reading pauses while more
+than ``out_limit`` bytes wait to be written.  A client that never reads holds
+at most its replies to those requests, never an unbounded backlog.
 """
 
 from collections import deque
@@ -21,7 +22,7 @@ cdef int EV_IN = select.EPOLLIN
 cdef int EV_OUT = select.EPOLLOUT
 cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
-MAX_PENDING = 4096
+MAX_PENDING = 1024
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 
@@ -70,8 +71,6 @@ cdef class ClientConnection:
             self.flush()
 
     cdef read(self):
-        cdef list reqs
-        cdef Request req
         cdef Py_ssize_t n
         buf = self.loop.recv_buf
         try:
@@ -89,20 +88,27 @@ cdef class ClientConnection:
             if not self.pending and not self.out:
                 self.close()
             return
-        reqs = self.parser.feed(buf, n)
-        if not reqs:
-            return
-        pending = self.pending
-        route = self.worker.route
-        dispatch = route.dispatch
-        for req in reqs:
-            req.owner = self
-            pending.append(req)
-            if req.reply is None:
-                dispatch(req)
-        if pending and (<Request>pending[0]).reply is not None:
-            self.on_reply(pending[0])
-        if self.parser.closing or len(pending) > C_MAX_PENDING:
+        self.take(buf, n)
+
+    cdef take(self, data, Py_ssize_t n):
+        """Parse and route what the client sent, never more than MAX_PENDING
+        requests owed a reply: the rest waits in the parser, and reading
+        pauses until replies drain, so one client's memory stays bounded."""
+        cdef list reqs
+        cdef Request req
+        cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
+        reqs = self.parser.feed(data, n, room)
+        if reqs:
+            pending = self.pending
+            dispatch = self.worker.route.dispatch
+            for req in reqs:
+                req.owner = self
+                pending.append(req)
+                if req.reply is None:
+                    dispatch(req)
+            if pending and (<Request>pending[0]).reply is not None:
+                self.on_reply(pending[0])
+        if self.parser.closing or len(reqs) >= room or len(self.out) > self.out_limit:
             self._set_reading(False)
 
     cpdef on_reply(self, Request req):
@@ -145,9 +151,11 @@ cdef class ClientConnection:
             self.close()
             return
         if not self.reading:
-            if not self.parser.closing and len(self.out) <= self.out_limit \
-                    and len(self.pending) <= C_MAX_PENDING:
+            if not self.parser.closing and len(self.out) <= self.out_limit // 2 \
+                    and len(self.pending) <= C_MAX_PENDING // 2:
                 self._set_reading(True)
+                if self.parser.buffered:
+                    self.take(b"", 0)   # requests read earlier, held back by the bound
         elif len(self.out) > self.out_limit:
             self._set_reading(False)
         self._set_want_write(len(self.out) > 0)

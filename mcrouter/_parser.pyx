@@ -25,6 +25,8 @@ from libc.stdlib cimport strtol, strtoul, strtoull
 from libc.errno cimport errno, ERANGE
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int32_t
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 cdef extern from "ctype.h":
     int isspace(int c)
@@ -166,6 +168,7 @@ cdef class RequestParser:
     cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
     cdef int more        # 1 if the line had more tokens than were stored
     cdef long scratch
+    cdef Py_ssize_t limit    # most requests one feed may return
 
     def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
                  int chan=0):
@@ -178,17 +181,25 @@ cdef class RequestParser:
     def buffered(self):
         return len(self.buf)
 
-    def feed(self, data, Py_ssize_t n=-1):
+    def feed(self, data=b"", Py_ssize_t n=-1, Py_ssize_t limit=PY_SSIZE_T_MAX):
         """Add client bytes (the first ``n`` of ``data`` if given); return the
-        list of complete requests, in order.  Input is parsed in place when
-        nothing is buffered, so only an unfinished tail is ever copied."""
+        complete requests, in order, at most ``limit`` of them: the rest stay
+        buffered for a later call (``feed()`` with no data parses them).
+        Input is parsed in place when nothing is buffered, so only what is
+        left over is ever copied."""
         cdef list out = []
         cdef const unsigned char[::1] view = data
-        cdef const unsigned char *p
+        cdef const unsigned char *p = NULL
         cdef Py_ssize_t skip, pos
+        self.limit = limit
         if n < 0 or n > view.shape[0]:
             n = view.shape[0]
-        if self.closing or n == 0:
+        if self.closing or (n == 0 and len(self.buf) == 0):
+            return out
+        if n == 0:
+            pos = self.parse(self.buf, len(self.buf), out)
+            if pos:
+                del self.buf[:pos]
             return out
         p = &view[0]
         if self.swallow:
@@ -212,7 +223,7 @@ cdef class RequestParser:
     cdef Py_ssize_t parse(self, const unsigned char *p, Py_ssize_t n, list out) except -1:
         cdef Py_ssize_t pos = 0, nl, el, r, k
         cdef const unsigned char *hit
-        while pos < n and not self.closing:
+        while pos < n and not self.closing and len(out) < self.limit:
             if self.swallow:
                 k = min(self.swallow, n - pos)
                 self.swallow -= k
@@ -745,6 +756,49 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int 
             else:
                 pos = le
     return -2
+
+
+cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, int rkind,
+                           Py_ssize_t *skip_left, bint *last, bint *done):
+    """Walk a reply too large to hold without keeping it: consume what is in
+    p[0:n] and return how much (or -2 on garbage); ``*done`` once the reply
+    has ended.  ``*skip_left`` counts data bytes still to drop, ``*last``
+    says the reply ends with them (meta VA)."""
+    cdef Py_ssize_t pos = 0, k, le
+    cdef long size
+    while pos < n or (skip_left[0] == 0 and last[0]):
+        if skip_left[0]:
+            k = min(skip_left[0], n - pos)
+            skip_left[0] -= k
+            pos += k
+            continue
+        if last[0]:
+            done[0] = True
+            return pos
+        le = line_end(p, pos, n)
+        if le == -1:
+            return -2 if n - pos > 65536 else pos
+        if le < 0:
+            return -2
+        if starts(p, pos, le, "VALUE ", 6):
+            size = field_number(p, pos, le, 3)
+        elif starts(p, pos, le, "VA ", 3):
+            size = field_number(p, pos, le, 1)
+            last[0] = rkind == RK_META
+        elif (rkind == RK_GET and (starts(p, pos, le, "END\r\n", 5) or is_error_line(p, pos, le))) \
+                or (rkind == RK_QUIET and starts(p, pos, le, "MN\r\n", 4)):
+            done[0] = True
+            return le
+        elif rkind == RK_QUIET:
+            pos = le
+            continue
+        else:
+            return -2
+        if size < 0:
+            return -2
+        skip_left[0] = size + 2
+        pos = le
+    return pos
 
 
 def scan(data, int rkind):

@@ -10,10 +10,14 @@ cdef class Ring:
     cdef Py_ssize_t max_inflight
     cdef Py_ssize_t max_out
     cdef Py_ssize_t max_reply
+    cdef bint dropping          # the oldest request's reply is too large: walking past it
+    cdef Py_ssize_t skip_left   # value bytes still to drop
+    cdef bint skip_last         # the reply ends with those bytes (meta VA)
 
     cpdef bint push(self, Request req, double deadline)
     cpdef Py_ssize_t write_to(self, sock) except -1
     cpdef int feed(self, data, Py_ssize_t n=*) except -2
     cpdef int expire(self, double now, bytes reply) except -1
     cpdef fail_all(self, bytes reply)
+    cdef void _pop_head(self)
     cdef void _compact(self)

@@ -9,14 +9,17 @@ answered at once with the router's timeout reply but keeps its place, so its
 late reply is recognised and dropped without shifting any other.
 
 Every queue is bounded: ``push`` refuses work past ``max_inflight``
-requests or ``max_out`` unwritten bytes, and a single reply larger than
-``max_reply`` per key asked is a protocol error.
+requests or ``max_out`` unwritten bytes.  A value reply larger than
+``max_reply`` per key asked is walked past without being held, and its
+request alone is answered with the router's "reply too large" error.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from mcrouter._parser cimport (Request, append_bytes, scan_reply, RK_QUIET, CMD_MG,
-                               ST_OK, ST_FAIL, ST_ERROR)
+from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK_LINE,
+                               RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
+
+cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
 
 
 cdef class Ring:
@@ -85,6 +88,7 @@ cdef class Ring:
         cdef bytearray held = None
         cdef Request req
         cdef bytes reply
+        cdef bint done = False
         if n < 0 or n > view.shape[0]:
             n = view.shape[0]
         if n == 0:
@@ -100,11 +104,29 @@ cdef class Ring:
             if self.head >= len(self.fifo):
                 return -1       # bytes nobody asked for
             req = <Request>self.fifo[self.head]
+            if self.dropping:
+                r = skip_reply(p + pos, n - pos, req.rkind, &self.skip_left, &self.skip_last, &done)
+                if r < 0:
+                    return -1
+                pos += r
+                if not done:
+                    break
+                self.dropping = False
+                self._pop_head()
+                req.finish(REPLY_TOO_LARGE, ST_ERROR)
+                continue
             r = scan_reply(p + pos, n - pos, req.rkind, &status)
             if r == -1:
                 # a multiget may carry one item per key
                 if n - pos > self.max_reply * (len(req.keys) if req.keys is not None else 1):
-                    return -1
+                    if req.rkind == RK_LINE or req.rkind == RK_STATS:
+                        return -1
+                    # too large to hold: walk past it and answer with an error
+                    self.dropping = True
+                    self.skip_left = 0
+                    self.skip_last = False
+                    done = False
+                    continue
                 break
             if r < 0:
                 return -1
@@ -117,10 +139,7 @@ cdef class Ring:
                 status = ST_OK          # the router's own answer: no route may fail it over
             reply = PyBytes_FromStringAndSize(<const char *>p + pos, end - pos)
             pos += r
-            self.fifo[self.head] = None
-            self.head += 1
-            if self.expired < self.head:
-                self.expired = self.head
+            self._pop_head()
             req.finish(reply, status)
         if held is None:
             if pos < n:
@@ -152,10 +171,17 @@ cdef class Ring:
         self.fifo = []
         self.head = 0
         self.expired = 0
+        self.dropping = False
         self.out = bytearray()
         self.inbuf = bytearray()
         for i in range(start, len(fifo)):
             (<Request>fifo[i]).finish(reply, ST_ERROR)
+
+    cdef inline void _pop_head(self):
+        self.fifo[self.head] = None
+        self.head += 1
+        if self.expired < self.head:
+            self.expired = self.head
 
     cdef void _compact(self):
         if self.head == len(self.fifo):

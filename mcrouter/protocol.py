@@ -43,6 +43,7 @@ NO_HEALTHY_UPSTREAM = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 UPSTREAM_TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 UPSTREAM_QUEUE_FULL = b"SERVER_ERROR mcrouter: upstream queue full\r\n"
+REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"       # mirrored in _ring.pyx
 NOT_HANDLED_LOCALLY = b"SERVER_ERROR mcrouter: command not handled locally\r\n"
 NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 SHUTTING_DOWN = b"SERVER_ERROR mcrouter: shutting down\r\n"

@@ -84,7 +84,7 @@ class Connection:
     def __init__(self, host: Host, max_item_size: int) -> None:
         self.host = host
         self.loop = host.loop
-        self.ring = Ring(max_reply=max_item_size + 64 * 1024)
+        self.ring = Ring(max_reply=2 * max_item_size + 64 * 1024)
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = DOWN

@@ -10,9 +10,10 @@ run time (the CAS unique of an item for ``cas``/``C``).  A fresh memcached
 hands out CAS values deterministically (a global counter bumped once per
 store), so the session is first *resolved* by playing it one step at a time
 against a scratch fresh memcached, reading CAS values from its replies.
-The resulting list of concrete requests is then replayed against a fresh
-direct memcached and against the router in front of a fresh memcached; the
-CAS values are the same on both.
+The resulting list of concrete requests is then replayed against the
+router in front of a fresh memcached (sequential mode: the resolving run is
+the reference) or against a fresh direct memcached and the router in front
+of another fresh one (pipelined mode); the CAS values are the same on all.
 
 Two modes:
 * sequential: each step is written, then a marker request is written,
@@ -32,6 +33,11 @@ and the two servers run a little apart in time:
   fetch); ``t-1`` (no TTL) is compared exactly;
 * ``me``'s ``exp=<n>`` (any n but -1, same reason; memcached prints it
   relative to its clock) and ``la=<n>`` (seconds since last access).
+
+Further differential tests below, each on fresh servers: cases that close
+the connection or depend on line length, values over the size limit (with
+every storage command and ms mode/flag error), NUL bytes in command lines,
+out-of-memory errors (memcached -m 2 -M), and a small -b with a long multiget.
 """
 from __future__ import annotations
 

@@ -520,3 +520,43 @@ def test_reuseport(memcached, router, workers):
             assert c.request(b"set r%d 0 0 1\r\nx\r\nget r%d\r\n" % (i, i), exp) == exp
     r.signal(signal.SIGTERM)
     assert r.wait(15) == 0, r.stderr()
+
+
+def _fd_count(pid: int) -> int:
+    import os
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def test_many_connections_and_churn_leak_nothing(memcached, router):
+    m = memcached()
+    m.set("k", b"v")
+    r = router(pool_config([m], "DefaultRoute"), workers=1)
+    (worker,) = r.worker_pids()
+    with r.client() as c:
+        assert c.request(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n") == \
+            b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    baseline = _fd_count(worker)
+    exp = b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    # 200 connections open at once, each with a request in flight
+    clients = [Client(r.port, timeout=20) for _ in range(200)]
+    try:
+        for c in clients:
+            c.send(b"get k\r\n")
+        for c in clients:
+            assert c.recv_exact(len(exp)) == exp
+    finally:
+        for c in clients:
+            c.close()
+    # churn: connect, ask, hang up (sometimes before the reply)
+    for i in range(300):
+        c = Client(r.port)
+        c.send(b"get k\r\n")
+        if i % 2:
+            assert c.recv_exact(len(exp)) == exp
+        c.close()
+    assert wait_until(lambda: _fd_count(worker) <= baseline + 2, 10), \
+        f"worker fds: {baseline} before, {_fd_count(worker)} after"
+    assert r.worker_pids() == [worker]

@@ -564,3 +564,72 @@ def test_ipv6_upstream(router):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_miss_failover_pipelined_random_multigets(memcached, router):
+    """500 random multi-key gets in one write against keys spread over three
+    hosts; every reply is what a model of the route predicts: for each key in
+    request order, the value from the first host that has it."""
+    import random
+    rng = random.Random(7)
+    hosts = [memcached(), memcached(), memcached()]
+    keys = [f"k{i}" for i in range(40)]
+    where: dict[str, list[tuple[int, bytes]]] = {}
+    for k in keys:
+        for h in rng.sample(range(3), rng.randint(0, 3)):
+            v = f"{k}@{h}".encode() * rng.randint(1, 3)
+            hosts[h].set(k, v, flags=h)
+            where.setdefault(k, []).append((h, v))
+    r = router(pool_config(hosts, "MissFailoverRoute"), workers=2)
+    reqs, exp = [], []
+    for _ in range(500):
+        ks = [rng.choice(keys) for _ in range(rng.randint(1, 8))]
+        reqs.append(("get " + " ".join(ks) + "\r\n").encode())
+        body = b""
+        for k in ks:
+            if k in where:
+                h, v = min(where[k])
+                body += value(k, v, h)
+        exp.append(body + b"END\r\n")
+    want = b"".join(exp)
+    with Client(r.port, timeout=30) as c:
+        got = c.pipeline(b"".join(reqs), want, timeout=30)
+    if got != want:
+        from conftest import first_difference
+        pytest.fail(first_difference(want, got))
+
+
+def test_all_fastest_pipelined_writes_converge(memcached, router):
+    """A pipeline of writes (set, delete, append) through AllFastestRoute
+    leaves every host with the same final state as a model predicts."""
+    import random
+    rng = random.Random(11)
+    hosts = [memcached(), memcached(), memcached()]
+    r = router(pool_config(hosts, "AllFastestRoute"), workers=1)
+    keys = [f"w{i}" for i in range(15)]
+    model: dict[str, bytes] = {}
+    reqs, exp = [], []
+    for i in range(600):
+        k = rng.choice(keys)
+        op = rng.randrange(3)
+        if op == 0:
+            v = b"v%d" % i
+            reqs.append(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(v), v))
+            exp.append(b"STORED\r\n")
+            model[k] = v
+        elif op == 1:
+            reqs.append(b"delete %s\r\n" % k.encode())
+            exp.append(b"DELETED\r\n" if k in model else b"NOT_FOUND\r\n")
+            model.pop(k, None)
+        else:
+            reqs.append(b"append %s 0 0 1\r\n+\r\n" % k.encode())
+            exp.append(b"STORED\r\n" if k in model else b"NOT_STORED\r\n")
+            if k in model:
+                model[k] += b"+"
+    want = b"".join(exp)
+    with Client(r.port, timeout=30) as c:
+        got = c.pipeline(b"".join(reqs), want, timeout=30)
+    assert got == want
+    for m in hosts:
+        for k in keys:
+            wait_value(m, k, get_reply(value(k, model[k])) if k in model else b"END\r\n")

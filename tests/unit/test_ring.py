@@ -79,7 +79,24 @@ def test_push_is_bounded():
     assert not ring.push(reqs[2], 1.0)
 
 
-def test_a_reply_larger_than_the_bound_is_an_error():
+def test_a_reply_larger_than_the_bound_is_walked_past_not_held():
+    too_large = b"SERVER_ERROR mcrouter: reply too large\r\n"
+    for step in (1, 7, 60):         # reads smaller than the bound, as a big value arrives
+        inbox, ring = Inbox(), Ring(max_reply=100)
+        for r in requests(b"get a b\r\nmg c v\r\nmg d v q\r\nget e\r\n", inbox):
+            ring.push(r, 1.0)
+        stream = (b"VALUE a 0 3\r\nabc\r\nVALUE b 0 1000\r\n" + b"x" * 1000 + b"\r\nEND\r\n"
+                  + b"VA 500 f0\r\n" + b"y" * 500 + b"\r\n"
+                  + b"VA 300\r\n" + b"z" * 300 + b"\r\nMN\r\n"
+                  + b"VALUE e 0 1\r\nE\r\nEND\r\n")
+        for i in range(0, len(stream), step):
+            assert ring.feed(stream[i:i + step]) == 0
+        assert [g[1] for g in inbox.got] == [too_large, too_large, too_large,
+                                              b"VALUE e 0 1\r\nE\r\nEND\r\n"]
+        assert ring.inflight == 0
+
+
+def test_an_endless_line_is_a_protocol_error():
     inbox, ring = Inbox(), Ring(max_reply=100)
-    ring.push(requests(b"get a\r\n", inbox)[0], 1.0)
-    assert ring.feed(b"VALUE a 0 1000\r\n" + b"x" * 200) == -1
+    ring.push(requests(b"delete a\r\n", inbox)[0], 1.0)
+    assert ring.feed(b"x" * 200) == -1
