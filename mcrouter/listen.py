@@ -5,6 +5,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 BACKLOG = 1024
 
@@ -16,7 +17,7 @@ class ListenError(ValueError):
 @dataclass(frozen=True)
 class ListenAddr:
     family: int
-    address: str | tuple        # a path for AF_UNIX, (host, port) otherwise
+    address: Any                # a path (str) for AF_UNIX, (host, port) otherwise
 
     def __str__(self) -> str:
         if self.family == socket.AF_UNIX:
@@ -63,6 +64,8 @@ def bind(addr: ListenAddr, reuseport: bool = False) -> socket.socket:
         sock.bind(path)
     else:
         host, port = addr.address
+        family: int
+        sockaddr: Any
         if addr.family == socket.AF_UNSPEC:          # a host name
             family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         elif addr.family == socket.AF_INET6 and not host:   # all interfaces, v4 and v6

@@ -43,10 +43,10 @@ EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 
 class Handler(Protocol):
-    def on_event(self, mask: int) -> None: ...
+    """What the loop calls when a descriptor is ready.  A handler may also
+    have ``abort()``, called to drop it after an internal error."""
 
-    def abort(self) -> None:
-        """Drop this connection after an internal error (optional)."""
+    def on_event(self, mask: int) -> None: ...
 
 
 class Flushable(Protocol):

@@ -69,7 +69,7 @@ class Master:
             self.sleep()
             while self.sig_queue:
                 sig = self.sig_queue.pop(0)
-                getattr(self, "handle_" + self.SIG_NAMES[sig])()
+                getattr(self, "handle_" + self.SIG_NAMES[signal.Signals(sig)])()
             self.reap_workers()
             self.manage_workers()
         return self.exit_code

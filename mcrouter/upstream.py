@@ -16,6 +16,7 @@ import errno
 import logging
 import random
 import socket
+from typing import Any
 
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
@@ -85,7 +86,7 @@ class Connection:
         self.host = host
         self.loop = host.loop
         self.ring = Ring(max_reply=2 * max_item_size + 64 * 1024)
-        self.sock: socket.socket | None = None
+        self.sock: Any = None             # a socket.socket while connecting or up
         self.fd = -1
         self.state = DOWN
         self.dirty = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from mcrouter._parser import Request
-from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL
+from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, UPSTREAM_ERROR
 from mcrouter.upstream import Host
 
 
@@ -54,4 +54,4 @@ class Attempts:
         if self.failure is not None:
             self.parent.finish(self.failure, ST_FAIL)
         else:
-            self.parent.finish(self.error, ST_ERROR)
+            self.parent.finish(self.error or UPSTREAM_ERROR, ST_ERROR)

@@ -7,7 +7,7 @@ of its request and one END (gomcrouter stops at the first partial hit).
 from __future__ import annotations
 
 from mcrouter._parser import Request, split_values
-from mcrouter.protocol import CMD_GAT, CMD_GATS, ST_ERROR, ST_FAIL, ST_OK
+from mcrouter.protocol import CMD_GAT, CMD_GATS, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
 from mcrouter.routes.base import Attempts, PoolRoute
 from mcrouter.upstream import Host
 
@@ -42,7 +42,7 @@ class _Chain(Attempts):
 
     def on_reply(self, sub: Request) -> None:
         if sub.status == ST_OK:
-            self.parent.finish(sub.reply, ST_OK)
+            self.parent.finish(sub.reply or b"", ST_OK)
             return
         self.note(sub)
         if self.i < len(self.hosts):
@@ -54,16 +54,18 @@ class _Chain(Attempts):
 class _MultiGet:
     """Multi-key get: collect hits host by host, ask only for what is missing."""
 
-    __slots__ = ("parent", "hosts", "i", "prefix", "found", "missing", "answered", "error")
+    __slots__ = ("parent", "keys", "hosts", "i", "prefix", "found", "missing", "answered",
+                 "error")
 
     def __init__(self, parent: Request, hosts: list[Host]) -> None:
         self.parent = parent
+        self.keys: list[bytes] = parent.keys or []
         self.hosts = hosts
         self.i = 0
         words = parent.wire.split(None, 2 if parent.cmd in (CMD_GAT, CMD_GATS) else 1)
         self.prefix = b" ".join(words[:-1])      # "get" or "gat <exptime>"
         self.found: dict[bytes, bytes] = {}
-        self.missing = list(dict.fromkeys(parent.keys))
+        self.missing = list(dict.fromkeys(self.keys))
         self.answered = False                    # some host gave a real get reply
         self.error: bytes | None = None
 
@@ -78,7 +80,7 @@ class _MultiGet:
         host.send(sub)
 
     def on_reply(self, sub: Request) -> None:
-        reply = sub.reply
+        reply = sub.reply or b""
         if sub.status == ST_ERROR or not reply.endswith(b"END\r\n"):
             self.error = reply                   # an error: these keys stay missing
         else:
@@ -91,7 +93,8 @@ class _MultiGet:
             return
         if self.found or self.answered:
             found = self.found
-            body = b"".join([found[k] for k in self.parent.keys if k in found])
+            body = b"".join([found[k] for k in self.keys if k in found])
             self.parent.finish(body + b"END\r\n", ST_OK if found else ST_FAIL)
         else:
-            self.parent.finish(self.error, ST_FAIL if sub.status == ST_FAIL else ST_ERROR)
+            self.parent.finish(self.error or UPSTREAM_ERROR,
+                               ST_FAIL if sub.status == ST_FAIL else ST_ERROR)

@@ -36,7 +36,7 @@ class _Race(Attempts):
         if self.parent.reply is not None:
             return                      # already answered: the rest finish in the background
         if sub.status == ST_OK:
-            self.parent.finish(sub.reply, ST_OK)
+            self.parent.finish(sub.reply or b"", ST_OK)
             return
         self.note(sub)
         if self.left == 0:
