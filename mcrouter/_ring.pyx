@@ -52,9 +52,6 @@ cdef class Ring:
             return (<Request>self.fifo[self.head]).deadline
         return 0.0
 
-    def _out_for_tests(self):
-        return self.out
-
     cpdef bint push(self, Request req, double deadline):
         """Queue a request; False when the ring is full (the caller answers it)."""
         if len(self.fifo) - self.head >= self.max_inflight or len(self.out) > self.max_out:

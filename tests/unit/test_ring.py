@@ -17,6 +17,17 @@ class Inbox:
         self.got.append((req.wire, req.reply, req.status))
 
 
+class Wire:
+    """A socket stand-in that accepts every byte and records each send."""
+
+    def __init__(self):
+        self.sends = []
+
+    def send(self, data):
+        self.sends.append(bytes(data))
+        return len(data)
+
+
 def requests(data: bytes, owner):
     reqs = RequestParser().feed(data)
     for r in reqs:
@@ -28,8 +39,10 @@ def test_replies_match_requests_in_order_across_partial_reads():
     inbox, ring = Inbox(), Ring()
     for r in requests(b"get a\r\nset b 0 0 1\r\nx\r\nmg c v q\r\ndelete d noreply\r\n", inbox):
         assert ring.push(r, 10.0)
-    assert bytes(ring._out_for_tests()) == (b"get a\r\nset b 0 0 1\r\nx\r\nmg c v q\r\nmn\r\n"
-                                            b"delete d noreply\r\nmn\r\n")
+    sock = Wire()
+    assert ring.write_to(sock) == 0        # everything queued goes out in one send
+    assert sock.sends == [b"get a\r\nset b 0 0 1\r\nx\r\nmg c v q\r\nmn\r\n"
+                          b"delete d noreply\r\nmn\r\n"]
     stream = b"VALUE a 0 2\r\nhi\r\nEND\r\nSTORED\r\nMN\r\nMN\r\n"
     for i in range(len(stream)):
         assert ring.feed(stream[i:i + 1]) == 0
