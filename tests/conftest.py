@@ -93,6 +93,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ipv6_port() -> int:
+    """A free port on [::1], or skip the test where there is no IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+
+
 def wait_port(port: int, proc: subprocess.Popen | None = None,
               timeout: float = START_TIMEOUT) -> bool:
     """True once ``port`` accepts a connection; False on timeout or if ``proc`` died."""

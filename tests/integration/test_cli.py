@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, REPO, Client, free_port, wait_port
+from conftest import HOST, REPO, Client, free_ipv6_port, free_port, wait_port
 
 MCROUTER = [sys.executable, "-m", "mcrouter"]
 
@@ -292,13 +292,6 @@ def test_listen_unix_socket(tmp_path, memcached):
 
 
 def test_listen_ipv6_loopback(tmp_path, memcached):
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-            port = s.getsockname()[1]
-    except OSError:
-        pytest.skip("no IPv6 loopback")
+    port = free_ipv6_port()
     _serve_version(tmp_path, memcached, f"[::1]:{port}",
                    lambda: socket.create_connection(("::1", port), timeout=1))

@@ -537,15 +537,10 @@ def test_ipv6_upstream(router):
     """An orderedPool entry [::1]:port reaches a memcached listening on ::1."""
     import socket
     import subprocess
-    from conftest import MEMCACHED, wait_until
+    from conftest import MEMCACHED, free_ipv6_port, wait_until
     if MEMCACHED is None:
         pytest.skip("memcached is not installed")
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-            port = s.getsockname()[1]
-    except OSError:
-        pytest.skip("no IPv6 loopback")
+    port = free_ipv6_port()
     proc = subprocess.Popen([MEMCACHED, "-u", "root", "-l", "::1", "-p", str(port), "-U", "0",
                              "-t", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
