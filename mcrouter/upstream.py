@@ -42,6 +42,7 @@ class Host:
         self.timeout = timeout
         self.healthy = True           # optimistic until a connection fails
         self.last_error = ""
+        self._sockaddr: tuple[int, Any] | None = None
         self.conns = [Connection(self, max_item_size) for _ in range(max(1, connections))]
 
     def start(self) -> None:
@@ -62,6 +63,16 @@ class Host:
                 return
             i = (i + 1) % n
         req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
+
+    def resolve(self) -> tuple[int, Any]:
+        """The host's address, looked up once and kept, so that reconnects never
+        wait on DNS.  (IP literals resolve without a lookup; refreshing names
+        is the DNS cache's job, not the reconnect path's.)"""
+        if self._sockaddr is None:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                self.addr.host, self.addr.port, type=socket.SOCK_STREAM)[0]
+            self._sockaddr = (family, sockaddr)
+        return self._sockaddr
 
     def connection_up(self) -> None:
         if not self.healthy:
@@ -135,13 +146,11 @@ class Connection:
     def connect(self) -> None:
         if self.closed:
             return
-        addr = self.host.addr
         try:
-            infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+            family, sockaddr = self.host.resolve()
         except socket.gaierror as e:
-            self.fail(f"resolve {addr.host}: {e.strerror}")
+            self.fail(f"resolve {self.host.addr.host}: {e.strerror}")
             return
-        family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
