@@ -59,10 +59,19 @@ class Host:
         for _ in range(n):
             c = conns[i]
             if c.state != DOWN:
-                c.send(req)
-                return
+                break
             i = (i + 1) % n
-        req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
+        else:
+            req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
+            return
+        loop = self.loop
+        if not c.ring.push(req, loop.now + self.timeout):
+            req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
+            return
+        loop.busy.add(c)
+        if not c.dirty and c.state == UP:      # written at the end of this loop turn
+            c.dirty = True
+            loop.dirty_upstreams.append(c)
 
     def resolve(self) -> tuple[int, Any]:
         """The host's address, looked up once and kept, so that reconnects never
@@ -106,17 +115,7 @@ class Connection:
         self.connect_deadline = 0.0
         self.closed = False
 
-    # -- requests ----------------------------------------------------------
-
-    def send(self, req: Request) -> None:
-        loop = self.loop
-        if not self.ring.push(req, loop.now + self.host.timeout):
-            req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
-            return
-        loop.busy.add(self)
-        if not self.dirty and self.state == UP:
-            self.dirty = True
-            loop.dirty_upstreams.append(self)
+    # -- requests (queued by Host.send) ------------------------------------
 
     def flush(self) -> None:
         """Called once per loop turn: one send of everything queued."""
