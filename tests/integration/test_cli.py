@@ -2,6 +2,7 @@
 and operator mistakes ending in one line on stderr with exit status 2."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -219,11 +220,7 @@ def test_bare_command_runs_the_router(tmp_path, memcached, subcommand):
         """)
     port = free_port()
     err = tmp_path / "stderr"
-    with open(err, "wb") as errf:
-        proc = subprocess.Popen([*MCROUTER, *subcommand, "-f", str(cfg), "-l", f"{HOST}:{port}",
-                                 "-n", "1"], stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
-                                cwd=str(REPO))
-    try:
+    with running([*subcommand, "-f", str(cfg), "-l", f"{HOST}:{port}", "-n", "1"], err) as proc:
         assert wait_port(port, proc), f"router did not start: {err.read_text()}"
         with Client(port) as c:
             exp = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
@@ -233,6 +230,16 @@ def test_bare_command_runs_the_router(tmp_path, memcached, subcommand):
         assert m.get_raw("k") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, err.read_text()
+
+
+@contextlib.contextmanager
+def running(args: list[str], err: Path):
+    """The router as a real process (output to ``err``), killed if a test leaves it running."""
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen([*MCROUTER, *args], stdin=subprocess.DEVNULL, stdout=errf,
+                                stderr=errf, cwd=str(REPO))
+    try:
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -243,10 +250,7 @@ def _serve_version(tmp_path, memcached, listen: str, connect) -> None:
     m = memcached()
     cfg = write(tmp_path, f"orderedPool: [{m.addr}]\nroute: {{type: DefaultRoute}}\n")
     err = tmp_path / "stderr"
-    with open(err, "wb") as errf:
-        proc = subprocess.Popen([*MCROUTER, "-f", str(cfg), "-l", listen, "-n", "2"],
-                                stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, cwd=str(REPO))
-    try:
+    with running(["-f", str(cfg), "-l", listen, "-n", "2"], err) as proc:
         deadline = time.monotonic() + 10
         sock = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -269,10 +273,6 @@ def _serve_version(tmp_path, memcached, listen: str, connect) -> None:
             assert got == exp
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, err.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_listen_unix_socket(tmp_path, memcached):
