@@ -1,9 +1,10 @@
-"""Build the two Cython extensions; everything else is in pyproject.toml."""
+"""Build the Cython extensions; everything else is in pyproject.toml."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
     Extension("mcrouter._parser", ["mcrouter/_parser.pyx"]),
+    Extension("mcrouter._metrics", ["mcrouter/_metrics.pyx"]),
     Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
 ]

@@ -15,6 +15,8 @@ at most its replies to those requests, never an unbounded backlog.
 from collections import deque
 import select
 
+from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
+from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport Request, CMD_QUIT
 from mcrouter._parser import RequestParser
 
@@ -43,6 +45,7 @@ cdef class ClientConnection:
     cdef bint want_write
     cdef Py_ssize_t recv_size
     cdef Py_ssize_t out_limit
+    cdef Counters counters         # this worker's metrics slot
 
     def __init__(self, worker, sock):
         s = worker.settings
@@ -57,6 +60,9 @@ cdef class ClientConnection:
         self.reading = True
         self.recv_size = min(s.buffer_size, 256 * 1024)
         self.out_limit = max(s.buffer_size, 64 * 1024)
+        self.counters = local_counters()
+        self.counters.add(G_CLIENTS, 1)
+        self.counters.add(G_CLIENTS_TOTAL, 1)
         self.loop.add(self.fd, EV_IN, self)
 
     # -- events ------------------------------------------------------------
@@ -97,12 +103,15 @@ cdef class ClientConnection:
         cdef list reqs
         cdef Request req
         cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
+        cdef unsigned long long now = self.counters.tick()
+        self.counters.add(G_BYTES_IN, n)
         reqs = self.parser.feed(data, n, room)
         if reqs:
             pending = self.pending
             dispatch = self.worker.route.dispatch
             for req in reqs:
                 req.owner = self
+                req.born_ns = now
                 pending.append(req)
                 if req.reply is None:
                     dispatch(req)
@@ -122,6 +131,7 @@ cdef class ClientConnection:
             if r.reply is None:
                 break
             pending.popleft()
+            self.counters.request_done(r)
             if r.cmd == CMD_QUIT:
                 self.quitting = True
                 pending.clear()
@@ -143,6 +153,7 @@ cdef class ClientConnection:
             except OSError:
                 self.close()
                 return
+            self.counters.add(G_BYTES_OUT, sent)
             if sent == len(self.out):
                 self.out = bytearray()
             else:
@@ -193,6 +204,7 @@ cdef class ClientConnection:
         if self.closed:
             return
         self.closed = True
+        self.counters.add(G_CLIENTS, <unsigned long long>-1)
         self.loop.remove(self.fd)
         self.worker.clients.discard(self)
         try:

@@ -1,6 +1,8 @@
 # The wire protocol's hot objects. protocol.py holds the same numbers for the
 # Python layer; tests/unit/test_parser.py checks that the two agree.
 
+from libc.stdint cimport uint64_t
+
 cdef enum:
     CMD_GET = 1
     CMD_GETS = 2
@@ -54,6 +56,8 @@ cdef class Request:
     cdef public object reply     # bytes once answered, None before
     cdef public object owner     # who is told: owner.on_reply(request)
     cdef public double deadline  # monotonic time its upstream reply is due
+    cdef public uint64_t born_ns # when the client's bytes were read (metrics clock)
+    cdef public uint64_t sent_ns # when it was queued upstream (metrics clock)
     cdef public bytes override   # if set, the client gets this whatever upstream says
     cdef public int chan         # the client's channel: picks its upstream connection,
                                  # so one client's requests keep their order on a host

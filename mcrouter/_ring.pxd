@@ -1,3 +1,4 @@
+from mcrouter._metrics cimport Counters
 from mcrouter._parser cimport Request
 
 cdef class Ring:
@@ -13,6 +14,8 @@ cdef class Ring:
     cdef bint dropping          # the oldest request's reply is too large: walking past it
     cdef Py_ssize_t skip_left   # value bytes still to drop
     cdef bint skip_last         # the reply ends with those bytes (meta VA)
+    cdef Counters counters      # this process's metrics slot
+    cdef public int host        # the host's HostTable slot (metrics index), -1 if none
 
     cpdef bint push(self, Request req, double deadline)
     cpdef Py_ssize_t write_to(self, sock) except -1

@@ -16,6 +16,7 @@ request alone is answered with the router's "reply too large" error.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
+from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK_LINE,
                                RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
 
@@ -25,7 +26,9 @@ cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
 cdef class Ring:
 
     def __init__(self, Py_ssize_t max_inflight=65536, Py_ssize_t max_out=64 << 20,
-                 Py_ssize_t max_reply=(1 << 20) * 4):
+                 Py_ssize_t max_reply=(1 << 20) * 4, int host=-1):
+        self.counters = local_counters()
+        self.host = host
         self.out = bytearray()
         self.inbuf = bytearray()
         self.fifo = []
@@ -57,6 +60,7 @@ cdef class Ring:
         if len(self.fifo) - self.head >= self.max_inflight or len(self.out) > self.max_out:
             return False
         req.deadline = deadline
+        self.counters.upstream_sent(self.host, req)
         self.out += req.wire
         self.fifo.append(req)
         return True
@@ -90,6 +94,7 @@ cdef class Ring:
             n = view.shape[0]
         if n == 0:
             return 0
+        self.counters.tick()
         if len(self.inbuf) == 0:
             p = &view[0]
         else:
@@ -137,6 +142,8 @@ cdef class Ring:
             reply = PyBytes_FromStringAndSize(<const char *>p + pos, end - pos)
             pos += r
             self._pop_head()
+            if req.reply is None:       # not timed out already
+                self.counters.upstream_done(self.host, req, status)
             req.finish(reply, status)
         if held is None:
             if pos < n:
@@ -151,6 +158,7 @@ cdef class Ring:
         cdef Py_ssize_t i = max(self.head, self.expired)
         cdef Py_ssize_t count = 0
         cdef Request req
+        self.counters.tick()
         while i < len(self.fifo):
             req = <Request>self.fifo[i]
             if req.deadline > now:
@@ -165,6 +173,7 @@ cdef class Ring:
         """The connection is gone: answer everything still owed a reply."""
         cdef list fifo = self.fifo
         cdef Py_ssize_t i, start = self.head
+        self.counters.tick()
         self.fifo = []
         self.head = 0
         self.expired = 0

@@ -6,7 +6,7 @@ exit status 2; never a traceback.
 """
 from __future__ import annotations
 
-import logging
+import os
 import re
 import sys
 from typing import Optional
@@ -15,7 +15,8 @@ import typer
 
 from mcrouter import __version__
 from mcrouter.config import ConfigError, load_config
-from mcrouter.listen import ListenError, parse_listen
+from mcrouter.listen import ListenAddr, ListenError, parse_listen
+from mcrouter.logs import LOG_FORMATS, setup_logging
 from mcrouter.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=False,
@@ -47,6 +48,19 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
 
 
+def parse_metrics_listen(text: str) -> ListenAddr | None:
+    """``-L``: ``:9090``, ``host:port``, ``[::1]:port``, or ``off`` for no endpoint."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    try:
+        if text.startswith("unix://"):
+            raise ListenError(text)         # Prometheus scrapes over TCP
+        return parse_listen(text)
+    except ListenError:
+        raise ListenError(f"-L/--metrics-listen-addr {text!r} is not valid; write :9090, "
+                          "host:port, [::1]:port or off") from None
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"mcrouter {__version__}")
@@ -66,6 +80,10 @@ def run(
     listen: str = typer.Option("tcp://:8080", "-l", "--listen",
                                help="tcp://[host]:port, host:port, [::1]:port or unix:///path."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_format: str = typer.Option("text", "--log-format", help="text or json (one object per line)."),
+    metrics_listen_addr: str = typer.Option(
+        ":9090", "-L", "--metrics-listen-addr", envvar="MCROUTER_METRICS_LISTEN_ADDR",
+        help="Where /metrics is served (:9090, host:port, [::1]:port), or off."),
     server_event_loops: int = typer.Option(1, "-n", "--server-event-loops",
                                            help="Worker processes, one event loop each."),
     upstream_connections: int = typer.Option(2, "-C", "--upstream-connections",
@@ -90,6 +108,8 @@ def run(
     """Run the router (the default command)."""
     if log_level not in LOG_LEVELS:
         _die(f"--log-level {log_level!r} is not valid; use one of {', '.join(LOG_LEVELS)}")
+    if log_format not in LOG_FORMATS:
+        _die(f"--log-format {log_format!r} is not valid; use one of {', '.join(LOG_FORMATS)}")
     for flag, value in (("-n/--server-event-loops", server_event_loops),
                         ("-C/--upstream-connections", upstream_connections),
                         ("-r/--timeout-ms", timeout_ms), ("-b/--buffer-size", buffer_size),
@@ -113,6 +133,7 @@ def run(
             _die(f"{flag} must be at least 10ms (got {text})")
     try:
         addr = parse_listen(listen)
+        metrics_addr = parse_metrics_listen(metrics_listen_addr)
     except ListenError as e:
         _die(str(e))
     settings = Settings(config_path=router_config, listen=listen, workers=server_event_loops,
@@ -121,16 +142,19 @@ def run(
                         healthcheck_interval=durations["-H/--healthcheck-interval"],
                         dns_cache_ttl=durations["-t/--dns-cache-ttl"],
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
-                        graceful_timeout=graceful_timeout, log_level=log_level)
+                        graceful_timeout=graceful_timeout, log_level=log_level,
+                        log_format=log_format, metrics_listen=metrics_listen_addr,
+                        count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
     try:
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s mcrouter[%(process)d]: %(message)s")
+    setup_logging(log_level, log_format)
     from mcrouter.master import Master
     try:
-        code = Master(settings, config, addr).run()
+        code = Master(settings, config, addr, metrics_addr).run()
+    except ListenError as e:
+        _die(str(e))
     except OSError as e:
         _die(f"cannot listen on {addr}: {e.strerror or e}; choose another address with -l")
     raise typer.Exit(code)

@@ -10,9 +10,11 @@ wake the loop; the loop takes signals off the queue and dispatches to
   CHLD       reap; a worker that died is respawned with backoff; a worker
              that could not boot stops the master with a non-zero status
 
-Besides the workers the master forks one sidecar (health probes, DNS) and
-respawns it when it dies.  Before forking anything it makes the shared
-HostTable and writes every host's first address into it.
+Besides the workers the master forks one sidecar (health probes, DNS,
+``/metrics``) and respawns it when it dies.  Before forking anything it makes
+the shared HostTable (writing every host's first address into it) and the
+shared MetricsBlock, and binds the metrics socket, which it keeps: a
+restarted sidecar serves on it at once.
 """
 from __future__ import annotations
 
@@ -27,10 +29,13 @@ import sys
 import time
 from typing import Callable
 
+from mcrouter._metrics import (G_MASTER_PID, G_RELOAD_LAST_OK, G_SIDECAR_RESTARTS,
+                               G_START_TIME, G_WORKER_RESTARTS, install)
 from mcrouter.config import RouterConfig
 from mcrouter.dns import DnsCache
 from mcrouter.health import DOWN, HostTable
-from mcrouter.listen import ListenAddr, bind
+from mcrouter.listen import ListenAddr, ListenError, bind
+from mcrouter.metrics import MetricsBlock
 from mcrouter.settings import Settings
 from mcrouter.sidecar import run_sidecar
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
@@ -55,10 +60,13 @@ class Master:
     SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD]
     SIG_NAMES = {s: s.name[3:].lower() for s in SIGNALS}
 
-    def __init__(self, settings: Settings, config: RouterConfig, addr: ListenAddr) -> None:
+    def __init__(self, settings: Settings, config: RouterConfig, addr: ListenAddr,
+                 metrics_addr: ListenAddr | None = None) -> None:
         self.settings = settings
         self.config = config
         self.addr = addr
+        self.metrics_addr = metrics_addr
+        self.metrics_sock: socket.socket | None = None
         self.listeners: list[socket.socket] = []
         self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
         self.started: dict[int, float] = {}          # slot → spawn time
@@ -69,6 +77,12 @@ class Master:
         self.pid = os.getpid()
         self.table = HostTable()
         self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
+        self.metrics = MetricsBlock(settings.workers, self.table.capacity)
+        self.counters = self.metrics.counters(self.metrics.master_slot)
+        install(self.counters)
+        for word in (G_START_TIME, G_RELOAD_LAST_OK):
+            self.counters.set(word, int(time.time()))
+        self.counters.set(G_MASTER_PID, self.pid)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -82,6 +96,13 @@ class Master:
             self.listeners = [bind(self.addr)]
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
+        if self.metrics_addr is not None:
+            try:
+                self.metrics_sock = bind(self.metrics_addr)
+            except OSError as e:
+                raise ListenError(f"cannot listen on {self.metrics_addr} for metrics: "
+                                  f"{e.strerror or e}; choose another address with -L, "
+                                  "or -L off") from None
         self.init_signals()
         self.resolve_hosts()
         self.spawn_sidecar()
@@ -147,15 +168,18 @@ class Master:
                 except OSError as e:
                     log.error("worker cannot bind %s: %s", self.addr, e.strerror)
                     return EXIT_BOOT_FAILED
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()           # the sidecar's, not a worker's
             return run_worker(self.settings, self.config, listeners, self.pid,
-                              self.table, self.slots)
+                              self.table, self.slots, self.metrics, slot)
         self._fork(slot, "mcr-worker", body)
 
     def spawn_sidecar(self) -> None:
         hosts = [(slot, addr, self.config.health) for addr, slot in self.slots.items()]
         s = self.settings
         self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
-            self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid))
+            self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid,
+            self.metrics, self.metrics_sock))
 
     def _fork(self, slot: int, name: str, body: Callable[[], int]) -> None:
         """Fork a child that runs ``body`` and never returns into this code."""
@@ -172,6 +196,8 @@ class Master:
             os.close(self.wake_r)
             os.close(self.wake_w)
             code = body()
+        except SystemExit as e:     # a child told to stop (e.g. the sidecar on SIGTERM)
+            code = e.code if isinstance(e.code, int) else 1
         except BaseException:       # noqa: BLE001 - a child must never return into the master's code
             log.exception("%s crashed", name)
         finally:
@@ -202,6 +228,7 @@ class Master:
             fails = 0 if lived > STABLE_AFTER else self.failures.get(slot, 0) + 1
             self.failures[slot] = fails
             delay = min(0.1 * (2 ** fails), RESPAWN_MAX_DELAY) if fails else 0.0
+            self.counters.count(G_SIDECAR_RESTARTS if slot == SIDECAR else G_WORKER_RESTARTS)
             log.warning("%s (pid %d) exited with %s; restarting in %.1fs",
                         "sidecar" if slot == SIDECAR else f"worker {slot}", pid, code, delay)
             self.respawn_at[slot] = time.monotonic() + delay
@@ -240,7 +267,7 @@ class Master:
             except (ProcessLookupError, ChildProcessError):
                 pass
         self.workers.clear()
-        for sock in self.listeners:
+        for sock in self.listeners + ([self.metrics_sock] if self.metrics_sock else []):
             sock.close()
         if self.addr.family == socket.AF_UNIX:
             try:

@@ -19,3 +19,6 @@ class Settings:
     reuseport: bool = False
     graceful_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"            # --log-format: text or json
+    metrics_listen: str = ":9090"       # -L/--metrics-listen-addr, "off" for none
+    count_metrics: bool = True          # False only to measure what counting costs

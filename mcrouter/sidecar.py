@@ -1,4 +1,4 @@
-"""The sidecar process: active health probes and the DNS cache.
+"""The sidecar process: active health probes, the DNS cache and ``/metrics``.
 
 Forked and supervised by the master, so each host is probed once per
 router, not once per worker, and the verdict reaches every worker through
@@ -9,6 +9,10 @@ accepts connections but never answers (SIGSTOP, a wedged process) fails it.
 A host is marked down after ``fail`` failed probes in a row and up after
 ``rise`` good ones; a worker's TKO (down at once) restarts the count, so
 only ``rise`` probes after the TKO bring the host back.
+
+``/metrics`` is served from a thread (``exposition.py``) on the socket the
+master bound, so a scrape never delays a probe and a restarted sidecar
+serves again as soon as it is forked.
 """
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ import signal
 import socket
 from typing import Any
 
+from mcrouter._metrics import Counters, install
 from mcrouter.config import HealthPolicy, HostAddr
 from mcrouter.dns import DnsCache
+from mcrouter.exposition import serve_metrics
 from mcrouter.health import DOWN, UP, HostTable, sockaddr
 from mcrouter.loop import EV_IN, EV_OUT, Loop
+from mcrouter.metrics import MetricsBlock
 
 log = logging.getLogger("mcrouter.sidecar")
 
@@ -154,8 +161,10 @@ class Probe:
 
 
 def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]],
-                interval: float, dns_ttl: float, master_pid: int) -> int:
+                interval: float, dns_ttl: float, master_pid: int,
+                metrics: MetricsBlock, metrics_sock: socket.socket | None) -> int:
     """Entry point in the forked child; returns the process exit code."""
+    install(Counters())                 # the sidecar reads the block; it never writes
     def stop(_signum: int, _frame: object) -> None:
         raise SystemExit(0)             # nothing here is owed to a client: leave at once
 
@@ -168,6 +177,8 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
         # spread the first probes over one interval rather than all at once
         loop.call_later(interval * (i + 1) / (len(hosts) + 1), probe.begin)
     dns_stop = DnsCache(table, [(slot, addr) for slot, addr, _ in hosts]).start(dns_ttl)
+    if metrics_sock is not None:
+        serve_metrics(metrics_sock, metrics, table)
     try:
         while os.getppid() == master_pid:
             loop.run_once()

@@ -22,6 +22,7 @@ import random
 import socket
 from typing import Any
 
+from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, local as local_counters
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
@@ -58,6 +59,7 @@ class Host:
         self.healthy = table.state(slot) != HOST_DOWN
         self.generation = table.generation(slot)
         self.last_error = ""
+        self.counters = local_counters()
         self.conns = [Connection(self) for _ in range(max(1, connections))]
         self.retiring: list[Connection] = []      # old address, finishing their requests
 
@@ -149,7 +151,7 @@ class Connection:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.loop = host.loop
-        self.ring = Ring(max_reply=2 * host.max_item_size + 64 * 1024)
+        self.ring = Ring(max_reply=2 * host.max_item_size + 64 * 1024, host=host.slot)
         self.sock: Any = None             # a socket.socket while connecting or up
         self.fd = -1
         self.state = DOWN
@@ -178,12 +180,13 @@ class Connection:
         ring = self.ring
         expired = ring.expire(now, UPSTREAM_TIMEOUT)
         if expired:
+            self.host.counters.upstream_error(self.host.slot, E_TIMEOUT, expired)
             self.host.failed("timeout", expired)
         oldest = ring.oldest_deadline
         if oldest and now > oldest + self.host.timeout:
-            self.fail("no reply within twice the timeout")
+            self.fail("no reply within twice the timeout", kind=None)  # counted as timeouts
         elif self.state == CONNECTING and now > self.connect_deadline:
-            self.fail("connect timeout")
+            self.fail("connect timeout", kind=E_CONNECT)
         elif ring.inflight == 0 and self.state != CONNECTING:
             self.loop.busy.discard(self)
             if self.retiring and not ring.pending:
@@ -208,7 +211,7 @@ class Connection:
             return
         target = self.host.sockaddr()
         if target is None:
-            self.fail("no address for the host name")
+            self.fail("no address for the host name", kind=E_CONNECT)
             return
         family, sockaddr = target
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -225,9 +228,10 @@ class Connection:
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             self.loop.add(self.fd, EV_OUT, self)
         else:
-            self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS)
+            self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
 
     def _connected(self) -> None:
+        self.host.counters.upstream_connections(self.host.slot, 1)
         self.state = UP
         self.backoff = BACKOFF_MIN
         self.want_write = False
@@ -240,7 +244,7 @@ class Connection:
         if self.state == CONNECTING:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS)
+                self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
             else:
                 self._connected()
             return
@@ -258,7 +262,7 @@ class Connection:
                 return
             if n > 0:
                 if self.ring.feed(buf, n) < 0:
-                    self.fail("unparseable reply")
+                    self.fail("unparseable reply", kind=E_PARSE)
                     return
                 self.host.failures = 0
         if mask & EV_OUT and self.state == UP:
@@ -269,8 +273,11 @@ class Connection:
             self.want_write = want
             self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
 
-    def fail(self, reason: str, hard: bool = False) -> None:
-        """Drop the socket, answer everything in flight, schedule a reconnect."""
+    def fail(self, reason: str, hard: bool = False, kind: int | None = E_RESET) -> None:
+        """Drop the socket, answer everything in flight, schedule a reconnect;
+        ``kind`` is the upstream error counted for it (E_*), None for none."""
+        if kind is not None:
+            self.host.counters.upstream_error(self.host.slot, kind)
         if self.retiring:
             self.close(UPSTREAM_ERROR)
             return
@@ -289,6 +296,8 @@ class Connection:
 
     def _drop_socket(self) -> None:
         if self.sock is not None:
+            if self.state == UP:
+                self.host.counters.upstream_connections(self.host.slot, -1)
             self.loop.remove(self.fd)
             self.sock.close()
             self.sock, self.fd = None, -1

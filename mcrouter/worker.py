@@ -15,8 +15,10 @@ from time import monotonic
 
 from mcrouter.config import HostAddr, RouterConfig
 from mcrouter._downstream import ClientConnection
+from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
 from mcrouter.health import HostTable
 from mcrouter.loop import EV_IN, Loop
+from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
 from mcrouter.routes.admin import with_router_commands
 from mcrouter.settings import Settings
@@ -41,6 +43,7 @@ class _Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
+                local().count(G_CLIENTS_REJECTED)
                 log.warning("accept failed: %s", e)
                 return
             self.worker.adopt(conn)
@@ -68,13 +71,16 @@ class _SignalPipe:
 class Worker:
     def __init__(self, settings: Settings, config: RouterConfig,
                  listeners: list[socket.socket], master_pid: int,
-                 table: HostTable, slots: dict[HostAddr, int]) -> None:
+                 table: HostTable, slots: dict[HostAddr, int],
+                 metrics: MetricsBlock, index: int) -> None:
         self.settings = settings
         self.config = config
         self.listeners = listeners
         self.master_pid = master_pid
         self.table = table
         self.slots = slots
+        self.metrics = metrics
+        self.index = index                # worker slot: the same after a restart
         self.health_seen = b""
         self.loop = Loop()
         self.clients: set[ClientConnection] = set()
@@ -96,12 +102,16 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, lambda *_: None)       # noted by the wakeup fd
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        counters = self.metrics.counters(self.index) if s.count_metrics else Counters()
+        counters.take_over()
+        install(counters)               # before any client or upstream ring is made
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
         by_addr = {addr: self.make_host(addr) for addr in self.config.hosts()}
         self.hosts = list(by_addr.values())
         pool = [by_addr[addr] for addr in self.config.ordered_pool]
-        self.route = with_router_commands(build_route(self.config.route, pool), self.table)
+        self.route = with_router_commands(build_route(self.config.route, pool), self.table,
+                                          self.metrics)
         self.health_seen = self.table.signature()
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
@@ -179,9 +189,10 @@ class Worker:
 
 
 def run_worker(settings: Settings, config: RouterConfig, listeners: list[socket.socket],
-               master_pid: int, table: HostTable, slots: dict[HostAddr, int]) -> int:
+               master_pid: int, table: HostTable, slots: dict[HostAddr, int],
+               metrics: MetricsBlock, index: int) -> int:
     """Entry point in the forked child; returns the process exit code."""
-    worker = Worker(settings, config, listeners, master_pid, table, slots)
+    worker = Worker(settings, config, listeners, master_pid, table, slots, metrics, index)
     try:
         worker.boot()
     except Exception as e:      # noqa: BLE001 - reported in one line, then the master stops

@@ -1,14 +1,30 @@
 """Commands the router answers about itself, whatever the route tree says.
 
-``stats servers`` (as in Facebook mcrouter) lists every upstream host with
-its shared health state, in memcached's ``STAT name value`` format, so that
-``mcrouter hosts`` and memcached tools can read it from any worker.  Other
-``stats`` requests go where the config sends them.
+Both are in memcached's ``STAT name value`` format and answered by whichever
+worker reads them, from state every worker shares:
+
+* ``stats servers`` (as in Facebook mcrouter) lists every upstream host with
+  its health state, so that ``mcrouter hosts`` and memcached tools can read it;
+* ``stats mcrouter`` gives the router's own counters summed over every
+  worker (the numbers ``/metrics`` exposes), for memcached dashboards.
+
+Other ``stats`` requests go where the config sends them.
 """
 from __future__ import annotations
 
+import time
+from typing import Callable
+
+from mcrouter import __version__
+from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS,
+                               G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_MASTER_PID,
+                               G_RELOAD_LAST_OK, G_RELOADS_FAILED, G_RELOADS_OK, G_REPLIES,
+                               G_ROUTES, G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS,
+                               H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
+                               ROUTE_DECISIONS)
 from mcrouter._parser import Request
-from mcrouter.health import HostTable
+from mcrouter.health import DOWN, HostTable
+from mcrouter.metrics import MetricsBlock
 from mcrouter.protocol import CMD_STATS, COMMAND_IDS, ST_OK
 from mcrouter.routes.base import Route
 from mcrouter.routes.selector import OperationSelectorRoute
@@ -21,25 +37,75 @@ def servers_reply(table: HostTable) -> bytes:
     return ("".join(lines) + "END\r\n").encode()
 
 
+def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
+    """The router's counters, summed over workers, in a fixed order of names."""
+    snap = block.snapshot(table.used)
+    hosts = range(snap.used)
+    requests = snap.requests()
+    now = int(time.time())
+
+    def host_sum(word: int) -> int:
+        return sum(snap.host_value(h, word) for h in hosts)
+
+    stats: list[tuple[str, int | str]] = [
+        ("pid", snap.value(G_MASTER_PID)),
+        ("uptime", now - snap.value(G_START_TIME)),
+        ("time", now),
+        ("version", __version__),
+        ("workers", block.slots - 1),
+        ("curr_connections", snap.gauge(G_CLIENTS)),
+        ("total_connections", snap.value(G_CLIENTS_TOTAL)),
+        ("rejected_connections", snap.value(G_CLIENTS_REJECTED)),
+        ("bytes_read", snap.value(G_BYTES_IN)),
+        ("bytes_written", snap.value(G_BYTES_OUT)),
+    ]
+    stats += [(f"cmd_{name}", requests[name].count if name in requests else 0)
+              for name in [*COMMAND_IDS, "invalid"]]
+    stats += [
+        ("upstream_requests", sum(n for h in hosts for n, _ in snap.upstream(h).values())),
+        ("upstream_connections", sum(snap.host_gauge(h, H_CONNS) for h in hosts)),
+        ("get_hits", host_sum(H_HITS)),
+        ("get_misses", host_sum(H_MISSES)),
+    ]
+    stats += [(f"upstream_errors_{r}", host_sum(H_ERRORS + i)) for i, r in enumerate(ERROR_REASONS)]
+    stats += [("hosts", snap.used),
+              ("healthy_hosts", sum(1 for h in hosts if table.state(h) != DOWN))]
+    stats += [(f"replies_{r}", snap.value(G_REPLIES + i)) for i, r in enumerate(REPLY_REASONS)]
+    stats += [(f"route_{d}", snap.value(G_ROUTES + i)) for i, d in enumerate(ROUTE_DECISIONS)]
+    stats += [
+        ("worker_restarts", snap.value(G_WORKER_RESTARTS)),
+        ("sidecar_restarts", snap.value(G_SIDECAR_RESTARTS)),
+        ("config_reloads", snap.value(G_RELOADS_OK)),
+        ("config_reload_failures", snap.value(G_RELOADS_FAILED)),
+        ("config_last_reload_success", snap.value(G_RELOAD_LAST_OK)),
+    ]
+    return ("".join(f"STAT {k} {v}\r\n" for k, v in stats) + "END\r\n").encode()
+
+
 class RouterStatsRoute(Route):
     name = "RouterStatsRoute"
 
-    def __init__(self, fallback: Route, table: HostTable) -> None:
+    def __init__(self, fallback: Route, table: HostTable, block: MetricsBlock) -> None:
         self.fallback = fallback
-        self.table = table
+        self.groups: dict[bytes, Callable[[], bytes]] = {
+            b"servers": lambda: servers_reply(table),
+            b"mcrouter": lambda: mcrouter_reply(table, block),
+        }
 
     def dispatch(self, req: Request) -> None:
-        if req.wire.split() == [b"stats", b"servers"]:
-            req.finish(servers_reply(self.table), ST_OK)
+        words = req.wire.split()
+        group = self.groups.get(words[1]) if len(words) == 2 else None
+        if group is not None:
+            req.finish(group(), ST_OK)
         else:
             self.fallback.dispatch(req)
 
 
-def with_router_commands(route: Route, table: HostTable) -> Route:
+def with_router_commands(route: Route, table: HostTable, block: MetricsBlock) -> Route:
     """``route`` with the router's own commands in front of its stats entry."""
     if isinstance(route, OperationSelectorRoute):
         commands = list(route.table)
     else:
         commands = [route] * (max(COMMAND_IDS.values()) + 2)
-    commands[CMD_STATS] = RouterStatsRoute(commands[CMD_STATS], table)
+    commands[CMD_STATS] = RouterStatsRoute(commands[CMD_STATS], table, block)
     return OperationSelectorRoute(commands)

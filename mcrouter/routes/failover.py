@@ -6,6 +6,7 @@ of its request and one END (gomcrouter stops at the first partial hit).
 """
 from __future__ import annotations
 
+from mcrouter._metrics import R_FAILOVER, R_MISS_FAILOVER, local as local_counters
 from mcrouter._parser import Request, split_values
 from mcrouter.protocol import CMD_GAT, CMD_GATS, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
 from mcrouter.routes.base import Attempts, PoolRoute
@@ -46,6 +47,7 @@ class _Chain(Attempts):
             return
         self.note(sub)
         if self.i < len(self.hosts):
+            local_counters().route(R_MISS_FAILOVER if sub.status == ST_FAIL else R_FAILOVER)
             self.next()
         else:
             self.give_up()
@@ -81,7 +83,8 @@ class _MultiGet:
 
     def on_reply(self, sub: Request) -> None:
         reply = sub.reply or b""
-        if sub.status == ST_ERROR or not reply.endswith(b"END\r\n"):
+        failed = sub.status == ST_ERROR or not reply.endswith(b"END\r\n")
+        if failed:
             self.error = reply                   # an error: these keys stay missing
         else:
             self.answered = True
@@ -89,6 +92,7 @@ class _MultiGet:
                 self.found.setdefault(key, block)
             self.missing = [k for k in self.missing if k not in self.found]
         if self.missing and self.i < len(self.hosts):
+            local_counters().route(R_FAILOVER if failed else R_MISS_FAILOVER)
             self.next()
             return
         if self.found or self.answered:

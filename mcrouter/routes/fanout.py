@@ -1,6 +1,7 @@
 """AllFastestRoute: every healthy host at once, the first success wins."""
 from __future__ import annotations
 
+from mcrouter._metrics import R_FANOUT, local as local_counters
 from mcrouter._parser import Request
 from mcrouter.protocol import ST_OK
 from mcrouter.routes.base import Attempts, PoolRoute
@@ -16,6 +17,7 @@ class AllFastestRoute(PoolRoute):
         elif len(hosts) == 1:
             hosts[0].send(req)
         else:
+            local_counters().route(R_FANOUT)
             race = _Race(req, len(hosts))
             for host in hosts:
                 host.send(req.child(race))

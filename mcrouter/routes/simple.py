@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mcrouter import __version__
+from mcrouter._metrics import R_FAILOVER, local as local_counters
 from mcrouter._parser import Request
 from mcrouter.protocol import (CMD_MN, CMD_VERSION, MEMCACHED_PROTOCOL_LEVEL,
                                NOT_HANDLED_LOCALLY, ST_ERROR, ST_OK)
@@ -18,8 +19,11 @@ class DefaultRoute(PoolRoute):
     name = "DefaultRoute"
 
     def dispatch(self, req: Request) -> None:
-        for host in self.pool:
+        pool = self.pool
+        for host in pool:
             if host.healthy:
+                if host is not pool[0]:
+                    local_counters().route(R_FAILOVER)
                 host.send(req)
                 return
         self.no_host(req)

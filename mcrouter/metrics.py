@@ -1,0 +1,158 @@
+"""The router's counters: one shared block, one slot per process that writes.
+
+The master creates a ``MetricsBlock`` in an anonymous shared mapping before
+it forks; it outlives every child.  Who writes:
+
+* worker ``i`` writes only slot ``i`` (from Cython, ``_metrics.Counters``);
+  a worker that is restarted takes over the same slot, so its counters
+  carry on and the router's totals never go backwards;
+* the master writes only the last slot (restarts, config reloads, start time);
+* nobody else writes.  The sidecar (``/metrics``) and a worker answering
+  ``stats mcrouter`` read every slot and sum them (``snapshot``).
+
+Layout (native-endian uint64 words; the word indices live in ``_metrics.pxd``)::
+
+    0      header   4096 bytes: magic u64, layout version u64, slots u64,
+                    host capacity u64, words per slot u64
+    4096   slot 0   ``slot_words`` words, then slot 1, ... (each page aligned)
+           slot:    0     G_*         global counters (clients, bytes, restarts, reloads)
+                    16    G_REPLIES   16 counters: replies the router made itself, by reason
+                    32    G_ROUTES    8 counters: route decisions
+                    64    G_REQUESTS  32 histograms (one per command id) of client
+                                      request duration, 18 words each
+                    1024  hosts       ``capacity`` x 616 words, one part per
+                                      HostTable slot:
+                          0   connections up (gauge)   1 hits   2 misses
+                          4   errors by reason (timeout, connect, reset, parse)
+                          8   32 counters: requests queued to the host, by command
+                          40  32 histograms of upstream round trips, by command
+    histogram: [sum of durations in ns, 17 bucket counts (not cumulative), the
+               last one +Inf]; bounds in ``_metrics.BOUNDS`` (seconds)
+
+A gauge is a signed value kept as a wrapping uint64; a new slot owner zeroes
+its gauges (``Counters.take_over``).  Pages of hosts nobody uses are never
+touched, so the block costs memory only for the hosts in the config.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from mcrouter import _metrics
+from mcrouter._metrics import (BOUNDS, G_REQUESTS, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
+                               G_RELOADS_OK, H_DURATION, H_SENT, HIST_WORDS, HOST_WORDS,
+                               HOSTS_AT, NCMD, Counters)
+from mcrouter.protocol import COMMAND_NAMES, CMD_LOCAL
+
+MAGIC = 0x4D43524D45545253            # "MCRMETRS"
+LAYOUT_VERSION = 1
+HEADER = struct.Struct("=QQQQQ")
+HEADER_BYTES = 4096
+PAGE_WORDS = 4096 // 8
+
+
+def command_name(cmd: int) -> str:
+    """The ``cmd`` label: the command, or ``invalid`` for requests the parser refused."""
+    return "invalid" if cmd == CMD_LOCAL else COMMAND_NAMES.get(cmd, "unknown")
+
+
+@dataclass(frozen=True)
+class Histogram:
+    count: int
+    sum_seconds: float
+    buckets: list[tuple[float, int]]        # (upper bound, cumulative count), +Inf last
+
+
+def _histogram(words: Sequence[int], at: int) -> Histogram:
+    total, cumulative = 0, []
+    for bound, n in zip(BOUNDS + (float("inf"),), words[at + 1:at + HIST_WORDS]):
+        total += n
+        cumulative.append((bound, total))
+    return Histogram(total, words[at] / 1e9, cumulative)
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class Snapshot:
+    """The whole router's totals at one moment (every slot summed)."""
+
+    def __init__(self, words: Sequence[int], hosts: Sequence[int], used: int) -> None:
+        self.words = words
+        self.host_words = hosts
+        self.used = used              # host parts present (HostTable slots in use)
+
+    def value(self, word: int) -> int:
+        return self.words[word]
+
+    def gauge(self, word: int) -> int:
+        return _signed(self.words[word])
+
+    def requests(self) -> dict[str, Histogram]:
+        """Client request durations by command, for commands seen at least once."""
+        out = {}
+        for cmd in range(NCMD):
+            h = _histogram(self.words, G_REQUESTS + cmd * HIST_WORDS)
+            if h.count:
+                out[command_name(cmd)] = h
+        return out
+
+    def host_value(self, host: int, word: int) -> int:
+        return self.host_words[host * HOST_WORDS + word]
+
+    def host_gauge(self, host: int, word: int) -> int:
+        return _signed(self.host_value(host, word))
+
+    def upstream(self, host: int) -> dict[str, tuple[int, Histogram]]:
+        """Requests queued and round trips of one host, by command seen."""
+        base = host * HOST_WORDS
+        out = {}
+        for cmd in range(NCMD):
+            sent = self.host_words[base + H_SENT + cmd]
+            h = _histogram(self.host_words, base + H_DURATION + cmd * HIST_WORDS)
+            if sent or h.count:
+                out[command_name(cmd)] = (sent, h)
+        return out
+
+
+class MetricsBlock:
+    def __init__(self, workers: int, hosts: int) -> None:
+        self.slots = workers + 1                  # the workers', then the master's
+        self.hosts = hosts
+        words = HOSTS_AT + hosts * HOST_WORDS
+        self.slot_words = (words + PAGE_WORDS - 1) // PAGE_WORDS * PAGE_WORDS
+        self.mm = mmap.mmap(-1, HEADER_BYTES + self.slots * self.slot_words * 8)
+        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, self.slots, hosts, self.slot_words)
+
+    @property
+    def master_slot(self) -> int:
+        return self.slots - 1
+
+    def counters(self, slot: int) -> Counters:
+        """A writer for ``slot`` (the caller is its only writer)."""
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"metrics slot {slot} does not exist")
+        return Counters(self.mm, HEADER_BYTES + slot * self.slot_words * 8, self.hosts)
+
+    def snapshot(self, hosts_used: int) -> Snapshot:
+        used = max(0, min(hosts_used, self.hosts))
+        words = _metrics.sum_slots(self.mm, HEADER_BYTES, self.slots, self.slot_words,
+                                   0, HOSTS_AT)
+        hosts = _metrics.sum_slots(self.mm, HEADER_BYTES, self.slots, self.slot_words,
+                                   HOSTS_AT, used * HOST_WORDS)
+        return Snapshot(words, hosts, used)
+
+
+def note_reload(ok: bool) -> None:
+    """Count a config reload in this process's slot (the master's, where
+    reloads happen): call it once per reload attempt."""
+    counters = _metrics.local()
+    if ok:
+        counters.count(G_RELOADS_OK)
+        counters.set(G_RELOAD_LAST_OK, int(time.time()))
+    else:
+        counters.count(G_RELOADS_FAILED)
