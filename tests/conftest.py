@@ -47,6 +47,9 @@ TEST_WATCHDOG = 120         # seconds one test may run at most
 # markers and skipping
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Every router a test starts serves no /metrics unless the test asks
+    # (``metrics=True``): the default :9090 would collide between routers.
+    os.environ["MCROUTER_METRICS_LISTEN_ADDR"] = "off"
     config.addinivalue_line(
         "markers", "integration: runs real router processes (tests that need a memcached "
                    "binary are skipped when it is absent)")
@@ -428,6 +431,14 @@ class Router:
     config_path: Path
     stderr_path: Path
     workers: int
+    metrics_port: Optional[int] = None
+
+    def scrape(self, timeout: float = READ_TIMEOUT) -> str:
+        """The text of ``/metrics`` (the router must run with ``metrics=True``)."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics",
+                                    timeout=timeout) as resp:
+            return resp.read().decode()
 
     @property
     def pid(self) -> int:
@@ -491,14 +502,15 @@ def pool_config(hosts: Iterable, route: str | dict = "DefaultRoute", **policies:
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterable[Callable[..., Router]]:
-    """``router(config, workers=1, timeout_ms=None, conns=None, extra=())`` →
-    a running router; ``config`` is a dict (dumped as YAML) or YAML text."""
+    """``router(config, workers=1, timeout_ms=None, conns=None, extra=(), metrics=False)``
+    → a running router; ``config`` is a dict (dumped as YAML) or YAML text;
+    with ``metrics`` it serves /metrics on a free port (``Router.scrape``)."""
     started: list[Router] = []
     counter = [0]
 
     def start(config: dict | str, workers: int = 1, timeout_ms: Optional[int] = None,
               conns: Optional[int] = None, extra: Iterable[str] = (),
-              ready_timeout: float = START_TIMEOUT) -> Router:
+              ready_timeout: float = START_TIMEOUT, metrics: bool = False) -> Router:
         counter[0] += 1
         n = counter[0]
         cfg = tmp_path / f"router{n}.yaml"
@@ -513,13 +525,17 @@ def router(tmp_path: Path) -> Iterable[Callable[..., Router]]:
                 args += ["-r", str(timeout_ms)]
             if conns is not None:
                 args += ["-C", str(conns)]
+            metrics_port = free_port() if metrics else None
+            if metrics_port is not None:
+                args += ["-L", f"{HOST}:{metrics_port}"]
             args += list(extra)
             with open(errlog, "wb") as err:
                 proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                         cwd=str(REPO))
-            r = Router(port, proc, cfg, errlog, workers)
+            r = Router(port, proc, cfg, errlog, workers, metrics_port)
             started.append(r)
-            if wait_port(port, proc, ready_timeout):
+            if wait_port(port, proc, ready_timeout) and \
+                    (metrics_port is None or wait_port(metrics_port, proc, ready_timeout)):
                 # the port is bound by the master before workers fork: wait for them too
                 wait_until(lambda: len(r.worker_pids()) >= workers, ready_timeout)
                 return r

@@ -114,7 +114,7 @@ def test_dns_change_moves_new_connections_and_lets_old_ones_finish(fake, tmp_pat
         err = tmp_path / "router.stderr"
         with open(err, "wb") as errf, process(
                 [sys.executable, str(SHIM), "run", "-f", str(cfg), "-l", f"127.0.0.1:{rport}",
-                 "-C", "1", "-r", "5000", "-t", "200ms", "-H", "60s"],
+                 "-C", "1", "-r", "5000", "-t", "200ms", "-H", "60s", "-L", "off"],
                 stdout=errf, stderr=errf, cwd=str(REPO),
                 env={"MCROUTER_TEST_HOSTS": str(hosts), "PATH": "/usr/bin:/bin"}) as router:
             assert wait_port(rport, router), err.read_text()

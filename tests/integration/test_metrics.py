@@ -1,0 +1,327 @@
+"""Metrics end to end: what ``/metrics`` and ``stats mcrouter`` report for
+traffic whose every request we know, through a router with two workers."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import HOST, Client, pool_config, wait_until
+from scrape import Scrape
+
+VERSION = re.compile(rb"VERSION [^\r]*\r\n")
+
+
+class Counted:
+    """A client that remembers every byte it sent and received."""
+
+    def __init__(self, port: int) -> None:
+        self.c = Client(port)
+        self.sent = self.received = 0
+
+    def do(self, data: bytes, terminator: bytes = b"\r\n") -> bytes:
+        self.sent += len(data)
+        reply = self.c.call(data, terminator)
+        self.received += len(reply)
+        return reply
+
+
+def selector_config(m1, m2) -> dict:
+    return pool_config([m1, m2], "OperationSelectorRoute", get="MissFailoverRoute",
+                       set="AllFastestRoute", version="LocalRoute")
+
+
+def drive(c: Counted, i: int) -> None:
+    """One client's known traffic (the expected counts are in the test)."""
+    for j in range(5):
+        assert c.do(b"set k%d_%d 0 0 3\r\nabc\r\n" % (i, j)) == b"STORED\r\n"
+    for j in range(3):
+        c.sent += len(b"set q%d_%d 0 0 1 noreply\r\nx\r\n" % (i, j))
+        c.c.send(b"set q%d_%d 0 0 1 noreply\r\nx\r\n" % (i, j))
+    assert VERSION.fullmatch(c.do(b"version\r\n"))      # after the quiet sets' (empty) replies
+    for j in range(4):
+        assert c.do(b"get k%d_%d\r\n" % (i, j), b"END\r\n") == b"VALUE k%d_%d 0 3\r\nabc\r\nEND\r\n" % (i, j)
+    for j in range(2):
+        assert c.do(b"get none%d_%d\r\n" % (i, j)) == b"END\r\n"
+    for j in range(2):
+        assert c.do(b"get k%d_0 k%d_1 none%d\r\n" % (i, i, i), b"END\r\n").count(b"VALUE") == 2
+    for _ in range(2):
+        assert c.do(b"bogus\r\n") == b"ERROR\r\n"
+    assert c.do(b"delete k%d_4\r\n" % i) == b"DELETED\r\n"
+    assert c.do(b"mg k%d_0 v\r\n" % i, b"abc\r\n") == b"VA 3\r\nabc\r\n"
+    assert c.do(b"shutdown\r\n") == b"SERVER_ERROR mcrouter: command not supported\r\n"
+
+
+def settled(r) -> Scrape:
+    """A scrape once the readiness probe's connection has come and gone."""
+    s = [Scrape(r.scrape())]
+
+    def quiet() -> bool:
+        s[0] = Scrape(r.scrape())
+        return s[0]["mcrouter_client_connections"] == 0 and \
+            s[0]["mcrouter_upstream_connections", {"host": r.hosts[0]}] > 0
+    assert wait_until(quiet, 10)
+    return s[0]
+
+
+def test_counters_equal_what_was_sent(memcached, router):
+    m1, m2 = memcached(), memcached()
+    r = router(selector_config(m1, m2), workers=2, metrics=True)
+    r.hosts = [m1.addr, m2.addr]
+    before = settled(r)
+    conns = 6                          # spread over both workers by the kernel
+    clients = [Counted(r.port) for _ in range(conns)]
+    for i, c in enumerate(clients):
+        drive(c, i)
+    sent, received = sum(c.sent for c in clients), sum(c.received for c in clients)
+    for c in clients:
+        c.c.close()
+    want_requests = {"set": 8, "version": 1, "get": 8, "invalid": 3, "delete": 1, "mg": 1}
+    want_upstream = {(m1.addr, "set"): 8, (m2.addr, "set"): 8, (m1.addr, "get"): 8,
+                     (m2.addr, "get"): 4, (m1.addr, "delete"): 1, (m1.addr, "mg"): 1}
+
+    def all_answered() -> bool:         # AllFastestRoute's slower copies finish in the background
+        s = Scrape(r.scrape())
+        return all(s.delta(before, ("mcrouter_upstream_request_duration_seconds_count",
+                                    {"host": h, "cmd": cmd})) == n * conns
+                   for (h, cmd), n in want_upstream.items()) \
+            and s["mcrouter_client_connections"] == 0
+    assert wait_until(all_answered, 10)
+    s = Scrape(r.scrape())
+
+    for cmd, n in want_requests.items():
+        assert s.delta(before, ("mcrouter_requests_total", {"cmd": cmd})) == n * conns, cmd
+        for sample in ("mcrouter_request_duration_seconds_count",
+                       "mcrouter_request_duration_seconds_bucket"):
+            labels = {"cmd": cmd, "le": "+Inf"} if sample.endswith("bucket") else {"cmd": cmd}
+            assert s.delta(before, (sample, labels)) == n * conns, (sample, cmd)
+    assert s.total("mcrouter_requests_total") - before.total("mcrouter_requests_total") \
+        == sum(want_requests.values()) * conns
+    for (host, cmd), n in want_upstream.items():
+        assert s.delta(before, ("mcrouter_upstream_requests_total",
+                                {"host": host, "cmd": cmd})) == n * conns, (host, cmd)
+    assert s.total("mcrouter_upstream_requests_total") - \
+        before.total("mcrouter_upstream_requests_total") == sum(want_upstream.values()) * conns
+    for host, hits, misses in ((m1.addr, 7, 2), (m2.addr, 0, 4)):
+        assert s.delta(before, ("mcrouter_get_hits_total", {"host": host})) == hits * conns
+        assert s.delta(before, ("mcrouter_get_misses_total", {"host": host})) == misses * conns
+    for decision, n in (("fanout", 8), ("miss_failover", 4), ("failover", 0)):
+        assert s.delta(before, ("mcrouter_route_decisions_total", {"decision": decision})) \
+            == n * conns, decision
+    for reason, n in (("bad_request", 2), ("not_supported", 1), ("upstream_error", 0),
+                      ("upstream_timeout", 0), ("no_healthy_upstream", 0)):
+        assert s.delta(before, ("mcrouter_router_replies_total", {"reason": reason})) \
+            == n * conns, reason
+    assert s.total("mcrouter_upstream_errors_total") == 0
+    assert s.delta(before, "mcrouter_client_received_bytes_total") == sent
+    assert s.delta(before, "mcrouter_client_sent_bytes_total") == received
+    assert s.delta(before, "mcrouter_client_connections_accepted_total") == conns
+    assert s["mcrouter_client_connections_rejected_total"] == 0
+    for host in (m1.addr, m2.addr):
+        assert s["mcrouter_host_up", {"host": host}] == 1
+        assert s["mcrouter_upstream_connections", {"host": host}] == 2 * 2     # -C 2, -n 2
+    assert s["mcrouter_healthy_hosts"] == 2
+    assert s["mcrouter_restarts_total", {"process": "worker"}] == 0
+    assert s["mcrouter_config_reloads_total", {"result": "success"}] == 0
+    assert abs(s["mcrouter_config_last_reload_success_timestamp_seconds"] - time.time()) < 120
+    assert s["mcrouter_build_info", {"version": "0.1.0", "python": s.text.split(
+        'python="')[1].split('"')[0]}] == 1
+
+
+STATS_NAMES = """pid uptime time version workers curr_connections total_connections
+rejected_connections bytes_read bytes_written cmd_get cmd_gets cmd_gat cmd_gats cmd_set cmd_add
+cmd_replace cmd_append cmd_prepend cmd_cas cmd_delete cmd_incr cmd_decr cmd_touch cmd_flush_all
+cmd_version cmd_verbosity cmd_stats cmd_quit cmd_mg cmd_ms cmd_md cmd_ma cmd_mn cmd_me
+cmd_invalid upstream_requests upstream_connections get_hits get_misses upstream_errors_timeout
+upstream_errors_connect upstream_errors_reset upstream_errors_parse hosts healthy_hosts
+replies_no_healthy_upstream replies_upstream_timeout replies_upstream_error
+replies_upstream_queue_full replies_reply_too_large replies_not_handled_locally
+replies_not_supported replies_shutting_down replies_bad_request route_failover
+route_miss_failover route_fanout worker_restarts sidecar_restarts config_reloads
+config_reload_failures config_last_reload_success""".split()
+
+
+def test_stats_mcrouter_format(memcached, router):
+    """``stats mcrouter``: memcached's STAT lines, fixed names in a fixed
+    order, the whole router's counters whichever worker answers."""
+    m1, m2 = memcached(), memcached()
+    r = router(selector_config(m1, m2), workers=2)
+    clients = [Counted(r.port) for _ in range(4)]
+    for i, c in enumerate(clients):
+        drive(c, i)
+    polls = [0]
+
+    def poll() -> bytes:
+        polls[0] += 1
+        return c.call(b"stats mcrouter\r\n", b"END\r\n")
+
+    with r.client() as c:       # until every upstream connection is up (-C 2, -n 2, 2 hosts)
+        assert wait_until(lambda: b"STAT upstream_connections 8\r\n" in poll(), 10)
+        reply = poll()
+    lines = reply.decode().split("\r\n")
+    assert lines[-2:] == ["END", ""]
+    stats = [line.split(" ") for line in lines[:-2]]
+    assert all(len(parts) == 3 and parts[0] == "STAT" for parts in stats), reply
+    assert [name for _, name, _ in stats] == STATS_NAMES
+    got = {name: value for _, name, value in stats}
+    assert got["pid"] == str(r.pid) and got["version"] == "0.1.0" and got["workers"] == "2"
+    assert 0 <= int(got["uptime"]) < 120 and abs(int(got["time"]) - time.time()) < 5
+    want = {"cmd_set": 32, "cmd_version": 4, "cmd_get": 32, "cmd_invalid": 12, "cmd_delete": 4,
+            "cmd_mg": 4, "get_hits": 28, "hosts": 2, "healthy_hosts": 2,
+            "replies_bad_request": 8, "replies_not_supported": 4, "route_fanout": 32,
+            "route_miss_failover": 16, "route_failover": 0, "upstream_errors_timeout": 0,
+            "get_misses": 24, "worker_restarts": 0, "curr_connections": 5,
+            "cmd_stats": polls[0] - 1,           # the earlier polls, answered before this one
+            "bytes_read": sum(c.sent for c in clients) + polls[0] * len(b"stats mcrouter\r\n")}
+    assert {k: int(got[k]) for k in want} == want
+    for c in clients:
+        c.c.close()
+
+
+def test_worker_killed_mid_run_loses_no_counts(memcached, router):
+    """Load on several connections; one worker is killed with SIGKILL while
+    it runs.  A scraper watching throughout never sees a counter go down, and
+    the final total accounts for every reply the clients received (plus at
+    most one request in flight on each connection that died)."""
+    m = memcached()
+    r = router(pool_config([m]), workers=2, metrics=True)
+    stop = threading.Event()
+    received = [0] * 6
+    broken = [False] * 6
+
+    def load(n: int) -> None:
+        with Client(r.port, timeout=5) as c:
+            for j in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    reply = c.call(b"set w%d 0 0 1\r\nx\r\n" % n if j % 2 else b"get w%d\r\n" % n,
+                                   b"\r\n", timeout=5)
+                except OSError:
+                    reply = b""
+                if not reply:
+                    broken[n] = True
+                    return
+                if reply.startswith(b"VALUE"):
+                    reply += c.recv_until(b"END\r\n")
+                received[n] += 1
+
+    seen: list[float] = []
+
+    def scraper() -> None:
+        while not stop.is_set() and len(seen) < 2000:
+            seen.append(Scrape(r.scrape()).total("mcrouter_requests_total"))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(6)]
+    threads.append(threading.Thread(target=scraper, daemon=True))
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: min(received) > 20, 20), received
+    victim = r.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: len(r.worker_pids()) == 2 and victim not in r.worker_pids(), 10)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert any(broken), "the killed worker had none of the connections"
+    assert seen == sorted(seen), "a counter went backwards"
+    assert wait_until(lambda: Scrape(r.scrape())["mcrouter_client_connections"] == 0, 10)
+    s = Scrape(r.scrape())
+    total = s.total("mcrouter_requests_total")
+    assert sum(received) <= total <= sum(received) + sum(broken)
+    assert s["mcrouter_restarts_total", {"process": "worker"}] == 1
+    assert s["mcrouter_upstream_connections", {"host": m.addr}] == 4, \
+        "the new worker's connections plus the survivor's (the dead one's are not counted)"
+
+
+def test_killed_sidecar_serves_again_within_a_second(memcached, router):
+    """SIGKILL the sidecar twice: each time /metrics answers again within a
+    second, with the same counters; a client doing gets meanwhile is never
+    held up."""
+    m = memcached()
+    r = router(pool_config([m]), workers=2, metrics=True)
+    stop = threading.Event()
+    latencies: list[float] = []
+    errors: list[bytes] = []
+
+    def gets() -> None:
+        with Client(r.port, timeout=5) as c:
+            while not stop.is_set() and len(latencies) < 100_000:
+                t = time.monotonic()
+                reply = c.call(b"get nothing\r\n")
+                latencies.append(time.monotonic() - t)
+                if reply != b"END\r\n":
+                    errors.append(reply)
+                    return
+
+    t = threading.Thread(target=gets, daemon=True)
+    t.start()
+    assert wait_until(lambda: len(latencies) > 50, 10)
+    for _ in range(2):
+        before = Scrape(r.scrape())["mcrouter_requests_total", {"cmd": "get"}]
+        (sidecar,) = r.sidecar_pids()
+        os.kill(sidecar, signal.SIGKILL)
+        killed = time.monotonic()
+        text = None
+        while text is None and time.monotonic() - killed < 5:
+            try:
+                text = r.scrape(timeout=2)
+            except OSError:
+                time.sleep(0.01)
+        elapsed = time.monotonic() - killed
+        assert text is not None and elapsed < 1.0, f"serving again after {elapsed:.2f}s"
+        assert r.sidecar_pids() and r.sidecar_pids() != [sidecar]
+        assert Scrape(text)["mcrouter_requests_total", {"cmd": "get"}] >= before
+    stop.set()
+    t.join(10)
+    assert not errors
+    assert max(latencies) < 0.5, f"a get waited {max(latencies):.2f}s"
+    assert Scrape(r.scrape())["mcrouter_restarts_total", {"process": "sidecar"}] == 2
+
+
+def test_scrapes_during_load_parse_and_a_slow_client_cannot_hold_the_endpoint(memcached, router):
+    m = memcached()
+    r = router(pool_config([m]), workers=2, metrics=True)
+    idle = [socket.create_connection((HOST, r.metrics_port), timeout=5) for _ in range(3)]
+    stop = threading.Event()
+    done = [0]
+
+    def load() -> None:
+        with Client(r.port) as c:
+            while not stop.is_set() and done[0] < 200_000:
+                assert c.call(b"set s 0 0 1\r\nx\r\n") == b"STORED\r\n"
+                done[0] += 1
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        counts = []
+        for _ in range(10):
+            t0 = time.monotonic()
+            s = Scrape(r.scrape(timeout=2))        # parsed by prometheus-client's parser
+            assert time.monotonic() - t0 < 1.0
+            counts.append(s["mcrouter_requests_total", {"cmd": "set"}])
+            time.sleep(0.05)
+        assert counts == sorted(counts) and counts[-1] > counts[0]
+        assert {"mcrouter_requests", "mcrouter_request_duration_seconds",
+                "mcrouter_upstream_request_duration_seconds", "mcrouter_upstream_errors",
+                "mcrouter_healthy_hosts", "mcrouter_build_info"} <= s.names
+        # the idle connections are cut by the server, not held open
+        for sock in idle:
+            sock.settimeout(10)
+            assert sock.recv(100) == b""
+    finally:
+        stop.set()
+        t.join(10)
+        for sock in idle:
+            sock.close()
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://{HOST}:{r.metrics_port}/other", timeout=5)
