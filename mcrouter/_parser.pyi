@@ -12,6 +12,8 @@ class Request:
     reply: bytes | None
     owner: Any
     deadline: float
+    born_ns: int
+    sent_ns: int
     override: bytes | None
     chan: int
     def finish(self, reply: bytes, status: int) -> None: ...

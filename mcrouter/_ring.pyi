@@ -4,7 +4,9 @@ from typing import Any
 from mcrouter._parser import Request
 
 class Ring:
-    def __init__(self, max_inflight: int = ..., max_out: int = ..., max_reply: int = ...) -> None: ...
+    host: int
+    def __init__(self, max_inflight: int = ..., max_out: int = ..., max_reply: int = ...,
+                 host: int = ...) -> None: ...
     @property
     def inflight(self) -> int: ...
     @property

@@ -36,9 +36,9 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
 from mcrouter.health import DOWN, HostTable
 from mcrouter.metrics import Histogram, MetricsBlock
 
-MAX_SCRAPES = 4
-IO_TIMEOUT = 5.0
-MAX_CONNECTION_TIME = 10.0
+MAX_SCRAPES = 16
+IO_TIMEOUT = 2.0
+MAX_CONNECTION_TIME = 5.0
 
 
 def _buckets(h: Histogram) -> list[tuple[str, int]]:
