@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark the router against direct memcached and twemproxy.
 
-Starts one memcached, twemproxy (nutcracker) and the router in front of it,
-all pinned to core 1; the C load generator (bench/loadgen.c) runs pinned to
+Starts one memcached, twemproxy (nutcracker) and the router in front of it
+(twice: with metrics, as deployed, and as ``router-off`` with counting
+turned off, to measure what metrics cost), all pinned to core 1; the C load generator (bench/loadgen.c) runs pinned to
 core 0. For each workload the three targets are measured interleaved for
 several rounds (rotating the order) and the medians are reported.
 
@@ -33,7 +34,9 @@ WORKLOADS = {
     "multiget10": ("multiget10", 1),
     "set1k": ("set1k", 1),
 }
-TARGETS = ("direct", "twemproxy", "router")
+TARGETS = ("direct", "twemproxy", "router", "router-off")
+RATIOS = (("router/twemproxy", "router", "twemproxy"), ("router/direct", "router", "direct"),
+          ("metrics on/off", "router", "router-off"))
 
 
 # ---------------------------------------------------------------- processes
@@ -73,12 +76,13 @@ class Procs:
         self.started = []   # (name, Popen)
         self.extra = {}     # pid -> starttime, for remembered descendants
 
-    def start(self, name, argv, log_path):
+    def start(self, name, argv, log_path, env=None):
         log = open(log_path, "wb")
         # New session: Ctrl-C in the terminal reaches only this script,
         # which then shuts the children down in order.
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             cwd=REPO_DIR, start_new_session=True)
+                             cwd=REPO_DIR, start_new_session=True,
+                             env=None if env is None else {**os.environ, **env})
         log.close()
         self.started.append((name, p))
         return p
@@ -197,32 +201,35 @@ def start_twemproxy(procs, tmp, mc_port, server_conns):
     return port, p
 
 
-def router_argv(args, cfg, port):
+def router_argv(args, cfg, port, metrics):
     if args.router_cmd:
-        cmd = args.router_cmd.format(cfg=cfg, port=port, workers=args.workers)
+        cmd = args.router_cmd.format(cfg=cfg, port=port, workers=args.workers, metrics=metrics)
         return shlex.split(cmd)
-    exe = shutil.which("mcrouter")
-    base = [exe] if exe else [sys.executable, "-m", "mcrouter"]
-    return base + ["run", "-f", cfg, "-l", f"127.0.0.1:{port}", "-n", str(args.workers)]
+    # the package next to this script (cwd is the repo), not whatever is installed
+    return [sys.executable, "-m", "mcrouter", "run", "-f", cfg, "-l", f"127.0.0.1:{port}", "-n", str(args.workers),
+                   "-L", metrics]
 
 
-def start_router(procs, tmp, mc_port, args):
-    """Start the router; return (port, Popen) or None with a message printed."""
+def start_router(procs, tmp, mc_port, args, name="router"):
+    """Start the router (``router-off``: no /metrics and no counting, via
+    MCROUTER_METRICS=off); return (port, Popen) or None with a message printed."""
     port = free_port()
+    off = name == "router-off"
+    metrics = "off" if off else f"127.0.0.1:{free_port()}"
     cfg = os.path.join(tmp, "router.yaml")
     with open(cfg, "w") as f:
         f.write(f"orderedPool: [127.0.0.1:{mc_port}]\nroute:\n  type: DefaultRoute\n")
-    argv = ["taskset", "-c", SERVER_CORE] + router_argv(args, cfg, port)
-    log = os.path.join(tmp, "router.log")
+    argv = ["taskset", "-c", SERVER_CORE] + router_argv(args, cfg, port, metrics)
+    log = os.path.join(tmp, f"{name}.log")
     try:
-        p = procs.start("router", argv, log)
+        p = procs.start(name, argv, log, env={"MCROUTER_METRICS": "off"} if off else None)
     except OSError as e:
-        print(f"SKIP router: cannot execute {argv}: {e}", file=sys.stderr)
+        print(f"SKIP {name}: cannot execute {argv}: {e}", file=sys.stderr)
         return None
     if not wait_ready(port, p, timeout=args.router_timeout):
         why = (f"exited with status {p.returncode}" if p.poll() is not None else
                f"did not serve set/get on port {port} within {args.router_timeout:.0f} s")
-        print(f"SKIP router: `{shlex.join(argv)}` {why}. Last output:\n{tail(log)}", file=sys.stderr)
+        print(f"SKIP {name}: `{shlex.join(argv)}` {why}. Last output:\n{tail(log)}", file=sys.stderr)
         procs.stop(p)
         return None
     time.sleep(0.3)  # let worker processes finish starting
@@ -267,7 +274,7 @@ def run_loadgen(args, exe, port, workload, depth, pids, procs):
 def measure(args, exe, target, port, workload, depth, procs):
     """Run once against target; adds per-request CPU for target and memcached."""
     tpid = target["proc"].pid
-    if target["name"] == "router":
+    if target["name"].startswith("router"):
         # master + workers; the pid list is re-read each run in case it changed
         target_pids = [tpid] + procs.remember_children(target["proc"])
     else:
@@ -332,7 +339,7 @@ def print_table(results, args):
     print(hdr)
     print("-" * len(hdr))
     for wl, per in results.items():
-        for t in TARGETS:
+        for t in [t for t in TARGETS if t in args.targets]:
             s = per["summary"].get(t)
             if s is None:
                 why = per["skipped"].get(t, "no successful run")
@@ -343,11 +350,11 @@ def print_table(results, args):
                   f"{fmt(s['cpu_us_per_req'], '8.2f')} {fmt(s['mc_cpu_us_per_req'], '7.2f')} "
                   f"{fmt(s['loadgen_cpu'], '6.2f')} {s['errors']:>6}")
         r = per["ratios"]
-        for name in ("router/twemproxy", "router/direct"):
+        for name, _, _ in RATIOS:
             x = r.get(name, {})
-            print(f"{'':<12} {name:<17} ops {fmt(x.get('ops_per_s'), '.2f')}x  "
-                  f"p50 {fmt(x.get('p50_us'), '.2f')}x  p99 {fmt(x.get('p99_us'), '.2f')}x  "
-                  f"cpu/req {fmt(x.get('cpu_us_per_req'), '.2f')}x")
+            print(f"{'':<12} {name:<17} ops {fmt(x.get('ops_per_s'), '.3f')}x  "
+                  f"p50 {fmt(x.get('p50_us'), '.3f')}x  p99 {fmt(x.get('p99_us'), '.3f')}x  "
+                  f"cpu/req {fmt(x.get('cpu_us_per_req'), '.3f')}x")
         print()
 
 
@@ -369,8 +376,9 @@ def parse_args():
     ap.add_argument("--workers", type=int, default=1, help="router worker processes (-n)")
     ap.add_argument("--twem-conns", type=int, default=2,
                     help="twemproxy server_connections (2 = the router's default -C)")
-    ap.add_argument("--router-cmd", help="router command template; {cfg}, {port}, {workers} are "
-                    "substituted, e.g. 'python -m mcrouter run -f {cfg} -l 127.0.0.1:{port} -n {workers}'")
+    ap.add_argument("--router-cmd", help="router command template; {cfg}, {port}, {workers}, "
+                    "{metrics} (the -L value) are substituted, e.g. 'python -m mcrouter run -f {cfg} "
+                    "-l 127.0.0.1:{port} -n {workers} -L {metrics}'")
     ap.add_argument("--router-timeout", type=float, default=15.0, help="seconds to wait for the router")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     args = ap.parse_args()
@@ -414,13 +422,17 @@ def main():
         if "twemproxy" in args.targets:
             port, p = start_twemproxy(procs, tmp, mc_port, args.twem_conns)
             targets.append({"name": "twemproxy", "port": port, "proc": p})
-        if "router" in args.targets:
-            r = start_router(procs, tmp, mc_port, args)
+        for name in ("router", "router-off"):
+            if name not in args.targets:
+                continue
+            r = start_router(procs, tmp, mc_port, args, name)
             if r:
-                targets.append({"name": "router", "port": r[0], "proc": r[1]})
-                print(f"router pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
+                targets.append({"name": name, "port": r[0], "proc": r[1]})
+                print(f"{name} pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
             else:
-                skipped["router"] = "could not be started (see message above)"
+                skipped[name] = "could not be started (see message above)"
+        if not targets:
+            sys.exit("no target could be started")
         for t in targets:
             t["mc_pid"] = mc.pid
 
@@ -452,8 +464,8 @@ def main():
                               file=sys.stderr)
             summary = {name: summarize(rs) for name, rs in runs.items()}
             ratios = {}
-            for name, base in (("router/twemproxy", "twemproxy"), ("router/direct", "direct")):
-                a, b = runs.get("router", []), runs.get(base, [])
+            for name, top, base in RATIOS:
+                a, b = runs.get(top, []), runs.get(base, [])
                 ratios[name] = {k: paired_ratio(a, b, k) for k in ("ops_per_s", "p50_us", "p99_us",
                                                                     "cpu_us_per_req")}
             results[wl] = {"workload": workload, "depth": depth, "runs": runs,
