@@ -142,14 +142,15 @@ cdef class Counters:
         if self.on and 0 <= decision < NROUTE:
             self.words[G_ROUTES + decision] += 1
 
-    def take_over(self):
+    def take_over(self, Py_ssize_t hosts_used):
         """A (re)started process takes its slot: counters carry on, gauges
-        restart from zero (what the previous owner held died with it)."""
+        restart from zero (what the previous owner held died with it).  Only
+        the hosts in use are touched, so unused pages stay unallocated."""
         cdef Py_ssize_t h
         if not self.on:
             return
         self.words[G_CLIENTS] = 0
-        for h in range(self.hosts):
+        for h in range(min(hosts_used, self.hosts)):
             self.words[HOSTS_AT + h * HOST_WORDS + H_CONNS] = 0
 
 

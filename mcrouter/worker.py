@@ -103,7 +103,7 @@ class Worker:
             signal.signal(sig, lambda *_: None)       # noted by the wakeup fd
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         counters = self.metrics.counters(self.index) if s.count_metrics else Counters()
-        counters.take_over()
+        counters.take_over(self.table.used)
         install(counters)               # before any client or upstream ring is made
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)

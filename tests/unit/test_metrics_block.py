@@ -48,7 +48,7 @@ def test_a_restarted_writer_keeps_counters_and_zeroes_gauges(block):
     old.upstream_connections(5, 1)
     assert block.snapshot(8).host_gauge(2, H_CONNS) == 1
     new = block.counters(0)           # the respawned worker takes the same slot
-    new.take_over()
+    new.take_over(hosts_used=8)
     snap = block.snapshot(8)
     assert snap.value(G_BYTES_IN) == 10
     assert snap.host_gauge(2, H_CONNS) == snap.host_gauge(5, H_CONNS) == 0
