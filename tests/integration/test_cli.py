@@ -3,6 +3,7 @@ and operator mistakes ending in one line on stderr with exit status 2."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, REPO, Client, free_ipv6_port, free_port, wait_port
+from conftest import HOST, REPO, Client, free_ipv6_port, free_port, wait_port, wait_until
 
 MCROUTER = [sys.executable, "-m", "mcrouter"]
 
@@ -174,8 +175,9 @@ def test_run_with_invalid_config_is_one_line(tmp_path):
 @pytest.mark.parametrize("args", [
     ["-n", "0"], ["-r", "0"], ["-C", "0"], ["-l", "nonsense"], ["--log-level", "loud"],
     ["--max-item-size", "huge"], ["-H", "often"], ["-t", "0s"], ["--connect-timeout-ms", "0"],
+    ["-L", "nonsense"], ["-L", "unix:///tmp/metrics.sock"], ["--log-format", "xml"],
 ], ids=["workers0", "timeout0", "conns0", "listen", "log-level", "item-size", "healthcheck",
-        "dns-ttl", "connect-timeout"])
+        "dns-ttl", "connect-timeout", "metrics-addr", "metrics-unix", "log-format"])
 def test_run_bad_flags_are_one_line(tmp_path, args):
     cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
     if "-l" not in args:
@@ -193,6 +195,33 @@ def test_run_port_in_use_is_one_line(tmp_path):
         proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{port}")
     line = assert_one_line_error(proc, "cannot listen")
     assert str(port) in line
+
+
+def test_metrics_port_in_use_is_one_line(tmp_path):
+    cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{free_port()}", "-L", f"{HOST}:{port}")
+    line = assert_one_line_error(proc, f"cannot listen on {HOST}:{port} for metrics")
+    assert "-L" in line
+
+
+def test_log_format_json_is_one_object_per_line(tmp_path):
+    cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
+    err = tmp_path / "stderr"
+    port = free_port()
+    with running(["-f", str(cfg), "-l", f"{HOST}:{port}", "--log-format", "json"], err) as proc:
+        assert wait_port(port, proc), err.read_text()
+        # the port is bound before the signal handlers are: wait for the master's line
+        assert wait_until(lambda: "listening on" in err.read_text(), 10), err.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, err.read_text()
+    entries = [json.loads(line) for line in err.read_text().splitlines()]
+    assert entries and all(e["level"] in ("info", "warning") and e["pid"] and e["message"]
+                           for e in entries)
+    assert any(e["message"].startswith("listening on") for e in entries)
 
 
 def test_version():
