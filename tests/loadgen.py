@@ -1,0 +1,143 @@
+"""Closed-loop pipelined load for the operations tests, with every reply checked.
+
+Each ``Loader`` is a thread with one connection.  It sends a batch of
+``get`` requests in one write, reads the replies, and checks each against
+the exact bytes every allowed source would give (``sources``: label →
+key → reply).  It records, per batch, when it was sent, when its last
+reply came and which source answered each request, so a test can check
+the replies against a timeline (which config was in force).
+
+``reconnect=True`` makes it behave like a memcached client in front of a
+restarting server: on end-of-file it reconnects and sends again the
+requests that got no reply (a router that hangs up has executed nothing it
+did not answer).  Every loop is bounded in time.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+HOST = "127.0.0.1"
+
+
+def value_reply(key: str, value: bytes) -> bytes:
+    return f"VALUE {key} 0 {len(value)}\r\n".encode() + value + b"\r\nEND\r\n"
+
+
+@dataclass
+class Batch:
+    sent: float
+    done: float
+    labels: list[str] = field(default_factory=list)
+
+
+class Loader(threading.Thread):
+    def __init__(self, port: int, keys: list[str], sources: dict[str, dict[str, bytes]],
+                 batch: int = 16, reconnect: bool = False, duration: float = 60.0,
+                 seed: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.keys = keys
+        self.sources = sources
+        self.batch = batch
+        self.reconnect = reconnect
+        self.deadline = time.monotonic() + duration
+        self.seed = seed
+        self.stopping = threading.Event()
+        self.batches: list[Batch] = []
+        self.errors: list[str] = []
+        self.eofs = 0                 # connections the router ended
+        self.retried = 0              # requests sent again after an end-of-file
+        self.sock = self._connect()
+        self.buf = bytearray()
+
+    # -- connection ----------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        s = socket.create_connection((HOST, self.port), timeout=5.0)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def local_port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _reply(self) -> bytes | None:
+        """One get reply (through END), or None at end-of-file/reset;
+        socket.timeout when nothing comes for 5 s."""
+        while True:
+            i = self.buf.find(b"END\r\n")
+            if i >= 0:
+                out = bytes(self.buf[:i + 5])
+                del self.buf[:i + 5]
+                return out
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise
+            except OSError:           # reset, or a socket a failed reconnect left closed
+                data = b""
+            if not data:
+                return None
+            self.buf += data
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> None:
+        n = self.seed
+        while not self.stopping.is_set() and time.monotonic() < self.deadline:
+            keys = [self.keys[(n + i) % len(self.keys)] for i in range(self.batch)]
+            n += self.batch
+            if not self.one_batch(keys):
+                return
+
+    def one_batch(self, keys: list[str]) -> bool:
+        b = Batch(time.monotonic(), 0.0)
+        todo = list(keys)
+        for _attempt in range(5):
+            try:
+                self.sock.sendall(b"".join(f"get {k}\r\n".encode() for k in todo))
+            except OSError:
+                pass                  # the reads below see the end of the connection
+            while todo:
+                try:
+                    reply = self._reply()
+                except socket.timeout:
+                    self.errors.append(f"get {todo[0]}: no reply within 5 s")
+                    return False
+                if reply is None:
+                    break
+                label = next((lab for lab, src in self.sources.items()
+                              if src[todo[0]] == reply), None)
+                if label is None:
+                    self.errors.append(f"get {todo[0]}: {reply[:120]!r}")
+                    return False
+                b.labels.append(label)
+                todo.pop(0)
+            if not todo:
+                b.done = time.monotonic()
+                self.batches.append(b)
+                return True
+            self.eofs += 1
+            if not self.reconnect:
+                return False
+            self.retried += len(todo)
+            self.buf.clear()
+            self.sock.close()
+            try:
+                self.sock = self._connect()
+            except OSError as e:
+                self.errors.append(f"reconnect: {e}")
+                time.sleep(0.05)
+        self.errors.append(f"gave up on {len(todo)} request(s) after 5 connections")
+        return False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+        self.sock.close()
+
+    @property
+    def requests(self) -> int:
+        return sum(len(b.labels) for b in self.batches)
