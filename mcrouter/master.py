@@ -237,7 +237,11 @@ class Master:
                 self.spawn_worker(slot)
 
     def stop(self, sig: int) -> None:
-        """Signal every worker and wait for them, killing stragglers after the grace."""
+        """Stop accepting, signal every worker and wait for them, killing
+        stragglers after the grace."""
+        for sock in self.listeners:
+            sock.close()        # new connections are refused now, not reset later
+        self.listeners = []
         for pid in list(self.workers):
             self.kill_worker(pid, sig)
         deadline = time.monotonic() + self.settings.graceful_timeout + 1.0
@@ -259,8 +263,6 @@ class Master:
         self.workers.clear()
         for pid in list(self.channels):
             self.drop_channel(pid)
-        for sock in self.listeners:
-            sock.close()
         if self.addr.family == socket.AF_UNIX:
             try:
                 os.unlink(str(self.addr.address))

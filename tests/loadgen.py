@@ -141,3 +141,79 @@ class Loader(threading.Thread):
     @property
     def requests(self) -> int:
         return sum(len(b.labels) for b in self.batches)
+
+
+class CounterLoader(threading.Thread):
+    """``incr`` on a counter of its own, ``depth`` batches ahead of the
+    replies it has read, reconnecting and sending again whatever got no
+    reply.  The replies must read 1, 2, 3, ... exactly: a request the router
+    executed but whose reply the client never saw would be executed twice
+    when sent again, and the count would skip."""
+
+    def __init__(self, port: int, key: str, batch: int = 8, depth: int = 2,
+                 duration: float = 60.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.key, self.batch, self.depth = port, key, batch, depth
+        self.deadline = time.monotonic() + duration
+        self.stopping = threading.Event()
+        self.errors: list[str] = []
+        self.eofs = 0
+        self.acked = 0                # replies read, in order
+        self.sent = 0                 # requests written on this connection and before
+        self.sock = socket.create_connection((HOST, port), timeout=5.0)
+        self.buf = bytearray()
+
+    def _line(self) -> bytes | None:
+        while b"\r\n" not in self.buf:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise
+            except OSError:
+                data = b""
+            if not data:
+                return None
+            self.buf += data
+        line, _, rest = bytes(self.buf).partition(b"\r\n")
+        self.buf = bytearray(rest)
+        return line
+
+    def run(self) -> None:
+        wire = f"incr {self.key} 1\r\n".encode()
+        while time.monotonic() < self.deadline and len(self.errors) == 0:
+            if not self.stopping.is_set() and self.sent - self.acked < self.depth * self.batch:
+                try:
+                    self.sock.sendall(wire * self.batch)
+                except OSError:
+                    pass
+                self.sent += self.batch
+                continue
+            if self.sent == self.acked:
+                return
+            try:
+                line = self._line()
+            except socket.timeout:
+                self.errors.append(f"no reply to incr #{self.acked + 1} within 5 s")
+                return
+            if line is None:
+                self.eofs += 1
+                if self.eofs > 20:
+                    self.errors.append("more than 20 reconnects")
+                    return
+                self.sock.close()
+                self.buf.clear()
+                try:
+                    self.sock = socket.create_connection((HOST, self.port), timeout=5.0)
+                except OSError:
+                    time.sleep(0.05)
+                self.sent = self.acked        # what got no reply is sent again
+                continue
+            if line != str(self.acked + 1).encode():
+                self.errors.append(f"incr #{self.acked + 1} answered {line!r}")
+                return
+            self.acked += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+        self.sock.close()
