@@ -7,6 +7,8 @@ The schema is gomcrouter's, accepted verbatim::
       type: OperationSelectorRoute
       operationPolicies: {get: MissFailoverRoute, set: AllFastestRoute}
 
+plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms).
+
 Unlike gomcrouter, anything unknown is refused.  Every error is one line,
 ``file:line:column: what is wrong; how to fix it``, raised as ConfigError.
 """
@@ -25,7 +27,8 @@ ROUTE_TYPES = ("OperationSelectorRoute", "DefaultRoute", "AllFastestRoute",
 POLICY_TYPES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute", "LocalRoute")
 # quit is answered by the client connection itself and is never routed.
 POLICY_COMMANDS = tuple(name for name in COMMAND_IDS if name != "quit")
-TOP_KEYS = ("orderedPool", "route")
+TOP_KEYS = ("orderedPool", "route", "health")
+HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
 MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
 
 
@@ -54,10 +57,24 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class HealthPolicy:
+    """When a host is marked down and up again (ROUTES.md, README "Health")."""
+    fail: int = 2                  # consecutive failed probes → down
+    rise: int = 2                  # consecutive good probes → up again
+    tko: int = 3                   # consecutive timeouts/errors on the data path → down at once
+    probe_timeout_ms: int = 1000   # a probe's version round trip must finish within this
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     path: str
     ordered_pool: tuple[HostAddr, ...]
     route: RouteConfig
+    health: HealthPolicy = HealthPolicy()
+
+    def hosts(self) -> tuple[HostAddr, ...]:
+        """Every distinct upstream address, in config order."""
+        return tuple(dict.fromkeys(self.ordered_pool))
 
 
 _HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+)):(?P<port>[0-9]{1,5})$")
@@ -122,6 +139,17 @@ class _Checker:
             hosts.append(addr)
         return tuple(hosts)
 
+    def health(self, node: yaml.Node) -> HealthPolicy:
+        values: dict[str, int] = {}
+        for k, v in self.mapping(node, "health"):
+            key = self.choice(k, "health key", HEALTH_KEYS)
+            text = self.scalar(v, f"health.{key}")
+            if not text.isdigit() or int(text) < 1:
+                raise self.fail(v, f"health.{key} must be a whole number of at least 1 (got {text!r})",
+                                "write e.g. 2")
+            values[key] = int(text)
+        return HealthPolicy(**values)
+
     def route(self, node: yaml.Node) -> RouteConfig:
         items = dict((self.scalar(k, "a route key"), (k, v)) for k, v in self.mapping(node, "route"))
         for name, (k, _) in items.items():
@@ -180,12 +208,15 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     pool: tuple[HostAddr, ...] = ()
     pool_node: Any = None
     route: RouteConfig | None = None
+    health = HealthPolicy()
     for k, v in check.mapping(root, "the config"):
         key = check.scalar(k, "a top-level key")
         if key == "orderedPool":
             pool, pool_node = check.pool(v), v
         elif key == "route":
             route = check.route(v)
+        elif key == "health":
+            health = check.health(v)
         else:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:
@@ -195,4 +226,4 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
         raise check.fail(pool_node if pool_node is not None else root,
                          f"{route.type} needs hosts but orderedPool is empty",
                          "list at least one host:port in orderedPool")
-    return RouterConfig(path, pool, route)
+    return RouterConfig(path, pool, route, health)

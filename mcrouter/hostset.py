@@ -20,7 +20,7 @@ ends.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from mcrouter.config import HostAddr
 from mcrouter.upstream import Host
@@ -70,6 +70,12 @@ class HostSet:
             owing = [(c, c.reply_mark()) for c in clients]
             self.retiring.append(_Retirement(leaving, [(c, m) for c, m in owing if m > c.answered]))
         return [hosts[a] for a in pool]
+
+    def all(self) -> Iterator[Host]:
+        """Every open host, live or retiring."""
+        yield from self.live.values()
+        for r in self.retiring:
+            yield from r.hosts
 
     def _revive(self, addr: HostAddr) -> Host | None:
         for r in self.retiring:

@@ -15,6 +15,12 @@ wake the loop; the loop takes signals off the queue and dispatches to
   CHLD       reap; a worker that died is respawned with backoff; a worker
              that could not boot stops the master with a non-zero status
 
+Besides the workers the master forks one sidecar (health probes, DNS) and
+respawns it when it dies.  Before forking anything it makes the shared
+HostTable and writes every host's first address into it; a reload that
+brings new hosts adds them to the table before any worker hears of them,
+and restarts the sidecar so that it probes the new set.
+
 Each worker has a control channel to the master (``control.py``) over which
 it reports the config generation it runs (``ready`` at boot, ``applied``
 after a reload).  The master tells systemd READY=1 once every worker runs
@@ -22,6 +28,7 @@ the current generation, after start-up and after each reload.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -29,12 +36,16 @@ import signal
 import socket
 import sys
 import time
+from typing import Callable, Iterable
 
 from mcrouter import reload, sdnotify
-from mcrouter.config import ConfigError, RouterConfig
+from mcrouter.config import ConfigError, HostAddr, RouterConfig
 from mcrouter.control import Channel, ChannelClosed
+from mcrouter.dns import DnsCache
+from mcrouter.health import DOWN, HostTable, TableFull
 from mcrouter.listen import ListenAddr, bind
 from mcrouter.settings import Settings
+from mcrouter.sidecar import run_sidecar
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
 
 log = logging.getLogger("mcrouter.master")
@@ -42,6 +53,20 @@ log = logging.getLogger("mcrouter.master")
 RESPAWN_MAX_DELAY = 10.0
 STABLE_AFTER = 5.0       # a worker alive this long resets its backoff
 CONFIRM_TIMEOUT = 10.0   # workers must confirm a generation within this
+SIDECAR = -1             # the sidecar's slot in the child tables
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Name a child in ps/top (/proc/PID/comm): mcr-master, mcr-worker, mcr-sidecar."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def child_name(slot: int) -> str:
+    return "sidecar" if slot == SIDECAR else f"worker {slot}"
 
 
 class Master:
@@ -56,7 +81,7 @@ class Master:
         self.addr = addr
         self.num_workers = settings.workers
         self.listeners: list[socket.socket] = []
-        self.workers: dict[int, int] = {}            # pid → slot
+        self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
         self.channels: dict[int, Channel] = {}       # pid → control channel
         self.running_gen: dict[int, int] = {}        # pid → generation it confirmed
         self.started: dict[int, float] = {}          # slot → spawn time
@@ -69,6 +94,8 @@ class Master:
         self.exit_code: int | None = None
         self.pid = os.getpid()
         self.watch: reload.FileWatch | None = None
+        self.table = HostTable()
+        self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -83,6 +110,8 @@ class Master:
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
         self.init_signals()
+        self.resolve_hosts(self.slots)
+        self.spawn_sidecar()
         if self.settings.watch_config:
             self.watch = reload.FileWatch(self.settings.config_path, time.monotonic())
         self.await_workers("start")
@@ -154,37 +183,60 @@ class Master:
                 except ChannelClosed:
                     self.drop_channel(pid)
 
-    # -- workers -----------------------------------------------------------
+    # -- children ----------------------------------------------------------
+
+    def resolve_hosts(self, addrs: Iterable[HostAddr]) -> None:
+        """The first address of each host (blocking is fine in the master: it
+        serves no request); a name that does not resolve leaves its host down."""
+        slots = [(self.slots[a], a) for a in addrs]
+        DnsCache(self.table, slots).refresh()
+        for slot, _ in slots:
+            if self.table.address(slot) is None:
+                self.table.set_state(slot, DOWN, "dns: the name does not resolve")
 
     def spawn_worker(self, slot: int) -> None:
         mine, theirs = Channel.pair()
-        pid = os.fork()
-        if pid:
-            theirs.close()
-            self.workers[pid] = slot
-            self.channels[pid] = mine
-            self.started[slot] = time.monotonic()
-            return
-        code = 1
-        try:
-            for sig in self.SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+
+        def body() -> int:
             mine.close()
-            for ch in self.channels.values():      # the other workers' channels
-                ch.close()
             listeners = self.listeners
             if self.bind_per_worker:
                 try:
                     listeners = [bind(self.addr, reuseport=True)]
                 except OSError as e:
                     log.error("worker cannot bind %s: %s", self.addr, e.strerror)
-                    os._exit(EXIT_BOOT_FAILED)
-            code = run_worker(self.settings, self.config, self.generation, listeners,
-                              self.pid, theirs)
-        except BaseException:       # noqa: BLE001 - a worker must never return into the master's code
-            log.exception("worker crashed")
+                    return EXIT_BOOT_FAILED
+            return run_worker(self.settings, self.config, self.generation, listeners,
+                              self.pid, theirs, self.table)
+        pid = self._fork(slot, "mcr-worker", body)
+        theirs.close()
+        self.channels[pid] = mine
+
+    def spawn_sidecar(self) -> None:
+        hosts = [(self.slots[addr], addr, self.config.health) for addr in self.config.hosts()]
+        s = self.settings
+        self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
+            self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid))
+
+    def _fork(self, slot: int, name: str, body: Callable[[], int]) -> int:
+        """Fork a child that runs ``body`` and never returns into this code."""
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = slot
+            self.started[slot] = time.monotonic()
+            return pid
+        code = 1
+        try:
+            set_process_name(name)
+            for sig in self.SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            for ch in self.channels.values():      # the workers' channels are not its own
+                ch.close()
+            code = body()
+        except BaseException:       # noqa: BLE001 - a child must never return into the master's code
+            log.exception("%s crashed", name)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -209,7 +261,7 @@ class Master:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == EXIT_BOOT_FAILED:
+            if code == EXIT_BOOT_FAILED and slot != SIDECAR:
                 log.error("worker %d could not start; stopping (see the error above)", slot)
                 self.stop(signal.SIGTERM)
                 self.exit_code = 1
@@ -218,14 +270,15 @@ class Master:
                 continue
             if pid in self.retiring:
                 self.retiring.discard(pid)
-                log.info("worker %d (pid %d) retired; %d worker(s)", slot, pid, self.num_workers)
+                log.info("%s (pid %d) retired; %d worker(s)", child_name(slot), pid,
+                         self.num_workers)
                 continue
             lived = time.monotonic() - self.started.get(slot, 0.0)
             fails = 0 if lived > STABLE_AFTER else self.failures.get(slot, 0) + 1
             self.failures[slot] = fails
             delay = min(0.1 * (2 ** fails), RESPAWN_MAX_DELAY) if fails else 0.0
-            log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
-                        slot, pid, code, delay)
+            log.warning("%s (pid %d) exited with %s; restarting in %.1fs",
+                        child_name(slot), pid, code, delay)
             self.respawn_at[slot] = time.monotonic() + delay
 
     def manage_workers(self) -> None:
@@ -234,7 +287,10 @@ class Master:
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
-                self.spawn_worker(slot)
+                if slot == SIDECAR:
+                    self.spawn_sidecar()
+                else:
+                    self.spawn_worker(slot)
 
     def stop(self, sig: int) -> None:
         """Stop accepting, signal every worker and wait for them, killing
@@ -300,18 +356,19 @@ class Master:
     def check_confirmed(self) -> None:
         if not self.confirm_by:
             return
-        behind = [self.workers[pid] for pid in self.workers
-                  if self.running_gen.get(pid) != self.generation]
+        behind = [slot for pid, slot in self.workers.items()
+                  if slot != SIDECAR and self.running_gen.get(pid) != self.generation]
         if behind and time.monotonic() < self.confirm_by:
             return
         if behind:
             log.warning("%s: worker(s) %s did not confirm generation %d within %.0fs",
                         self.confirm_what, sorted(behind), self.generation, CONFIRM_TIMEOUT)
         else:
-            log.info("%s: all %d worker(s) run config generation %d",
-                     self.confirm_what, len(self.workers), self.generation)
+            count = sum(1 for slot in self.workers.values() if slot != SIDECAR)
+        log.info("%s: all %d worker(s) run config generation %d",
+                 self.confirm_what, count, self.generation)
         self.confirm_by = 0.0
-        sdnotify.ready(f"{len(self.workers)} worker(s), config generation {self.generation}")
+        sdnotify.ready(f"{count} worker(s), config generation {self.generation}")
 
     # -- reload ------------------------------------------------------------
 
@@ -322,12 +379,18 @@ class Master:
         sdnotify.reloading(f"reloading {path}")
         try:
             config, text = reload.load(path)
-        except ConfigError as e:
+            added = [a for a in config.hosts() if a not in self.slots]
+            for a in added:
+                self.slots[a] = self.table.assign(str(a))
+        except (ConfigError, TableFull) as e:
             log.error("reload refused, still serving generation %d: %s", self.generation, e)
             sdnotify.ready(f"reload refused: {e}")
             return
+        self.resolve_hosts(added)
         old = {str(h) for h in self.config.ordered_pool}
         new = {str(h) for h in config.ordered_pool}
+        restart_sidecar = (set(config.hosts()) != set(self.config.hosts())
+                           or config.health != self.config.health)
         self.config = config
         self.generation += 1
         log.info("reloading %s as generation %d: %s, %d host(s) (%d added, %d removed); "
@@ -344,7 +407,18 @@ class Master:
                 log.warning("worker %d does not read its control channel; killing it",
                             self.workers.get(pid, -1))
                 self.kill_worker(pid, signal.SIGKILL)
+        if restart_sidecar:
+            self.restart_sidecar()
         self.await_workers(f"reload {self.generation}")
+
+    def restart_sidecar(self) -> None:
+        """A sidecar for the current hosts and health policy, then the old one goes."""
+        old = [pid for pid, slot in self.workers.items() if slot == SIDECAR and pid not in self.retiring]
+        self.respawn_at.pop(SIDECAR, None)
+        self.spawn_sidecar()
+        for pid in old:
+            self.retiring.add(pid)
+            self.kill_worker(pid, signal.SIGTERM)
 
     # -- signal handlers (run in the loop) ---------------------------------
 

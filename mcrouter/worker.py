@@ -26,9 +26,11 @@ from typing import Any
 from mcrouter.config import ConfigError, HostAddr, RouterConfig, parse_config
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
+from mcrouter.health import HostTable
 from mcrouter.hostset import HostSet
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.routes import Route, build_route
+from mcrouter.routes.admin import with_router_commands
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host
 
@@ -102,13 +104,16 @@ class _Control:
 
 class Worker:
     def __init__(self, settings: Settings, config: RouterConfig, generation: int,
-                 listeners: list[socket.socket], master_pid: int, channel: Channel) -> None:
+                 listeners: list[socket.socket], master_pid: int, channel: Channel,
+                 table: HostTable) -> None:
         self.settings = settings
         self.config = config
         self.generation = generation
         self.listeners = listeners
         self.master_pid = master_pid
         self.control = _Control(self, channel)
+        self.table = table
+        self.health_seen = b""
         self.loop = Loop()
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
@@ -132,16 +137,27 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
-        self.route = build_route(self.config.route, self.hosts.use(self.config.ordered_pool, ()))
+        self.route = self.build(self.config)
+        self.health_seen = self.table.signature()
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
         self.control.send({"ready": self.generation})
 
     def make_host(self, addr: HostAddr) -> Host:
+        """A host in the master's shared table (which has a slot for every
+        address of every config the master has accepted)."""
         s = self.settings
-        return Host(addr, self.loop, s.upstream_connections, s.timeout_ms / 1000.0,
-                    s.max_item_size)
+        return Host(addr, self.loop, self.table, self.table.slot_of(str(addr)),
+                    s.upstream_connections, s.timeout_ms / 1000.0,
+                    s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.health.tko)
+
+    def build(self, config: RouterConfig) -> Route:
+        """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
+        pool = self.hosts.use(config.ordered_pool, self.clients)
+        for h in self.hosts.live.values():
+            h.tko = config.health.tko
+        return with_router_commands(build_route(config.route, pool), self.table)
 
     # -- reload ------------------------------------------------------------
 
@@ -150,13 +166,16 @@ class Worker:
         not parse here (it cannot, short of a bug), the old tree stays."""
         try:
             config = parse_config(text, path)
+            unknown = [str(a) for a in config.hosts() if self.table.slot_of(str(a)) < 0]
+            if unknown:
+                raise ConfigError(f"{path}: no shared health slot for {', '.join(unknown)}")
         except ConfigError as e:
             log.error("reload %d refused, keeping generation %d: %s",
                       generation, self.generation, e)
             self.control.send({"rejected": generation, "error": str(e)})
             return
-        self.route = build_route(config.route, self.hosts.use(config.ordered_pool, self.clients))
         self.config = config
+        self.route = self.build(config)
         self.generation = generation
         self.control.send({"applied": generation})
 
@@ -171,12 +190,22 @@ class Worker:
     def run(self) -> int:
         loop = self.loop
         next_tick = 0.0
+        loop.on_turn = self.check_health
         while self.running:
             loop.run_once()
             if loop.now >= next_tick:
                 next_tick = loop.now + 0.01
                 self.tick()
         return EXIT_OK
+
+    def check_health(self) -> None:
+        """Once per loop turn: if any host's state or address changed in the
+        shared table (one short compare), every Host catches up."""
+        seen = self.table.signature()
+        if seen != self.health_seen:
+            self.health_seen = seen
+            for h in self.hosts.all():
+                h.sync()
 
     def tick(self) -> None:
         now = self.loop.now
@@ -230,9 +259,10 @@ class Worker:
 
 
 def run_worker(settings: Settings, config: RouterConfig, generation: int,
-               listeners: list[socket.socket], master_pid: int, channel: Channel) -> int:
+               listeners: list[socket.socket], master_pid: int, channel: Channel,
+               table: HostTable) -> int:
     """Entry point in the forked child; returns the process exit code."""
-    worker = Worker(settings, config, generation, listeners, master_pid, channel)
+    worker = Worker(settings, config, generation, listeners, master_pid, channel, table)
     try:
         worker.boot()
     except Exception as e:      # noqa: BLE001 - reported in one line, then the master stops
