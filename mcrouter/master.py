@@ -235,6 +235,8 @@ class Master:
             for ch in self.channels.values():      # the workers' channels are not its own
                 ch.close()
             code = body()
+        except SystemExit as e:     # a child's way of leaving at once (the sidecar on TERM)
+            code = e.code if isinstance(e.code, int) else 0
         except BaseException:       # noqa: BLE001 - a child must never return into the master's code
             log.exception("%s crashed", name)
         finally:
