@@ -51,6 +51,10 @@ def fetch_hosts(addr: ListenAddr) -> list[HostRow]:
                     raise HostsError(f"the router at {addr} closed the connection or sent "
                                      "too much; is it an mcrouter?")
                 data += chunk
+                if data.endswith(b"\r\n") and data.startswith((b"ERROR", b"SERVER_ERROR",
+                                                                 b"CLIENT_ERROR")):
+                    raise HostsError(f"{addr} answered {data.strip().decode(errors='replace')!r} "
+                                     "to 'stats servers'; is it an mcrouter?")
     except OSError as e:
         raise HostsError(f"cannot ask the router at {addr}: {e.strerror or e}; "
                          "is it running? pass its address with -l") from None
