@@ -224,3 +224,34 @@ def test_ttin_ttou_change_the_worker_count(memcached, router, sig):
     for _ in range(4):
         with r.client() as c:
             assert c.request(b"get k\r\n", value_reply("k", b"v")) == value_reply("k", b"v")
+
+
+def test_a_reload_brings_new_hosts_into_the_health_table_and_the_sidecar(memcached, router):
+    """New hosts get a slot and an address before any worker uses them, and
+    the sidecar is restarted to probe the new set: a host added by a reload
+    that accepts connections but never answers (so no worker's traffic can
+    mark it down: none is sent) is found down by the probes."""
+    m = memcached()
+    hung = FakeUpstream()
+    try:
+        hung.behave("hang")
+        r = router(pool_config([m]), workers=2, extra=["-H", "100ms"])
+        (sidecar,) = r.sidecar_pids()
+        cfg = pool_config([m, hung])
+        cfg["health"] = {"probe_timeout_ms": 100}
+        write(r.config_path, yaml.safe_dump(cfg))
+        r.signal(signal.SIGHUP)
+        assert r.wait_log(confirmed(2))
+        assert wait_until(lambda: len(r.sidecar_pids()) == 1 and sidecar not in r.children(), 10)
+
+        def servers() -> dict[str, str]:
+            with r.client() as c:
+                reply = c.call(b"stats servers\r\n", b"END\r\n")
+            return {line.split()[1]: line.split()[2] for line in reply.decode().splitlines()
+                    if line.startswith("STAT ")}
+
+        assert wait_until(lambda: servers() == {m.addr: "up", hung.addr: "down"}, 10), servers()
+        assert "probe: no reply within 100 ms" in r.stderr()
+        assert "crashed" not in r.stderr()
+    finally:
+        hung.close()
