@@ -43,7 +43,7 @@ from mcrouter.config import ConfigError, HostAddr, RouterConfig
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter.dns import DnsCache
 from mcrouter.health import DOWN, HostTable, TableFull
-from mcrouter.listen import ListenAddr, bind
+from mcrouter.listen import ListenAddr, activated_sockets, bind
 from mcrouter.settings import Settings
 from mcrouter.sidecar import run_sidecar
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
@@ -94,6 +94,7 @@ class Master:
         self.exit_code: int | None = None
         self.pid = os.getpid()
         self.watch: reload.FileWatch | None = None
+        self.activated = False                       # listening sockets came from systemd
         self.table = HostTable()
         self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
 
@@ -101,11 +102,21 @@ class Master:
 
     @property
     def bind_per_worker(self) -> bool:
-        """With --reuseport each worker binds its own TCP socket (not a unix path)."""
-        return self.settings.reuseport and self.addr.family != socket.AF_UNIX
+        """With --reuseport each worker binds its own TCP socket (not a unix
+        path, not a socket systemd passed)."""
+        return (self.settings.reuseport and self.addr.family != socket.AF_UNIX
+                and not self.activated)
 
     def run(self) -> int:
-        if not self.bind_per_worker:
+        self.listeners = activated_sockets()
+        self.activated = bool(self.listeners)
+        where = str(self.addr)
+        if self.activated:
+            where = "the socket(s) systemd passed: " + ", ".join(
+                str(s.getsockname()) for s in self.listeners)
+            log.info("socket activation: -l%s not used",
+                     " and --reuseport" if self.settings.reuseport else "")
+        elif not self.bind_per_worker:
             self.listeners = [bind(self.addr)]
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
@@ -117,7 +128,7 @@ class Master:
         self.await_workers("start")
         for slot in range(self.num_workers):
             self.spawn_worker(slot)
-        log.info("listening on %s with %d worker(s)", self.addr, self.num_workers)
+        log.info("listening on %s with %d worker(s)", where, self.num_workers)
         while self.exit_code is None:
             self.sleep()
             while self.sig_queue and self.exit_code is None:
@@ -321,7 +332,7 @@ class Master:
         self.workers.clear()
         for pid in list(self.channels):
             self.drop_channel(pid)
-        if self.addr.family == socket.AF_UNIX:
+        if self.addr.family == socket.AF_UNIX and not self.activated:
             try:
                 os.unlink(str(self.addr.address))
             except OSError:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import REPO, free_port, pool_config, wait_until
+from conftest import REPO, Client, free_port, pool_config, wait_until
 from loadgen import CounterLoader, Loader, value_reply
 
 KEYS = [f"key{i}" for i in range(32)]
@@ -241,14 +241,16 @@ def test_the_unit_file_says_what_the_docs_promise():
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path):
-    """As shipped, except that the command points at an executable that exists
-    here (verify checks that the binary of ExecStart= can be run)."""
+    """The service and its socket as shipped, except that the command points
+    at an executable that exists here (verify checks that ExecStart= can run)."""
     stub = tmp_path / "mcrouter"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     unit = tmp_path / "mcrouter.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/mcrouter", str(stub)))
-    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+    shutil.copy(UNIT.with_suffix(".socket"), tmp_path / "mcrouter.socket")
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit),
+                           str(tmp_path / "mcrouter.socket")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
 
@@ -300,3 +302,51 @@ def test_sigterm_drain_delivers_every_reply_to_a_slow_reader(memcached, router):
     finally:
         sock.close()
     assert r.wait(15) == 0
+
+
+def test_socket_activation_keeps_connections_waiting_across_a_restart(memcached, tmp_path):
+    """A listening socket passed as systemd does (fd 3, LISTEN_FDS, LISTEN_PID)
+    is used instead of -l; a client that connects while no router runs waits
+    in its backlog and is served by the next router."""
+    m = memcached()
+    m.set("k", b"v")
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"orderedPool: [{m.addr}]\nroute: {{type: DefaultRoute}}\n")
+    held = socket.socket()                     # what systemd would hold
+    held.bind(("127.0.0.1", 0))
+    held.listen(64)
+    port, fd = held.getsockname()[1], held.fileno()
+    want = value_reply("k", b"v")
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"router{len(procs)}.log", "wb")
+        # as systemd does it: the socket at fd 3, then exec with LISTEN_PID = own pid
+        shim = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.close(int(sys.argv[1])); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+        p = subprocess.Popen([sys.executable, "-c", shim, str(fd), "-m", "mcrouter", "run",
+                              "-f", str(cfg), "-l", "127.0.0.1:1"], pass_fds=(fd,),
+                             stdout=log, stderr=log, cwd=REPO)
+        procs.append(p)
+        return p
+
+    try:
+        first = start()
+        with Client(port) as c:
+            assert c.request(b"get k\r\n", want) == want
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+        waiting = Client(port)                 # nobody accepts: it waits in the backlog
+        waiting.send(b"get k\r\n")
+        start()
+        assert waiting.recv_exact(len(want)) == want
+        waiting.close()
+        assert f"listening on the socket(s) systemd passed: ('127.0.0.1', {port})" in \
+            (tmp_path / "router0.log").read_text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        held.close()
