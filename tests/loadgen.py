@@ -33,44 +33,40 @@ class Batch:
     labels: list[str] = field(default_factory=list)
 
 
-class Loader(threading.Thread):
-    def __init__(self, port: int, keys: list[str], sources: dict[str, dict[str, bytes]],
-                 batch: int = 16, reconnect: bool = False, duration: float = 60.0,
-                 seed: int = 0) -> None:
+class _Connection(threading.Thread):
+    """A load thread's connection: reads up to a terminator, with a deadline."""
+
+    def __init__(self, port: int, duration: float) -> None:
         super().__init__(daemon=True)
         self.port = port
-        self.keys = keys
-        self.sources = sources
-        self.batch = batch
-        self.reconnect = reconnect
         self.deadline = time.monotonic() + duration
-        self.seed = seed
         self.stopping = threading.Event()
-        self.batches: list[Batch] = []
         self.errors: list[str] = []
         self.eofs = 0                 # connections the router ended
-        self.retried = 0              # requests sent again after an end-of-file
         self.sock = self._connect()
         self.buf = bytearray()
-
-    # -- connection ----------------------------------------------------------
 
     def _connect(self) -> socket.socket:
         s = socket.create_connection((HOST, self.port), timeout=5.0)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
 
-    def local_port(self) -> int:
-        return self.sock.getsockname()[1]
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.buf.clear()
+        try:
+            self.sock = self._connect()
+        except OSError:
+            time.sleep(0.05)          # the next read fails and this runs again
 
-    def _reply(self) -> bytes | None:
-        """One get reply (through END), or None at end-of-file/reset;
+    def read_until(self, terminator: bytes) -> bytes | None:
+        """Bytes through ``terminator``, or None at end-of-file/reset;
         socket.timeout when nothing comes for 5 s."""
         while True:
-            i = self.buf.find(b"END\r\n")
+            i = self.buf.find(terminator)
             if i >= 0:
-                out = bytes(self.buf[:i + 5])
-                del self.buf[:i + 5]
+                out = bytes(self.buf[:i + len(terminator)])
+                del self.buf[:i + len(terminator)]
                 return out
             try:
                 data = self.sock.recv(65536)
@@ -82,7 +78,24 @@ class Loader(threading.Thread):
                 return None
             self.buf += data
 
-    # -- the loop --------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+        self.sock.close()
+
+
+class Loader(_Connection):
+    def __init__(self, port: int, keys: list[str], sources: dict[str, dict[str, bytes]],
+                 batch: int = 16, reconnect: bool = False, duration: float = 60.0,
+                 seed: int = 0) -> None:
+        super().__init__(port, duration)
+        self.keys = keys
+        self.sources = sources
+        self.batch = batch
+        self.may_reconnect = reconnect
+        self.seed = seed
+        self.batches: list[Batch] = []
+        self.retried = 0              # requests sent again after an end-of-file
 
     def run(self) -> None:
         n = self.seed
@@ -102,7 +115,7 @@ class Loader(threading.Thread):
                 pass                  # the reads below see the end of the connection
             while todo:
                 try:
-                    reply = self._reply()
+                    reply = self.read_until(b"END\r\n")
                 except socket.timeout:
                     self.errors.append(f"get {todo[0]}: no reply within 5 s")
                     return False
@@ -120,30 +133,19 @@ class Loader(threading.Thread):
                 self.batches.append(b)
                 return True
             self.eofs += 1
-            if not self.reconnect:
+            if not self.may_reconnect:
                 return False
             self.retried += len(todo)
-            self.buf.clear()
-            self.sock.close()
-            try:
-                self.sock = self._connect()
-            except OSError as e:
-                self.errors.append(f"reconnect: {e}")
-                time.sleep(0.05)
+            self.reconnect()
         self.errors.append(f"gave up on {len(todo)} request(s) after 5 connections")
         return False
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=15)
-        self.sock.close()
 
     @property
     def requests(self) -> int:
         return sum(len(b.labels) for b in self.batches)
 
 
-class CounterLoader(threading.Thread):
+class CounterLoader(_Connection):
     """``incr`` on a counter of its own, ``depth`` batches ahead of the
     replies it has read, reconnecting and sending again whatever got no
     reply.  The replies must read 1, 2, 3, ... exactly: a request the router
@@ -152,31 +154,10 @@ class CounterLoader(threading.Thread):
 
     def __init__(self, port: int, key: str, batch: int = 8, depth: int = 2,
                  duration: float = 60.0) -> None:
-        super().__init__(daemon=True)
-        self.port, self.key, self.batch, self.depth = port, key, batch, depth
-        self.deadline = time.monotonic() + duration
-        self.stopping = threading.Event()
-        self.errors: list[str] = []
-        self.eofs = 0
+        super().__init__(port, duration)
+        self.key, self.batch, self.depth = key, batch, depth
         self.acked = 0                # replies read, in order
         self.sent = 0                 # requests written on this connection and before
-        self.sock = socket.create_connection((HOST, port), timeout=5.0)
-        self.buf = bytearray()
-
-    def _line(self) -> bytes | None:
-        while b"\r\n" not in self.buf:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                raise
-            except OSError:
-                data = b""
-            if not data:
-                return None
-            self.buf += data
-        line, _, rest = bytes(self.buf).partition(b"\r\n")
-        self.buf = bytearray(rest)
-        return line
 
     def run(self) -> None:
         wire = f"incr {self.key} 1\r\n".encode()
@@ -191,7 +172,7 @@ class CounterLoader(threading.Thread):
             if self.sent == self.acked:
                 return
             try:
-                line = self._line()
+                line = self.read_until(b"\r\n")
             except socket.timeout:
                 self.errors.append(f"no reply to incr #{self.acked + 1} within 5 s")
                 return
@@ -200,20 +181,10 @@ class CounterLoader(threading.Thread):
                 if self.eofs > 20:
                     self.errors.append("more than 20 reconnects")
                     return
-                self.sock.close()
-                self.buf.clear()
-                try:
-                    self.sock = socket.create_connection((HOST, self.port), timeout=5.0)
-                except OSError:
-                    time.sleep(0.05)
+                self.reconnect()
                 self.sent = self.acked        # what got no reply is sent again
                 continue
-            if line != str(self.acked + 1).encode():
+            if line != f"{self.acked + 1}\r\n".encode():
                 self.errors.append(f"incr #{self.acked + 1} answered {line!r}")
                 return
             self.acked += 1
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=15)
-        self.sock.close()
