@@ -5,6 +5,7 @@ test; every wait has a deadline.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -273,3 +274,46 @@ def test_hosts_command_shows_state_and_reason(memcached, router):
     bad = subprocess.run([sys.executable, "-m", "mcrouter", "hosts", "-l", f"127.0.0.1:{m2.port}"],
                          capture_output=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1, bad.stderr
+
+
+def test_a_killed_sidecar_is_restarted_and_probes_again(memcached, router):
+    m1, m2 = memcached(), memcached()
+    m2.set("k", b"two")
+    r = router(config([m1, m2], fail=1, rise=1, probe_timeout_ms=100),
+               extra=["-H", f"{int(INTERVAL * 1000)}ms"])
+    (sidecar,) = r.sidecar_pids()
+    os.kill(sidecar, signal.SIGKILL)
+    assert wait_until(lambda: len(r.sidecar_pids()) == 1 and r.sidecar_pids() != [sidecar], 5), \
+        r.stderr()
+    # the new sidecar's probes notice a hung host on their own (no traffic)
+    m1.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
+    finally:
+        m1.proc.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: states(r).get(m1.addr) == "up", 5), states(r)
+    assert "sidecar (pid %d) exited" % sidecar in r.stderr()
+
+
+def test_connect_timeout_is_its_own_setting(router):
+    """A connect that never completes fails after --connect-timeout-ms, not -r."""
+    import socket
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        for s in fillers:
+            s.setblocking(False)
+            s.connect_ex(lsock.getsockname())
+        time.sleep(0.1)
+        addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+        r = router(config([addr]), timeout_ms=5000, conns=1,
+                   extra=["--connect-timeout-ms", "200", "-H", "60s"])
+        with r.client() as c:
+            t0 = time.monotonic()
+            c.send(b"get k\r\n")
+            assert c.recv_exact(len(ERROR), timeout=10) == ERROR
+            took = time.monotonic() - t0
+        for s in fillers:
+            s.close()
+    assert took < 1.5, f"connect failure took {took:.2f}s with a 200 ms connect timeout"
