@@ -107,19 +107,24 @@ class Master:
         return (self.settings.reuseport and self.addr.family != socket.AF_UNIX
                 and not self.activated)
 
-    def run(self) -> int:
+    def open_listeners(self) -> str:
+        """Take systemd's sockets, or bind -l (with --reuseport only check that
+        it can be bound: each worker binds its own); say where we listen."""
         self.listeners = activated_sockets()
         self.activated = bool(self.listeners)
-        where = str(self.addr)
         if self.activated:
-            where = "the socket(s) systemd passed: " + ", ".join(
-                str(s.getsockname()) for s in self.listeners)
             log.info("socket activation: -l%s not used",
                      " and --reuseport" if self.settings.reuseport else "")
-        elif not self.bind_per_worker:
+            return "the socket(s) systemd passed: " + ", ".join(
+                str(s.getsockname()) for s in self.listeners)
+        if not self.bind_per_worker:
             self.listeners = [bind(self.addr)]
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
+        return str(self.addr)
+
+    def run(self) -> int:
+        where = self.open_listeners()
         self.init_signals()
         self.resolve_hosts(self.slots)
         self.spawn_sidecar()
