@@ -26,6 +26,7 @@ cpdef enum:
     G_RELOAD_LAST_OK = 9    # unix time of the last good config load, seconds
     G_START_TIME = 10       # unix time the master started, seconds
     G_MASTER_PID = 11
+    G_WORKERS = 12          # workers the master keeps running now (gauge)
     G_REPLIES = 16          # NREPLY counters, by reason
     G_ROUTES = 32           # NROUTE counters, by decision
     G_REQUESTS = 64         # NCMD histograms of client request duration, by command

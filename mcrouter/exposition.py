@@ -31,8 +31,9 @@ from mcrouter import __version__
 from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS,
                                G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_RELOAD_LAST_OK,
                                G_RELOADS_FAILED, G_RELOADS_OK, G_REPLIES, G_ROUTES,
-                               G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS, H_CONNS,
-                               H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS, ROUTE_DECISIONS)
+                               G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS, G_WORKERS,
+                               H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
+                               ROUTE_DECISIONS)
 from mcrouter.health import DOWN, HostTable
 from mcrouter.metrics import Histogram, MetricsBlock
 
@@ -63,6 +64,8 @@ class RouterCollector:
         yield info
         yield GaugeMetricFamily("mcrouter_start_time_seconds", "When the router started (unix time).",
                                 value=snap.value(G_START_TIME))
+        yield GaugeMetricFamily("mcrouter_workers", "Worker processes the master keeps running.",
+                                value=snap.value(G_WORKERS))
 
         requests = CounterMetricFamily("mcrouter_requests", "Client requests answered, by "
                                        "command (a multi-key get counts once).", labels=["cmd"])

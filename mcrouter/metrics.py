@@ -5,15 +5,17 @@ it forks; it outlives every child.  Who writes:
 
 * worker ``i`` writes only slot ``i`` (from Cython, ``_metrics.Counters``);
   a worker that is restarted takes over the same slot, so its counters
-  carry on and the router's totals never go backwards;
-* the master writes only the last slot (restarts, config reloads, start time);
+  carry on and the router's totals never go backwards (a worker retired by
+  TTOU leaves its counts in its slot for the next one of that index);
+* the master writes only the last slot (restarts, config reloads, start
+  time) and the header's count of worker slots in use;
 * nobody else writes.  The sidecar (``/metrics``) and a worker answering
   ``stats mcrouter`` read every slot and sum them (``snapshot``).
 
 Layout (native-endian uint64 words; the word indices live in ``_metrics.pxd``)::
 
     0      header   4096 bytes: magic u64, layout version u64, slots u64,
-                    host capacity u64, words per slot u64
+                    host capacity u64, words per slot u64, worker slots used u64
     4096   slot 0   ``slot_words`` words, then slot 1, ... (each page aligned)
            slot:    0     G_*         global counters (clients, bytes, restarts, reloads)
                     16    G_REPLIES   16 counters: replies the router made itself, by reason
@@ -50,6 +52,7 @@ from mcrouter.protocol import COMMAND_NAMES, CMD_LOCAL
 MAGIC = 0x4D43524D45545253            # "MCRMETRS"
 LAYOUT_VERSION = 1
 HEADER = struct.Struct("=QQQQQ")
+USED = struct.Struct("=Q")                  # worker slots in use, at byte HEADER.size
 HEADER_BYTES = 4096
 PAGE_WORDS = 4096 // 8
 
@@ -121,6 +124,9 @@ class Snapshot:
 
 class MetricsBlock:
     def __init__(self, workers: int, hosts: int) -> None:
+        """Room for ``workers`` worker slots (more than -n: SIGTTIN adds
+        workers) and ``hosts`` HostTable slots."""
+        self.workers = workers
         self.slots = workers + 1                  # the workers', then the master's
         self.hosts = hosts
         words = HOSTS_AT + hosts * HOST_WORDS
@@ -132,6 +138,12 @@ class MetricsBlock:
     def master_slot(self) -> int:
         return self.slots - 1
 
+    def use_slot(self, slot: int) -> None:
+        """The master is about to fork worker ``slot``: sum it from now on."""
+        used = USED.unpack_from(self.mm, HEADER.size)[0]
+        if used <= slot < self.workers:
+            USED.pack_into(self.mm, HEADER.size, slot + 1)
+
     def counters(self, slot: int) -> Counters:
         """A writer for ``slot`` (the caller is its only writer)."""
         if not 0 <= slot < self.slots:
@@ -139,12 +151,20 @@ class MetricsBlock:
         return Counters(self.mm, HEADER_BYTES + slot * self.slot_words * 8, self.hosts)
 
     def snapshot(self, hosts_used: int) -> Snapshot:
+        """Every worker slot in use and the master's, summed; slots and hosts
+        never used are not read (their pages stay unallocated)."""
         used = max(0, min(hosts_used, self.hosts))
-        words = _metrics.sum_slots(self.mm, HEADER_BYTES, self.slots, self.slot_words,
-                                   0, HOSTS_AT)
-        hosts = _metrics.sum_slots(self.mm, HEADER_BYTES, self.slots, self.slot_words,
-                                   HOSTS_AT, used * HOST_WORDS)
-        return Snapshot(words, hosts, used)
+        workers = USED.unpack_from(self.mm, HEADER.size)[0]
+        worker_words, worker_hosts = self._sum(0, workers, used)
+        master_words, master_hosts = self._sum(self.master_slot, 1, used)
+        return Snapshot([a + b for a, b in zip(worker_words, master_words)],
+                        [a + b for a, b in zip(worker_hosts, master_hosts)], used)
+
+    def _sum(self, first: int, count: int, hosts: int) -> tuple[Sequence[int], Sequence[int]]:
+        at = HEADER_BYTES + first * self.slot_words * 8
+        return (_metrics.sum_slots(self.mm, at, count, self.slot_words, 0, HOSTS_AT),
+                _metrics.sum_slots(self.mm, at, count, self.slot_words, HOSTS_AT,
+                                   hosts * HOST_WORDS))
 
 
 def note_reload(ok: bool) -> None:

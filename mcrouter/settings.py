@@ -18,6 +18,7 @@ class Settings:
     max_item_size: int = 1048576        # --max-item-size, as memcached's -I
     reuseport: bool = False
     graceful_timeout: float = 10.0
+    watch_config: bool = False          # reload when the config file changes
     log_level: str = "info"
     log_format: str = "text"            # --log-format: text or json
     metrics_listen: str = ":9090"       # -L/--metrics-listen-addr, "off" for none

@@ -165,6 +165,7 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
                 metrics: MetricsBlock, metrics_sock: socket.socket | None) -> int:
     """Entry point in the forked child; returns the process exit code."""
     install(Counters())                 # the sidecar reads the block; it never writes
+
     def stop(_signum: int, _frame: object) -> None:
         raise SystemExit(0)             # nothing here is owed to a client: leave at once
 

@@ -20,7 +20,7 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
                                G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_MASTER_PID,
                                G_RELOAD_LAST_OK, G_RELOADS_FAILED, G_RELOADS_OK, G_REPLIES,
                                G_ROUTES, G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS,
-                               H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
+                               G_WORKERS, H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
                                ROUTE_DECISIONS)
 from mcrouter._parser import Request
 from mcrouter.health import DOWN, HostTable
@@ -52,7 +52,7 @@ def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
         ("uptime", now - snap.value(G_START_TIME)),
         ("time", now),
         ("version", __version__),
-        ("workers", block.slots - 1),
+        ("workers", snap.value(G_WORKERS)),
         ("curr_connections", snap.gauge(G_CLIENTS)),
         ("total_connections", snap.value(G_CLIENTS_TOTAL)),
         ("rejected_connections", snap.value(G_CLIENTS_REJECTED)),

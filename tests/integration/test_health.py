@@ -159,7 +159,7 @@ def test_sigstop_times_out_marks_down_and_fails_over(memcached, router):
                             "operationPolicies": {"get": "MissFailoverRoute"}}, tko=3, fail=2, rise=2,
                  probe_timeout_ms=200)
     # a long probe interval first: the data path alone must mark the host down
-    r = router(cfg, timeout_ms=200, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
+    r = router(cfg, timeout_ms=1000, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
     with r.client() as c:
         assert c.request(b"get k\r\n", value("k", b"one")) == value("k", b"one")
         assert c.request(b"set k 0 0 1\r\nx\r\n", b"STORED\r\n") == b"STORED\r\n"
@@ -170,13 +170,14 @@ def test_sigstop_times_out_marks_down_and_fails_over(memcached, router):
             c.send(b"set a 0 0 1\r\nx\r\n")
             assert c.recv_exact(len(TIMEOUT)) == TIMEOUT
             took = time.monotonic() - t0
-            assert 0.19 < took < 0.2 + 0.3, f"timeout reply after {took:.3f}s with -r 200"
+            # the loop's timer has ~10 ms precision; the bound allows for a busy machine
+            assert 0.99 < took < 1.0 + 0.5, f"timeout reply after {took:.3f}s with -r 1000"
         assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
         with r.client() as c:
             # reads fail over at once, writes get the router's answer at once
             t0 = time.monotonic()
             assert c.request(b"get k\r\n", value("k", b"two")) == value("k", b"two")
-            assert time.monotonic() - t0 < 0.15
+            assert time.monotonic() - t0 < 0.5          # well before -r (1 s)
             assert c.request(b"set z 0 0 1\r\ny\r\n", b"STORED\r\n") == b"STORED\r\n"  # on m2
     finally:
         m1.proc.send_signal(signal.SIGCONT)

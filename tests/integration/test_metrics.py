@@ -325,3 +325,31 @@ def test_scrapes_during_load_parse_and_a_slow_client_cannot_hold_the_endpoint(me
             sock.close()
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://{HOST}:{r.metrics_port}/other", timeout=5)
+
+
+def test_reloads_and_added_workers_are_counted(memcached, router):
+    """SIGHUP with a valid config, then an invalid one: one success, one
+    failure.  SIGTTIN: the new worker's requests are in the totals."""
+    m = memcached()
+    r = router(pool_config([m]), workers=1, metrics=True)
+    started = Scrape(r.scrape())["mcrouter_config_last_reload_success_timestamp_seconds"]
+    time.sleep(1.1)                              # the timestamp has a resolution of 1 s
+    r.signal(signal.SIGHUP)
+    assert wait_until(lambda: Scrape(r.scrape())["mcrouter_config_reloads_total",
+                                                 {"result": "success"}] == 1, 10)
+    assert Scrape(r.scrape())["mcrouter_config_last_reload_success_timestamp_seconds"] > started
+    r.config_path.write_text("orderedPool: [nohostport]\nroute: {type: DefaultRoute}\n")
+    r.signal(signal.SIGHUP)
+    assert wait_until(lambda: Scrape(r.scrape())["mcrouter_config_reloads_total",
+                                                 {"result": "failure"}] == 1, 10)
+
+    r.signal(signal.SIGTTIN)
+    assert wait_until(lambda: len(r.worker_pids()) == 2, 10)
+    assert Scrape(r.scrape())["mcrouter_workers"] == 2
+    before = Scrape(r.scrape())["mcrouter_requests_total", {"cmd": "get"}]
+    clients = [Client(r.port) for _ in range(8)]     # the kernel spreads them over both
+    for c in clients:
+        assert c.call(b"get x\r\n") == b"END\r\n"
+        c.close()
+    assert Scrape(r.scrape())["mcrouter_requests_total", {"cmd": "get"}] == before + 8
+    assert Scrape(r.scrape())["mcrouter_config_reloads_total", {"result": "success"}] == 1

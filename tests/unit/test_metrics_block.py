@@ -22,8 +22,22 @@ class Inbox:
 @pytest.fixture
 def block():
     saved = _metrics.local()
-    yield MetricsBlock(workers=2, hosts=8)
+    b = MetricsBlock(workers=2, hosts=8)
+    b.use_slot(1)                     # the master forked workers 0 and 1
+    yield b
     _metrics.install(saved)
+
+
+def test_only_worker_slots_in_use_are_summed():
+    block = MetricsBlock(workers=4, hosts=2)
+    for slot in (0, 2, block.master_slot):
+        block.counters(slot).count(G_BYTES_IN, 1)
+    assert block.snapshot(2).value(G_BYTES_IN) == 1        # the master's only: no worker yet
+    block.use_slot(0)
+    assert block.snapshot(2).value(G_BYTES_IN) == 2        # slot 0 and the master's
+    block.use_slot(2)
+    block.use_slot(1)                                      # never shrinks
+    assert block.snapshot(2).value(G_BYTES_IN) == 3
 
 
 def test_each_slot_counts_apart_and_a_snapshot_sums_them(block):
