@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -35,7 +35,7 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
                                H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
                                ROUTE_DECISIONS)
 from mcrouter.health import DOWN, HostTable
-from mcrouter.metrics import Histogram, MetricsBlock
+from mcrouter.metrics import Histogram, MetricsBlock, Snapshot
 
 MAX_SCRAPES = 16
 IO_TIMEOUT = 2.0
@@ -71,9 +71,9 @@ class RouterCollector:
                                        "command (a multi-key get counts once).", labels=["cmd"])
         duration = HistogramMetricFamily("mcrouter_request_duration_seconds", "From reading a "
                                          "client request to queueing its reply.", labels=["cmd"])
-        for cmd, h in snap.requests().items():
-            requests.add_metric([cmd], h.count)
-            duration.add_metric([cmd], _buckets(h), h.sum_seconds)
+        for cmd, hist in snap.requests().items():
+            requests.add_metric([cmd], hist.count)
+            duration.add_metric([cmd], _buckets(hist), hist.sum_seconds)
         yield requests
         yield duration
 
@@ -87,11 +87,11 @@ class RouterCollector:
                                   value=snap.value(G_BYTES_IN))
         yield CounterMetricFamily("mcrouter_client_sent_bytes", "Bytes written to clients.",
                                   value=snap.value(G_BYTES_OUT))
-        yield self._labelled("mcrouter_router_replies", "Replies the router made itself, by "
-                             "reason.", "reason", REPLY_REASONS, snap.words, G_REPLIES)
-        yield self._labelled("mcrouter_route_decisions", "Route decisions: failover to a later "
-                             "host, another host asked after a miss, fan-out to several hosts.",
-                             "decision", ROUTE_DECISIONS, snap.words, G_ROUTES)
+        yield _by_label("mcrouter_router_replies", "Replies the router made itself, by reason.",
+                        "reason", _run(REPLY_REASONS, G_REPLIES), snap)
+        yield _by_label("mcrouter_route_decisions", "Route decisions: failover to a later host, "
+                        "another host asked after a miss, fan-out to several hosts.",
+                        "decision", _run(ROUTE_DECISIONS, G_ROUTES), snap)
 
         sent = CounterMetricFamily("mcrouter_upstream_requests", "Requests queued to an "
                                    "upstream host.", labels=["cmd", "host"])
@@ -109,38 +109,43 @@ class RouterCollector:
                                      labels=["host"])
         up = GaugeMetricFamily("mcrouter_host_up", "1 while the shared verdict says the host is "
                                "up.", labels=["host"])
-        for h in hosts:
-            for cmd, (n, hist) in snap.upstream(h.slot).items():
-                sent.add_metric([cmd, h.key], n)
+        for host in hosts:
+            for cmd, (n, hist) in snap.upstream(host.slot).items():
+                sent.add_metric([cmd, host.key], n)
                 if hist.count:
-                    updur.add_metric([cmd, h.key], _buckets(hist), hist.sum_seconds)
+                    updur.add_metric([cmd, host.key], _buckets(hist), hist.sum_seconds)
             for i, reason in enumerate(ERROR_REASONS):
-                errors.add_metric([h.key, reason], snap.host_value(h.slot, H_ERRORS + i))
-            conns.add_metric([h.key], snap.host_gauge(h.slot, H_CONNS))
-            hits.add_metric([h.key], snap.host_value(h.slot, H_HITS))
-            misses.add_metric([h.key], snap.host_value(h.slot, H_MISSES))
-            up.add_metric([h.key], 0 if self.table.state(h.slot) == DOWN else 1)
+                errors.add_metric([host.key, reason], snap.host_value(host.slot, H_ERRORS + i))
+            conns.add_metric([host.key], snap.host_gauge(host.slot, H_CONNS))
+            hits.add_metric([host.key], snap.host_value(host.slot, H_HITS))
+            misses.add_metric([host.key], snap.host_value(host.slot, H_MISSES))
+            up.add_metric([host.key], 0 if self.table.state(host.slot) == DOWN else 1)
         yield from (sent, updur, errors, conns, hits, misses, up)
         yield GaugeMetricFamily("mcrouter_healthy_hosts", "Upstream hosts up.",
-                                value=sum(1 for h in hosts if self.table.state(h.slot) != DOWN))
+                                value=sum(1 for host in hosts if self.table.state(host.slot) != DOWN))
 
-        yield self._labelled("mcrouter_restarts", "Child processes the master restarted.",
-                             "process", ("worker", "sidecar"), snap.words, G_WORKER_RESTARTS)
-        assert G_SIDECAR_RESTARTS == G_WORKER_RESTARTS + 1
-        yield self._labelled("mcrouter_config_reloads", "Config reloads, by result.", "result",
-                             ("success", "failure"), snap.words, G_RELOADS_OK)
-        assert G_RELOADS_FAILED == G_RELOADS_OK + 1
+        yield _by_label("mcrouter_restarts", "Child processes the master restarted after they "
+                        "died.", "process",
+                        [("worker", G_WORKER_RESTARTS), ("sidecar", G_SIDECAR_RESTARTS)], snap)
+        yield _by_label("mcrouter_config_reloads", "Config reloads, by result.", "result",
+                        [("success", G_RELOADS_OK), ("failure", G_RELOADS_FAILED)], snap)
         yield GaugeMetricFamily("mcrouter_config_last_reload_success_timestamp_seconds",
                                 "When the config in force was loaded (unix time).",
                                 value=snap.value(G_RELOAD_LAST_OK))
 
-    @staticmethod
-    def _labelled(name: str, doc: str, label: str, values: tuple[str, ...],
-                  words: object, at: int) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, doc, labels=[label])
-        for i, value in enumerate(values):
-            family.add_metric([value], words[at + i])      # type: ignore[index]
-        return family
+
+def _run(values: tuple[str, ...], at: int) -> list[tuple[str, int]]:
+    """Label values of consecutive words from ``at``."""
+    return [(value, at + i) for i, value in enumerate(values)]
+
+
+def _by_label(name: str, doc: str, label: str, words: list[tuple[str, int]],
+              snap: Snapshot) -> CounterMetricFamily:
+    """A counter with one series per (label value, word of the global part)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, word in words:
+        family.add_metric([value], snap.value(word))
+    return family
 
 
 def registry_for(block: MetricsBlock, table: HostTable) -> CollectorRegistry:
@@ -185,7 +190,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.active: dict[socket.socket, float] = {}
         self.lock = threading.Lock()
 
-    def process_request(self, request: socket.socket, client_address: object) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             self.shutdown_request(request)      # too many at once: refuse, do not queue
             return
@@ -193,7 +198,7 @@ class MetricsServer(ThreadingHTTPServer):
             self.active[request] = time.monotonic()
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
