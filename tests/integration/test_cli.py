@@ -186,26 +186,18 @@ def test_run_bad_flags_are_one_line(tmp_path, args):
     assert_one_line_error(proc, None)
 
 
-def test_run_port_in_use_is_one_line(tmp_path):
+@pytest.mark.parametrize("flag, what", [("-l", ""), ("-L", " for metrics")],
+                         ids=["listen", "metrics"])
+def test_a_port_in_use_is_one_line(tmp_path, flag, what):
     cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
     with socket.socket() as s:
         s.bind((HOST, 0))
         s.listen(1)
-        port = s.getsockname()[1]
-        proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{port}")
-    line = assert_one_line_error(proc, "cannot listen")
-    assert str(port) in line
-
-
-def test_metrics_port_in_use_is_one_line(tmp_path):
-    cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        s.listen(1)
-        port = s.getsockname()[1]
-        proc = run_cli("run", "-f", str(cfg), "-l", f"{HOST}:{free_port()}", "-L", f"{HOST}:{port}")
-    line = assert_one_line_error(proc, f"cannot listen on {HOST}:{port} for metrics")
-    assert "-L" in line
+        held = f"{HOST}:{s.getsockname()[1]}"
+        flags = {"-l": f"{HOST}:{free_port()}", "-L": "off", flag: held}
+        proc = run_cli("run", "-f", str(cfg), *[x for kv in flags.items() for x in kv])
+    line = assert_one_line_error(proc, f"cannot listen on {held}{what}")
+    assert f"choose another address with {flag}" in line
 
 
 def test_log_format_json_is_one_object_per_line(tmp_path):
