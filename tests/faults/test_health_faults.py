@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,14 @@ NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 
 def value(key: bytes, data: bytes) -> bytes:
     return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(data), data)
+
+
+def set_dns(path, table: dict) -> None:
+    """Rewrite the shim's table atomically: the router's resolver thread may
+    be reading it at that moment (a torn read would fail its lookup)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -101,7 +110,7 @@ def test_dns_change_moves_new_connections_and_lets_old_ones_finish(fake, tmp_pat
     f.set(b"k", b"old")
     port = f.port
     hosts = tmp_path / "hosts.json"
-    hosts.write_text(json.dumps({"cachebox": "127.0.0.1"}))
+    set_dns(hosts, {"cachebox": "127.0.0.1"})
     mc_args = [MEMCACHED, "-u", "root", "-l", "::1", "-p", str(port), "-U", "0", "-t", "1"]
     with process(mc_args) as mc:
         assert wait_port_v6(port, mc), "memcached on [::1] did not start"
@@ -123,14 +132,14 @@ def test_dns_change_moves_new_connections_and_lets_old_ones_finish(fake, tmp_pat
                 f.behave("delay", count=1, delay=1.5)
                 a.send(b"get k\r\n")                    # in flight on the old address
                 assert f.wait_requests(2)
-                hosts.write_text(json.dumps({"cachebox": "::1"}))
+                set_dns(hosts, {"cachebox": "::1"})
                 assert wait_until(lambda: _get(rport) == value(b"k", b"new"), 5), err.read_text()
                 # the request sent before the change got the old host's reply
                 assert a.recv_exact(len(value(b"k", b"old")), timeout=5) == value(b"k", b"old")
                 # this client's next request goes to the new address too
                 assert a.request(b"get k\r\n", value(b"k", b"new")) == value(b"k", b"new")
             assert wait_until(lambda: f.closed_by_peer >= 1, 5), "old connection not closed"
-            hosts.write_text(json.dumps({"cachebox": None}))
+            set_dns(hosts, {"cachebox": None})
             time.sleep(1.0)                             # about five failed lookups
             assert _get(rport) == value(b"k", b"new")
             log = err.read_text()
