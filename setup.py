@@ -1,4 +1,4 @@
-"""Build the two Cython extensions; everything else is in pyproject.toml."""
+"""Build the Cython extensions; everything else is in pyproject.toml."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -6,6 +6,7 @@ extensions = [
     Extension("mcrouter._parser", ["mcrouter/_parser.pyx"]),
     Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
+    Extension("mcrouter._hash", ["mcrouter/_hash.pyx"]),
 ]
 
 setup(
