@@ -92,9 +92,10 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
-        self.hosts = [Host(addr, self.loop, s.upstream_connections, s.timeout_ms / 1000.0,
-                           s.max_item_size) for addr in self.config.ordered_pool]
-        self.route = build_route(self.config.route, self.hosts)
+        hosts = {addr: Host(addr, self.loop, s.upstream_connections, s.timeout_ms / 1000.0,
+                            s.max_item_size) for addr in self.config.addresses()}
+        self.hosts = list(hosts.values())
+        self.route = build_route(self.config, hosts)
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         for h in self.hosts:
