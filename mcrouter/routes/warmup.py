@@ -3,7 +3,7 @@
 ``get``/``gets``/``gat``/``gats``: asked of ``cold``; the keys it misses are
 asked of ``warm``; warm hits are returned to the client and written to
 ``cold`` in the background with ``add`` (so a value set meanwhile is never
-overwritten), with ``exptime``.  ``mg``: cold, then warm on a miss (the
+overwritten), with ``exptime``; when warm fails, cold's miss stands.  ``mg``: cold, then warm on a miss (the
 reply carries only the flags the client asked for, so nothing is written
 back).  Every other command goes to ``cold`` only.
 """
