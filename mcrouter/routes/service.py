@@ -39,6 +39,9 @@ def probe_request(command: str, key: bytes) -> Request:
     """The Request a client sending ``command`` for ``key`` would make."""
     if command not in _PROBES:
         raise ValueError(f"unknown command {command!r}; valid: {', '.join(COMMANDS)}")
+    if b"{k}" in _PROBES[command] and (not key or any(c <= 32 or c == 127 for c in key)):
+        raise ValueError(f"{key!r} is not a valid memcached key (1 to 250 bytes, no spaces "
+                         "or control characters)")
     reqs = RequestParser().feed(_PROBES[command].replace(b"{k}", key))
     if len(reqs) != 1 or reqs[0].reply is not None:
         raise ValueError(f"{key!r} is not a valid memcached key")
