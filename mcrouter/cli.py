@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="mcrouter: a memcached request router.")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SUBCOMMANDS = ("run", "check-config", "route", "version")
+SUBCOMMANDS = ("run", "check-config", "route", "version", "hosts")
 EXIT_USAGE = 2
 
 
@@ -37,6 +37,14 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(text)
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+
+
+def parse_duration(text: str) -> float:
+    """``10s``, ``500ms``, ``2m`` or a bare number of seconds → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
 
 
 def _version_callback(value: bool) -> None:
@@ -64,6 +72,12 @@ def run(
                                              help="Connections per memcached host per worker."),
     timeout_ms: int = typer.Option(1000, "-r", "--timeout-ms",
                                    help="Upstream request timeout in milliseconds."),
+    connect_timeout_ms: int = typer.Option(1000, "--connect-timeout-ms",
+                                           help="Upstream connect timeout in milliseconds."),
+    healthcheck_interval: str = typer.Option("10s", "-H", "--healthcheck-interval",
+                                             help="Time between health probes of a host (10s, 500ms)."),
+    dns_cache_ttl: str = typer.Option("30s", "-t", "--dns-cache-ttl",
+                                      help="Time between DNS lookups of a host name (30s, 5m)."),
     buffer_size: int = typer.Option(1048576, "-b", "--buffer-size",
                                     help="Read size and per-client output bound, in bytes."),
     reuseport: bool = typer.Option(False, "--reuseport",
@@ -78,7 +92,8 @@ def run(
         _die(f"--log-level {log_level!r} is not valid; use one of {', '.join(LOG_LEVELS)}")
     for flag, value in (("-n/--server-event-loops", server_event_loops),
                         ("-C/--upstream-connections", upstream_connections),
-                        ("-r/--timeout-ms", timeout_ms), ("-b/--buffer-size", buffer_size)):
+                        ("-r/--timeout-ms", timeout_ms), ("-b/--buffer-size", buffer_size),
+                        ("--connect-timeout-ms", connect_timeout_ms)):
         if value < 1:
             _die(f"{flag} must be at least 1 (got {value})")
     try:
@@ -87,12 +102,24 @@ def run(
         _die(f"--max-item-size {max_item_size!r} is not a size; write e.g. 1048576, 512k or 2m")
     if item_size < 1024:
         _die(f"--max-item-size must be at least 1k (got {max_item_size})")
+    durations = {}
+    for flag, text in (("-H/--healthcheck-interval", healthcheck_interval),
+                       ("-t/--dns-cache-ttl", dns_cache_ttl)):
+        try:
+            durations[flag] = parse_duration(text)
+        except ValueError:
+            _die(f"{flag} {text!r} is not a duration; write e.g. 10s, 500ms or 2m")
+        if durations[flag] < 0.01:
+            _die(f"{flag} must be at least 10ms (got {text})")
     try:
         addr = parse_listen(listen)
     except ListenError as e:
         _die(str(e))
     settings = Settings(config_path=router_config, listen=listen, workers=server_event_loops,
                         upstream_connections=upstream_connections, timeout_ms=timeout_ms,
+                        connect_timeout_ms=connect_timeout_ms,
+                        healthcheck_interval=durations["-H/--healthcheck-interval"],
+                        dns_cache_ttl=durations["-t/--dns-cache-ttl"],
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
                         graceful_timeout=graceful_timeout, log_level=log_level)
     try:
@@ -117,7 +144,7 @@ def check_config(router_config: str = typer.Option("router.yaml", "-f", "--route
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
-    typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.addresses())} host(s))")
+    typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.hosts())} host(s))")
 
 
 class _NotConnected:
@@ -142,7 +169,7 @@ def route(command: str = typer.Argument(..., help="A memcached command: get, set
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
-    root = build_route(config, {a: _NotConnected(a) for a in config.addresses()})
+    root = build_route(config, {a: _NotConnected(a) for a in config.hosts()})
     try:
         t = trace(root, command, key.encode())
     except ValueError as e:
@@ -150,6 +177,18 @@ def route(command: str = typer.Argument(..., help="A memcached command: get, set
     for line in t.lines:
         typer.echo(line)
     typer.echo("servers: " + (" ".join(t.hosts) or "none (answered by the router)"))
+
+
+@app.command("hosts")
+def hosts(listen: str = typer.Option("tcp://:8080", "-l", "--listen",
+                                     help="The running router's listen address.")) -> None:
+    """Show each upstream host's state, its last error and when it changed."""
+    from mcrouter.hosts_view import HostsError, fetch_hosts, render_hosts
+    try:
+        addr = parse_listen(listen)
+        typer.echo(render_hosts(fetch_hosts(addr)), nl=False)
+    except (ListenError, HostsError) as e:
+        _die(str(e))
 
 
 @app.command("version")

@@ -16,6 +16,8 @@ its options, or the short string ``"Type|argument"``::
         hash: {function: fnv1a_64, distribution: ketama}
     route: PoolRoute|main
 
+plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms).
+
 What each route accepts is one table, ``ROUTE_OPTIONS``.  Unlike
 gomcrouter, anything unknown is refused.  Every error is one line,
 ``file:line:column: what is wrong; how to fix it``, raised as ConfigError.
@@ -72,7 +74,8 @@ POLICY_COMMANDS = tuple(name for name in COMMAND_IDS if name != "quit")
 ERROR_CLASSES = ("timeout", "connect_error", "tko", "remote_error")
 OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
-TOP_KEYS = ("orderedPool", "pools", "route")
+TOP_KEYS = ("orderedPool", "pools", "route", "health")
+HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
 POOL_KEYS = ("servers", "hash", "weights")
 HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
 
@@ -121,19 +124,29 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class HealthPolicy:
+    """When a host is marked down and up again (ROUTES.md, README "Health")."""
+    fail: int = 2                  # consecutive failed probes → down
+    rise: int = 2                  # consecutive good probes → up again
+    tko: int = 3                   # consecutive timeouts/errors on the data path → down at once
+    probe_timeout_ms: int = 1000   # a probe's version round trip must finish within this
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     path: str
     ordered_pool: tuple[HostAddr, ...]
     route: RouteConfig
     pools: dict[str, PoolConfig] = field(default_factory=dict)
+    health: HealthPolicy = HealthPolicy()
 
-    def addresses(self) -> list[HostAddr]:
-        """Every distinct server of the config, in order of appearance: one
-        Host each, however many pools list it."""
+    def hosts(self) -> tuple[HostAddr, ...]:
+        """Every distinct upstream address, in config order: one Host each,
+        however many pools list it."""
         seen = dict.fromkeys(self.ordered_pool)
         for pool in self.pools.values():
             seen.update(dict.fromkeys(pool.servers))
-        return list(seen)
+        return tuple(seen)
 
 
 _HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+)):(?P<port>[0-9]{1,5})$")
@@ -285,6 +298,17 @@ class _Checker:
 
     # -- routes ------------------------------------------------------------
 
+    def health(self, node: yaml.Node) -> HealthPolicy:
+        values: dict[str, int] = {}
+        for k, v in self.mapping(node, "health"):
+            key = self.choice(k, "health key", HEALTH_KEYS)
+            text = self.scalar(v, f"health.{key}")
+            if not text.isdigit() or int(text) < 1:
+                raise self.fail(v, f"health.{key} must be a whole number of at least 1 (got {text!r})",
+                                "write e.g. 2")
+            values[key] = int(text)
+        return HealthPolicy(**values)
+
     def route(self, node: yaml.Node) -> RouteConfig:
         if isinstance(node, yaml.ScalarNode):
             return self.short_route(node)
@@ -433,6 +457,7 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     pools: dict[str, PoolConfig] = {}
     pools_node: Any = None
     route: RouteConfig | None = None
+    health = HealthPolicy()
     for k, v in check.mapping(root, "the config"):
         key = check.scalar(k, "a top-level key")
         if key == "orderedPool":
@@ -441,6 +466,8 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
             pools, pools_node = check.pools(v), v
         elif key == "route":
             route = check.route(v)
+        elif key == "health":
+            health = check.health(v)
         else:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:
@@ -456,4 +483,4 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
         raise check.fail(where, f"{rtype} needs hosts but orderedPool is empty",
                          "list at least one host:port in orderedPool"
                          + (" or give the route a pool" if pools_node is not None else ""))
-    return RouterConfig(path, ordered, route, pools)
+    return RouterConfig(path, ordered, route, pools, health)

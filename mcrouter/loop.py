@@ -68,6 +68,9 @@ class Loop:
         # (recv() would allocate and shrink a bytes object per call instead.)
         self.recv_buf = bytearray(RECV_SIZE)
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        # Called once per turn after the poll and before any handler, so
+        # what a handler does sees shared state as of this turn.
+        self.on_turn: Callable[[], None] = lambda: None
         self._seq = itertools.count()
 
     # -- registration ------------------------------------------------------
@@ -100,6 +103,7 @@ class Loop:
     def run_once(self) -> None:
         events = self.ep.poll(self.poll_timeout())
         self.now = monotonic()
+        self.on_turn()
         handlers = self.handlers
         for fd, mask in events:
             h = handlers.get(fd)

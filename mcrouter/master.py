@@ -9,9 +9,14 @@ wake the loop; the loop takes signals off the queue and dispatches to
   HUP        (config reload arrives with its own change; logged and ignored)
   CHLD       reap; a worker that died is respawned with backoff; a worker
              that could not boot stops the master with a non-zero status
+
+Besides the workers the master forks one sidecar (health probes, DNS) and
+respawns it when it dies.  Before forking anything it makes the shared
+HostTable and writes every host's first address into it.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -20,16 +25,30 @@ import signal
 import socket
 import sys
 import time
+from typing import Callable
 
 from mcrouter.config import RouterConfig
+from mcrouter.dns import DnsCache
+from mcrouter.health import DOWN, HostTable
 from mcrouter.listen import ListenAddr, bind
 from mcrouter.settings import Settings
+from mcrouter.sidecar import run_sidecar
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
 
 log = logging.getLogger("mcrouter.master")
 
 RESPAWN_MAX_DELAY = 10.0
 STABLE_AFTER = 5.0       # a worker alive this long resets its backoff
+SIDECAR = -1             # the sidecar's slot in the child tables
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Name a child in ps/top (/proc/PID/comm): mcr-master, mcr-worker, mcr-sidecar."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Master:
@@ -41,13 +60,15 @@ class Master:
         self.config = config
         self.addr = addr
         self.listeners: list[socket.socket] = []
-        self.workers: dict[int, int] = {}            # pid → slot
+        self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
         self.started: dict[int, float] = {}          # slot → spawn time
         self.failures: dict[int, int] = {}           # slot → quick deaths in a row
         self.respawn_at: dict[int, float] = {}       # slot → when to respawn
         self.sig_queue: list[int] = []
         self.exit_code: int | None = None
         self.pid = os.getpid()
+        self.table = HostTable()
+        self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -62,6 +83,8 @@ class Master:
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
         self.init_signals()
+        self.resolve_hosts()
+        self.spawn_sidecar()
         for slot in range(self.settings.workers):
             self.spawn_worker(slot)
         log.info("listening on %s with %d worker(s)", self.addr, self.settings.workers)
@@ -107,7 +130,35 @@ class Master:
 
     # -- workers -----------------------------------------------------------
 
+    def resolve_hosts(self) -> None:
+        """Every host's first address, before any child exists (blocking is
+        fine here); a name that does not resolve leaves its host down."""
+        DnsCache(self.table, [(slot, addr) for addr, slot in self.slots.items()]).refresh()
+        for addr, slot in self.slots.items():
+            if self.table.address(slot) is None:
+                self.table.set_state(slot, DOWN, "dns: the name does not resolve")
+
     def spawn_worker(self, slot: int) -> None:
+        def body() -> int:
+            listeners = self.listeners
+            if self.bind_per_worker:
+                try:
+                    listeners = [bind(self.addr, reuseport=True)]
+                except OSError as e:
+                    log.error("worker cannot bind %s: %s", self.addr, e.strerror)
+                    return EXIT_BOOT_FAILED
+            return run_worker(self.settings, self.config, listeners, self.pid,
+                              self.table, self.slots)
+        self._fork(slot, "mcr-worker", body)
+
+    def spawn_sidecar(self) -> None:
+        hosts = [(slot, addr, self.config.health) for addr, slot in self.slots.items()]
+        s = self.settings
+        self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
+            self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid))
+
+    def _fork(self, slot: int, name: str, body: Callable[[], int]) -> None:
+        """Fork a child that runs ``body`` and never returns into this code."""
         pid = os.fork()
         if pid:
             self.workers[pid] = slot
@@ -115,20 +166,14 @@ class Master:
             return
         code = 1
         try:
+            set_process_name(name)
             for sig in self.SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self.wake_r)
             os.close(self.wake_w)
-            listeners = self.listeners
-            if self.bind_per_worker:
-                try:
-                    listeners = [bind(self.addr, reuseport=True)]
-                except OSError as e:
-                    log.error("worker cannot bind %s: %s", self.addr, e.strerror)
-                    os._exit(EXIT_BOOT_FAILED)
-            code = run_worker(self.settings, self.config, listeners, self.pid)
-        except BaseException:       # noqa: BLE001 - a worker must never return into the master's code
-            log.exception("worker crashed")
+            code = body()
+        except BaseException:       # noqa: BLE001 - a child must never return into the master's code
+            log.exception("%s crashed", name)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -146,7 +191,7 @@ class Master:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == EXIT_BOOT_FAILED:
+            if code == EXIT_BOOT_FAILED and slot != SIDECAR:
                 log.error("worker %d could not start; stopping (see the error above)", slot)
                 self.stop(signal.SIGTERM)
                 self.exit_code = 1
@@ -157,8 +202,8 @@ class Master:
             fails = 0 if lived > STABLE_AFTER else self.failures.get(slot, 0) + 1
             self.failures[slot] = fails
             delay = min(0.1 * (2 ** fails), RESPAWN_MAX_DELAY) if fails else 0.0
-            log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
-                        slot, pid, code, delay)
+            log.warning("%s (pid %d) exited with %s; restarting in %.1fs",
+                        "sidecar" if slot == SIDECAR else f"worker {slot}", pid, code, delay)
             self.respawn_at[slot] = time.monotonic() + delay
 
     def manage_workers(self) -> None:
@@ -166,7 +211,10 @@ class Master:
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
-                self.spawn_worker(slot)
+                if slot == SIDECAR:
+                    self.spawn_sidecar()
+                else:
+                    self.spawn_worker(slot)
 
     def stop(self, sig: int) -> None:
         """Signal every worker and wait for them, killing stragglers after the grace."""

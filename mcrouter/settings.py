@@ -11,6 +11,9 @@ class Settings:
     workers: int = 1                    # -n/--server-event-loops
     upstream_connections: int = 2       # -C, per host per worker
     timeout_ms: int = 1000              # -r, per upstream request
+    connect_timeout_ms: int = 1000      # --connect-timeout-ms, per upstream connect
+    healthcheck_interval: float = 10.0  # -H, seconds between probes of one host
+    dns_cache_ttl: float = 30.0         # -t, seconds between lookups of one name
     buffer_size: int = 1048576          # -b, read size and per-client output bound
     max_item_size: int = 1048576        # --max-item-size, as memcached's -I
     reuseport: bool = False

@@ -3,9 +3,13 @@
 A Host owns ``-C`` connections.  A connection is a socket plus a Ring (the
 Cython queues); it connects without blocking, queues requests while it
 connects, and when it fails answers everything in flight with the router's
-error reply and reconnects with capped exponential backoff.  Until active
-health checks exist, a host whose connection failed is down until one of its
-connections reconnects.
+error reply and reconnects with capped exponential backoff and jitter.
+
+Health is one verdict for the whole router, kept in the shared HostTable
+(``health.py``): the data path marks a host down after ``tko`` consecutive
+timeouts or errors (a refused connection at once); only the sidecar's
+probes mark it up again.  While a host is down its connections do not
+reconnect, so a dead host costs one probe per interval and no storm.
 
 Socket I/O stays inside ``Connection`` (connect, ``sock.send``, ``sock.recv``)
 so that a TLS wrapper can later replace it without touching rings or routes.
@@ -21,6 +25,7 @@ from typing import Any
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
+from mcrouter.health import DOWN as HOST_DOWN, HostTable, sockaddr
 from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
 from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
@@ -30,20 +35,31 @@ log = logging.getLogger("mcrouter.upstream")
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 DOWN, CONNECTING, UP = 0, 1, 2
+# connect() errors that say "nobody is there": they mark the host down at once
+HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 
 
 class Host:
-    """One memcached server: its address, its connections, its health."""
+    """One memcached server: its connections, and its health as the shared
+    table says."""
 
-    def __init__(self, addr: HostAddr, loop: Loop, connections: int, timeout: float,
-                 max_item_size: int) -> None:
+    def __init__(self, addr: HostAddr, loop: Loop, table: HostTable, slot: int,
+                 connections: int, timeout: float, connect_timeout: float,
+                 max_item_size: int, tko: int) -> None:
         self.addr = addr
         self.loop = loop
+        self.table = table
+        self.slot = slot
         self.timeout = timeout
-        self.healthy = True           # optimistic until a connection fails
+        self.connect_timeout = connect_timeout
+        self.max_item_size = max_item_size
+        self.tko = tko
+        self.failures = 0                 # consecutive timeouts/errors seen by the data path
+        self.healthy = table.state(slot) != HOST_DOWN
+        self.generation = table.generation(slot)
         self.last_error = ""
-        self._sockaddr: tuple[int, Any] | None = None
-        self.conns = [Connection(self, max_item_size) for _ in range(max(1, connections))]
+        self.conns = [Connection(self) for _ in range(max(1, connections))]
+        self.retiring: list[Connection] = []      # old address, finishing their requests
 
     def start(self) -> None:
         for c in self.conns:
@@ -62,8 +78,12 @@ class Host:
                 break
             i = (i + 1) % n
         else:
-            req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
-            return
+            # every connection waits out a backoff, yet the host is not marked
+            # down: try now rather than fail a request the host may serve
+            c.connect()
+            if c.state == DOWN:
+                req.finish(UPSTREAM_ERROR if self.healthy else NO_HEALTHY_UPSTREAM, ST_ERROR)
+                return
         loop = self.loop
         if not c.ring.push(req, loop.now + self.timeout):
             req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
@@ -73,39 +93,63 @@ class Host:
             c.dirty = True
             loop.dirty_upstreams.append(c)
 
-    def resolve(self) -> tuple[int, Any]:
-        """The host's address, looked up once and kept, so that reconnects never
-        wait on DNS.  (IP literals resolve without a lookup; refreshing names
-        is the DNS cache's job, not the reconnect path's.)"""
-        if self._sockaddr is None:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
-                self.addr.host, self.addr.port, type=socket.SOCK_STREAM)[0]
-            self._sockaddr = (family, sockaddr)
-        return self._sockaddr
+    def sockaddr(self) -> tuple[int, Any] | None:
+        """Where to connect now, from the shared table (never a DNS lookup here)."""
+        found = self.table.address(self.slot)
+        if found is None:
+            return None
+        return found[0], sockaddr(found[0], found[1], self.addr.port)
 
-    def connection_up(self) -> None:
-        if not self.healthy:
-            log.info("host %s: down -> up (reconnected)", self.addr)
-        self.healthy = True
+    # -- health --------------------------------------------------------------
 
-    def connection_failed(self, reason: str) -> None:
-        if self.healthy:
-            log.warning("host %s: up -> down (%s)", self.addr, reason)
-        self.healthy = False
+    def sync(self) -> None:
+        """Catch up with the shared table after its signature moved."""
+        gen = self.table.generation(self.slot)
+        if gen != self.generation and not gen & 1:
+            self.generation = gen
+            self.readdress()
+        up = self.table.state(self.slot) != HOST_DOWN
+        if up != self.healthy:
+            self.healthy = up
+            if up:
+                self.failures = 0
+                for c in self.conns:
+                    c.backoff = BACKOFF_MIN
+                    c.connect()
+
+    def failed(self, reason: str, count: int = 1, hard: bool = False) -> None:
+        """The data path saw ``count`` timeouts or errors in a row (TKO)."""
         self.last_error = reason
+        self.failures = self.tko if hard else self.failures + count
+        if self.failures >= self.tko and self.healthy:
+            self.healthy = False
+            why = reason if hard else f"{self.failures} failures in a row, last: {reason}"
+            if self.table.set_state(self.slot, HOST_DOWN, why):
+                log.warning("host %s: up -> down (%s)", self.addr, why)
+
+    def readdress(self) -> None:
+        """The name now resolves elsewhere: new connections go to the new
+        address; the old ones finish the requests they carry, then close."""
+        old, self.conns = self.conns, [Connection(self) for _ in self.conns]
+        for c in old:
+            if c.retire():
+                self.retiring.append(c)
+        log.info("host %s: connecting to its new address", self.addr)
+        if self.healthy:
+            self.start()
 
     def close(self) -> None:
-        for c in self.conns:
+        for c in self.conns + self.retiring:
             c.close(UPSTREAM_ERROR)
 
 
 class Connection:
     """One pipelined connection to a host."""
 
-    def __init__(self, host: Host, max_item_size: int) -> None:
+    def __init__(self, host: Host) -> None:
         self.host = host
         self.loop = host.loop
-        self.ring = Ring(max_reply=2 * max_item_size + 64 * 1024)
+        self.ring = Ring(max_reply=2 * host.max_item_size + 64 * 1024)
         self.sock: Any = None             # a socket.socket while connecting or up
         self.fd = -1
         self.state = DOWN
@@ -114,6 +158,7 @@ class Connection:
         self.backoff = BACKOFF_MIN
         self.connect_deadline = 0.0
         self.closed = False
+        self.retiring = False
 
     # -- requests (queued by Host.send) ------------------------------------
 
@@ -131,7 +176,9 @@ class Connection:
     def expire(self, now: float) -> None:
         """Answer requests past their deadline; drop a connection that hangs."""
         ring = self.ring
-        ring.expire(now, UPSTREAM_TIMEOUT)
+        expired = ring.expire(now, UPSTREAM_TIMEOUT)
+        if expired:
+            self.host.failed("timeout", expired)
         oldest = ring.oldest_deadline
         if oldest and now > oldest + self.host.timeout:
             self.fail("no reply within twice the timeout")
@@ -139,24 +186,38 @@ class Connection:
             self.fail("connect timeout")
         elif ring.inflight == 0 and self.state != CONNECTING:
             self.loop.busy.discard(self)
+            if self.retiring and not ring.pending:
+                self.close(UPSTREAM_ERROR)
+
+    def retire(self) -> bool:
+        """Stop reconnecting; close now if idle.  True while it still carries requests."""
+        self.closed = True
+        if self.state == UP and (self.ring.inflight or self.ring.pending):
+            self.retiring = True
+            self.loop.busy.add(self)
+            return True
+        self.close(UPSTREAM_ERROR)
+        return False
 
     # -- socket life -------------------------------------------------------
 
     def connect(self) -> None:
-        if self.closed:
+        """Connect without blocking, unless closed, already connected, or the
+        host is down (then only a probe verdict brings it back: Host.sync)."""
+        if self.closed or self.state != DOWN or not self.host.healthy:
             return
-        try:
-            family, sockaddr = self.host.resolve()
-        except socket.gaierror as e:
-            self.fail(f"resolve {self.host.addr.host}: {e.strerror}")
+        target = self.host.sockaddr()
+        if target is None:
+            self.fail("no address for the host name")
             return
+        family, sockaddr = target
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(sockaddr)
         self.sock, self.fd = sock, sock.fileno()
         self.state = CONNECTING
-        self.connect_deadline = self.loop.now + self.host.timeout
+        self.connect_deadline = self.loop.now + self.host.connect_timeout
         self.loop.busy.add(self)
         if err == 0:
             self.loop.add(self.fd, EV_IN, self)
@@ -164,14 +225,13 @@ class Connection:
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             self.loop.add(self.fd, EV_OUT, self)
         else:
-            self.fail(f"connect: {errno.errorcode.get(err, err)}")
+            self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS)
 
     def _connected(self) -> None:
         self.state = UP
         self.backoff = BACKOFF_MIN
         self.want_write = False
         self.loop.modify(self.fd, EV_IN)
-        self.host.connection_up()
         if self.ring.pending and not self.dirty:
             self.dirty = True
             self.loop.dirty_upstreams.append(self)
@@ -180,7 +240,7 @@ class Connection:
         if self.state == CONNECTING:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.fail(f"connect: {errno.errorcode.get(err, err)}")
+                self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS)
             else:
                 self._connected()
             return
@@ -196,9 +256,11 @@ class Connection:
             if n == 0:
                 self.fail("connection closed by server")
                 return
-            if n > 0 and self.ring.feed(buf, n) < 0:
-                self.fail("unparseable reply")
-                return
+            if n > 0:
+                if self.ring.feed(buf, n) < 0:
+                    self.fail("unparseable reply")
+                    return
+                self.host.failures = 0
         if mask & EV_OUT and self.state == UP:
             self.flush()
 
@@ -207,12 +269,15 @@ class Connection:
             self.want_write = want
             self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, hard: bool = False) -> None:
         """Drop the socket, answer everything in flight, schedule a reconnect."""
+        if self.retiring:
+            self.close(UPSTREAM_ERROR)
+            return
         self._drop_socket()
         self.state = DOWN
-        self.host.connection_failed(reason)
         self.ring.fail_all(UPSTREAM_ERROR)
+        self.host.failed(reason, hard=hard)
         self.loop.busy.discard(self)
         if not self.closed:
             delay = self.backoff * random.uniform(0.5, 1.0)
@@ -229,6 +294,9 @@ class Connection:
             self.sock, self.fd = None, -1
 
     def close(self, reply: bytes) -> None:
+        if self.retiring:
+            self.retiring = False
+            self.host.retiring.remove(self)
         self.closed = True
         self._drop_socket()
         self.state = DOWN

@@ -13,10 +13,12 @@ import signal
 import socket
 from time import monotonic
 
-from mcrouter.config import RouterConfig
+from mcrouter.config import HostAddr, RouterConfig
 from mcrouter._downstream import ClientConnection
+from mcrouter.health import HostTable
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.routes import Route, build_route
+from mcrouter.routes.admin import with_router_commands
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host
 
@@ -65,11 +67,15 @@ class _SignalPipe:
 
 class Worker:
     def __init__(self, settings: Settings, config: RouterConfig,
-                 listeners: list[socket.socket], master_pid: int) -> None:
+                 listeners: list[socket.socket], master_pid: int,
+                 table: HostTable, slots: dict[HostAddr, int]) -> None:
         self.settings = settings
         self.config = config
         self.listeners = listeners
         self.master_pid = master_pid
+        self.table = table
+        self.slots = slots
+        self.health_seen = b""
         self.loop = Loop()
         self.clients: set[ClientConnection] = set()
         self.hosts: list[Host] = []
@@ -92,14 +98,20 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
-        hosts = {addr: Host(addr, self.loop, s.upstream_connections, s.timeout_ms / 1000.0,
-                            s.max_item_size) for addr in self.config.addresses()}
-        self.hosts = list(hosts.values())
-        self.route = build_route(self.config, hosts)
+        by_addr = {addr: self.make_host(addr) for addr in self.config.hosts()}
+        self.hosts = list(by_addr.values())
+        self.route = with_router_commands(build_route(self.config, by_addr), self.table)
+        self.health_seen = self.table.signature()
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         for h in self.hosts:
             h.start()
+
+    def make_host(self, addr: HostAddr) -> Host:
+        s = self.settings
+        return Host(addr, self.loop, self.table, self.slots[addr], s.upstream_connections,
+                    s.timeout_ms / 1000.0, s.connect_timeout_ms / 1000.0, s.max_item_size,
+                    self.config.health.tko)
 
     def adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -112,12 +124,22 @@ class Worker:
     def run(self) -> int:
         loop = self.loop
         next_tick = 0.0
+        loop.on_turn = self.check_health
         while self.running:
             loop.run_once()
             if loop.now >= next_tick:
                 next_tick = loop.now + 0.01
                 self.tick()
         return EXIT_OK
+
+    def check_health(self) -> None:
+        """Once per loop turn: if any host's state or address changed in the
+        shared table (one short compare), every Host catches up."""
+        seen = self.table.signature()
+        if seen != self.health_seen:
+            self.health_seen = seen
+            for h in self.hosts:
+                h.sync()
 
     def tick(self) -> None:
         now = self.loop.now
@@ -156,9 +178,9 @@ class Worker:
 
 
 def run_worker(settings: Settings, config: RouterConfig, listeners: list[socket.socket],
-               master_pid: int) -> int:
+               master_pid: int, table: HostTable, slots: dict[HostAddr, int]) -> int:
     """Entry point in the forked child; returns the process exit code."""
-    worker = Worker(settings, config, listeners, master_pid)
+    worker = Worker(settings, config, listeners, master_pid, table, slots)
     try:
         worker.boot()
     except Exception as e:      # noqa: BLE001 - reported in one line, then the master stops

@@ -130,8 +130,9 @@ def port_closed(port: int, timeout: float = STOP_TIMEOUT) -> bool:
     return False
 
 
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (read from /proc), living or zombie excluded."""
+def children_of(pid: int, name: Optional[str] = None) -> list[int]:
+    """Pids whose parent is ``pid`` (read from /proc), zombies excluded; with
+    ``name``, only those whose process name (comm) is ``name``."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -143,7 +144,9 @@ def children_of(pid: int) -> list[int]:
             continue
         # pid (comm) state ppid ...; comm may contain spaces/parens: split after the last ')'
         rest = stat[stat.rfind(b")") + 2:].split()
-        if len(rest) >= 2 and int(rest[1]) == pid and rest[0] != b"Z":
+        comm = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode(errors="replace")
+        if len(rest) >= 2 and int(rest[1]) == pid and rest[0] != b"Z" \
+                and (name is None or comm == name):
             out.append(int(entry))
     return sorted(out)
 
@@ -440,6 +443,12 @@ class Router:
             return ""
 
     def worker_pids(self) -> list[int]:
+        return children_of(self.proc.pid, "mcr-worker")
+
+    def sidecar_pids(self) -> list[int]:
+        return children_of(self.proc.pid, "mcr-sidecar")
+
+    def children(self) -> list[int]:
         return children_of(self.proc.pid)
 
     def signal(self, sig: int) -> None:
@@ -455,7 +464,7 @@ class Router:
         """SIGTERM, then SIGKILL (master and any workers left) after ``timeout``."""
         if self.proc.poll() is not None:
             return self.proc.returncode
-        workers = self.worker_pids()
+        workers = self.children()
         self.signal(signal.SIGTERM)
         code = self.wait(timeout)
         if code is None:
@@ -522,7 +531,7 @@ def router(tmp_path: Path) -> Iterable[Callable[..., Router]]:
 
     yield start
     for r in started:
-        workers = r.worker_pids()
+        workers = r.children()
         r.stop()
         for pid in workers:                   # never leave a worker behind
             with contextlib.suppress(ProcessLookupError):

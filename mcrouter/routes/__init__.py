@@ -115,5 +115,5 @@ class _Builder:
 
 
 def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> RootRoute:
-    """The route tree of ``config`` over ``hosts`` (one per ``config.addresses()``)."""
+    """The route tree of ``config`` over ``hosts`` (one per ``config.hosts()``)."""
     return RootRoute(_Builder(config, hosts).build(config.route))

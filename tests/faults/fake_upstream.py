@@ -14,6 +14,10 @@ misbehave on the next requests it reads:
 * ``trickle`` answer normally, one byte per send with ``delay`` seconds
               between bytes
 
+``drop(True)`` makes the server close every connection it has and every
+new one at once after accepting it (a host that is there and not there, to
+make it flap); ``drop(False)`` ends that.
+
 ``behave(mode, count)`` applies ``mode`` to the next ``count`` requests read
 (across all connections), then falls back to ``normal``; ``count=None``
 keeps the mode until changed.  Every request line read is logged in
@@ -48,6 +52,7 @@ class FakeUpstream:
         self.garbage = GARBAGE
         self.requests: list[bytes] = []
         self.accepted = 0
+        self.dropping = False
         self.closed_by_peer = 0
         self.cas = 0
         self.stopping = threading.Event()
@@ -68,6 +73,14 @@ class FakeUpstream:
         assert mode in ("normal", "hang", "garbage", "torn", "delay", "trickle")
         with self.lock:
             self.mode, self.mode_left, self.delay, self.garbage = mode, count, delay, garbage
+
+    def drop(self, on: bool) -> None:
+        with self.lock:
+            self.dropping = on
+            conns = list(self.conns) if on else []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
 
     def set(self, key: bytes, value: bytes, flags: int = 0) -> None:
         with self.lock:
@@ -109,6 +122,9 @@ class FakeUpstream:
             conn.settimeout(0.2)
             with self.lock:
                 self.accepted += 1
+                if self.dropping:
+                    conn.close()
+                    continue
                 self.conns.append(conn)
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             t.start()

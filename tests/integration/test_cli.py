@@ -173,8 +173,9 @@ def test_run_with_invalid_config_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["-n", "0"], ["-r", "0"], ["-C", "0"], ["-l", "nonsense"], ["--log-level", "loud"],
-    ["--max-item-size", "huge"],
-], ids=["workers0", "timeout0", "conns0", "listen", "log-level", "item-size"])
+    ["--max-item-size", "huge"], ["-H", "often"], ["-t", "0s"], ["--connect-timeout-ms", "0"],
+], ids=["workers0", "timeout0", "conns0", "listen", "log-level", "item-size", "healthcheck",
+        "dns-ttl", "connect-timeout"])
 def test_run_bad_flags_are_one_line(tmp_path, args):
     cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
     if "-l" not in args:

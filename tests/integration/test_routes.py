@@ -74,7 +74,8 @@ def test_default_route_skips_dead_host_and_comes_back(memcached, router):
     m1.set("k", b"one")
     m2.set("k", b"two")
     m3.set("k", b"three")
-    r = router(pool_config([m1, m2, m3], "DefaultRoute"))
+    # short probes: a host marked down comes back after two good ones
+    r = router(pool_config([m1, m2, m3], "DefaultRoute"), extra=["-H", "300ms"])
     one, two, three = (get_reply(value("k", v)) for v in (b"one", b"two", b"three"))
     with r.client() as c:
         assert c.request(b"get k\r\n", one) == one

@@ -33,7 +33,7 @@ def test_issue_form_and_shared_hosts():
     assert cfg.pools["other"].weights == (1, 3)
     assert cfg.pools["other"].hash == HashConfig("md5", "rendezvous", "v2", "", "{}")
     # a server in two pools is one address
-    assert cfg.addresses() == [HostAddr("127.0.0.1", p) for p in (11211, 11212, 11213)]
+    assert cfg.hosts() == tuple(HostAddr("127.0.0.1", p) for p in (11211, 11212, 11213))
 
 
 def test_nested_tree_short_and_long_forms():

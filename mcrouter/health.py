@@ -1,0 +1,171 @@
+"""Host state shared by every process of one router: one verdict per host.
+
+The master creates a ``HostTable`` in an anonymous shared mapping before it
+forks, so the workers and the sidecar all see the same bytes.  Who writes:
+
+* the master assigns a slot per host address (at boot and at reload) and
+  writes its first resolved address;
+* the sidecar writes probe verdicts (up or down) and refreshed addresses;
+* a worker writes ``down`` when its data path sees a host fail (TKO).
+
+Only the sidecar's probes bring a host back up.  A worker compares one short
+slice of the mapping per loop turn (``HostTable.signature``) and acts only
+when it changed, so a state change reaches every worker within one turn at
+the cost of one ``memcmp``.
+
+Layout (all little-endian, offsets in bytes)::
+
+    0    header   magic u32, layout version u32, capacity u32, used u32
+    16   status   capacity x 2 bytes: [state u8, address generation u8]
+    R    records  capacity x 256 bytes, R = 16 + 2 * capacity rounded up to 64
+         record:  0   key         64s  "host:port" as written in the config
+                  64  family      u16  AF_INET / AF_INET6, 0 = no address yet
+                  66  (pad)
+                  68  ip          48s  the address in text form
+                  116 changes     u32  state changes since the slot was made
+                  120 changed_at  f64  wall-clock time of the last change
+                  128 reason      128s why it last changed (or the DNS error)
+
+The address is written with a seqlock on its generation byte: odd while the
+single writer (master at boot, then the sidecar) is writing, even when done;
+a reader that sees an odd or a moved generation tries again next turn.
+"""
+from __future__ import annotations
+
+import mmap
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+MAGIC = 0x4D435254          # "MCRT"
+LAYOUT_VERSION = 1
+HEADER = struct.Struct("<IIII")
+RECORD_SIZE = 256
+REC_KEY = struct.Struct("<64s")
+REC_ADDR = struct.Struct("<H2x48s")          # at offset 64
+REC_CHANGE = struct.Struct("<Id128s")         # at offset 116
+DEFAULT_CAPACITY = 1024
+
+UNUSED, UP, DOWN = 0, 1, 2
+STATE_NAMES = {UNUSED: "unused", UP: "up", DOWN: "down"}
+
+
+class TableFull(Exception):
+    """More distinct hosts than the table was made for."""
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One host as an operator sees it (``mcrouter hosts``)."""
+    slot: int
+    key: str
+    state: str
+    address: str
+    changes: int
+    changed_at: float
+    reason: str
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class HostTable:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = capacity
+        self.records_at = (16 + 2 * capacity + 63) // 64 * 64
+        self.mm = mmap.mmap(-1, self.records_at + capacity * RECORD_SIZE)
+        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, capacity, 0)
+
+    # -- slots (the master) --------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        return HEADER.unpack_from(self.mm, 0)[3]
+
+    def assign(self, key: str) -> int:
+        """The slot of host ``key``, made (up, no address) if it is new."""
+        slot = self.slot_of(key)
+        if slot >= 0:
+            return slot
+        slot = self.used
+        if slot >= self.capacity:
+            raise TableFull(f"more than {self.capacity} distinct hosts")
+        REC_KEY.pack_into(self.mm, self._rec(slot), key.encode()[:64])
+        self.mm[16 + 2 * slot] = UP
+        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, self.capacity, slot + 1)
+        return slot
+
+    def slot_of(self, key: str) -> int:
+        raw = key.encode()[:64]
+        for slot in range(self.used):
+            if _text(self.mm[self._rec(slot):self._rec(slot) + 64]).encode() == raw:
+                return slot
+        return -1
+
+    def _rec(self, slot: int) -> int:
+        return self.records_at + slot * RECORD_SIZE
+
+    # -- state (sidecar: probes; workers: TKO) --------------------------------
+
+    def signature(self) -> bytes:
+        """The bytes that change whenever any host's state or address does."""
+        return self.mm[16:16 + 2 * self.used]
+
+    def state(self, slot: int) -> int:
+        return self.mm[16 + 2 * slot]
+
+    def set_state(self, slot: int, state: int, reason: str) -> bool:
+        """Record a verdict; True when it changed the state (so the caller logs it)."""
+        if self.state(slot) == state:
+            return False
+        at = self._rec(slot) + 116
+        changes = struct.unpack_from("<I", self.mm, at)[0]
+        REC_CHANGE.pack_into(self.mm, at, (changes + 1) & 0xFFFFFFFF, time.time(),
+                             reason.encode()[:127])
+        self.mm[16 + 2 * slot] = state          # last: readers act on this byte
+        return True
+
+    # -- addresses (master at boot, then the sidecar's resolver) --------------
+
+    def generation(self, slot: int) -> int:
+        return self.mm[17 + 2 * slot]
+
+    def set_address(self, slot: int, family: int, ip: str) -> None:
+        gen = self.mm[17 + 2 * slot]
+        self.mm[17 + 2 * slot] = (gen + 1) & 0xFF | 1          # odd: being written
+        REC_ADDR.pack_into(self.mm, self._rec(slot) + 64, family, ip.encode())
+        self.mm[17 + 2 * slot] = (gen + 2) & 0xFE               # even: done
+
+    def note(self, slot: int, reason: str) -> None:
+        """Set the reason without changing the state (e.g. a DNS failure)."""
+        at = self._rec(slot) + 120 + 8
+        self.mm[at:at + 128] = reason.encode()[:127].ljust(128, b"\0")
+
+    def address(self, slot: int) -> tuple[int, str] | None:
+        """(family, ip), or None while none is known or it is being rewritten."""
+        gen = self.mm[17 + 2 * slot]
+        if gen & 1:
+            return None
+        family, ip = REC_ADDR.unpack_from(self.mm, self._rec(slot) + 64)
+        if self.mm[17 + 2 * slot] != gen or not family:
+            return None
+        return family, _text(ip)
+
+    # -- the operator's view ---------------------------------------------------
+
+    def status(self, slot: int) -> HostStatus:
+        at = self._rec(slot)
+        addr = self.address(slot)
+        changes, changed_at, reason = REC_CHANGE.unpack_from(self.mm, at + 116)
+        return HostStatus(slot, _text(self.mm[at:at + 64]), STATE_NAMES[self.state(slot)],
+                          addr[1] if addr else "", changes, changed_at, _text(reason))
+
+    def statuses(self) -> list[HostStatus]:
+        return [self.status(slot) for slot in range(self.used)]
+
+
+def sockaddr(family: int, ip: str, port: int) -> tuple:
+    """What ``socket.connect`` takes for this family."""
+    return (ip, port, 0, 0) if family == socket.AF_INET6 else (ip, port)

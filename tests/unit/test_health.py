@@ -1,0 +1,147 @@
+"""The shared host table, the DNS cache (with an injected resolver) and the
+health settings, without processes."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import pytest
+
+from mcrouter.cli import parse_duration
+from mcrouter.config import ConfigError, HealthPolicy, HostAddr, parse_config
+from mcrouter.dns import DnsCache
+from mcrouter.health import DOWN, UP, HostTable, TableFull
+
+
+def test_slots_are_assigned_once_per_address():
+    t = HostTable(capacity=4)
+    a = t.assign("cache1:11211")
+    b = t.assign("[::1]:11212")
+    assert (a, b) == (0, 1)
+    assert t.assign("cache1:11211") == 0
+    assert t.slot_of("[::1]:11212") == 1 and t.slot_of("nope:1") == -1
+    assert t.state(a) == UP and t.address(a) is None
+    t.assign("c:1")
+    t.assign("d:1")
+    with pytest.raises(TableFull):
+        t.assign("e:1")
+
+
+def test_state_changes_are_counted_and_move_the_signature():
+    t = HostTable(capacity=8)
+    s = t.assign("h:1")
+    before = t.signature()
+    assert t.set_state(s, DOWN, "connect: ECONNREFUSED") is True
+    assert t.set_state(s, DOWN, "again") is False          # no change, no log line
+    assert t.signature() != before
+    st = t.status(s)
+    assert (st.key, st.state, st.changes, st.reason) == ("h:1", "down", 1, "connect: ECONNREFUSED")
+    assert st.changed_at > 0
+    assert t.set_state(s, UP, "2 good probes in a row") is True
+    assert t.status(s).changes == 2 and t.status(s).state == "up"
+
+
+def test_the_table_is_shared_with_a_forked_child():
+    t = HostTable(capacity=8)
+    s = t.assign("h:1")
+    pid = os.fork()
+    if pid == 0:
+        t.set_state(s, DOWN, "seen by the child")
+        t.set_address(s, socket.AF_INET6, "::1")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert t.state(s) == DOWN and t.status(s).reason == "seen by the child"
+    assert t.address(s) == (socket.AF_INET6, "::1")
+
+
+def test_an_address_being_written_is_not_read():
+    t = HostTable(capacity=8)
+    s = t.assign("h:1")
+    t.set_address(s, socket.AF_INET, "10.0.0.1")
+    gen = t.generation(s)
+    assert gen % 2 == 0 and t.address(s) == (socket.AF_INET, "10.0.0.1")
+    t.mm[17 + 2 * s] = gen + 1                 # what a reader sees mid-write
+    assert t.address(s) is None
+    t.mm[17 + 2 * s] = gen
+    t.set_address(s, socket.AF_INET, "10.0.0.2")
+    assert t.generation(s) != gen and t.address(s) == (socket.AF_INET, "10.0.0.2")
+
+
+class FakeResolver:
+    def __init__(self, answers: dict[str, tuple[int, str] | None]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> tuple[int, str]:
+        self.calls.append(host)
+        found = self.answers[host]
+        if found is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return found
+
+
+def test_dns_cache_follows_a_change_and_keeps_the_last_good_address(caplog):
+    t = HostTable(capacity=8)
+    named, literal = t.assign("cache:11211"), t.assign("127.0.0.1:11212")
+    resolver = FakeResolver({"cache": (socket.AF_INET, "192.0.2.1")})
+    dns = DnsCache(t, [(named, HostAddr("cache", 11211)), (literal, HostAddr("127.0.0.1", 11212))],
+                   resolver)
+    dns.refresh()
+    assert t.address(named) == (socket.AF_INET, "192.0.2.1")
+    assert t.address(literal) == (socket.AF_INET, "127.0.0.1")
+    assert resolver.calls == ["cache"]                      # literals are never looked up
+    gen = t.generation(named)
+    dns.refresh()
+    assert t.generation(named) == gen                       # same answer: nothing moves
+    resolver.answers["cache"] = (socket.AF_INET6, "2001:db8::1")
+    with caplog.at_level(logging.INFO, "mcrouter.dns"):
+        dns.refresh()
+    assert t.address(named) == (socket.AF_INET6, "2001:db8::1") and t.generation(named) != gen
+    assert "host cache:11211: address 192.0.2.1 -> 2001:db8::1" in caplog.text
+    caplog.clear()
+    resolver.answers["cache"] = None
+    with caplog.at_level(logging.INFO, "mcrouter.dns"):
+        for _ in range(5):
+            dns.refresh()
+    assert t.address(named) == (socket.AF_INET6, "2001:db8::1")
+    assert caplog.text.count("cannot resolve cache") == 1
+    assert "keeping 2001:db8::1" in caplog.text
+    assert t.status(named).reason.startswith("dns: ")
+    resolver.answers["cache"] = (socket.AF_INET6, "2001:db8::1")
+    with caplog.at_level(logging.INFO, "mcrouter.dns"):
+        dns.refresh()
+    assert "cache resolves again" in caplog.text
+
+
+def test_health_section_defaults_and_values():
+    cfg = parse_config("orderedPool: [a:1]\nroute: {type: DefaultRoute}\n")
+    assert cfg.health == HealthPolicy(fail=2, rise=2, tko=3, probe_timeout_ms=1000)
+    cfg = parse_config("orderedPool: [a:1, b:2, a:1]\nroute: {type: DefaultRoute}\n"
+                       "health: {fail: 1, rise: 3, tko: 5, probe_timeout_ms: 250}\n")
+    assert cfg.health == HealthPolicy(1, 3, 5, 250)
+    assert cfg.hosts() == (HostAddr("a", 1), HostAddr("b", 2))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("health: {fail: 0}", "r.yaml:3:16: health.fail must be a whole number of at least 1 (got '0'); write e.g. 2"),
+    ("health: {rise: two}", "r.yaml:3:16: health.rise must be a whole number of at least 1 (got 'two'); write e.g. 2"),
+    ("health: {falls: 2}", "r.yaml:3:10: unknown health key 'falls'; valid: fail, rise, tko, probe_timeout_ms"),
+    ("health: 3", "r.yaml:3:9: health must be a mapping; write it as 'key: value' lines"),
+])
+def test_health_section_errors_are_one_line(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"orderedPool: [a:1]\nroute: {{type: DefaultRoute}}\n{text}\n", "r.yaml")
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text,seconds", [("10s", 10.0), ("500ms", 0.5), ("2m", 120.0),
+                                          ("3", 3.0), ("1.5s", 1.5)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10x", "-1s", "s"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
