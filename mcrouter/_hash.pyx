@@ -268,24 +268,11 @@ DEF D_RENDEZVOUS = 2
 
 
 cdef class Hasher:
-    """Maps a key to the index of one of ``len(names)`` servers.
+    """Maps a key to the index of one of ``len(names)`` servers (fields in _hash.pxd).
 
     Built once per config load; ``index`` is called per request and
     ``group`` once per multi-key get.
     """
-    cdef int fn
-    cdef int dist
-    cdef readonly int size
-    cdef bytes salt
-    cdef bytes stop          # hash stop, e.g. b"|#|", or b""
-    cdef bytes tags          # two characters, e.g. b"{}", or b""
-    # ketama continuum: sorted point values and their server index
-    cdef uint32_t *points
-    cdef uint32_t *owners
-    cdef Py_ssize_t npoints
-    # rendezvous: per server seed and weight
-    cdef uint64_t *seeds
-    cdef double *weights
 
     def __cinit__(self):
         self.points = NULL
@@ -437,21 +424,26 @@ cdef class Hasher:
                 win = i
         return win
 
-    def group(self, list keys):
-        """{server index: [keys]} for a multi-key request, keys deduplicated,
-        in request order within each server."""
+    cpdef tuple group(self, list keys):
+        """For a multi-key request: ({server index: [keys]}, owners), keys
+        deduplicated and in request order within each server; ``owners[i]``
+        is the server of ``keys[i]`` (None when a key repeats)."""
         cdef dict out = {}
         cdef set seen = set()
+        cdef list owners = []
         cdef bytes k
         cdef int i
         for k in keys:
             if k in seen:
+                owners = None
                 continue
             seen.add(k)
             i = self.index(k)
+            if owners is not None:
+                owners.append(i)
             lst = out.get(i)
             if lst is None:
                 out[i] = [k]
             else:
                 lst.append(k)
-        return out
+        return out, owners

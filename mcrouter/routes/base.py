@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 from mcrouter._parser import Request
+from mcrouter._routing import HostDispatch
 from mcrouter.config import HostAddr
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
 
@@ -61,22 +62,15 @@ class Route:
         return ()
 
 
-class HostRoute(Route):
+class HostRoute(HostDispatch, Route):
     """A leaf: one host.  A host that is down answers at once with the
-    router's error, so that the routes above can fail over."""
+    router's error, so that the routes above can fail over (``dispatch`` is
+    HostDispatch's, in _routing.pyx)."""
 
     name = "HostRoute"
-    __slots__ = ("host",)
 
     def __init__(self, host: Upstream) -> None:
         self.host = host
-
-    def dispatch(self, req: Request) -> None:
-        host = self.host
-        if host.healthy:
-            host.send(req)
-        else:
-            req.finish(NO_HEALTHY_UPSTREAM, ST_ERROR)
 
     def label(self) -> str:
         return str(self.host.addr)

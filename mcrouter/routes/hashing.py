@@ -22,19 +22,20 @@ from mcrouter.protocol import CMD_FLUSH_ALL, CMD_STATS, CMD_VERBOSITY, COMMAND_I
 from mcrouter.routes.base import Route
 from mcrouter.routes.failover import FailoverRoute
 from mcrouter.routes.fanout import AllSyncRoute
-from mcrouter.routes.multiget import split
+from mcrouter._routing import HashDispatch
 from mcrouter.routes.simple import LocalRoute
 
 
-class HashRoute(Route):
+class HashRoute(HashDispatch, Route):
+    """``dispatch`` is HashDispatch's (_routing.pyx): per request, no Python frame."""
+
     name = "HashRoute"
 
     def __init__(self, children: Sequence[Route], hasher: Hasher, title: str = "") -> None:
         if hasher.size != len(children):
             raise ValueError("one hash slot per child")
-        self.children = tuple(children)
+        self.children = list(children)
         self.hasher = hasher
-        self.index = hasher.index
         self.title = title or self.name
         local = LocalRoute()
         keyless: list[Route] = [local] * (max(COMMAND_IDS.values()) + 2)
@@ -42,23 +43,14 @@ class HashRoute(Route):
         keyless[CMD_STATS] = FailoverRoute(self.children)
         self.keyless = keyless
 
-    def dispatch(self, req: Request) -> None:
-        if req.keys is not None:
-            children = self.children
-            split(req, [(children[i], keys) for i, keys in self.hasher.group(req.keys).items()])
-        elif req.key:
-            self.children[self.index(req.key)].dispatch(req)
-        else:
-            self.keyless[req.cmd].dispatch(req)
-
     def label(self) -> str:
         return self.title
 
     def targets(self, req: Request) -> Sequence[Route]:
         if req.keys is not None:
-            return [self.children[i] for i in self.hasher.group(req.keys)]
+            return [self.children[i] for i in self.hasher.group(req.keys)[0]]
         if req.key:
-            return [self.children[self.index(req.key)]]
+            return [self.children[self.hasher.index(req.key)]]
         return [self.keyless[req.cmd]]
 
 

@@ -13,17 +13,17 @@ from typing import Sequence
 from mcrouter._parser import Request
 from mcrouter.protocol import COMMAND_NAMES
 from mcrouter.routes.base import Route, Trace
+from mcrouter._routing import TableDispatch
 from mcrouter.routes.multiget import split
 
 
-class OperationSelectorRoute(Route):
+class OperationSelectorRoute(TableDispatch, Route):
+    """``dispatch`` is TableDispatch's (_routing.pyx): ``table[req.cmd]``."""
+
     name = "OperationSelectorRoute"
 
     def __init__(self, table: list[Route]) -> None:
         self.table = table          # indexed by command id
-
-    def dispatch(self, req: Request) -> None:
-        self.table[req.cmd].dispatch(req)
 
     def targets(self, req: Request) -> Sequence[Route]:
         return [self.table[req.cmd]]
@@ -52,10 +52,23 @@ class PrefixSelectorRoute(Route):
         if req.keys is None:
             self.pick(req.key).dispatch(req)
             return
-        groups: dict[Route, list[bytes]] = {}
-        for key in dict.fromkeys(req.keys):
-            groups.setdefault(self.pick(key), []).append(key)
-        split(req, list(groups.items()))
+        routes: list[Route] = []
+        groups: dict[int, list[bytes]] = {}
+        owners: list[int] | None = []
+        seen: set[bytes] = set()
+        for key in req.keys:
+            if key in seen:
+                owners = None                 # a repeated key: the general merge
+                continue
+            seen.add(key)
+            route = self.pick(key)
+            if route not in routes:
+                routes.append(route)
+            i = routes.index(route)
+            groups.setdefault(i, []).append(key)
+            if owners is not None:
+                owners.append(i)
+        split(req, routes, (groups, owners))
 
     def targets(self, req: Request) -> Sequence[Route]:
         keys = req.keys if req.keys is not None else [req.key]

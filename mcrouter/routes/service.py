@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 
 from mcrouter._parser import Request, RequestParser
-from mcrouter.protocol import CMD_GET, ST_FAIL, ST_OK, UNKNOWN_SERVICE_KEY
+from mcrouter._routing import ServiceDispatch
+from mcrouter.protocol import ST_FAIL, ST_OK, UNKNOWN_SERVICE_KEY
 from mcrouter.routes.base import Route, Trace
 
-SERVICE_PREFIX = b"__mcrouter__."
 _SERVICE_RE = re.compile(rb"^__mcrouter__\.(route|route_handles)\(([a-z_]+),(.*)\)$")
 
 # a request line for each command, to be parsed into the Request a client would send
@@ -55,19 +55,14 @@ def trace(root: Route, command: str, key: bytes) -> Trace:
     return t
 
 
-class RootRoute(Route):
-    """The entry of the tree: reserved ``__mcrouter__.`` keys, then the tree."""
+class RootRoute(ServiceDispatch, Route):
+    """The entry of the tree: reserved ``__mcrouter__.`` keys (``serve``),
+    then the tree (``dispatch`` is ServiceDispatch's, in _routing.pyx)."""
 
     name = "RootRoute"
 
     def __init__(self, tree: Route) -> None:
         self.tree = tree
-
-    def dispatch(self, req: Request) -> None:
-        if req.cmd == CMD_GET and req.keys is None and req.key.startswith(SERVICE_PREFIX):
-            self.serve(req)
-        else:
-            self.tree.dispatch(req)
 
     def serve(self, req: Request) -> None:
         m = _SERVICE_RE.match(req.key)

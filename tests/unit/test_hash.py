@@ -116,7 +116,9 @@ def test_hash_stop_tags_and_salt_pick_the_hashed_part():
 def test_group_keeps_request_order_per_server_and_drops_duplicates():
     h = Hasher(SERVERS4)
     keys = [b"k%d" % i for i in range(50)] + [b"k3"]
-    groups = h.group(keys)
+    groups, owners = h.group(keys)
+    assert owners is None                                     # k3 repeats
+    assert h.group(keys[:50])[1] == [h.index(k) for k in keys[:50]]
     assert sorted(k for g in groups.values() for k in g) == sorted(set(keys))
     for idx, ks in groups.items():
         assert all(h.index(k) == idx for k in ks)
