@@ -29,7 +29,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Request, CMD_GAT, CMD_GATS, CMD_GET, ST_OK, ST_FAIL, ST_ERROR
+from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, ST_OK, ST_FAIL, ST_ERROR
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, UPSTREAM_ERROR
 
 cdef bytes END = b"END\r\n"
@@ -91,14 +91,33 @@ cdef class HashDispatch:
 
 cpdef bytes retrieval_prefix(Request req):
     """``get``, ``gets``, ``gat <exptime>`` or ``gats <exptime>``: the request line before its keys."""
-    words = req.wire.split(None, 2 if req.cmd == CMD_GAT or req.cmd == CMD_GATS else 1)
-    return b" ".join(words[:-1])
+    if req.cmd == CMD_GET:
+        return b"get"
+    if req.cmd == CMD_GETS:
+        return b"gets"
+    words = req.wire.split(None, 2)
+    return b" ".join(words[:2])
 
 
 cpdef Request for_keys(Request parent, object owner, bytes prefix, list keys):
-    """A sub-request of ``parent`` asking only for ``keys``."""
+    """A sub-request of ``parent`` asking only for ``keys``: ``<prefix> <keys>\\r\\n``."""
     cdef Request sub = parent.child(owner)
-    sub.wire = prefix + b" " + b" ".join(keys) + b"\r\n"
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix) + 2, kl
+    cdef bytes k, wire
+    cdef char *dst
+    for k in keys:
+        n += 1 + PyBytes_GET_SIZE(k)
+    wire = PyBytes_FromStringAndSize(NULL, n)
+    dst = PyBytes_AS_STRING(wire)
+    memcpy(dst, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+    dst += PyBytes_GET_SIZE(prefix)
+    for k in keys:
+        kl = PyBytes_GET_SIZE(k)
+        dst[0] = 32
+        memcpy(dst + 1, PyBytes_AS_STRING(k), kl)
+        dst += 1 + kl
+    memcpy(dst, b"\r\n", 2)
+    sub.wire = wire
     sub.keys = keys if len(keys) > 1 else None
     sub.key = keys[0]
     return sub
@@ -197,7 +216,8 @@ cdef class Shards(Gather):
 
     cdef public int left
     cdef list owners          # owners[i]: index of the destination of keys[i]
-    cdef dict subs            # destination index → its sub-request
+    cdef dict subs            # destination index → its sub-request (each owned by self:
+                              # a cycle, broken once the last reply is in)
 
     cpdef on_reply(self, Request sub):
         if self.owners is None:
@@ -208,6 +228,7 @@ cdef class Shards(Gather):
                 self.finish()
             else:
                 self.assemble()
+            self.subs = None          # no cycle left for the garbage collector
 
     cdef assemble(self):
         cdef Py_ssize_t nkeys = len(self.keys), total = 0, i, k, n, pos, le, start, stop

@@ -7,6 +7,7 @@ A worker also exits when its master is gone.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -106,6 +107,7 @@ class Worker:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         for h in self.hosts:
             h.start()
+        gc.freeze()     # what boot built lives as long as the worker: the collector skips it
 
     def make_host(self, addr: HostAddr) -> Host:
         s = self.settings

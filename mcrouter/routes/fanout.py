@@ -84,6 +84,8 @@ class _Collect:
     def on_reply(self, sub: Request) -> None:
         self.left -= 1
         if self.parent.reply is not None:
+            if self.left == 0:
+                self.subs = []                    # no cycle left for the garbage collector
             return
         if self.need:
             same = [s for s in self.subs if s.reply is not None and _verdict(s) == _verdict(sub)]
@@ -91,7 +93,7 @@ class _Collect:
                 self.parent.finish(sub.reply or b"", sub.status)
                 return
         if self.left == 0:
-            done = self.subs
+            done, self.subs = self.subs, []       # no cycle left for the garbage collector
             if self.need:                 # the most common verdict, ties by severity
                 count = {v: sum(_verdict(s) == v for s in done) for v in map(_verdict, done)}
                 top = max(count.values())
