@@ -270,8 +270,7 @@ DEF D_RENDEZVOUS = 2
 cdef class Hasher:
     """Maps a key to the index of one of ``len(names)`` servers (fields in _hash.pxd).
 
-    Built once per config load; ``index`` is called per request and
-    ``group`` once per multi-key get.
+    Built once per config load; ``index`` is called per key of every request.
     """
 
     def __cinit__(self):
@@ -423,27 +422,3 @@ cdef class Hasher:
                 best = score
                 win = i
         return win
-
-    cpdef tuple group(self, list keys):
-        """For a multi-key request: ({server index: [keys]}, owners), keys
-        deduplicated and in request order within each server; ``owners[i]``
-        is the server of ``keys[i]`` (None when a key repeats)."""
-        cdef dict out = {}
-        cdef set seen = set()
-        cdef list owners = []
-        cdef bytes k
-        cdef int i
-        for k in keys:
-            if k in seen:
-                owners = None
-                continue
-            seen.add(k)
-            i = self.index(k)
-            if owners is not None:
-                owners.append(i)
-            lst = out.get(i)
-            if lst is None:
-                out[i] = [k]
-            else:
-                lst.append(k)
-        return out, owners

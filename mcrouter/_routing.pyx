@@ -82,7 +82,7 @@ cdef class HashDispatch:
 
     cpdef dispatch(self, Request req):
         if req.keys is not None:
-            split(req, self.children, self.hasher.group(req.keys))
+            split(req, self.children, group_keys(req.keys, self.hasher, None))
         elif len(req.key):
             self.children[self.hasher.index(req.key)].dispatch(req)
         else:
@@ -313,10 +313,35 @@ cdef Py_ssize_t value_end(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, 
     return i if i <= n else 0
 
 
+cpdef tuple group_keys(list keys, Hasher hasher, object pick):
+    """Group a multi-key request's keys by destination, the index given by
+    ``hasher`` or else by ``pick(key)``: ({index: [keys]}, owners), keys
+    deduplicated and in request order within each group; ``owners[i]`` is
+    the destination of ``keys[i]`` (None when a key repeats)."""
+    cdef dict out = {}
+    cdef set seen = set()
+    cdef list owners = []
+    cdef bytes k
+    cdef int i
+    for k in keys:
+        if k in seen:
+            owners = None
+            continue
+        seen.add(k)
+        i = hasher.index(k) if hasher is not None else pick(k)
+        if owners is not None:
+            owners.append(i)
+        lst = out.get(i)
+        if lst is None:
+            out[i] = [k]
+        else:
+            lst.append(k)
+    return out, owners
+
+
 cpdef split(Request req, list routes, tuple grouping):
     """Send each group of ``req``'s keys to its route; the client gets one
-    merged reply.  ``grouping`` is ({index into routes: keys}, owners) as
-    Hasher.group returns it."""
+    merged reply.  ``grouping`` is what group_keys returns."""
     cdef dict groups = grouping[0]
     if len(groups) == 1:
         for i in groups:

@@ -20,7 +20,8 @@ import tempfile
 import time
 from typing import Iterator, Sequence
 
-HOST = "127.0.0.1"
+from conftest import HOST, free_port, wait_port
+
 NUTCRACKER = shutil.which("nutcracker") or (os.path.exists("/usr/sbin/nutcracker")
                                              and "/usr/sbin/nutcracker") or None
 FUNCTIONS = ("fnv1a_64", "md5", "crc32", "murmur", "one_at_a_time", "fnv1_64", "fnv1a_32",
@@ -33,25 +34,6 @@ def probe_keys(n: int) -> list[bytes]:
     return [(f"k\u00e9y:{i}" if i % 10 == 0 else f"user:{i}:profile").encode() for i in range(n)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 @contextlib.contextmanager
 def nutcracker(servers: Sequence[str], function: str, weights: Sequence[int] | None = None,
                hash_tag: str = "") -> Iterator[int]:
@@ -62,7 +44,7 @@ def nutcracker(servers: Sequence[str], function: str, weights: Sequence[int] | N
     weights = list(weights or [1] * len(servers))
     with tempfile.TemporaryDirectory() as tmp:
         for _attempt in range(3):
-            port, stats = _free_port(), _free_port()
+            port, stats = free_port(), free_port()
             lines = [f"probe:", f"  listen: {HOST}:{port}", f"  hash: {function}",
                      "  distribution: ketama", "  auto_eject_hosts: false", "  timeout: 2000"]
             if hash_tag:
@@ -77,7 +59,7 @@ def nutcracker(servers: Sequence[str], function: str, weights: Sequence[int] | N
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             try:
-                if _wait_port(port, proc):
+                if wait_port(port, proc):
                     yield port
                     return
             finally:

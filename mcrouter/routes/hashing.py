@@ -22,7 +22,7 @@ from mcrouter.protocol import CMD_FLUSH_ALL, CMD_STATS, CMD_VERBOSITY, COMMAND_I
 from mcrouter.routes.base import Route
 from mcrouter.routes.failover import FailoverRoute
 from mcrouter.routes.fanout import AllSyncRoute
-from mcrouter._routing import HashDispatch
+from mcrouter._routing import HashDispatch, group_keys
 from mcrouter.routes.simple import LocalRoute
 
 
@@ -48,7 +48,7 @@ class HashRoute(HashDispatch, Route):
 
     def targets(self, req: Request) -> Sequence[Route]:
         if req.keys is not None:
-            return [self.children[i] for i in self.hasher.group(req.keys)[0]]
+            return [self.children[i] for i in group_keys(req.keys, self.hasher, None)[0]]
         if req.key:
             return [self.children[self.hasher.index(req.key)]]
         return [self.keyless[req.cmd]]

@@ -1,18 +1,16 @@
-"""Multi-key gets over several destinations (the mechanism is in ``_routing.pyx``).
-
-``split`` asks every destination at once (PoolRoute, HashRoute,
-PrefixSelectorRoute); ``MissChain`` asks them one after the other, each
-only for the keys still missing (MissFailoverRoute, WarmUpRoute).
+"""Multi-key gets asked of destinations one after the other (MissFailoverRoute,
+WarmUpRoute); asking all at once is ``_routing.split``.  Both collect hits
+in ``_routing.Gather``.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from mcrouter._routing import Gather, for_keys, retrieval_prefix, split
+from mcrouter._routing import Gather, for_keys, retrieval_prefix
 from mcrouter._parser import Request
 from mcrouter.routes.base import Route
 
-__all__ = ["MissChain", "split"]
+__all__ = ["MissChain"]
 
 
 class MissChain(Gather):

@@ -13,8 +13,7 @@ from typing import Sequence
 from mcrouter._parser import Request
 from mcrouter.protocol import COMMAND_NAMES
 from mcrouter.routes.base import Route, Trace
-from mcrouter._routing import TableDispatch
-from mcrouter.routes.multiget import split
+from mcrouter._routing import TableDispatch, group_keys, split
 
 
 class OperationSelectorRoute(TableDispatch, Route):
@@ -36,40 +35,26 @@ class PrefixSelectorRoute(Route):
     name = "PrefixSelectorRoute"
 
     def __init__(self, policies: dict[bytes, Route], wildcard: Route) -> None:
-        self.policies = policies
+        self.routes = list(dict.fromkeys([*policies.values(), wildcard]))
+        # prefix → index into routes, looked up longest prefix first
+        self.policies = {p: self.routes.index(r) for p, r in policies.items()}
         self.lengths = sorted({len(p) for p in policies}, reverse=True)
-        self.wildcard = wildcard
+        self.wildcard = self.routes.index(wildcard)
 
-    def pick(self, key: bytes) -> Route:
+    def pick(self, key: bytes) -> int:
         policies = self.policies
         for n in self.lengths:
-            route = policies.get(key[:n])
-            if route is not None and len(key) >= n:
-                return route
+            i = policies.get(key[:n])
+            if i is not None and len(key) >= n:
+                return i
         return self.wildcard
 
     def dispatch(self, req: Request) -> None:
         if req.keys is None:
-            self.pick(req.key).dispatch(req)
-            return
-        routes: list[Route] = []
-        groups: dict[int, list[bytes]] = {}
-        owners: list[int] | None = []
-        seen: set[bytes] = set()
-        for key in req.keys:
-            if key in seen:
-                owners = None                 # a repeated key: the general merge
-                continue
-            seen.add(key)
-            route = self.pick(key)
-            if route not in routes:
-                routes.append(route)
-            i = routes.index(route)
-            groups.setdefault(i, []).append(key)
-            if owners is not None:
-                owners.append(i)
-        split(req, routes, (groups, owners))
+            self.routes[self.pick(req.key)].dispatch(req)
+        else:
+            split(req, self.routes, group_keys(req.keys, None, self.pick))
 
     def targets(self, req: Request) -> Sequence[Route]:
         keys = req.keys if req.keys is not None else [req.key]
-        return list(dict.fromkeys(self.pick(k) for k in keys))
+        return [self.routes[i] for i in dict.fromkeys(self.pick(k) for k in keys)]

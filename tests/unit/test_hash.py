@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mcrouter._hash import FUNCTIONS, Hasher, hash_key, ketama_name, md5_digest
+from mcrouter._routing import group_keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twemproxy_probe import probe_keys  # noqa: E402
@@ -116,9 +117,10 @@ def test_hash_stop_tags_and_salt_pick_the_hashed_part():
 def test_group_keeps_request_order_per_server_and_drops_duplicates():
     h = Hasher(SERVERS4)
     keys = [b"k%d" % i for i in range(50)] + [b"k3"]
-    groups, owners = h.group(keys)
+    groups, owners = group_keys(keys, h, None)
     assert owners is None                                     # k3 repeats
-    assert h.group(keys[:50])[1] == [h.index(k) for k in keys[:50]]
+    assert group_keys(keys[:50], h, None)[1] == [h.index(k) for k in keys[:50]]
+    assert group_keys(keys, None, h.index) == (groups, None)
     assert sorted(k for g in groups.values() for k in g) == sorted(set(keys))
     for idx, ks in groups.items():
         assert all(h.index(k) == idx for k in ks)
