@@ -473,14 +473,14 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     if route is None:
         raise check.fail(root, "the config has no route",
                          "add 'route: PoolRoute|<pool>' or 'route: {type: DefaultRoute}'")
-    for node, name in check.pool_refs:
+    for ref_node, name in check.pool_refs:
         if name not in pools:
-            raise check.fail(node, f"unknown pool {name!r}",
+            raise check.fail(ref_node, f"unknown pool {name!r}",
                              "defined pools: " + (", ".join(pools) or "none (add a pools: section)"))
     if check.ordered_users and not ordered:
-        node, rtype = check.ordered_users[0]
-        where = ordered_node if ordered_node is not None else node
-        raise check.fail(where, f"{rtype} needs hosts but orderedPool is empty",
+        user_node, rtype = check.ordered_users[0]
+        raise check.fail(ordered_node if ordered_node is not None else user_node,
+                         f"{rtype} needs hosts but orderedPool is empty",
                          "list at least one host:port in orderedPool"
                          + (" or give the route a pool" if pools_node is not None else ""))
     return RouterConfig(path, ordered, route, pools, health)

@@ -70,7 +70,7 @@ class RootRoute(ServiceDispatch, Route):
             t = trace(self.tree, m.group(2).decode(), m.group(3)) if m else None
         except ValueError:
             t = None
-        if t is None:
+        if m is None or t is None:
             req.finish(UNKNOWN_SERVICE_KEY, ST_FAIL)
             return
         data = "\r\n".join(t.hosts if m.group(1) == b"route" else t.lines).encode()
