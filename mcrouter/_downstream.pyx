@@ -10,10 +10,19 @@ Bounded: at most ``MAX_PENDING`` requests of one client are owed a reply at
 any time (more stay unparsed in its buffer), and reading pauses while more
 than ``out_limit`` bytes wait to be written.  A client that never reads holds
 at most its replies to those requests, never an unbounded backlog.
+
+Draining (SIGTERM): a client is answered for everything it had sent that
+was read, then the router shuts its side (FIN after the last reply) and
+*lingers*: it reads and drops whatever else comes until the client closes.
+Closing at once instead would turn data arriving later into a reset, and a
+reset makes the client's kernel drop replies it had received but not yet
+read.  So a client sees every reply, then end-of-file; whatever it sent
+after that was never executed and is safe to send again elsewhere.
 """
 
 from collections import deque
 import select
+import socket
 
 from mcrouter._parser cimport Request, CMD_QUIT
 from mcrouter._parser import RequestParser
@@ -40,6 +49,9 @@ cdef class ClientConnection:
     cdef bint quitting
     cdef bint eof                  # the client half-closed
     cdef bint reading
+    cdef bint draining             # answer what was read, then hang up
+    cdef readonly bint lingering   # hung up: waiting for the client to close
+    cdef readonly Py_ssize_t answered   # replies moved to ``out`` so far
     cdef bint want_write
     cdef Py_ssize_t recv_size
     cdef Py_ssize_t out_limit
@@ -80,6 +92,10 @@ cdef class ClientConnection:
         except OSError:
             self.close()
             return
+        if self.lingering:
+            if n == 0:
+                self.close()
+            return              # after the hang-up: dropped, never executed
         if n == 0:
             # The client shut its write side: answer what it sent, then close.
             self.eof = True
@@ -122,6 +138,7 @@ cdef class ClientConnection:
             if r.reply is None:
                 break
             pending.popleft()
+            self.answered += 1
             if r.cmd == CMD_QUIT:
                 self.quitting = True
                 pending.clear()
@@ -147,6 +164,9 @@ cdef class ClientConnection:
                 self.out = bytearray()
             else:
                 del self.out[:sent]
+        if not self.out and not self.pending and self.draining and not self.lingering:
+            self._hang_up()
+            return
         if (self.quitting or (self.eof and not self.pending)) and not self.out:
             self.close()
             return
@@ -175,12 +195,29 @@ cdef class ClientConnection:
             self.want_write = on
             self._register()
 
-    def stop_reading(self):
-        """Shutting down: take no new requests, finish those already read."""
+    cdef _hang_up(self):
+        self.lingering = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.reading = True
+        self.want_write = False
+        self._register()
+
+    def drain(self):
+        """Shutting down: take no new requests, answer those already read,
+        then hang up (see the module docstring)."""
+        self.draining = True
         self.parser.closing = True
         self._set_reading(False)
         if not self.pending and not self.out:
-            self.close()
+            self._hang_up()
+
+    def reply_mark(self):
+        """The value of ``answered`` once every request read so far is answered."""
+        return self.answered + len(self.pending)
 
     @property
     def idle(self):

@@ -86,6 +86,8 @@ def run(
                                       help="Largest value accepted (as memcached's -I)."),
     graceful_timeout: float = typer.Option(10.0, "--graceful-timeout",
                                            help="Seconds to finish requests in flight on SIGTERM."),
+    watch_config: bool = typer.Option(False, "--watch-config",
+                                      help="Reload the config when its file changes (as SIGHUP)."),
 ) -> None:
     """Run the router (the default command)."""
     if log_level not in LOG_LEVELS:
@@ -121,7 +123,8 @@ def run(
                         healthcheck_interval=durations["-H/--healthcheck-interval"],
                         dns_cache_ttl=durations["-t/--dns-cache-ttl"],
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
-                        graceful_timeout=graceful_timeout, log_level=log_level)
+                        graceful_timeout=graceful_timeout, watch_config=watch_config,
+                        log_level=log_level)
     try:
         config = load_config(router_config)
     except ConfigError as e:

@@ -78,6 +78,7 @@ TOP_KEYS = ("orderedPool", "pools", "route", "health")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
 POOL_KEYS = ("servers", "hash", "weights")
 HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
+MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
 
 
 class ConfigError(Exception):
@@ -429,15 +430,26 @@ class _Checker:
         return value
 
 
-def load_config(path: str) -> RouterConfig:
-    """Read and validate ``path``; raise ConfigError with one line on any mistake."""
+def read_config_text(path: str) -> str:
+    """The text of ``path``, at most MAX_CONFIG_BYTES; ConfigError otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the router config ({e.strerror}); "
                           "pass an existing file with -f") from None
-    return parse_config(text, path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "save the file as UTF-8") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                          "a router config is a few lines")
+    return text
+
+
+def load_config(path: str) -> RouterConfig:
+    """Read and validate ``path``; raise ConfigError with one line on any mistake."""
+    return parse_config(read_config_text(path), path)
 
 
 def parse_config(text: str, path: str = "<config>") -> RouterConfig:

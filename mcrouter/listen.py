@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BACKLOG = 1024
+SD_LISTEN_FDS_START = 3         # sd_listen_fds(3): passed sockets start at this fd
 
 
 class ListenError(ValueError):
@@ -86,3 +87,23 @@ def bind(addr: ListenAddr, reuseport: bool = False) -> socket.socket:
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+def activated_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation: ``LISTEN_PID``
+    is this process and ``LISTEN_FDS`` counts them from fd 3), else [].
+    systemd keeps such a socket open across restarts of the service, so
+    connections made while the router restarts wait in its backlog."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)          # not for the children
+    socks = [socket.socket(fileno=fd) for fd in range(SD_LISTEN_FDS_START,
+                                                      SD_LISTEN_FDS_START + count)]
+    for sock in socks:
+        sock.setblocking(False)
+    return socks

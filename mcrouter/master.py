@@ -4,20 +4,31 @@ Modelled on gunicorn's arbiter: signal handlers only queue the signal and
 wake the loop; the loop takes signals off the queue and dispatches to
 ``handle_<name>``.  The master never touches a request.
 
-  TERM, INT  graceful stop: workers stop accepting and finish what they read
+  TERM, INT  graceful stop: workers stop accepting, answer what they read,
+             hang up; stragglers are killed after --graceful-timeout
   QUIT       stop now
-  HUP        (config reload arrives with its own change; logged and ignored)
+  HUP        reload the config (also on a change of the file with
+             --watch-config): validate it here; if invalid, log one line
+             and keep serving; if valid, send it to every worker, which
+             swaps its route tree without closing a connection
+  TTIN/TTOU  one worker more / one fewer (never fewer than one)
   CHLD       reap; a worker that died is respawned with backoff; a worker
              that could not boot stops the master with a non-zero status
 
 Besides the workers the master forks one sidecar (health probes, DNS) and
 respawns it when it dies.  Before forking anything it makes the shared
-HostTable and writes every host's first address into it.
+HostTable and writes every host's first address into it; a reload that
+brings new hosts adds them to the table before any worker hears of them,
+and restarts the sidecar so that it probes the new set.
+
+Each worker has a control channel to the master (``control.py``) over which
+it reports the config generation it runs (``ready`` at boot, ``applied``
+after a reload).  The master tells systemd READY=1 once every worker runs
+the current generation, after start-up and after each reload.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import select
@@ -25,12 +36,14 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
-from mcrouter.config import RouterConfig
+from mcrouter import reload, sdnotify
+from mcrouter.config import ConfigError, HostAddr, RouterConfig
+from mcrouter.control import Channel, ChannelClosed
 from mcrouter.dns import DnsCache
-from mcrouter.health import DOWN, HostTable
-from mcrouter.listen import ListenAddr, bind
+from mcrouter.health import DOWN, HostTable, TableFull
+from mcrouter.listen import ListenAddr, activated_sockets, bind
 from mcrouter.settings import Settings
 from mcrouter.sidecar import run_sidecar
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
@@ -39,6 +52,7 @@ log = logging.getLogger("mcrouter.master")
 
 RESPAWN_MAX_DELAY = 10.0
 STABLE_AFTER = 5.0       # a worker alive this long resets its backoff
+CONFIRM_TIMEOUT = 10.0   # workers must confirm a generation within this
 SIDECAR = -1             # the sidecar's slot in the child tables
 PR_SET_NAME = 15
 
@@ -51,22 +65,36 @@ def set_process_name(name: str) -> None:
         pass
 
 
+def child_name(slot: int) -> str:
+    return "sidecar" if slot == SIDECAR else f"worker {slot}"
+
+
 class Master:
-    SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD]
+    SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+               signal.SIGTTIN, signal.SIGTTOU]
     SIG_NAMES = {s: s.name[3:].lower() for s in SIGNALS}
 
     def __init__(self, settings: Settings, config: RouterConfig, addr: ListenAddr) -> None:
         self.settings = settings
         self.config = config
+        self.generation = 1                          # bumped by every applied reload
         self.addr = addr
+        self.num_workers = settings.workers
         self.listeners: list[socket.socket] = []
         self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
+        self.channels: dict[int, Channel] = {}       # pid → control channel
+        self.running_gen: dict[int, int] = {}        # pid → generation it confirmed
         self.started: dict[int, float] = {}          # slot → spawn time
         self.failures: dict[int, int] = {}           # slot → quick deaths in a row
         self.respawn_at: dict[int, float] = {}       # slot → when to respawn
+        self.retiring: set[int] = set()              # pids told to exit by TTOU
+        self.confirm_by = 0.0                        # waiting for workers until then
+        self.confirm_what = ""                       # "start" or "reload N"
         self.sig_queue: list[int] = []
         self.exit_code: int | None = None
         self.pid = os.getpid()
+        self.watch: reload.FileWatch | None = None
+        self.activated = False                       # listening sockets came from systemd
         self.table = HostTable()
         self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
 
@@ -74,27 +102,51 @@ class Master:
 
     @property
     def bind_per_worker(self) -> bool:
-        """With --reuseport each worker binds its own TCP socket (not a unix path)."""
-        return self.settings.reuseport and self.addr.family != socket.AF_UNIX
+        """With --reuseport each worker binds its own TCP socket (not a unix
+        path, not a socket systemd passed)."""
+        return (self.settings.reuseport and self.addr.family != socket.AF_UNIX
+                and not self.activated)
 
-    def run(self) -> int:
+    def open_listeners(self) -> str:
+        """Take systemd's sockets, or bind -l (with --reuseport only check that
+        it can be bound: each worker binds its own); say where we listen."""
+        self.listeners = activated_sockets()
+        self.activated = bool(self.listeners)
+        if self.activated:
+            log.info("socket activation: -l%s not used",
+                     " and --reuseport" if self.settings.reuseport else "")
+            return "the socket(s) systemd passed: " + ", ".join(
+                str(s.getsockname()) for s in self.listeners)
         if not self.bind_per_worker:
             self.listeners = [bind(self.addr)]
         else:
             bind(self.addr, reuseport=True).close()   # fail fast on a bad address
+        return str(self.addr)
+
+    def run(self) -> int:
+        where = self.open_listeners()
         self.init_signals()
-        self.resolve_hosts()
+        self.resolve_hosts(self.slots)
         self.spawn_sidecar()
-        for slot in range(self.settings.workers):
+        if self.settings.watch_config:
+            self.watch = reload.FileWatch(self.settings.config_path, time.monotonic())
+        self.await_workers("start")
+        for slot in range(self.num_workers):
             self.spawn_worker(slot)
-        log.info("listening on %s with %d worker(s)", self.addr, self.settings.workers)
+        log.info("listening on %s with %d worker(s)", where, self.num_workers)
         while self.exit_code is None:
             self.sleep()
-            while self.sig_queue:
+            while self.sig_queue and self.exit_code is None:
                 sig = self.sig_queue.pop(0)
                 getattr(self, "handle_" + self.SIG_NAMES[signal.Signals(sig)])()
+            if self.exit_code is not None:
+                break
             self.reap_workers()
             self.manage_workers()
+            if self.watch and self.watch.due(time.monotonic()):
+                log.info("%s changed; reloading", self.settings.config_path)
+                self.reload()
+            self.check_confirmed()
         return self.exit_code
 
     def init_signals(self) -> None:
@@ -114,32 +166,55 @@ class Master:
             pass
 
     def sleep(self) -> None:
+        """Wait for a signal, a worker's message, or the next timer; read messages."""
+        now = time.monotonic()
         timeout = 1.0
         if self.respawn_at:
-            timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+            timeout = min(timeout, min(self.respawn_at.values()) - now)
+        if self.watch:
+            timeout = min(timeout, self.watch.timeout(now))
+        if self.confirm_by:
+            timeout = min(timeout, self.confirm_by - now)
+        by_fd = {ch.fileno(): pid for pid, ch in self.channels.items()}
+        writing = [ch.fileno() for ch in self.channels.values() if ch.outbox]
         try:
-            ready, _, _ = select.select([self.wake_r], [], [], timeout)
-            if ready:
-                while os.read(self.wake_r, 64):
+            ready, writable, _ = select.select([self.wake_r, *by_fd], writing, [],
+                                               max(0.0, timeout))
+        except InterruptedError:
+            return
+        for fd in ready:
+            if fd == self.wake_r:
+                try:
+                    while os.read(self.wake_r, 64):
+                        pass
+                except (BlockingIOError, InterruptedError):
                     pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EINTR):
-                raise
+            else:
+                self.read_channel(by_fd[fd])
+        for fd in writable:
+            pid = by_fd.get(fd)
+            if pid in self.channels:
+                try:
+                    self.channels[pid].flush()
+                except ChannelClosed:
+                    self.drop_channel(pid)
 
-    # -- workers -----------------------------------------------------------
+    # -- children ----------------------------------------------------------
 
-    def resolve_hosts(self) -> None:
-        """Every host's first address, before any child exists (blocking is
-        fine here); a name that does not resolve leaves its host down."""
-        DnsCache(self.table, [(slot, addr) for addr, slot in self.slots.items()]).refresh()
-        for addr, slot in self.slots.items():
+    def resolve_hosts(self, addrs: Iterable[HostAddr]) -> None:
+        """The first address of each host (blocking is fine in the master: it
+        serves no request); a name that does not resolve leaves its host down."""
+        slots = [(self.slots[a], a) for a in addrs]
+        DnsCache(self.table, slots).refresh()
+        for slot, _ in slots:
             if self.table.address(slot) is None:
                 self.table.set_state(slot, DOWN, "dns: the name does not resolve")
 
     def spawn_worker(self, slot: int) -> None:
+        mine, theirs = Channel.pair()
+
         def body() -> int:
+            mine.close()
             listeners = self.listeners
             if self.bind_per_worker:
                 try:
@@ -147,23 +222,25 @@ class Master:
                 except OSError as e:
                     log.error("worker cannot bind %s: %s", self.addr, e.strerror)
                     return EXIT_BOOT_FAILED
-            return run_worker(self.settings, self.config, listeners, self.pid,
-                              self.table, self.slots)
-        self._fork(slot, "mcr-worker", body)
+            return run_worker(self.settings, self.config, self.generation, listeners,
+                              self.pid, theirs, self.table)
+        pid = self._fork(slot, "mcr-worker", body)
+        theirs.close()
+        self.channels[pid] = mine
 
     def spawn_sidecar(self) -> None:
-        hosts = [(slot, addr, self.config.health) for addr, slot in self.slots.items()]
+        hosts = [(self.slots[addr], addr, self.config.health) for addr in self.config.hosts()]
         s = self.settings
         self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
             self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid))
 
-    def _fork(self, slot: int, name: str, body: Callable[[], int]) -> None:
+    def _fork(self, slot: int, name: str, body: Callable[[], int]) -> int:
         """Fork a child that runs ``body`` and never returns into this code."""
         pid = os.fork()
         if pid:
             self.workers[pid] = slot
             self.started[slot] = time.monotonic()
-            return
+            return pid
         code = 1
         try:
             set_process_name(name)
@@ -171,13 +248,23 @@ class Master:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self.wake_r)
             os.close(self.wake_w)
+            for ch in self.channels.values():      # the workers' channels are not its own
+                ch.close()
             code = body()
+        except SystemExit as e:     # a child's way of leaving at once (the sidecar on TERM)
+            code = e.code if isinstance(e.code, int) else 0
         except BaseException:       # noqa: BLE001 - a child must never return into the master's code
             log.exception("%s crashed", name)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
     def reap_workers(self) -> None:
         while True:
@@ -188,6 +275,7 @@ class Master:
             if not pid:
                 return
             slot = self.workers.pop(pid, None)
+            self.drop_channel(pid)
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -198,15 +286,21 @@ class Master:
                 return
             if self.exit_code is not None:
                 continue
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                log.info("%s (pid %d) retired; %d worker(s)", child_name(slot), pid,
+                         self.num_workers)
+                continue
             lived = time.monotonic() - self.started.get(slot, 0.0)
             fails = 0 if lived > STABLE_AFTER else self.failures.get(slot, 0) + 1
             self.failures[slot] = fails
             delay = min(0.1 * (2 ** fails), RESPAWN_MAX_DELAY) if fails else 0.0
             log.warning("%s (pid %d) exited with %s; restarting in %.1fs",
-                        "sidecar" if slot == SIDECAR else f"worker {slot}", pid, code, delay)
+                        child_name(slot), pid, code, delay)
             self.respawn_at[slot] = time.monotonic() + delay
 
     def manage_workers(self) -> None:
+        """Respawn the workers that are due."""
         now = time.monotonic()
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
@@ -217,12 +311,13 @@ class Master:
                     self.spawn_worker(slot)
 
     def stop(self, sig: int) -> None:
-        """Signal every worker and wait for them, killing stragglers after the grace."""
+        """Stop accepting, signal every worker and wait for them, killing
+        stragglers after the grace."""
+        for sock in self.listeners:
+            sock.close()        # new connections are refused now, not reset later
+        self.listeners = []
         for pid in list(self.workers):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+            self.kill_worker(pid, sig)
         deadline = time.monotonic() + self.settings.graceful_timeout + 1.0
         while self.workers and time.monotonic() < deadline:
             try:
@@ -240,18 +335,114 @@ class Master:
             except (ProcessLookupError, ChildProcessError):
                 pass
         self.workers.clear()
-        for sock in self.listeners:
-            sock.close()
-        if self.addr.family == socket.AF_UNIX:
+        for pid in list(self.channels):
+            self.drop_channel(pid)
+        if self.addr.family == socket.AF_UNIX and not self.activated:
             try:
                 os.unlink(str(self.addr.address))
             except OSError:
                 pass
 
+    # -- control channel ---------------------------------------------------
+
+    def read_channel(self, pid: int) -> None:
+        try:
+            messages = self.channels[pid].receive()
+        except ChannelClosed:
+            self.drop_channel(pid)      # the worker is exiting; SIGCHLD follows
+            return
+        for msg in messages:
+            if "ready" in msg or "applied" in msg:
+                self.running_gen[pid] = int(msg.get("ready", msg.get("applied", 0)))
+            elif "rejected" in msg:
+                log.error("worker %d refused generation %s: %s; restarting it",
+                          self.workers.get(pid, -1), msg["rejected"], msg.get("error"))
+                self.kill_worker(pid, signal.SIGTERM)   # its respawn boots on the current config
+
+    def drop_channel(self, pid: int) -> None:
+        ch = self.channels.pop(pid, None)
+        if ch is not None:
+            ch.close()
+        self.running_gen.pop(pid, None)
+
+    def await_workers(self, what: str) -> None:
+        """From now on, report to the log and systemd once every worker runs
+        the current generation."""
+        self.confirm_what = what
+        self.confirm_by = time.monotonic() + CONFIRM_TIMEOUT
+
+    def check_confirmed(self) -> None:
+        if not self.confirm_by:
+            return
+        behind = [slot for pid, slot in self.workers.items()
+                  if slot != SIDECAR and self.running_gen.get(pid) != self.generation]
+        if behind and time.monotonic() < self.confirm_by:
+            return
+        if behind:
+            log.warning("%s: worker(s) %s did not confirm generation %d within %.0fs",
+                        self.confirm_what, sorted(behind), self.generation, CONFIRM_TIMEOUT)
+        else:
+            count = sum(1 for slot in self.workers.values() if slot != SIDECAR)
+        log.info("%s: all %d worker(s) run config generation %d",
+                 self.confirm_what, count, self.generation)
+        self.confirm_by = 0.0
+        sdnotify.ready(f"{count} worker(s), config generation {self.generation}")
+
+    # -- reload ------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Validate the config file; if valid, make it current and send it to every
+        worker.  Workers forked from now on start on it too."""
+        path = self.settings.config_path
+        sdnotify.reloading(f"reloading {path}")
+        try:
+            config, text = reload.load(path)
+            added = [a for a in config.hosts() if a not in self.slots]
+            for a in added:
+                self.slots[a] = self.table.assign(str(a))
+        except (ConfigError, TableFull) as e:
+            log.error("reload refused, still serving generation %d: %s", self.generation, e)
+            sdnotify.ready(f"reload refused: {e}")
+            return
+        self.resolve_hosts(added)
+        old = {str(h) for h in self.config.ordered_pool}
+        new = {str(h) for h in config.ordered_pool}
+        restart_sidecar = (set(config.hosts()) != set(self.config.hosts())
+                           or config.health != self.config.health)
+        self.config = config
+        self.generation += 1
+        log.info("reloading %s as generation %d: %s, %d host(s) (%d added, %d removed); "
+                 "the listen address and other flags are restart-level and keep their values",
+                 path, self.generation, config.route.type, len(new), len(new - old),
+                 len(old - new))
+        msg = {"config": text, "path": path, "generation": self.generation}
+        for pid, ch in list(self.channels.items()):
+            try:
+                sent = ch.send(msg)
+            except ChannelClosed:
+                sent = False
+            if not sent:
+                log.warning("worker %d does not read its control channel; killing it",
+                            self.workers.get(pid, -1))
+                self.kill_worker(pid, signal.SIGKILL)
+        if restart_sidecar:
+            self.restart_sidecar()
+        self.await_workers(f"reload {self.generation}")
+
+    def restart_sidecar(self) -> None:
+        """A sidecar for the current hosts and health policy, then the old one goes."""
+        old = [pid for pid, slot in self.workers.items() if slot == SIDECAR and pid not in self.retiring]
+        self.respawn_at.pop(SIDECAR, None)
+        self.spawn_sidecar()
+        for pid in old:
+            self.retiring.add(pid)
+            self.kill_worker(pid, signal.SIGTERM)
+
     # -- signal handlers (run in the loop) ---------------------------------
 
     def handle_term(self) -> None:
         log.info("stopping: finishing requests in flight")
+        sdnotify.stopping()
         self.stop(signal.SIGTERM)
         self.exit_code = 0
 
@@ -259,11 +450,33 @@ class Master:
 
     def handle_quit(self) -> None:
         log.info("stopping now")
+        sdnotify.stopping()
         self.stop(signal.SIGQUIT)
         self.exit_code = 0
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: configuration reload is not supported yet; restart to apply changes")
+        log.info("SIGHUP: reloading %s", self.settings.config_path)
+        self.reload()
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        log.info("SIGTTIN: %d worker(s)", self.num_workers)
+        self.spawn_worker(self.num_workers - 1)
+
+    def handle_ttou(self) -> None:
+        """Retire the worker of the highest slot: it drains like on SIGTERM."""
+        if self.num_workers <= 1:
+            log.info("SIGTTOU: keeping the last worker")
+            return
+        self.num_workers -= 1
+        log.info("SIGTTOU: %d worker(s)", self.num_workers)
+        slot = self.num_workers
+        if self.respawn_at.pop(slot, None) is not None:
+            return                                      # it was dead already
+        for pid, s in self.workers.items():
+            if s == slot and pid not in self.retiring:
+                self.retiring.add(pid)
+                self.kill_worker(pid, signal.SIGTERM)
 
     def handle_chld(self) -> None:
         pass        # reap_workers runs every turn

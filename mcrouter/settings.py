@@ -18,4 +18,5 @@ class Settings:
     max_item_size: int = 1048576        # --max-item-size, as memcached's -I
     reuseport: bool = False
     graceful_timeout: float = 10.0
+    watch_config: bool = False          # reload when the config file changes
     log_level: str = "info"

@@ -4,6 +4,14 @@ Signals (handlers only note them; the loop acts):
   TERM, INT  stop accepting, finish what was read, exit 0 (bounded grace)
   QUIT       exit now
 A worker also exits when its master is gone.
+
+Config reloads arrive from the master over the control channel
+(``control.py``) as the text the master has already validated.  The worker
+builds the new route tree over the hosts ``HostSet`` hands out and swaps it
+in between two loop turns: a request is routed when it is parsed, so every
+request runs on the tree that was current when it was read, and requests in
+flight hold their route objects by reference.  No client connection is
+touched.
 """
 from __future__ import annotations
 
@@ -14,9 +22,13 @@ import signal
 import socket
 from time import monotonic
 
-from mcrouter.config import HostAddr, RouterConfig
+from typing import Any
+
+from mcrouter.config import ConfigError, HostAddr, RouterConfig, parse_config
+from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
 from mcrouter.health import HostTable
+from mcrouter.hostset import HostSet
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.routes import Route, build_route
 from mcrouter.routes.admin import with_router_commands
@@ -28,6 +40,7 @@ log = logging.getLogger("mcrouter.worker")
 ACCEPT_BATCH = 64
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3     # the master stops rather than respawn a worker that cannot start
+LINGER = 2.0             # draining: how long hung-up clients get to close their side
 
 
 class _Listener:
@@ -66,22 +79,48 @@ class _SignalPipe:
             self.worker.handle_signal(signum)
 
 
+class _Control:
+    """The worker's end of the control channel: config reloads come in here."""
+
+    def __init__(self, worker: "Worker", channel: Channel) -> None:
+        self.worker = worker
+        self.channel = channel
+
+    def on_event(self, mask: int) -> None:
+        try:
+            messages = self.channel.receive()
+        except ChannelClosed:
+            self.worker.master_gone()
+            return
+        for msg in messages:
+            if "config" in msg:
+                self.worker.reload(msg["config"], msg["path"], msg["generation"])
+
+    def send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.channel.send(msg)
+        except ChannelClosed:
+            self.worker.master_gone()
+
+
 class Worker:
-    def __init__(self, settings: Settings, config: RouterConfig,
-                 listeners: list[socket.socket], master_pid: int,
-                 table: HostTable, slots: dict[HostAddr, int]) -> None:
+    def __init__(self, settings: Settings, config: RouterConfig, generation: int,
+                 listeners: list[socket.socket], master_pid: int, channel: Channel,
+                 table: HostTable) -> None:
         self.settings = settings
         self.config = config
+        self.generation = generation
         self.listeners = listeners
         self.master_pid = master_pid
+        self.control = _Control(self, channel)
         self.table = table
-        self.slots = slots
         self.health_seen = b""
         self.loop = Loop()
         self.clients: set[ClientConnection] = set()
-        self.hosts: list[Host] = []
+        self.hosts = HostSet(self.make_host)
         self.route: Route
         self.stopping_at = 0.0
+        self.idle_since = 0.0
         self.running = True
         self._channels = 0
 
@@ -99,21 +138,49 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
-        by_addr = {addr: self.make_host(addr) for addr in self.config.hosts()}
-        self.hosts = list(by_addr.values())
-        self.route = with_router_commands(build_route(self.config, by_addr), self.table)
+        self.route = self.build(self.config)
         self.health_seen = self.table.signature()
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
-        for h in self.hosts:
-            h.start()
+        self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
+        self.control.send({"ready": self.generation})
         gc.freeze()     # what boot built lives as long as the worker: the collector skips it
 
     def make_host(self, addr: HostAddr) -> Host:
+        """A host in the master's shared table (which has a slot for every
+        address of every config the master has accepted)."""
         s = self.settings
-        return Host(addr, self.loop, self.table, self.slots[addr], s.upstream_connections,
-                    s.timeout_ms / 1000.0, s.connect_timeout_ms / 1000.0, s.max_item_size,
-                    self.config.health.tko)
+        return Host(addr, self.loop, self.table, self.table.slot_of(str(addr)),
+                    s.upstream_connections, s.timeout_ms / 1000.0,
+                    s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.health.tko)
+
+    def build(self, config: RouterConfig) -> Route:
+        """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
+        addrs = config.hosts()
+        hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
+        for h in self.hosts.live.values():
+            h.tko = config.health.tko
+        return with_router_commands(build_route(config, hosts), self.table)
+
+    # -- reload ------------------------------------------------------------
+
+    def reload(self, text: str, path: str, generation: int) -> None:
+        """Swap in the route tree of a config the master validated.  Should it
+        not parse here (it cannot, short of a bug), the old tree stays."""
+        try:
+            config = parse_config(text, path)
+            unknown = [str(a) for a in config.hosts() if self.table.slot_of(str(a)) < 0]
+            if unknown:
+                raise ConfigError(f"{path}: no shared health slot for {', '.join(unknown)}")
+        except ConfigError as e:
+            log.error("reload %d refused, keeping generation %d: %s",
+                      generation, self.generation, e)
+            self.control.send({"rejected": generation, "error": str(e)})
+            return
+        self.config = config
+        self.route = self.build(config)
+        self.generation = generation
+        self.control.send({"applied": generation})
 
     def adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -140,7 +207,7 @@ class Worker:
         seen = self.table.signature()
         if seen != self.health_seen:
             self.health_seen = seen
-            for h in self.hosts:
+            for h in self.hosts.all():
                 h.sync()
 
     def tick(self) -> None:
@@ -148,12 +215,28 @@ class Worker:
         for conn in list(self.loop.busy):
             conn.expire(now)
         self.loop.flush()
+        if self.hosts.retiring:
+            self.hosts.close_retired()
         if os.getppid() != self.master_pid:
-            log.warning("master %d is gone; worker exiting", self.master_pid)
-            self.running = False
+            self.master_gone()
         if self.stopping_at:
-            if all(c.idle for c in self.clients) or now >= self.stopping_at:
-                self.running = False
+            self.check_drained(now)
+
+    def master_gone(self) -> None:
+        if self.running:
+            log.warning("master %d is gone; worker exiting", self.master_pid)
+        self.running = False
+
+    def check_drained(self, now: float) -> None:
+        """Stop once every client is answered and has closed (or had LINGER
+        seconds to), or at the grace deadline."""
+        if not all(c.idle for c in self.clients):
+            self.idle_since = 0.0
+        elif not self.idle_since:
+            self.idle_since = now
+        if not self.clients or now >= self.stopping_at or \
+                (self.idle_since and now >= self.idle_since + LINGER):
+            self.running = False
 
     def handle_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -170,19 +253,19 @@ class Worker:
             sock.close()
         self.listeners = []
         for c in list(self.clients):
-            c.stop_reading()
+            c.drain()
 
     def close(self) -> None:
         for c in list(self.clients):
             c.close()
-        for h in self.hosts:
-            h.close()
+        self.hosts.close()
 
 
-def run_worker(settings: Settings, config: RouterConfig, listeners: list[socket.socket],
-               master_pid: int, table: HostTable, slots: dict[HostAddr, int]) -> int:
+def run_worker(settings: Settings, config: RouterConfig, generation: int,
+               listeners: list[socket.socket], master_pid: int, channel: Channel,
+               table: HostTable) -> int:
     """Entry point in the forked child; returns the process exit code."""
-    worker = Worker(settings, config, listeners, master_pid, table, slots)
+    worker = Worker(settings, config, generation, listeners, master_pid, channel, table)
     try:
         worker.boot()
     except Exception as e:      # noqa: BLE001 - reported in one line, then the master stops

@@ -451,6 +451,10 @@ class Router:
     def children(self) -> list[int]:
         return children_of(self.proc.pid)
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> bool:
+        """True once ``text`` appears ``count`` times in the router's log."""
+        return wait_until(lambda: self.stderr().count(text) >= count, timeout, interval=0.01)
+
     def signal(self, sig: int) -> None:
         _kill_pid(self.proc, sig)
 
@@ -491,22 +495,24 @@ def pool_config(hosts: Iterable, route: str | dict = "DefaultRoute", **policies:
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterable[Callable[..., Router]]:
-    """``router(config, workers=1, timeout_ms=None, conns=None, extra=())`` →
-    a running router; ``config`` is a dict (dumped as YAML) or YAML text."""
+    """``router(config, workers=1, timeout_ms=None, conns=None, extra=(), port=None)``
+    → a running router; ``config`` is a dict (dumped as YAML) or YAML text;
+    ``port`` is a free one unless given (e.g. to share it with --reuseport)."""
     started: list[Router] = []
     counter = [0]
 
     def start(config: dict | str, workers: int = 1, timeout_ms: Optional[int] = None,
               conns: Optional[int] = None, extra: Iterable[str] = (),
-              ready_timeout: float = START_TIMEOUT) -> Router:
+              ready_timeout: float = START_TIMEOUT, port: Optional[int] = None) -> Router:
         counter[0] += 1
         n = counter[0]
         cfg = tmp_path / f"router{n}.yaml"
         cfg.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
         errlog = tmp_path / f"router{n}.stderr"
         last = ""
-        for _attempt in range(3):
-            port = free_port()
+        fixed_port = port
+        for _attempt in range(1 if fixed_port else 3):
+            port = fixed_port or free_port()
             args = [sys.executable, "-m", "mcrouter", "run", "-f", str(cfg),
                     "-l", f"{HOST}:{port}", "-n", str(workers)]
             if timeout_ms is not None:

@@ -32,6 +32,8 @@ import threading
 import time
 from typing import Optional
 
+import pytest
+
 GARBAGE = b"HTTP/1.1 200 OK\r\n"
 
 
@@ -240,3 +242,18 @@ class FakeUpstream:
                     return b"VA %d\r\n%s\r\n" % (len(item[1]), item[1])
                 return b"HD\r\n"
             return b"ERROR\r\n"
+
+
+@pytest.fixture
+def fake():
+    """``fake()`` → a running FakeUpstream, closed at teardown."""
+    made: list[FakeUpstream] = []
+
+    def make() -> FakeUpstream:
+        f = FakeUpstream()
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()

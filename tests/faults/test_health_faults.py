@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MEMCACHED, REPO, Client, free_port, wait_port, wait_until
-from fake_upstream import FakeUpstream
+from fake_upstream import FakeUpstream, fake  # noqa: F401 - the fixture
 
 SHIM = Path(__file__).resolve().parent / "dns_shim.py"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -22,20 +22,6 @@ NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 
 def value(key: bytes, data: bytes) -> bytes:
     return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(data), data)
-
-
-@pytest.fixture
-def fake():
-    made: list[FakeUpstream] = []
-
-    def make() -> FakeUpstream:
-        f = FakeUpstream()
-        made.append(f)
-        return f
-
-    yield make
-    for f in made:
-        f.close()
 
 
 @contextlib.contextmanager

@@ -16,26 +16,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import Client, pool_config, show, wait_until  # noqa: E402
-from fake_upstream import FakeUpstream  # noqa: E402
+from fake_upstream import FakeUpstream, fake  # noqa: E402,F401 - the fixture
 
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 LOCAL_VERSION = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
-
-
-@pytest.fixture
-def fake():
-    made: list[FakeUpstream] = []
-
-    def make() -> FakeUpstream:
-        f = FakeUpstream()
-        made.append(f)
-        return f
-
-    yield make
-    for f in made:
-        f.close()
 
 
 def timed_request(c: Client, req: bytes, expect: bytes, bound: float) -> tuple[bytes, float]:

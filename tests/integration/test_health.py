@@ -5,6 +5,7 @@ test; every wait has a deadline.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -158,7 +159,7 @@ def test_sigstop_times_out_marks_down_and_fails_over(memcached, router):
                             "operationPolicies": {"get": "MissFailoverRoute"}}, tko=3, fail=2, rise=2,
                  probe_timeout_ms=200)
     # a long probe interval first: the data path alone must mark the host down
-    r = router(cfg, timeout_ms=200, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
+    r = router(cfg, timeout_ms=1000, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
     with r.client() as c:
         assert c.request(b"get k\r\n", value("k", b"one")) == value("k", b"one")
         assert c.request(b"set k 0 0 1\r\nx\r\n", b"STORED\r\n") == b"STORED\r\n"
@@ -169,13 +170,14 @@ def test_sigstop_times_out_marks_down_and_fails_over(memcached, router):
             c.send(b"set a 0 0 1\r\nx\r\n")
             assert c.recv_exact(len(TIMEOUT)) == TIMEOUT
             took = time.monotonic() - t0
-            assert 0.19 < took < 0.2 + 0.3, f"timeout reply after {took:.3f}s with -r 200"
+            # the loop's timer has ~10 ms precision; the bound allows for a busy machine
+            assert 0.99 < took < 1.0 + 0.5, f"timeout reply after {took:.3f}s with -r 1000"
         assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
         with r.client() as c:
             # reads fail over at once, writes get the router's answer at once
             t0 = time.monotonic()
             assert c.request(b"get k\r\n", value("k", b"two")) == value("k", b"two")
-            assert time.monotonic() - t0 < 0.15
+            assert time.monotonic() - t0 < 0.5          # well before -r (1 s)
             assert c.request(b"set z 0 0 1\r\ny\r\n", b"STORED\r\n") == b"STORED\r\n"  # on m2
     finally:
         m1.proc.send_signal(signal.SIGCONT)
@@ -273,3 +275,46 @@ def test_hosts_command_shows_state_and_reason(memcached, router):
     bad = subprocess.run([sys.executable, "-m", "mcrouter", "hosts", "-l", f"127.0.0.1:{m2.port}"],
                          capture_output=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1, bad.stderr
+
+
+def test_a_killed_sidecar_is_restarted_and_probes_again(memcached, router):
+    m1, m2 = memcached(), memcached()
+    m2.set("k", b"two")
+    r = router(config([m1, m2], fail=1, rise=1, probe_timeout_ms=100),
+               extra=["-H", f"{int(INTERVAL * 1000)}ms"])
+    (sidecar,) = r.sidecar_pids()
+    os.kill(sidecar, signal.SIGKILL)
+    assert wait_until(lambda: len(r.sidecar_pids()) == 1 and r.sidecar_pids() != [sidecar], 5), \
+        r.stderr()
+    # the new sidecar's probes notice a hung host on their own (no traffic)
+    m1.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
+    finally:
+        m1.proc.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: states(r).get(m1.addr) == "up", 5), states(r)
+    assert "sidecar (pid %d) exited" % sidecar in r.stderr()
+
+
+def test_connect_timeout_is_its_own_setting(router):
+    """A connect that never completes fails after --connect-timeout-ms, not -r."""
+    import socket
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        for s in fillers:
+            s.setblocking(False)
+            s.connect_ex(lsock.getsockname())
+        time.sleep(0.1)
+        addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+        r = router(config([addr]), timeout_ms=5000, conns=1,
+                   extra=["--connect-timeout-ms", "200", "-H", "60s"])
+        with r.client() as c:
+            t0 = time.monotonic()
+            c.send(b"get k\r\n")
+            assert c.recv_exact(len(ERROR), timeout=10) == ERROR
+            took = time.monotonic() - t0
+        for s in fillers:
+            s.close()
+    assert took < 1.5, f"connect failure took {took:.2f}s with a 200 ms connect timeout"

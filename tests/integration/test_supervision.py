@@ -20,17 +20,30 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_workers_exit_when_the_master_is_killed(memcached, router):
+def test_workers_and_sidecar_exit_when_the_master_is_killed(memcached, router):
     m = memcached()
     r = router(pool_config([m]), workers=2)
-    workers = r.worker_pids()
-    assert len(workers) == 2
+    children = r.children()
+    assert len(r.worker_pids()) == 2 and len(r.sidecar_pids()) == 1 and len(children) == 3
     r.signal(signal.SIGKILL)
     r.wait()
     deadline = time.monotonic() + 10
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(alive(p) for p in workers), "orphaned workers kept running"
+    assert not any(alive(p) for p in children), "orphaned children kept running"
+
+
+def test_sigterm_stops_workers_and_sidecar_cleanly(memcached, router):
+    m = memcached()
+    r = router(pool_config([m]), workers=2)
+    children = r.children()
+    assert len(children) == 3
+    r.signal(signal.SIGTERM)
+    assert r.wait(10) == 0
+    assert not any(alive(p) for p in children)
+    log = r.stderr()
+    assert "crashed" not in log and "Traceback" not in log, log
+    assert "restarting" not in log          # nothing was respawned on the way out
 
 
 def test_a_listen_address_in_use_is_one_line_and_nonzero(tmp_path, memcached):
