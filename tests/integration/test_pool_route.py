@@ -5,7 +5,9 @@ where a key landed.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -208,3 +210,45 @@ def test_hash_stop_keeps_related_keys_together(memcached, router):
         keys = [b"user%d|#|%s" % (i, p) for p in (b"a", b"b", b"c")]
         where = held_by([m.port for m in servers], keys)
         assert len(set(where)) == 1 and where[0] == placement(servers, [b"user%d" % i])[0]
+
+
+def test_a_reload_that_adds_a_server_moves_only_the_keys_ketama_moves(memcached, router):
+    servers = [memcached() for _ in range(4)]
+    r = router(pool_yaml(servers[:3]))
+    keys = [b"grow:%d" % i for i in range(400)]
+    with r.client() as c:
+        payload = b"".join(b"set %s 0 0 1\r\nv\r\n" % k for k in keys)
+        assert c.pipeline(payload, b"STORED\r\n" * len(keys)) == b"STORED\r\n" * len(keys)
+    write_config(r.config_path, pool_yaml(servers))
+    r.signal(signal.SIGHUP)
+    assert r.wait_log("reload 2: all ")
+    before, after = placement(servers[:3], keys), placement(servers, keys)
+    stay = [k for k, a, b in zip(keys, before, after) if a == b]
+    moved = [k for k, a, b in zip(keys, before, after) if a != b]
+    assert all(after[keys.index(k)] == 3 for k in moved)       # only to the new server
+    assert 0.15 < len(moved) / len(keys) < 0.35                 # about a quarter
+    with r.client() as c:
+        got = c.call(b"get " + b" ".join(keys) + b"\r\n", b"END\r\n")
+    assert got == b"".join(value(k, b"v") for k in stay) + b"END\r\n"
+
+
+def test_weighted_rendezvous_through_the_router(memcached, router):
+    servers = [memcached() for _ in range(3)]
+    text = (f"pools:\n  main:\n    servers: [{', '.join(m.addr for m in servers)}]\n"
+            f"    weights: [1, 1, 4]\n    hash: {{distribution: rendezvous, salt: v2}}\n"
+            f"route: PoolRoute|main\n")
+    r = router(text)
+    keys = [b"w%d" % i for i in range(600)]
+    store_through(r.port, keys)
+    where = held_by([m.port for m in servers], keys)
+    h = Hasher([ketama_name("127.0.0.1", m.port) for m in servers], [1, 1, 4],
+               distribution="rendezvous", salt=b"v2")
+    assert where == [h.index(k) for k in keys]
+    assert 0.55 < where.count(2) / len(keys) < 0.78            # 4/6 expected
+
+
+def write_config(path, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

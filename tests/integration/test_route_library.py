@@ -331,3 +331,49 @@ def test_reserved_route_key_answers_from_the_running_router(memcached, router):
         assert b"FailoverRoute\r\n  PoolRoute|p0\r\n    " + ms[0].addr.encode() in got
         bad = b"SERVER_ERROR mcrouter: unknown __mcrouter__ key\r\n"
         assert c.request(b"get __mcrouter__.nothing\r\n", bad) == bad
+
+
+def test_failover_by_key_spreads_a_lost_childs_load(memcached, router):
+    ms = [memcached() for _ in range(4)]
+    route = {"type": "FailoverRoute", "children": pools(4), "order": "by_key"}
+    r = router(config(ms, route), timeout_ms=500)
+    ms[0].kill()
+    keys = [f"b{i}" for i in range(40)]
+    with r.client() as c:
+        for k in keys:
+            assert c.request(set_req(k, b"v"), b"STORED\r\n") == b"STORED\r\n"
+    holders = {}
+    for k in keys:
+        on = [i for i in (1, 2, 3) if ms[i].get_raw(k) != b"END\r\n"]
+        assert len(on) == 1
+        holders[k] = on[0]
+        # the rotation of the other children is the key's CRC-32 modulo their number
+        assert on[0] == 1 + zlib.crc32(k.encode()) % 3
+    assert len(set(holders.values())) == 3
+
+
+def test_ordered_routes_over_a_named_pool(memcached, router):
+    m0, m1, other = memcached(), memcached(), memcached()
+    text = yaml.safe_dump({"orderedPool": [other.addr],
+                           "pools": {"pair": {"servers": [m0.addr, m1.addr]}},
+                           "route": {"type": "OperationSelectorRoute",
+                                     "operation_policies": {"set": "AllFastestRoute|pair",
+                                                            "get": "MissFailoverRoute|pair"}}})
+    r = router(text)
+    m1.set("only1", b"x")
+    with r.client() as c:
+        assert c.request(set_req("k", b"v"), b"STORED\r\n") == b"STORED\r\n"
+        assert c.request(b"get only1\r\n", hit("only1", b"x")) == hit("only1", b"x")
+        assert c.request(b"delete k\r\n", b"NOT_FOUND\r\n") == b"NOT_FOUND\r\n"   # orderedPool
+    wait_value(m0, "k", hit("k", b"v"))
+    wait_value(m1, "k", hit("k", b"v"))
+
+
+def test_pool_stats_fail_over_to_a_live_server(memcached, router):
+    m0, m1 = memcached(), memcached()
+    r = router(yaml.safe_dump({"pools": {"both": {"servers": [m0.addr, m1.addr]}},
+                               "route": "PoolRoute|both"}), timeout_ms=500)
+    m0.kill()
+    with r.client() as c:
+        stats = c.call(b"stats\r\n", b"END\r\n")
+    assert f"STAT pid {m1.pid}\r\n".encode() in stats
