@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, show
+from conftest import show
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twemproxy_probe import NUTCRACKER, held_by, nutcracker, store_through  # noqa: E402

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import zlib
 
-import pytest
 import yaml
 
 from conftest import show
