@@ -252,3 +252,20 @@ def write_config(path, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def test_gat_across_shards_touches_every_key(memcached, router):
+    servers = [memcached() for _ in range(3)]
+    r = router(pool_yaml(servers))
+    keys = [b"t%d" % i for i in range(30)]
+    store_through(r.port, keys)
+    assert len(set(placement(servers, keys))) == 3
+    with r.client() as c:
+        got = c.call(b"gat 500 " + b" ".join(keys) + b" none\r\n", b"END\r\n")
+        assert got == b"".join(value(k, k) for k in keys) + b"END\r\n"
+        got = c.call(b"gats 600 " + b" ".join(keys) + b"\r\n", b"END\r\n")
+        assert [ln.split()[1] for ln in got.split(b"\r\n") if ln.startswith(b"VALUE")] == keys
+    for m, k in ((servers[i], k) for k, i in zip(keys, placement(servers, keys))):
+        with m.client() as c:
+            ttl = c.call(b"mg %s t\r\n" % k)
+            assert ttl.startswith(b"HD t") and 550 < int(ttl.split(b"t")[1]) <= 600, ttl
