@@ -7,6 +7,8 @@ extensions = [
     Extension("mcrouter._metrics", ["mcrouter/_metrics.pyx"]),
     Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
+    Extension("mcrouter._hash", ["mcrouter/_hash.pyx"]),
+    Extension("mcrouter._routing", ["mcrouter/_routing.pyx"]),
 ]
 
 setup(

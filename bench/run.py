@@ -27,13 +27,17 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 SERVER_CORE, LOADGEN_CORE = "1", "0"
 
-# name -> (loadgen workload, pipeline depth)
+# name -> (loadgen workload, pipeline depth, memcached shards)
 WORKLOADS = {
-    "get90": ("get90", 1),
-    "get90-d16": ("get90", 16),
-    "multiget10": ("multiget10", 1),
-    "set1k": ("set1k", 1),
+    "get90": ("get90", 1, 1),
+    "get90-d16": ("get90", 16, 1),
+    "multiget10": ("multiget10", 1, 1),
+    "set1k": ("set1k", 1, 1),
+    # one 10-key get split over 2 or 4 servers: router PoolRoute vs twemproxy ketama
+    "mget10-2sh": ("multiget10", 1, 2),
+    "mget10-4sh": ("multiget10", 1, 4),
 }
+SHARD_HASH = "fnv1a_64"     # twemproxy's default, and the router's
 TARGETS = ("direct", "twemproxy", "router", "router-off")
 RATIOS = (("router/twemproxy", "router", "twemproxy"), ("router/direct", "router", "direct"),
           ("metrics on/off", "router", "router-off"))
@@ -173,26 +177,27 @@ def start_memcached(procs, tmp):
             "-U", "0", "-t", "1", "-m", "256", "-c", "4096"]
     if os.geteuid() == 0:
         argv[4:4] = ["-u", "root"]  # memcached refuses to run as root without -u
-    p = procs.start("memcached", argv, os.path.join(tmp, "memcached.log"))
+    log = os.path.join(tmp, f"memcached-{port}.log")
+    p = procs.start("memcached", argv, log)
     if not wait_ready(port, p):
-        sys.exit("memcached did not start:\n" + tail(os.path.join(tmp, "memcached.log")))
+        sys.exit("memcached did not start:\n" + tail(log))
     return port, p
 
 
-def start_twemproxy(procs, tmp, mc_port, server_conns):
+def start_twemproxy(procs, tmp, mc_ports, server_conns):
     port, stats_port = free_port(), free_port()
-    conf = os.path.join(tmp, "nutcracker.yml")
+    conf = os.path.join(tmp, f"nutcracker-{len(mc_ports)}.yml")
+    servers = "".join(f"   - 127.0.0.1:{p}:1\n" for p in mc_ports)
     with open(conf, "w") as f:
         f.write(f"""bench:
   listen: 127.0.0.1:{port}
-  hash: fnv1a_64
+  hash: {SHARD_HASH}
   distribution: ketama
   server_connections: {server_conns}
   auto_eject_hosts: false
   servers:
-   - 127.0.0.1:{mc_port}:1
-""")
-    log = os.path.join(tmp, "nutcracker.log")
+{servers}""")
+    log = os.path.join(tmp, f"nutcracker-{len(mc_ports)}.log")
     argv = ["taskset", "-c", SERVER_CORE, "nutcracker", "-c", conf, "-o", log,
             "-a", "127.0.0.1", "-s", str(stats_port)]
     p = procs.start("twemproxy", argv, os.path.join(tmp, "nutcracker.out"))
@@ -206,21 +211,28 @@ def router_argv(args, cfg, port, metrics):
         cmd = args.router_cmd.format(cfg=cfg, port=port, workers=args.workers, metrics=metrics)
         return shlex.split(cmd)
     # the package next to this script (cwd is the repo), not whatever is installed
-    return [sys.executable, "-m", "mcrouter", "run", "-f", cfg, "-l", f"127.0.0.1:{port}", "-n", str(args.workers),
-                   "-L", metrics]
+    return [sys.executable, "-m", "mcrouter", "run", "-f", cfg, "-l", f"127.0.0.1:{port}",
+            "-n", str(args.workers), "-L", metrics]
 
 
-def start_router(procs, tmp, mc_port, args, name="router"):
-    """Start the router (``router-off``: no /metrics and no counting, via
-    MCROUTER_METRICS=off); return (port, Popen) or None with a message printed."""
+def start_router(procs, tmp, mc_ports, args, name="router"):
+    """Start the router; return (port, Popen) or None with a message printed.
+    One server: DefaultRoute over it; several: PoolRoute, ketama as twemproxy's.
+    ``router-off``: no /metrics and no counting (MCROUTER_METRICS=off)."""
     port = free_port()
     off = name == "router-off"
     metrics = "off" if off else f"127.0.0.1:{free_port()}"
-    cfg = os.path.join(tmp, "router.yaml")
+    cfg = os.path.join(tmp, f"router-{len(mc_ports)}.yaml")
+    servers = ", ".join(f"127.0.0.1:{p}" for p in mc_ports)
     with open(cfg, "w") as f:
-        f.write(f"orderedPool: [127.0.0.1:{mc_port}]\nroute:\n  type: DefaultRoute\n")
+        if len(mc_ports) == 1:
+            f.write(f"orderedPool: [{servers}]\nroute:\n  type: DefaultRoute\n")
+        else:
+            f.write(f"pools:\n  main:\n    servers: [{servers}]\n"
+                    f"    hash: {{function: {SHARD_HASH}, distribution: ketama}}\n"
+                    f"route: PoolRoute|main\n")
     argv = ["taskset", "-c", SERVER_CORE] + router_argv(args, cfg, port, metrics)
-    log = os.path.join(tmp, f"{name}.log")
+    log = os.path.join(tmp, f"{name}-{len(mc_ports)}.log")
     try:
         p = procs.start(name, argv, log, env={"MCROUTER_METRICS": "off"} if off else None)
     except OSError as e:
@@ -242,6 +254,33 @@ def build_loadgen(tmp):
     exe = os.path.join(tmp, "loadgen")
     subprocess.run(["cc", "-O2", "-o", exe, os.path.join(BENCH_DIR, "loadgen.c")], check=True)
     return exe
+
+
+def start_targets(procs, tmp, mcs, args):
+    """The targets over these memcached servers: ([target], {name: why skipped}).
+    Direct memcached only with one server (a client cannot shard by itself here)."""
+    ports = [port for port, _ in mcs]
+    targets, skipped = [], {}
+    if "direct" in args.targets:
+        if len(mcs) == 1:
+            targets.append({"name": "direct", "port": ports[0], "proc": mcs[0][1]})
+        else:
+            skipped["direct"] = "not applicable to several shards"
+    if "twemproxy" in args.targets:
+        port, p = start_twemproxy(procs, tmp, ports, args.twem_conns)
+        targets.append({"name": "twemproxy", "port": port, "proc": p})
+    for name in ("router", "router-off"):
+        if name not in args.targets:
+            continue
+        r = start_router(procs, tmp, ports, args, name)
+        if r:
+            targets.append({"name": name, "port": r[0], "proc": r[1]})
+            print(f"{name} pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
+        else:
+            skipped[name] = "could not be started (see message above)"
+    for t in targets:
+        t["mc_pids"] = [p.pid for _, p in mcs]
+    return targets, skipped
 
 
 def run_loadgen(args, exe, port, workload, depth, pids, procs):
@@ -279,8 +318,8 @@ def measure(args, exe, target, port, workload, depth, procs):
         target_pids = [tpid] + procs.remember_children(target["proc"])
     else:
         target_pids = [tpid]
-    mc_pid = target["mc_pid"]
-    pids = target_pids if target["name"] == "direct" else target_pids + [mc_pid]
+    mc_pids = target["mc_pids"]
+    pids = target_pids if target["name"] == "direct" else target_pids + mc_pids
     res = run_loadgen(args, exe, port, workload, depth, pids, procs)
     if "failed" in res:
         return res
@@ -288,7 +327,8 @@ def measure(args, exe, target, port, workload, depth, procs):
     reqs = max(res["requests"], 1)
     tcpu = sum(c for c in cpu[:len(target_pids)] if c >= 0)
     res["cpu_us_per_req"] = tcpu / reqs * 1e6
-    res["mc_cpu_us_per_req"] = (cpu[0] if target["name"] == "direct" else cpu[-1]) / reqs * 1e6
+    mc_cpu = cpu[0] if target["name"] == "direct" else sum(cpu[len(target_pids):])
+    res["mc_cpu_us_per_req"] = mc_cpu / reqs * 1e6
     res["target_pids"] = target_pids
     return res
 
@@ -415,33 +455,19 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mcbench-")
     try:
         exe = build_loadgen(tmp)
-        mc_port, mc = start_memcached(procs, tmp)
-        targets, skipped = [], {}
-        if "direct" in args.targets:
-            targets.append({"name": "direct", "port": mc_port, "proc": mc})
-        if "twemproxy" in args.targets:
-            port, p = start_twemproxy(procs, tmp, mc_port, args.twem_conns)
-            targets.append({"name": "twemproxy", "port": port, "proc": p})
-        for name in ("router", "router-off"):
-            if name not in args.targets:
-                continue
-            r = start_router(procs, tmp, mc_port, args, name)
-            if r:
-                targets.append({"name": name, "port": r[0], "proc": r[1]})
-                print(f"{name} pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
-            else:
-                skipped[name] = "could not be started (see message above)"
-        if not targets:
-            sys.exit("no target could be started")
-        for t in targets:
-            t["mc_pid"] = mc.pid
+        shard_counts = sorted({WORKLOADS[wl][2] for wl in args.workloads})
+        mcs = [start_memcached(procs, tmp) for _ in range(max(shard_counts))]
+        topologies = {n: start_targets(procs, tmp, mcs[:n], args) for n in shard_counts}
 
         results = {}
         for wl in args.workloads:
-            workload, depth = WORKLOADS[wl]
+            workload, depth, shards = WORKLOADS[wl]
+            targets, skipped = topologies[shards]
             runs = {t["name"]: [] for t in targets}
             wl_skipped = dict(skipped)
-            for rnd in range(args.rounds):
+            if not targets:
+                print(f"  {wl}: no target could be started", file=sys.stderr)
+            for rnd in range(args.rounds if targets else 0):
                 k = rnd % len(targets)   # rotate the order each round
                 for t in targets[k:] + targets[:k]:
                     name = t["name"]
@@ -468,7 +494,7 @@ def main():
                 a, b = runs.get(top, []), runs.get(base, [])
                 ratios[name] = {k: paired_ratio(a, b, k) for k in ("ops_per_s", "p50_us", "p99_us",
                                                                     "cpu_us_per_req")}
-            results[wl] = {"workload": workload, "depth": depth, "runs": runs,
+            results[wl] = {"workload": workload, "depth": depth, "shards": shards, "runs": runs,
                            "summary": summary, "ratios": ratios, "skipped": wl_skipped}
 
         print_table(results, args)

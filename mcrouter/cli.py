@@ -1,4 +1,4 @@
-"""Command line: ``mcrouter run``, ``mcrouter check-config``, ``mcrouter --version``.
+"""Command line: ``mcrouter run``, ``check-config``, ``route``, ``--version``.
 
 A bare ``mcrouter [flags]`` means ``mcrouter run [flags]``, so gomcrouter
 command lines keep working.  Operator mistakes end in one line on stderr and
@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from mcrouter import __version__
-from mcrouter.config import ConfigError, load_config
+from mcrouter.config import ConfigError, HostAddr, load_config
 from mcrouter.listen import ListenAddr, ListenError, parse_listen
 from mcrouter.logs import LOG_FORMATS, setup_logging
 from mcrouter.settings import Settings
@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="mcrouter: a memcached request router.")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SUBCOMMANDS = ("run", "check-config", "version", "hosts")
+SUBCOMMANDS = ("run", "check-config", "route", "version", "hosts")
 EXIT_USAGE = 2
 
 
@@ -171,7 +171,39 @@ def check_config(router_config: str = typer.Option("router.yaml", "-f", "--route
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
-    typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.ordered_pool)} host(s))")
+    typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.hosts())} host(s))")
+
+
+class _NotConnected:
+    """A host as ``mcrouter route`` sees it: an address, assumed up, never sent to."""
+
+    def __init__(self, addr: HostAddr) -> None:
+        self.addr = addr
+        self.healthy = True
+
+    def send(self, req: object) -> None:
+        raise RuntimeError("mcrouter route never sends")
+
+
+@app.command("route")
+def route(command: str = typer.Argument(..., help="A memcached command: get, set, delete, mg, ..."),
+          key: str = typer.Argument("", help="The key."),
+          router_config: str = typer.Option("router.yaml", "-f", "--router-config",
+                                            help="Route config (YAML).")) -> None:
+    """Print the route path and the server(s) a request would reach, without starting anything."""
+    from mcrouter.routes import build_route, trace
+    try:
+        config = load_config(router_config)
+    except ConfigError as e:
+        _die(str(e))
+    root = build_route(config, {a: _NotConnected(a) for a in config.hosts()})
+    try:
+        t = trace(root, command, key.encode())
+    except ValueError as e:
+        _die(str(e))
+    for line in t.lines:
+        typer.echo(line)
+    typer.echo("servers: " + (" ".join(t.hosts) or "none (answered by the router)"))
 
 
 @app.command("hosts")

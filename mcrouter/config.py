@@ -1,34 +1,83 @@
 """router.yaml → validated, typed configuration.
 
-The schema is gomcrouter's, accepted verbatim::
+Two forms, freely mixed.  gomcrouter's schema, accepted verbatim::
 
     orderedPool: [memcache1:11211, memcache2:11211]
     route:
       type: OperationSelectorRoute
       operationPolicies: {get: MissFailoverRoute, set: AllFastestRoute}
 
+and named pools with a tree of routes, each a mapping with ``type`` plus
+its options, or the short string ``"Type|argument"``::
+
+    pools:
+      main:
+        servers: [127.0.0.1:11211, 127.0.0.1:11212]
+        hash: {function: fnv1a_64, distribution: ketama}
+    route: PoolRoute|main
+
 plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms).
 
-Unlike gomcrouter, anything unknown is refused.  Every error is one line,
+What each route accepts is one table, ``ROUTE_OPTIONS``.  Unlike
+gomcrouter, anything unknown is refused.  Every error is one line,
 ``file:line:column: what is wrong; how to fix it``, raised as ConfigError.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from mcrouter._hash import DISTRIBUTIONS, FUNCTIONS
 from mcrouter.protocol import COMMAND_IDS
 
-ROUTE_TYPES = ("OperationSelectorRoute", "DefaultRoute", "AllFastestRoute",
-               "MissFailoverRoute", "LocalRoute")
-POLICY_TYPES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute", "LocalRoute")
+# route type → {option: kind}; the kinds are parsed by _Checker.<kind>
+ROUTE_OPTIONS: dict[str, dict[str, str]] = {
+    "OperationSelectorRoute": {"operationPolicies": "operations", "operation_policies": "operations",
+                               "default_policy": "route"},
+    "DefaultRoute": {"pool": "pool_name"},
+    "AllFastestRoute": {"pool": "pool_name"},
+    "MissFailoverRoute": {"pool": "pool_name"},
+    "LocalRoute": {},
+    "PoolRoute": {"pool": "pool_name"},
+    "HashRoute": {"children": "routes", "hash": "hash"},
+    "FailoverRoute": {"children": "routes", "failover_errors": "errors", "max_tries": "count",
+                      "order": "order"},
+    "AllSyncRoute": {"children": "routes"},
+    "AllAsyncRoute": {"children": "routes"},
+    "AllInitialRoute": {"children": "routes"},
+    "AllMajorityRoute": {"children": "routes"},
+    "RandomRoute": {"children": "routes"},
+    "LatestRoute": {"children": "routes", "failover_count": "count", "failover_errors": "errors"},
+    "PrefixSelectorRoute": {"policies": "prefixes", "wildcard": "route"},
+    "ShadowRoute": {"child": "route", "shadow": "route", "key_fraction_range": "fraction_range",
+                    "request_fraction": "fraction"},
+    "WarmUpRoute": {"cold": "route", "warm": "route", "exptime": "exptime"},
+    "NullRoute": {},
+    "ErrorRoute": {"response": "text"},
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "PoolRoute": ("pool",), "ShadowRoute": ("child", "shadow"), "WarmUpRoute": ("cold", "warm"),
+    **{t: ("children",) for t, opts in ROUTE_OPTIONS.items() if "children" in opts},
+}
+# what the argument of the short form "Type|argument" sets
+SHORT_ARGUMENT = {"PoolRoute": "pool", "DefaultRoute": "pool", "AllFastestRoute": "pool",
+                  "MissFailoverRoute": "pool", "ErrorRoute": "response"}
+# routes over the hosts of a pool, by default gomcrouter's orderedPool
+ORDERED_POOL_ROUTES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute")
+ROUTE_TYPES = tuple(ROUTE_OPTIONS)
+
 # quit is answered by the client connection itself and is never routed.
 POLICY_COMMANDS = tuple(name for name in COMMAND_IDS if name != "quit")
-TOP_KEYS = ("orderedPool", "route", "health")
+ERROR_CLASSES = ("timeout", "connect_error", "tko", "remote_error")
+OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
+FAILOVER_ORDERS = ("in_order", "by_key")
+TOP_KEYS = ("orderedPool", "pools", "route", "health")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
+POOL_KEYS = ("servers", "hash", "weights")
+HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
 MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
 
 
@@ -46,14 +95,33 @@ class HostAddr:
 
 
 @dataclass(frozen=True)
-class RouteConfig:
-    type: str
-    policies: dict[str, str] = field(default_factory=dict)   # command name → route type
+class HashConfig:
+    function: str = "fnv1a_64"          # twemproxy's default
+    distribution: str = "ketama"
+    salt: str = ""
+    hash_stop: str = ""                 # hash only what comes before it, e.g. "|#|"
+    hash_tags: str = ""                 # hash only what is between, e.g. "{}"
 
-    def needs_hosts(self) -> bool:
-        if self.type == "OperationSelectorRoute":
-            return True      # unlisted commands go to DefaultRoute
-        return self.type != "LocalRoute"
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    servers: tuple[HostAddr, ...]
+    weights: tuple[int, ...]
+    hash: HashConfig
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One node of the route tree: its type and its validated options
+    (child routes are RouteConfig too; see ROUTE_OPTIONS)."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        arg = self.options.get(SHORT_ARGUMENT.get(self.type, ""))
+        return f"{self.type}|{arg}" if arg else self.type
 
 
 @dataclass(frozen=True)
@@ -70,11 +138,16 @@ class RouterConfig:
     path: str
     ordered_pool: tuple[HostAddr, ...]
     route: RouteConfig
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
 
     def hosts(self) -> tuple[HostAddr, ...]:
-        """Every distinct upstream address, in config order."""
-        return tuple(dict.fromkeys(self.ordered_pool))
+        """Every distinct upstream address, in config order: one Host each,
+        however many pools list it."""
+        seen = dict.fromkeys(self.ordered_pool)
+        for pool in self.pools.values():
+            seen.update(dict.fromkeys(pool.servers))
+        return tuple(seen)
 
 
 _HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+)):(?P<port>[0-9]{1,5})$")
@@ -91,11 +164,16 @@ def parse_host_port(text: str) -> HostAddr | None:
     return HostAddr(m.group("v6") or m.group("name"), port)
 
 
+_NULL = ("", "~", "null")
+
+
 class _Checker:
     """Walks the YAML node tree so every error can name its line and column."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.pool_refs: list[tuple[yaml.Node, str]] = []       # checked once pools are known
+        self.ordered_users: list[tuple[yaml.Node, str]] = []   # routes over orderedPool
 
     def fail(self, node: yaml.Node | None, what: str, fix: str) -> ConfigError:
         if node is None:
@@ -114,6 +192,20 @@ class _Checker:
             seen.add(key)
         return node.value
 
+    def keyed(self, node: yaml.Node, what: str, valid: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """A mapping whose keys must be among ``valid``: {key: (key node, value node)}."""
+        items = {self.scalar(k, f"a key of {what}"): (k, v) for k, v in self.mapping(node, what)}
+        for name, (k, _) in items.items():
+            if name not in valid:
+                raise self.fail(k, f"unknown {what} key {name!r}",
+                                "valid: " + (", ".join(valid) or "none"))
+        return items
+
+    def sequence(self, node: yaml.Node, what: str, example: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, f"{what} must be a non-empty list", f"write it as {example}")
+        return node.value
+
     def scalar(self, node: yaml.Node, what: str) -> str:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, f"{what} must be a single value", "remove the nesting")
@@ -125,19 +217,87 @@ class _Checker:
             raise self.fail(node, f"unknown {what} {value!r}", "valid: " + ", ".join(valid))
         return value
 
-    def pool(self, node: yaml.Node) -> tuple[HostAddr, ...]:
+    def number(self, node: yaml.Node, what: str, kind: Callable[[str], Any], lo: float,
+               hi: float | None = None) -> Any:
+        text = self.scalar(node, what)
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+            raise self.fail(node, f"{what} {text!r} is not valid", f"write a number {bound}")
+        return value
+
+    def host(self, node: yaml.Node, what: str) -> HostAddr:
+        text = self.scalar(node, what)
+        addr = parse_host_port(text)
+        if addr is None:
+            raise self.fail(node, f"malformed host:port {text!r}",
+                            "write host:port or [ipv6]:port with a port from 1 to 65535")
+        return addr
+
+    # -- pools -------------------------------------------------------------
+
+    def ordered_pool(self, node: yaml.Node) -> tuple[HostAddr, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.fail(node, "orderedPool must be a list of host:port",
                             "write it as [host1:11211, host2:11211]")
-        hosts = []
-        for item in node.value:
-            text = self.scalar(item, "an orderedPool entry")
-            addr = parse_host_port(text)
-            if addr is None:
-                raise self.fail(item, f"malformed host:port {text!r}",
-                                "write host:port or [ipv6]:port with a port from 1 to 65535")
-            hosts.append(addr)
-        return tuple(hosts)
+        return tuple(self.host(item, "an orderedPool entry") for item in node.value)
+
+    def pools(self, node: yaml.Node) -> dict[str, PoolConfig]:
+        return {self.scalar(k, "a pool name"): self.pool(self.scalar(k, "a pool name"), v)
+                for k, v in self.mapping(node, "pools")}
+
+    def pool(self, name: str, node: yaml.Node) -> PoolConfig:
+        """Every option of one pool is parsed here (and only here)."""
+        items = self.keyed(node, f"pool {name!r}", POOL_KEYS)
+        if "servers" not in items:
+            raise self.fail(node, f"pool {name!r} has no servers", "add servers: [host:port, ...]")
+        snodes = self.sequence(items["servers"][1], f"the servers of pool {name!r}",
+                               "[host1:11211, host2:11211]")
+        servers = []
+        for s in snodes:
+            addr = self.host(s, f"a server of pool {name!r}")
+            if addr in servers:
+                raise self.fail(s, f"server {addr} is listed twice in pool {name!r}",
+                                "list each server once (use weights to give it more keys)")
+            servers.append(addr)
+        weights = tuple([1] * len(servers))
+        if "weights" in items:
+            wnode = items["weights"][1]
+            wnodes = self.sequence(wnode, f"the weights of pool {name!r}", "[1, 1, 2]")
+            if len(wnodes) != len(servers):
+                raise self.fail(wnode, f"pool {name!r} has {len(servers)} servers but "
+                                f"{len(wnodes)} weights", "give one weight per server, in order")
+            weights = tuple(self.number(w, "a weight", int, 1, 1_000_000) for w in wnodes)
+        hconf = self.hash(items["hash"][1]) if "hash" in items else HashConfig()
+        if hconf.distribution == "jump" and len(set(weights)) > 1:
+            raise self.fail(items["weights"][1], "jump hashing cannot weigh servers",
+                            "use distribution: ketama or rendezvous, or drop weights")
+        return PoolConfig(name, tuple(servers), weights, hconf)
+
+    def hash(self, node: yaml.Node) -> HashConfig:
+        items = self.keyed(node, "hash", HASH_KEYS)
+        opts: dict[str, str] = {}
+        for key, (_, v) in items.items():
+            if key == "function":
+                opts[key] = self.choice(v, "hash function", FUNCTIONS)
+            elif key == "distribution":
+                opts[key] = self.choice(v, "hash distribution", DISTRIBUTIONS)
+            else:
+                opts[key] = self.scalar(v, key)
+        if "hash_stop" in opts and "hash_tags" in opts:
+            raise self.fail(items["hash_tags"][0], "hash_stop and hash_tags exclude each other",
+                            "keep one of them")
+        if "hash_tags" in opts and len(opts["hash_tags"]) != 2:
+            raise self.fail(items["hash_tags"][1], "hash_tags must be two characters",
+                            'write e.g. hash_tags: "{}"')
+        if opts.get("hash_stop") == "":
+            raise self.fail(items["hash_stop"][1], "hash_stop is empty", 'write e.g. hash_stop: "|#|"')
+        return HashConfig(**opts)
+
+    # -- routes ------------------------------------------------------------
 
     def health(self, node: yaml.Node) -> HealthPolicy:
         values: dict[str, int] = {}
@@ -151,24 +311,123 @@ class _Checker:
         return HealthPolicy(**values)
 
     def route(self, node: yaml.Node) -> RouteConfig:
-        items = dict((self.scalar(k, "a route key"), (k, v)) for k, v in self.mapping(node, "route"))
-        for name, (k, _) in items.items():
-            if name not in ("type", "operationPolicies"):
-                raise self.fail(k, f"unknown route key {name!r}", "valid: type, operationPolicies")
-        if "type" not in items:
+        if isinstance(node, yaml.ScalarNode):
+            return self.short_route(node)
+        items = self.mapping(node, "route")
+        types = [v for k, v in items if self.scalar(k, "a route key") == "type"]
+        if not types:
             raise self.fail(node, "route has no type", "valid types: " + ", ".join(ROUTE_TYPES))
-        rtype = self.choice(items["type"][1], "route type", ROUTE_TYPES)
-        policies: dict[str, str] = {}
-        if "operationPolicies" in items:
-            k, pnode = items["operationPolicies"]
-            if rtype != "OperationSelectorRoute":
-                raise self.fail(k, f"operationPolicies does not apply to {rtype}",
-                                "use type: OperationSelectorRoute or remove operationPolicies")
-            if not (isinstance(pnode, yaml.ScalarNode) and pnode.value in ("", "~", "null")):
-                for ck, cv in self.mapping(pnode, "operationPolicies"):
-                    cmd = self.choice(ck, "command", POLICY_COMMANDS)
-                    policies[cmd] = self.choice(cv, "policy", POLICY_TYPES)
-        return RouteConfig(rtype, policies)
+        rtype = self.choice(types[0], "route type", ROUTE_TYPES)
+        kinds = ROUTE_OPTIONS[rtype]
+        options: dict[str, Any] = {}
+        for k, v in items:
+            key = self.scalar(k, "a route key")
+            if key == "type":
+                continue
+            if key not in kinds:
+                raise self.fail(k, f"unknown {rtype} key {key!r}",
+                                "valid: " + ", ".join(("type",) + tuple(kinds)))
+            kind = kinds[key]
+            key = "operation_policies" if kind == "operations" else key
+            if key in options:
+                raise self.fail(k, f"{rtype} has operation policies twice",
+                                "keep one of operationPolicies and operation_policies")
+            options[key] = getattr(self, kind)(v)
+        return self.finish_route(node, rtype, options)
+
+    def short_route(self, node: yaml.Node) -> RouteConfig:
+        """``Type`` or ``Type|argument``, e.g. ``PoolRoute|main``."""
+        text = self.scalar(node, "a route")
+        rtype, bar, arg = text.partition("|")
+        if rtype not in ROUTE_OPTIONS:
+            raise self.fail(node, f"unknown route type {rtype!r}", "valid: " + ", ".join(ROUTE_TYPES))
+        options: dict[str, Any] = {}
+        if bar:
+            if rtype not in SHORT_ARGUMENT or not arg:
+                raise self.fail(node, f"{rtype} takes no '|argument'",
+                                "short forms with an argument: " + ", ".join(
+                                    f"{t}|{a}" for t, a in SHORT_ARGUMENT.items()))
+            options[SHORT_ARGUMENT[rtype]] = arg if SHORT_ARGUMENT[rtype] != "pool" \
+                else self.pool_ref(node, arg)
+        return self.finish_route(node, rtype, options)
+
+    def finish_route(self, node: yaml.Node, rtype: str, options: dict[str, Any]) -> RouteConfig:
+        for need in REQUIRED.get(rtype, ()):
+            if need not in options:
+                raise self.fail(node, f"{rtype} needs {need}",
+                                f"add {need}: ... (see the route reference in README.md)")
+        if rtype == "PrefixSelectorRoute" and "policies" not in options and "wildcard" not in options:
+            raise self.fail(node, "PrefixSelectorRoute needs policies or a wildcard",
+                            "add policies: {prefix: route} and/or wildcard: route")
+        if rtype in ORDERED_POOL_ROUTES and "pool" not in options:
+            self.ordered_users.append((node, rtype))
+        if rtype == "OperationSelectorRoute" and "default_policy" not in options:
+            self.ordered_users.append((node, rtype))      # unlisted commands → DefaultRoute
+        return RouteConfig(rtype, options)
+
+    def pool_ref(self, node: yaml.Node, name: str) -> str:
+        self.pool_refs.append((node, name))
+        return name
+
+    # option kinds (ROUTE_OPTIONS values)
+
+    def pool_name(self, node: yaml.Node) -> str:
+        return self.pool_ref(node, self.scalar(node, "a pool name"))
+
+    def routes(self, node: yaml.Node) -> tuple[RouteConfig, ...]:
+        return tuple(self.route(n) for n in self.sequence(node, "children", "[PoolRoute|a, PoolRoute|b]"))
+
+    def operations(self, node: yaml.Node) -> dict[str, RouteConfig]:
+        if isinstance(node, yaml.ScalarNode) and node.value in _NULL:
+            return {}
+        return {self.choice(k, "command", POLICY_COMMANDS): self.route(v)
+                for k, v in self.mapping(node, "operationPolicies")}
+
+    def prefixes(self, node: yaml.Node) -> dict[str, RouteConfig]:
+        return {self.scalar(k, "a key prefix"): self.route(v)
+                for k, v in self.mapping(node, "policies")}
+
+    def errors(self, node: yaml.Node) -> dict[str, frozenset[str]]:
+        """A list of error classes for every operation, or one list per
+        operation group (gets, updates, deletes, other)."""
+        def classes(n: yaml.Node) -> frozenset[str]:
+            if isinstance(n, yaml.SequenceNode):
+                return frozenset(self.choice(c, "error class", ERROR_CLASSES) for c in n.value)
+            raise self.fail(n, "failover_errors must list error classes",
+                            "write e.g. [timeout, connect_error, tko, remote_error]")
+        if isinstance(node, yaml.MappingNode):
+            per = {self.choice(k, "operation group", OPERATION_GROUPS): classes(v)
+                   for k, v in self.mapping(node, "failover_errors")}
+            return {g: per.get(g, frozenset(ERROR_CLASSES)) for g in OPERATION_GROUPS}
+        every = classes(node)
+        return {g: every for g in OPERATION_GROUPS}
+
+    def count(self, node: yaml.Node) -> int:
+        return self.number(node, "a count", int, 1, 1000)
+
+    def exptime(self, node: yaml.Node) -> int:
+        return self.number(node, "exptime", int, 0, 2**31 - 1)
+
+    def fraction(self, node: yaml.Node) -> float:
+        return self.number(node, "a fraction", float, 0.0, 1.0)
+
+    def fraction_range(self, node: yaml.Node) -> tuple[float, float]:
+        items = self.sequence(node, "key_fraction_range", "[0.0, 0.1]")
+        if len(items) != 2:
+            raise self.fail(node, "key_fraction_range needs two numbers", "write e.g. [0.0, 0.1]")
+        lo, hi = (self.fraction(n) for n in items)
+        if lo > hi:
+            raise self.fail(node, "key_fraction_range starts after it ends", "write [low, high]")
+        return (lo, hi)
+
+    def order(self, node: yaml.Node) -> str:
+        return self.choice(node, "failover order", FAILOVER_ORDERS)
+
+    def text(self, node: yaml.Node) -> str:
+        value = self.scalar(node, "a text")
+        if "\r" in value or "\n" in value:
+            raise self.fail(node, "the text spans lines", "write it on one line")
+        return value
 
 
 def read_config_text(path: str) -> str:
@@ -204,15 +463,19 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {e}; fix the file") from None
     if root is None:
-        raise check.fail(None, "the config is empty", "it needs orderedPool and route")
-    pool: tuple[HostAddr, ...] = ()
-    pool_node: Any = None
+        raise check.fail(None, "the config is empty", "it needs a route (and orderedPool or pools)")
+    ordered: tuple[HostAddr, ...] = ()
+    ordered_node: Any = None
+    pools: dict[str, PoolConfig] = {}
+    pools_node: Any = None
     route: RouteConfig | None = None
     health = HealthPolicy()
     for k, v in check.mapping(root, "the config"):
         key = check.scalar(k, "a top-level key")
         if key == "orderedPool":
-            pool, pool_node = check.pool(v), v
+            ordered, ordered_node = check.ordered_pool(v), v
+        elif key == "pools":
+            pools, pools_node = check.pools(v), v
         elif key == "route":
             route = check.route(v)
         elif key == "health":
@@ -221,9 +484,15 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:
         raise check.fail(root, "the config has no route",
-                         "add 'route: {type: DefaultRoute}' or another route type")
-    if route.needs_hosts() and not pool:
-        raise check.fail(pool_node if pool_node is not None else root,
-                         f"{route.type} needs hosts but orderedPool is empty",
-                         "list at least one host:port in orderedPool")
-    return RouterConfig(path, pool, route, health)
+                         "add 'route: PoolRoute|<pool>' or 'route: {type: DefaultRoute}'")
+    for ref_node, name in check.pool_refs:
+        if name not in pools:
+            raise check.fail(ref_node, f"unknown pool {name!r}",
+                             "defined pools: " + (", ".join(pools) or "none (add a pools: section)"))
+    if check.ordered_users and not ordered:
+        user_node, rtype = check.ordered_users[0]
+        raise check.fail(ordered_node if ordered_node is not None else user_node,
+                         f"{rtype} needs hosts but orderedPool is empty",
+                         "list at least one host:port in orderedPool"
+                         + (" or give the route a pool" if pools_node is not None else ""))
+    return RouterConfig(path, ordered, route, pools, health)

@@ -47,3 +47,23 @@ REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"       # mirrored
 NOT_HANDLED_LOCALLY = b"SERVER_ERROR mcrouter: command not handled locally\r\n"
 NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 SHUTTING_DOWN = b"SERVER_ERROR mcrouter: shutting down\r\n"
+ERROR_ROUTE = b"SERVER_ERROR mcrouter: error route\r\n"
+UNKNOWN_SERVICE_KEY = b"SERVER_ERROR mcrouter: unknown __mcrouter__ key\r\n"
+
+
+def router_error(text: str) -> bytes:
+    """The router's own error reply with an operator-chosen text (ErrorRoute)."""
+    return f"SERVER_ERROR mcrouter: {text}\r\n".encode()
+
+
+# NullRoute's reply to each command (and AllAsyncRoute's, which answers at
+# once): what memcached says when nothing was found or stored.
+NULL_REPLIES: dict[int, tuple[bytes, int]] = {
+    **{c: (b"END\r\n", ST_FAIL) for c in (CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS)},
+    **{c: (b"NOT_STORED\r\n", ST_FAIL) for c in (CMD_SET, CMD_ADD, CMD_REPLACE, CMD_APPEND,
+                                                 CMD_PREPEND, CMD_CAS)},
+    **{c: (b"NOT_FOUND\r\n", ST_FAIL) for c in (CMD_DELETE, CMD_INCR, CMD_DECR, CMD_TOUCH)},
+    CMD_FLUSH_ALL: (b"OK\r\n", ST_OK), CMD_VERBOSITY: (b"OK\r\n", ST_OK),
+    CMD_MG: (b"EN\r\n", ST_FAIL), CMD_ME: (b"EN\r\n", ST_FAIL), CMD_MS: (b"NS\r\n", ST_FAIL),
+    CMD_MD: (b"NF\r\n", ST_FAIL), CMD_MA: (b"NF\r\n", ST_FAIL), CMD_MN: (b"MN\r\n", ST_OK),
+}

@@ -15,6 +15,7 @@ touched.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -152,6 +153,7 @@ class Worker:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
         self.control.send({"ready": self.generation})
+        gc.freeze()     # what boot built lives as long as the worker: the collector skips it
 
     def make_host(self, addr: HostAddr) -> Host:
         """A host in the master's shared table (which has a slot for every
@@ -163,10 +165,11 @@ class Worker:
 
     def build(self, config: RouterConfig) -> Route:
         """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
-        pool = self.hosts.use(config.ordered_pool, self.clients)
+        addrs = config.hosts()
+        hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
         for h in self.hosts.live.values():
             h.tko = config.health.tko
-        return with_router_commands(build_route(config.route, pool), self.table, self.metrics)
+        return with_router_commands(build_route(config, hosts), self.table, self.metrics)
 
     # -- reload ------------------------------------------------------------
 

@@ -1,41 +1,119 @@
-"""Route handles, built once per config load from a RouteConfig."""
+"""Route handles, built once per config load from the RouteConfig tree.
+
+``build_route(config, hosts)`` turns the validated tree into handles; the
+hosts are given by address (one Host per distinct server, however many
+pools list it), so routes never create hosts.  Routes over the same pool
+share one PoolRoute (and one continuum).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
-from mcrouter.config import RouteConfig
+from mcrouter._hash import Hasher, ketama_name
+from mcrouter.config import HashConfig, HostAddr, RouteConfig, RouterConfig
 from mcrouter.protocol import COMMAND_IDS, META_TWIN
-from mcrouter.routes.base import Route
-from mcrouter.routes.failover import MissFailoverRoute
-from mcrouter.routes.fanout import AllFastestRoute
-from mcrouter.routes.selector import OperationSelectorRoute
-from mcrouter.routes.simple import DefaultRoute, LocalRoute
-from mcrouter.upstream import Host
+from mcrouter.routes.base import HostRoute, Route, Trace, Upstream
+from mcrouter.routes.failover import FailoverRoute, LatestRoute, MissFailoverRoute
+from mcrouter.routes.fanout import (AllAsyncRoute, AllFastestRoute, AllInitialRoute,
+                                    AllMajorityRoute, AllSyncRoute)
+from mcrouter.routes.hashing import HashRoute, PoolRoute
+from mcrouter.routes.selector import OperationSelectorRoute, PrefixSelectorRoute
+from mcrouter.routes.service import RootRoute, trace
+from mcrouter.routes.shadow import ShadowRoute
+from mcrouter.routes.simple import DefaultRoute, ErrorRoute, LocalRoute, NullRoute, RandomRoute
+from mcrouter.routes.warmup import WarmUpRoute
 
-__all__ = ["Route", "build_route"]
-
-
-def _leaf(type_name: str, pool: Sequence[Host]) -> Route:
-    if type_name == "LocalRoute":
-        return LocalRoute()
-    return {"DefaultRoute": DefaultRoute, "AllFastestRoute": AllFastestRoute,
-            "MissFailoverRoute": MissFailoverRoute}[type_name](pool)
+__all__ = ["Route", "RootRoute", "Trace", "build_route", "trace"]
 
 
-def build_route(cfg: RouteConfig, pool: Sequence[Host]) -> Route:
-    if cfg.type != "OperationSelectorRoute":
-        return _leaf(cfg.type, pool)
-    leaves: dict[str, Route] = {}
+def hasher(names: Sequence[str], weights: Sequence[int] | None, h: HashConfig) -> Hasher:
+    return Hasher(list(names), list(weights) if weights else None, h.function, h.distribution,
+                  h.salt.encode(), h.hash_stop.encode(), h.hash_tags.encode())
 
-    def leaf(type_name: str) -> Route:
-        if type_name not in leaves:
-            leaves[type_name] = _leaf(type_name, pool)
-        return leaves[type_name]
 
-    default = leaf("DefaultRoute")
-    table: list[Route] = [default] * (max(COMMAND_IDS.values()) + 2)
-    for name, cmd in COMMAND_IDS.items():
-        policy = cfg.policies.get(name) or cfg.policies.get(META_TWIN.get(name, ""))
-        if policy:
-            table[cmd] = leaf(policy)
-    return OperationSelectorRoute(table)
+class _Builder:
+    def __init__(self, config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> None:
+        self.config = config
+        self.hosts = hosts
+        self.pool_routes: dict[str, PoolRoute] = {}
+        self.kinds: dict[str, Callable[[dict], Route]] = {
+            "OperationSelectorRoute": self.operation_selector,
+            "DefaultRoute": lambda o: DefaultRoute(self.host_list(o)),
+            "AllFastestRoute": lambda o: AllFastestRoute(self.host_list(o)),
+            "MissFailoverRoute": lambda o: MissFailoverRoute(self.host_list(o)),
+            "LocalRoute": lambda o: LocalRoute(),
+            "PoolRoute": lambda o: self.pool_route(o["pool"]),
+            "HashRoute": self.hash_route,
+            "FailoverRoute": lambda o: FailoverRoute(
+                self.all(o["children"]), o.get("failover_errors"), o.get("max_tries", 0),
+                o.get("order", "in_order")),
+            "LatestRoute": lambda o: LatestRoute(
+                self.all(o["children"]), o.get("failover_count", 5), o.get("failover_errors")),
+            "AllSyncRoute": lambda o: AllSyncRoute(self.all(o["children"])),
+            "AllAsyncRoute": lambda o: AllAsyncRoute(self.all(o["children"])),
+            "AllInitialRoute": lambda o: AllInitialRoute(self.all(o["children"])),
+            "AllMajorityRoute": lambda o: AllMajorityRoute(self.all(o["children"])),
+            "RandomRoute": lambda o: RandomRoute(self.all(o["children"])),
+            "PrefixSelectorRoute": lambda o: PrefixSelectorRoute(
+                {p.encode(): self.build(r) for p, r in o.get("policies", {}).items()},
+                self.build(o["wildcard"]) if "wildcard" in o else NullRoute()),
+            "ShadowRoute": lambda o: ShadowRoute(
+                self.build(o["child"]), self.build(o["shadow"]), o.get("key_fraction_range"),
+                o.get("request_fraction")),
+            "WarmUpRoute": lambda o: WarmUpRoute(
+                self.build(o["cold"]), self.build(o["warm"]), o.get("exptime", 0)),
+            "NullRoute": lambda o: NullRoute(),
+            "ErrorRoute": lambda o: ErrorRoute(o.get("response", "")),
+        }
+
+    def build(self, cfg: RouteConfig) -> Route:
+        return self.kinds[cfg.type](cfg.options)
+
+    def all(self, cfgs: Sequence[RouteConfig]) -> list[Route]:
+        return [self.build(c) for c in cfgs]
+
+    def host_list(self, options: dict) -> list[Upstream]:
+        """The hosts of the route's pool, in order; gomcrouter's orderedPool by default."""
+        pool = options.get("pool")
+        addrs = self.config.pools[pool].servers if pool else self.config.ordered_pool
+        return [self.hosts[a] for a in addrs]
+
+    def pool_route(self, name: str) -> PoolRoute:
+        if name not in self.pool_routes:
+            pool = self.config.pools[name]
+            names = [ketama_name(a.host, a.port) for a in pool.servers]
+            self.pool_routes[name] = PoolRoute(
+                [HostRoute(self.hosts[a]) for a in pool.servers],
+                hasher(names, pool.weights, pool.hash), f"PoolRoute|{name}")
+        return self.pool_routes[name]
+
+    def hash_route(self, options: dict) -> Route:
+        cfgs = options["children"]
+        labels = [c.label() for c in cfgs]
+        names = [lab if labels.count(lab) == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
+        return HashRoute(self.all(cfgs), hasher(names, None, options.get("hash", HashConfig())))
+
+    def operation_selector(self, options: dict) -> Route:
+        policies: dict[str, RouteConfig] = options.get("operation_policies", {})
+        built: dict[str, Route] = {}
+
+        def route_for(name: str) -> Route | None:
+            cfg = policies.get(name) or policies.get(META_TWIN.get(name, ""))
+            if cfg is None:
+                return None
+            key = repr(cfg)                 # equal policies share one handle
+            if key not in built:
+                built[key] = self.build(cfg)
+            return built[key]
+
+        default_cfg = options.get("default_policy") or RouteConfig("DefaultRoute")
+        default = self.build(default_cfg)
+        table: list[Route] = [default] * (max(COMMAND_IDS.values()) + 2)
+        for name, cmd in COMMAND_IDS.items():
+            table[cmd] = route_for(name) or default
+        return OperationSelectorRoute(table)
+
+
+def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> RootRoute:
+    """The route tree of ``config`` over ``hosts`` (one per ``config.hosts()``)."""
+    return RootRoute(_Builder(config, hosts).build(config.route))

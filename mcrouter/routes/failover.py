@@ -1,19 +1,58 @@
-"""MissFailoverRoute: healthy hosts one at a time until one succeeds.
+"""Routes that try destinations one after another.
 
-A multi-key get keeps the hits of each host and asks the next host only for
-the keys still missing; the client gets one reply with the hits in the order
-of its request and one END (gomcrouter stops at the first partial hit).
+* MissFailoverRoute (gomcrouter): healthy hosts in order until one
+  succeeds; a miss or any failure moves on.  A multi-key get keeps each
+  host's hits and asks the next host only for the keys still missing
+  (gomcrouter stops at the first partial hit).
+* FailoverRoute (mcrouter): children in order until a reply is not an
+  error of a class listed in ``failover_errors`` for the operation; the
+  last child's reply is returned whatever it is.  Misses are replies, not
+  errors, and never fail over (MissFailoverRoute and WarmUpRoute do that).
+* LatestRoute (mcrouter): a FailoverRoute over ``failover_count`` children
+  picked pseudo-randomly, seeded by this machine's host name, so each
+  router host sticks to its own few targets.
 """
 from __future__ import annotations
 
+import random
+import socket
+from typing import Sequence
+
+from mcrouter._hash import hash_key
 from mcrouter._metrics import R_FAILOVER, R_MISS_FAILOVER, local as local_counters
-from mcrouter._parser import Request, split_values
-from mcrouter.protocol import CMD_GAT, CMD_GATS, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
-from mcrouter.routes.base import Attempts, PoolRoute
-from mcrouter.upstream import Host
+from mcrouter._parser import Request
+from mcrouter.config import ERROR_CLASSES, OPERATION_GROUPS
+from mcrouter.protocol import (CMD_CAS, CMD_DECR, CMD_DELETE, CMD_GAT, CMD_GATS, CMD_GET,
+                               CMD_GETS, CMD_INCR, CMD_MA, CMD_MD, CMD_MG, CMD_MS, CMD_SET,
+                               CMD_TOUCH, COMMAND_IDS, NO_HEALTHY_UPSTREAM, ST_ERROR, ST_OK,
+                               UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
+from mcrouter.routes.base import Attempts, HostListRoute, HostRoute, Route
+from mcrouter.routes.multiget import MissChain
+
+# command id → its operation group (failover_errors may differ per group)
+_GROUP_OF: dict[int, str] = {cmd: "other" for cmd in COMMAND_IDS.values()}
+_GROUP_OF.update({c: "gets" for c in (CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_MG)})
+_GROUP_OF.update({c: "deletes" for c in (CMD_DELETE, CMD_MD)})
+_GROUP_OF.update({c: "updates" for c in range(CMD_SET, CMD_CAS + 1)})
+_GROUP_OF.update({c: "updates" for c in (CMD_INCR, CMD_DECR, CMD_TOUCH, CMD_MS, CMD_MA)})
 
 
-class MissFailoverRoute(PoolRoute):
+def error_class(sub: Request) -> str | None:
+    """The failover class of a reply: None for a reply that is not an error
+    (hits, misses, NOT_STORED, CLIENT_ERROR: the client's own mistake)."""
+    reply = sub.reply or b""
+    if sub.status == ST_ERROR:
+        if reply == UPSTREAM_TIMEOUT:
+            return "timeout"
+        if reply == NO_HEALTHY_UPSTREAM or reply == UPSTREAM_QUEUE_FULL:
+            return "tko"
+        return "connect_error"
+    if sub.status != ST_OK and (reply.startswith(b"SERVER_ERROR") or reply == b"ERROR\r\n"):
+        return "remote_error"
+    return None
+
+
+class MissFailoverRoute(HostListRoute):
     name = "MissFailoverRoute"
 
     def dispatch(self, req: Request) -> None:
@@ -21,7 +60,7 @@ class MissFailoverRoute(PoolRoute):
         if not hosts:
             self.no_host(req)
         elif req.keys is not None:
-            _MultiGet(req, hosts).next()
+            MissChain(req, [HostRoute(h) for h in hosts]).next()
         else:
             _Chain(req, hosts).next()
 
@@ -31,7 +70,7 @@ class _Chain(Attempts):
 
     __slots__ = ("hosts", "i")
 
-    def __init__(self, parent: Request, hosts: list[Host]) -> None:
+    def __init__(self, parent: Request, hosts: list) -> None:
         super().__init__(parent)
         self.hosts = hosts
         self.i = 0
@@ -47,58 +86,81 @@ class _Chain(Attempts):
             return
         self.note(sub)
         if self.i < len(self.hosts):
-            local_counters().route(R_MISS_FAILOVER if sub.status == ST_FAIL else R_FAILOVER)
+            local_counters().route(R_FAILOVER if sub.status == ST_ERROR else R_MISS_FAILOVER)
             self.next()
         else:
             self.give_up()
 
 
-class _MultiGet:
-    """Multi-key get: collect hits host by host, ask only for what is missing."""
+ALL_ERRORS = {g: frozenset(ERROR_CLASSES) for g in OPERATION_GROUPS}
 
-    __slots__ = ("parent", "keys", "hosts", "i", "prefix", "found", "missing", "answered",
-                 "error")
 
-    def __init__(self, parent: Request, hosts: list[Host]) -> None:
+class FailoverRoute(Route):
+    name = "FailoverRoute"
+
+    def __init__(self, children: Sequence[Route], errors: dict[str, frozenset[str]] | None = None,
+                 max_tries: int = 0, order: str = "in_order") -> None:
+        self.children = tuple(children)
+        errors = errors or ALL_ERRORS
+        # command id → the error classes that fail over for it
+        self.errors = {cmd: errors[group] for cmd, group in _GROUP_OF.items()}
+        self.tries = min(max_tries or len(self.children), len(self.children))
+        self.by_key = order == "by_key"
+
+    def order(self, req: Request) -> Sequence[Route]:
+        """The children in the order ``req`` tries them: as listed, or (by_key)
+        the first child first and the rest rotated by the key's hash, so the
+        failover load of a lost first child spreads over the others."""
+        kids = self.children
+        if not self.by_key or len(kids) < 3:
+            return kids[:self.tries]
+        rest = kids[1:]
+        r = hash_key("crc32a", req.key) % len(rest)
+        return (kids[0],) + rest[r:] + rest[:r]
+
+    def dispatch(self, req: Request) -> None:
+        _Failover(req, self.order(req), self.errors.get(req.cmd, ALL_ERRORS["other"]),
+                  self.tries).next()
+
+    def targets(self, req: Request) -> Sequence[Route]:
+        return self.order(req)[:self.tries]
+
+
+class _Failover:
+    __slots__ = ("parent", "children", "errors", "tries", "i")
+
+    def __init__(self, parent: Request, children: Sequence[Route], errors: frozenset[str],
+                 tries: int) -> None:
         self.parent = parent
-        self.keys: list[bytes] = parent.keys or []
-        self.hosts = hosts
+        self.children = children
+        self.errors = errors
+        self.tries = tries
         self.i = 0
-        words = parent.wire.split(None, 2 if parent.cmd in (CMD_GAT, CMD_GATS) else 1)
-        self.prefix = b" ".join(words[:-1])      # "get" or "gat <exptime>"
-        self.found: dict[bytes, bytes] = {}
-        self.missing = list(dict.fromkeys(self.keys))
-        self.answered = False                    # some host gave a real get reply
-        self.error: bytes | None = None
 
     def next(self) -> None:
-        host = self.hosts[self.i]
+        child = self.children[self.i]
         self.i += 1
-        sub = self.parent.child(self)
-        if self.i > 1:
-            sub.wire = self.prefix + b" " + b" ".join(self.missing) + b"\r\n"
-            sub.keys = self.missing
-            sub.key = self.missing[0]
-        host.send(sub)
+        child.dispatch(self.parent.child(self))
 
     def on_reply(self, sub: Request) -> None:
-        reply = sub.reply or b""
-        failed = sub.status == ST_ERROR or not reply.endswith(b"END\r\n")
-        if failed:
-            self.error = reply                   # an error: these keys stay missing
-        else:
-            self.answered = True
-            for key, block in split_values(reply):
-                self.found.setdefault(key, block)
-            self.missing = [k for k in self.missing if k not in self.found]
-        if self.missing and self.i < len(self.hosts):
-            local_counters().route(R_FAILOVER if failed else R_MISS_FAILOVER)
+        if self.i < self.tries and error_class(sub) in self.errors:
+            local_counters().route(R_FAILOVER)
             self.next()
-            return
-        if self.found or self.answered:
-            found = self.found
-            body = b"".join([found[k] for k in self.keys if k in found])
-            self.parent.finish(body + b"END\r\n", ST_OK if found else ST_FAIL)
         else:
-            self.parent.finish(self.error or UPSTREAM_ERROR,
-                               ST_FAIL if sub.status == ST_FAIL else ST_ERROR)
+            self.parent.finish(sub.reply or b"", sub.status)
+
+
+def latest_children(children: Sequence[Route], count: int, seed: str | None = None) -> list[Route]:
+    """LatestRoute's pick: ``count`` children, pseudo-random per router host."""
+    rng = random.Random(seed if seed is not None else socket.gethostname())
+    picked = list(children)
+    rng.shuffle(picked)
+    return picked[:count]
+
+
+class LatestRoute(FailoverRoute):
+    name = "LatestRoute"
+
+    def __init__(self, children: Sequence[Route], count: int = 5,
+                 errors: dict[str, frozenset[str]] | None = None) -> None:
+        super().__init__(latest_children(children, count), errors)

@@ -1,0 +1,20 @@
+# The hashing extension's hot object (see _hash.pyx): what _routing.pyx calls per request.
+from libc.stdint cimport uint32_t, uint64_t
+
+cdef class Hasher:
+    cdef int fn                  # key hash function (index into FUNCTIONS)
+    cdef int dist                # distribution (index into DISTRIBUTIONS)
+    cdef readonly int size       # number of servers / children
+    cdef bytes salt
+    cdef bytes stop              # hash stop, e.g. b"|#|", or b""
+    cdef bytes tags              # two characters, e.g. b"{}", or b""
+    cdef uint32_t *points        # ketama continuum: sorted point values ...
+    cdef uint32_t *owners        # ... and the server index of each
+    cdef Py_ssize_t npoints
+    cdef uint64_t *seeds         # rendezvous: per-server seed ...
+    cdef double *weights         # ... and weight
+
+    cdef _build_ketama(self, list names, list weights)
+    cdef _build_rendezvous(self, list names, list weights)
+    cdef uint32_t hash_part(self, bytes key)
+    cpdef int index(self, bytes key)

@@ -1,0 +1,424 @@
+# cython: language_level=3
+"""Key hashing and consistent placement (hot path).
+
+Hashing is a specification, not an implementation detail: a fleet moving
+from twemproxy must find every key on the server twemproxy put it on.  So
+the key hashes are twemproxy's (``src/hashkit/``), bit for bit, including
+its C quirks: keys are read as *signed* chars where twemproxy does so
+(``fnv1a_64``, ``fnv1_64``, ``fnv1_32``, ``fnv1a_32``, ``one_at_a_time``
+sign-extend bytes >= 0x80), ``crc32`` is twemproxy's 15-bit variant and
+``crc32a`` the full CRC-32, and ``fnv1a_64`` keeps only 32 bits of state.
+
+Distributions:
+
+* ``ketama``: twemproxy's continuum (``nc_ketama.c``): 160 points per server
+  scaled by weight, computed in single-precision float as twemproxy does,
+  four points per MD5 of ``"<name>-<i>"``; a key goes to the first point at
+  or after its hash, wrapping.  A server's name is ``host:port``, or just
+  ``host`` when the port is 11211 (libmemcached's convention, kept by
+  twemproxy).  Checked against a real nutcracker by
+  ``tests/integration/test_twemproxy_placement.py``.
+* ``jump``: Lamping and Veach's jump consistent hash of the key hash.
+* ``rendezvous``: weighted highest-random-weight: each server scores
+  ``-weight / ln(u)``, ``u`` a uniform number from the key hash and the
+  server's name; the highest score wins.
+
+Which part of the key is hashed: everything before a hash stop (``|#|``),
+or what is between a hash tag's two characters (``{}``: the first ``{``,
+the next ``}``, non-empty, as twemproxy's ``hash_tag``); then the salt is
+appended.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int8_t, int64_t
+from libc.string cimport memcpy, memcmp, memchr
+from libc.stdlib cimport malloc, free
+from libc.math cimport floorf, log
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+cdef extern from "string.h":
+    void *memmem(const void *haystack, size_t hl, const void *needle, size_t nl)
+
+# ---------------------------------------------------------------------------
+# key hashes (twemproxy's hashkit)
+
+DEF H_ONE_AT_A_TIME = 0
+DEF H_MD5 = 1
+DEF H_CRC16 = 2
+DEF H_CRC32 = 3
+DEF H_CRC32A = 4
+DEF H_FNV1_64 = 5
+DEF H_FNV1A_64 = 6
+DEF H_FNV1_32 = 7
+DEF H_FNV1A_32 = 8
+DEF H_MURMUR = 9
+
+FUNCTIONS = ("one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
+             "fnv1_32", "fnv1a_32", "murmur")
+DISTRIBUTIONS = ("ketama", "jump", "rendezvous")
+
+cdef uint32_t CRC32_TABLE[256]
+cdef uint32_t CRC16_TABLE[256]
+
+
+cdef void _init_tables():
+    cdef uint32_t c, n, k
+    for n in range(256):
+        c = n
+        for k in range(8):
+            c = (0xEDB88320U ^ (c >> 1)) if (c & 1) else (c >> 1)
+        CRC32_TABLE[n] = c
+        c = n << 8                      # CRC-16/XMODEM (twemproxy's crc16tab)
+        for k in range(8):
+            c = ((c << 1) ^ 0x1021) if (c & 0x8000) else (c << 1)
+        CRC16_TABLE[n] = c & 0xFFFF
+
+
+_init_tables()
+
+
+# MD5 (RFC 1321), for the ketama points and the md5 key hash.
+cdef uint32_t MD5_K[64]
+cdef int MD5_S[64]
+_md5_s = (7, 12, 17, 22) * 4 + (5, 9, 14, 20) * 4 + (4, 11, 16, 23) * 4 + (6, 10, 15, 21) * 4
+for _i in range(64):
+    MD5_S[_i] = _md5_s[_i]
+    # floor(abs(sin(i + 1)) * 2**32), as the RFC defines the table
+    MD5_K[_i] = int(abs(__import__("math").sin(_i + 1)) * 4294967296.0) & 0xFFFFFFFFU
+
+
+cdef inline uint32_t rotl(uint32_t x, int c) nogil:
+    return (x << c) | (x >> (32 - c))
+
+
+cdef void md5_block(uint32_t *st, const uint8_t *blk) noexcept nogil:
+    cdef uint32_t m[16]
+    cdef uint32_t a = st[0], b = st[1], c = st[2], d = st[3], f, t
+    cdef int i, g
+    for i in range(16):
+        m[i] = (<uint32_t>blk[4 * i] | (<uint32_t>blk[4 * i + 1] << 8)
+                | (<uint32_t>blk[4 * i + 2] << 16) | (<uint32_t>blk[4 * i + 3] << 24))
+    for i in range(64):
+        if i < 16:
+            f = (b & c) | (~b & d)
+            g = i
+        elif i < 32:
+            f = (d & b) | (~d & c)
+            g = (5 * i + 1) & 15
+        elif i < 48:
+            f = b ^ c ^ d
+            g = (3 * i + 5) & 15
+        else:
+            f = c ^ (b | ~d)
+            g = (7 * i) & 15
+        t = d
+        d = c
+        c = b
+        b = b + rotl(a + f + MD5_K[i] + m[g], MD5_S[i])
+        a = t
+    st[0] += a
+    st[1] += b
+    st[2] += c
+    st[3] += d
+
+
+cdef void md5(const uint8_t *p, size_t n, uint8_t *out) noexcept nogil:
+    cdef uint32_t st[4]
+    cdef uint8_t tail[128]
+    cdef size_t i, rest, tl
+    cdef uint64_t bits = (<uint64_t>n) * 8
+    st[0] = 0x67452301
+    st[1] = 0xefcdab89U
+    st[2] = 0x98badcfeU
+    st[3] = 0x10325476
+    i = 0
+    while i + 64 <= n:
+        md5_block(st, p + i)
+        i += 64
+    rest = n - i
+    memcpy(tail, p + i, rest)
+    tail[rest] = 0x80
+    tl = 64 if rest < 56 else 128
+    for i in range(rest + 1, tl - 8):
+        tail[i] = 0
+    for i in range(8):
+        tail[tl - 8 + i] = (bits >> (8 * i)) & 0xFF
+    md5_block(st, tail)
+    if tl == 128:
+        md5_block(st, tail + 64)
+    for i in range(16):
+        out[i] = (st[i >> 2] >> (8 * (i & 3))) & 0xFF
+
+
+cdef inline uint32_t le32(const uint8_t *d) noexcept nogil:
+    return <uint32_t>d[0] | (<uint32_t>d[1] << 8) | (<uint32_t>d[2] << 16) | (<uint32_t>d[3] << 24)
+
+
+cdef uint32_t key_hash(int fn, const uint8_t *p, size_t n) noexcept nogil:
+    """twemproxy's hash_<fn>(key, n); (uint32_t)(int8_t) mirrors its signed char reads."""
+    cdef uint32_t h, k
+    cdef uint64_t h64
+    cdef uint8_t digest[16]
+    cdef size_t i
+    if fn == H_FNV1A_64:
+        h = 0x84222325U                   # (uint32_t)FNV_64_INIT
+        for i in range(n):
+            h ^= <uint32_t><int8_t>p[i]
+            h *= 0x1b3                   # (uint32_t)FNV_64_PRIME
+        return h
+    if fn == H_FNV1_64:
+        h64 = 0xcbf29ce484222325ULL
+        for i in range(n):
+            h64 *= 0x100000001b3ULL
+            h64 ^= <uint64_t><int8_t>p[i]
+        return <uint32_t>h64
+    if fn == H_FNV1_32 or fn == H_FNV1A_32:
+        h = 2166136261U
+        for i in range(n):
+            if fn == H_FNV1_32:
+                h *= 16777619
+                h ^= <uint32_t><int8_t>p[i]
+            else:
+                h ^= <uint32_t><int8_t>p[i]
+                h *= 16777619
+        return h
+    if fn == H_MD5:
+        md5(p, n, digest)
+        return le32(digest)
+    if fn == H_CRC32:
+        h = 0xFFFFFFFFU
+        for i in range(n):
+            h = (h >> 8) ^ CRC32_TABLE[(h ^ p[i]) & 0xFF]
+        return ((~h) >> 16) & 0x7FFF
+    if fn == H_CRC32A:
+        h = 0xFFFFFFFFU
+        for i in range(n):
+            h = CRC32_TABLE[(h ^ p[i]) & 0xFF] ^ (h >> 8)
+        return h ^ 0xFFFFFFFFU
+    if fn == H_CRC16:
+        h = 0
+        for i in range(n):
+            h = (h << 8) ^ CRC16_TABLE[((h >> 8) ^ <uint32_t><int8_t>p[i]) & 0xFF]
+        return h
+    if fn == H_MURMUR:
+        h = (0xdeadbeefU * <uint32_t>n) ^ <uint32_t>n
+        i = 0
+        while n - i >= 4:
+            k = le32(p + i) * 0x5bd1e995
+            k ^= k >> 24
+            k *= 0x5bd1e995
+            h = (h * 0x5bd1e995) ^ k
+            i += 4
+        if n - i == 3:
+            h ^= (<uint32_t>p[i + 2]) << 16
+        if n - i >= 2:
+            h ^= (<uint32_t>p[i + 1]) << 8
+        if n - i >= 1:
+            h ^= p[i]
+            h *= 0x5bd1e995
+        h ^= h >> 13
+        h *= 0x5bd1e995
+        h ^= h >> 15
+        return h
+    # one_at_a_time
+    h = 0
+    for i in range(n):
+        h += <uint32_t><int8_t>p[i]
+        h += h << 10
+        h ^= h >> 6
+    h += h << 3
+    h ^= h >> 11
+    h += h << 15
+    return h
+
+
+def hash_key(str function, bytes key):
+    """The 32-bit hash twemproxy's ``hash: <function>`` gives ``key``."""
+    return key_hash(FUNCTIONS.index(function), <const uint8_t *>PyBytes_AS_STRING(key),
+                    PyBytes_GET_SIZE(key))
+
+
+def md5_digest(bytes data):
+    """MD5 of ``data`` (the ketama point hash); tested against hashlib."""
+    cdef uint8_t out[16]
+    md5(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), out)
+    return bytes(out[:16])
+
+
+def ketama_name(str host, int port):
+    """twemproxy's name for a server without an explicit name (nc_conf.c)."""
+    return host if port == 11211 else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------
+# placement
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    # splitmix64's finalizer: spreads a 64-bit value uniformly
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+DEF D_KETAMA = 0
+DEF D_JUMP = 1
+DEF D_RENDEZVOUS = 2
+
+
+cdef class Hasher:
+    """Maps a key to the index of one of ``len(names)`` servers (fields in _hash.pxd).
+
+    Built once per config load; ``index`` is called per key of every request.
+    """
+
+    def __cinit__(self):
+        self.points = NULL
+        self.owners = NULL
+        self.seeds = NULL
+        self.weights = NULL
+
+    def __dealloc__(self):
+        free(self.points)
+        free(self.owners)
+        free(self.seeds)
+        free(self.weights)
+
+    def __init__(self, list names, list weights=None, str function="fnv1a_64",
+                 str distribution="ketama", bytes salt=b"", bytes stop=b"", bytes tags=b""):
+        if not names:
+            raise ValueError("a hasher needs at least one server")
+        if weights is None:
+            weights = [1] * len(names)
+        if len(weights) != len(names):
+            raise ValueError("one weight per server")
+        if len(tags) not in (0, 2):
+            raise ValueError("hash tags are two characters, e.g. {}")
+        self.fn = FUNCTIONS.index(function)
+        self.dist = DISTRIBUTIONS.index(distribution)
+        self.size = len(names)
+        self.salt = salt
+        self.stop = stop
+        self.tags = tags
+        if self.dist == D_KETAMA:
+            self._build_ketama([n.encode() if isinstance(n, str) else n for n in names], weights)
+        elif self.dist == D_RENDEZVOUS:
+            self._build_rendezvous([n.encode() if isinstance(n, str) else n for n in names],
+                                   weights)
+
+    cdef _build_ketama(self, list names, list weights):
+        cdef uint32_t total = sum(int(w) for w in weights)
+        cdef uint32_t nlive = len(names)
+        cdef float pct, a
+        cdef double d
+        cdef uint32_t per_server, i, x
+        cdef uint8_t digest[16]
+        cdef list pts = []
+        cdef bytes label
+        for idx, (name, w) in enumerate(zip(names, weights)):
+            # nc_ketama.c, in float as there: floorf(pct * 160 / 4 * n + 1e-10) * 4
+            pct = <float><uint32_t>int(w) / <float>total
+            a = pct * 160
+            a = a / 4
+            a = a * <float>nlive
+            d = <double>a + 0.0000000001
+            per_server = <uint32_t>(floorf(<float>d) * 4)
+            for i in range(per_server // 4):
+                label = name + b"-%d" % i
+                md5(<const uint8_t *>PyBytes_AS_STRING(label), len(label), digest)
+                for x in range(4):
+                    pts.append((le32(digest + 4 * x), idx))
+        pts.sort(key=lambda t: t[0])     # stable, as glibc's merge-sorting qsort
+        self.npoints = len(pts)
+        self.points = <uint32_t *>malloc(sizeof(uint32_t) * max(1, self.npoints))
+        self.owners = <uint32_t *>malloc(sizeof(uint32_t) * max(1, self.npoints))
+        if self.points == NULL or self.owners == NULL:
+            raise MemoryError()
+        for i in range(self.npoints):
+            self.points[i] = pts[i][0]
+            self.owners[i] = pts[i][1]
+
+    cdef _build_rendezvous(self, list names, list weights):
+        cdef int i
+        cdef uint8_t digest[16]
+        self.seeds = <uint64_t *>malloc(sizeof(uint64_t) * self.size)
+        self.weights = <double *>malloc(sizeof(double) * self.size)
+        if self.seeds == NULL or self.weights == NULL:
+            raise MemoryError()
+        for i in range(self.size):
+            # the seed depends on the name only, so removing a server moves only its keys
+            md5(<const uint8_t *>PyBytes_AS_STRING(names[i]), len(names[i]), digest)
+            self.seeds[i] = le32(digest) | (<uint64_t>le32(digest + 4) << 32)
+            self.weights[i] = float(weights[i])
+
+    cdef uint32_t hash_part(self, bytes key):
+        """The hash of the part of ``key`` that places it (stop, tags, salt)."""
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(key)
+        cdef size_t n = PyBytes_GET_SIZE(key)
+        cdef const uint8_t *s
+        cdef const uint8_t *e
+        cdef uint8_t buf[512]
+        cdef size_t sl
+        if self.stop:
+            s = <const uint8_t *>memmem(p, n, PyBytes_AS_STRING(self.stop), len(self.stop))
+            if s != NULL:
+                n = s - p
+        elif self.tags:
+            s = <const uint8_t *>memchr(p, (<const uint8_t *>PyBytes_AS_STRING(self.tags))[0], n)
+            if s != NULL:
+                e = <const uint8_t *>memchr(s + 1, (<const uint8_t *>PyBytes_AS_STRING(self.tags))[1],
+                                            p + n - s - 1)
+                if e != NULL and e - s > 1:
+                    p = s + 1
+                    n = e - p
+        sl = len(self.salt)
+        if sl == 0:
+            return key_hash(self.fn, p, n)
+        if n + sl > sizeof(buf):
+            return key_hash(self.fn, <const uint8_t *>PyBytes_AS_STRING(key[:n] + self.salt), n + sl)
+        memcpy(buf, p, n)
+        memcpy(buf + n, PyBytes_AS_STRING(self.salt), sl)
+        return key_hash(self.fn, buf, n + sl)
+
+    cpdef int index(self, bytes key):
+        """The server index of ``key``."""
+        cdef uint32_t h
+        cdef Py_ssize_t lo, hi, mid
+        cdef int64_t b, j
+        cdef uint64_t k
+        cdef double best, score, u
+        cdef int i, win
+        if self.size == 1:
+            return 0            # as twemproxy: a one-server pool is not hashed
+        h = self.hash_part(key) if len(key) else 0
+        if self.dist == D_KETAMA:
+            lo = 0
+            hi = self.npoints
+            while lo < hi:
+                mid = lo + (hi - lo) // 2
+                if self.points[mid] < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if hi == self.npoints:
+                hi = 0
+            return self.owners[hi]
+        if self.dist == D_JUMP:
+            k = h
+            b = -1
+            j = 0
+            while j < self.size:
+                b = j
+                k = k * 2862933555777941757ULL + 1
+                j = <int64_t>((b + 1) * (<double>(1LL << 31) / <double>((k >> 33) + 1)))
+            return <int>b
+        win = 0
+        best = -1.0
+        for i in range(self.size):
+            u = ((mix64((<uint64_t>h) ^ self.seeds[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
+            score = -self.weights[i] / log(u)
+            if score > best:
+                best = score
+                win = i
+        return win

@@ -1,0 +1,47 @@
+"""Type stubs for the route tree's hot steps (see _routing.pyx)."""
+from typing import Any, Callable
+
+from mcrouter._hash import Hasher
+from mcrouter._parser import Request
+
+def retrieval_prefix(req: Request) -> bytes: ...
+def for_keys(parent: Request, owner: Any, prefix: bytes, keys: list[bytes]) -> Request: ...
+
+class Gather:
+    parent: Request
+    keys: list[bytes]
+    found: dict[bytes, bytes]
+    answered: bool
+    error: bytes | None
+    error_status: int
+    def __init__(self, parent: Request) -> None: ...
+    def take(self, sub: Request, want_hits: bool = ...) -> list[tuple[bytes, bytes]]: ...
+    def missing(self) -> list[bytes]: ...
+    def finish(self) -> None: ...
+
+class Shards(Gather):
+    left: int
+    def on_reply(self, sub: Request) -> None: ...
+
+def group_keys(keys: list[bytes], hasher: Hasher | None,
+               pick: Callable[[bytes], int] | None) -> tuple[dict[int, list[bytes]], list[int] | None]: ...
+def split(req: Request, routes: list[Any],
+          grouping: tuple[dict[int, list[bytes]], list[int] | None]) -> None: ...
+
+class TableDispatch:
+    table: list[Any]
+    def dispatch(self, req: Request) -> None: ...
+
+class HostDispatch:
+    host: Any
+    def dispatch(self, req: Request) -> None: ...
+
+class ServiceDispatch:
+    tree: Any
+    def dispatch(self, req: Request) -> None: ...
+
+class HashDispatch:
+    children: list[Any]
+    hasher: Hasher
+    keyless: list[Any]
+    def dispatch(self, req: Request) -> None: ...

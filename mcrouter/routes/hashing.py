@@ -1,0 +1,60 @@
+"""PoolRoute and HashRoute: consistent hashing over a pool's hosts or over child routes.
+
+A keyed request goes to the one destination its key hashes to (see
+``_hash.pyx`` for the placement, twemproxy-compatible ketama by default).
+There is no rehashing when that destination is down: the request gets its
+error, and a FailoverRoute above decides what happens next, so a key never
+lands on a server that will not have it once its own server is back.
+
+Requests without a key: ``flush_all`` and ``verbosity`` go to every
+destination and get one reply (the worst, as AllSyncRoute); ``stats`` goes
+to the first destination that answers (FailoverRoute); ``version`` and
+``mn`` are answered by the router.  A multi-key get is split by
+destination (``multiget.split``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from mcrouter._hash import Hasher
+from mcrouter._parser import Request
+from mcrouter.protocol import CMD_FLUSH_ALL, CMD_STATS, CMD_VERBOSITY, COMMAND_IDS
+from mcrouter.routes.base import Route
+from mcrouter.routes.failover import FailoverRoute
+from mcrouter.routes.fanout import AllSyncRoute
+from mcrouter._routing import HashDispatch, group_keys
+from mcrouter.routes.simple import LocalRoute
+
+
+class HashRoute(HashDispatch, Route):
+    """``dispatch`` is HashDispatch's (_routing.pyx): per request, no Python frame."""
+
+    name = "HashRoute"
+
+    def __init__(self, children: Sequence[Route], hasher: Hasher, title: str = "") -> None:
+        if hasher.size != len(children):
+            raise ValueError("one hash slot per child")
+        self.children = list(children)
+        self.hasher = hasher
+        self.title = title or self.name
+        local = LocalRoute()
+        keyless: list[Route] = [local] * (max(COMMAND_IDS.values()) + 2)
+        keyless[CMD_FLUSH_ALL] = keyless[CMD_VERBOSITY] = AllSyncRoute(self.children)
+        keyless[CMD_STATS] = FailoverRoute(self.children)
+        self.keyless = keyless
+
+    def label(self) -> str:
+        return self.title
+
+    def targets(self, req: Request) -> Sequence[Route]:
+        if req.keys is not None:
+            return [self.children[i] for i in group_keys(req.keys, self.hasher, None)[0]]
+        if req.key:
+            return [self.children[self.hasher.index(req.key)]]
+        return [self.keyless[req.cmd]]
+
+
+class PoolRoute(HashRoute):
+    """HashRoute over the hosts of a named pool (its children are HostRoutes)."""
+
+    name = "PoolRoute"

@@ -1,0 +1,135 @@
+"""Placement is a specification: twemproxy's vectors, stability, weights, key parts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mcrouter._hash import FUNCTIONS, Hasher, hash_key, ketama_name, md5_digest
+from mcrouter._routing import group_keys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from twemproxy_probe import probe_keys  # noqa: E402
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "ketama_twemproxy.json").read_text())
+KEYS = probe_keys(VECTORS["keys"])
+SERVERS4 = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211", "10.0.0.4:11211"]
+
+
+def hasher_for(servers: list[str], **kw) -> Hasher:
+    names = [ketama_name(*s.rsplit(":", 1)[0:1], int(s.rsplit(":", 1)[1])) for s in servers]
+    return Hasher(names, **kw)
+
+
+@pytest.mark.parametrize("case", VECTORS["cases"],
+                         ids=[f"{c['function']}-{len(c['servers'])}-{c['weights']}"
+                              for c in VECTORS["cases"]])
+def test_ketama_matches_twemproxy_vectors(case):
+    h = hasher_for(case["servers"], weights=case["weights"], function=case["function"])
+    ours = "".join(str(h.index(k)) for k in KEYS)
+    diff = [i for i, (a, b) in enumerate(zip(ours, case["placement"])) if a != b]
+    assert not diff, f"{len(diff)} of {len(KEYS)} keys placed differently, first {KEYS[diff[0]]!r}"
+
+
+def test_vectors_cover_every_function_and_the_11211_name_rule():
+    assert {c["function"] for c in VECTORS["cases"]} == set(FUNCTIONS)
+    assert ketama_name("127.0.0.1", 11211) == "127.0.0.1"
+    assert ketama_name("127.0.0.1", 22122) == "127.0.0.1:22122"
+    assert any("127.0.0.1:11211" in c["servers"] for c in VECTORS["cases"])
+
+
+@pytest.mark.parametrize("n", [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000])
+def test_md5_matches_hashlib(n):
+    data = bytes((i * 7 + 3) & 0xFF for i in range(n))
+    assert md5_digest(data) == hashlib.md5(data).digest()
+
+
+def test_key_hashes_against_independent_definitions():
+    for key in (b"", b"a", b"hello world", b"user:42:\xc3\xa9"):
+        assert hash_key("crc32a", key) == zlib.crc32(key)
+        assert hash_key("crc32", key) == (zlib.crc32(key) >> 16) & 0x7FFF
+        assert hash_key("md5", key) == int.from_bytes(hashlib.md5(key).digest()[:4], "little")
+    # published FNV-1/FNV-1a 32-bit values of "a"
+    assert hash_key("fnv1a_32", b"a") == 0xE40C292C
+    assert hash_key("fnv1_32", b"a") == 0x050C5D7E
+
+
+def moved_fraction(before: Hasher, after: Hasher, names_before: list, names_after: list) -> float:
+    keys = [b"key:%d" % i for i in range(20000)]
+    moved = sum(names_before[before.index(k)] != names_after[after.index(k)] for k in keys)
+    return moved / len(keys)
+
+
+@pytest.mark.parametrize("dist", ["ketama", "rendezvous", "jump"])
+def test_removing_one_of_four_moves_about_a_quarter(dist):
+    # jump can only drop the last bucket; the others drop one from the middle
+    gone = 3 if dist == "jump" else 1
+    after_names = [s for i, s in enumerate(SERVERS4) if i != gone]
+    before = Hasher(SERVERS4, distribution=dist)
+    after = Hasher(after_names, distribution=dist)
+    frac = moved_fraction(before, after, SERVERS4, after_names)
+    assert 0.18 < frac < 0.32, frac
+    # and only the removed server's keys move
+    keys = [b"key:%d" % i for i in range(5000)]
+    for k in keys:
+        if SERVERS4[before.index(k)] != SERVERS4[gone]:
+            assert after_names[after.index(k)] == SERVERS4[before.index(k)]
+
+
+@pytest.mark.parametrize("dist", ["ketama", "rendezvous"])
+def test_weights_shift_share(dist):
+    h = Hasher(SERVERS4, weights=[1, 1, 1, 3], distribution=dist)
+    share = Counter(h.index(b"key:%d" % i) for i in range(30000))
+    assert 0.42 < share[3] / 30000 < 0.58, share          # 3/6 expected
+    for i in range(3):
+        assert 0.12 < share[i] / 30000 < 0.22, share      # 1/6 expected each
+
+
+def test_even_spread_without_weights():
+    for dist in ("ketama", "jump", "rendezvous"):
+        share = Counter(Hasher(SERVERS4, distribution=dist).index(b"k%d" % i) for i in range(20000))
+        assert all(0.19 < share[i] / 20000 < 0.31 for i in range(4)), (dist, share)
+
+
+def test_hash_stop_tags_and_salt_pick_the_hashed_part():
+    stop = Hasher(SERVERS4, stop=b"|#|")
+    plain = Hasher(SERVERS4)
+    tags = Hasher(SERVERS4, tags=b"{}")
+    for i in range(200):
+        user = b"user%d" % i
+        assert stop.index(user + b"|#|profile") == plain.index(user)
+        assert stop.index(user + b"|#|friends") == plain.index(user)
+        assert tags.index(b"a{" + user + b"}b") == plain.index(user)
+    assert tags.index(b"a{}b") == plain.index(b"a{}b")        # empty tag: the whole key
+    assert tags.index(b"a{bc") == plain.index(b"a{bc")        # no closing tag: the whole key
+    salted = Hasher(SERVERS4, salt=b"v2")
+    keys = [b"key:%d" % i for i in range(2000)]
+    assert all(salted.index(k) == plain.index(k + b"v2") for k in keys)
+    assert sum(salted.index(k) != plain.index(k) for k in keys) > 1000
+
+
+def test_group_keeps_request_order_per_server_and_drops_duplicates():
+    h = Hasher(SERVERS4)
+    keys = [b"k%d" % i for i in range(50)] + [b"k3"]
+    groups, owners = group_keys(keys, h, None)
+    assert owners is None                                     # k3 repeats
+    assert group_keys(keys[:50], h, None)[1] == [h.index(k) for k in keys[:50]]
+    assert group_keys(keys, None, h.index) == (groups, None)
+    assert sorted(k for g in groups.values() for k in g) == sorted(set(keys))
+    for idx, ks in groups.items():
+        assert all(h.index(k) == idx for k in ks)
+        assert ks == sorted(ks, key=keys.index)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        Hasher([])
+    with pytest.raises(ValueError):
+        Hasher(["a", "b"], weights=[1])
+    with pytest.raises(ValueError):
+        Hasher(["a"], function="sha1")
