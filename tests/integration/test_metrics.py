@@ -353,3 +353,37 @@ def test_reloads_and_added_workers_are_counted(memcached, router):
         c.close()
     assert Scrape(r.scrape())["mcrouter_requests_total", {"cmd": "get"}] == before + 8
     assert Scrape(r.scrape())["mcrouter_config_reloads_total", {"result": "success"}] == 1
+
+
+def test_route_decisions_of_the_route_library(memcached, router):
+    """FailoverRoute past a pool that is down, and AllSyncRoute's copies:
+    one decision per request."""
+    m1, m2 = memcached(), memcached()
+    dead = memcached()
+    dead.kill()                                     # connections are refused: down at once
+    failover = router(f"""
+pools:
+  gone: {{servers: [{dead.addr}]}}
+  live: {{servers: [{m1.addr}]}}
+route: {{type: FailoverRoute, children: [PoolRoute|gone, PoolRoute|live]}}
+""", workers=2, metrics=True)
+    with failover.client() as c:
+        for i in range(5):
+            assert c.call(b"get f%d\r\n" % i) == b"END\r\n"
+    s = Scrape(failover.scrape())
+    assert s["mcrouter_route_decisions_total", {"decision": "failover"}] == 5
+    assert s["mcrouter_host_up", {"host": dead.addr}] == 0
+
+    fanout = router(f"""
+pools:
+  a: {{servers: [{m1.addr}]}}
+  b: {{servers: [{m2.addr}]}}
+route: {{type: AllSyncRoute, children: [PoolRoute|a, PoolRoute|b]}}
+""", workers=2, metrics=True)
+    with fanout.client() as c:
+        for i in range(3):
+            assert c.call(b"set s%d 0 0 1\r\nx\r\n" % i) == b"STORED\r\n"
+    s = Scrape(fanout.scrape())
+    assert s["mcrouter_route_decisions_total", {"decision": "fanout"}] == 3
+    for m in (m1, m2):
+        assert s["mcrouter_upstream_requests_total", {"cmd": "set", "host": m.addr}] == 3
