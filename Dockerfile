@@ -22,6 +22,6 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mcrouter
 COPY router.yaml /etc/mcrouter/router.yaml
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mcrouter", "run", "-f", "/etc/mcrouter/router.yaml", "-l", "tcp://:8080"]
