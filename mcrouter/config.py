@@ -25,7 +25,7 @@ gomcrouter, anything unknown is refused.  Every error is one line,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import yaml
@@ -76,7 +76,7 @@ OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
 TOP_KEYS = ("orderedPool", "pools", "route", "health")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
-POOL_KEYS = ("servers", "hash", "weights")
+POOL_KEYS = ("servers", "hash", "weights", "health")
 HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
 MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
 
@@ -109,6 +109,7 @@ class PoolConfig:
     servers: tuple[HostAddr, ...]
     weights: tuple[int, ...]
     hash: HashConfig
+    health: dict[str, int] = field(default_factory=dict)    # overrides of the top-level health
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,18 @@ class RouterConfig:
     route: RouteConfig
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
+
+    def policy(self, addr: HostAddr) -> HealthPolicy:
+        """The health settings of one host: the top-level ``health:`` with the
+        overrides of the first pool (in config order) that lists the host
+        and has a ``health:`` of its own."""
+        for pool in self.pools.values():
+            if pool.health and addr in pool.servers:
+                return replace(self.health, **pool.health)
+        return self.health
+
+    def policies(self) -> dict[HostAddr, HealthPolicy]:
+        return {addr: self.policy(addr) for addr in self.hosts()}
 
     def hosts(self) -> tuple[HostAddr, ...]:
         """Every distinct upstream address, in config order: one Host each,
@@ -275,7 +288,8 @@ class _Checker:
         if hconf.distribution == "jump" and len(set(weights)) > 1:
             raise self.fail(items["weights"][1], "jump hashing cannot weigh servers",
                             "use distribution: ketama or rendezvous, or drop weights")
-        return PoolConfig(name, tuple(servers), weights, hconf)
+        health = self.health_values(items["health"][1]) if "health" in items else {}
+        return PoolConfig(name, tuple(servers), weights, hconf, health)
 
     def hash(self, node: yaml.Node) -> HashConfig:
         items = self.keyed(node, "hash", HASH_KEYS)
@@ -299,7 +313,8 @@ class _Checker:
 
     # -- routes ------------------------------------------------------------
 
-    def health(self, node: yaml.Node) -> HealthPolicy:
+    def health_values(self, node: yaml.Node) -> dict[str, int]:
+        """The keys a ``health:`` mapping sets (top level or in a pool)."""
         values: dict[str, int] = {}
         for k, v in self.mapping(node, "health"):
             key = self.choice(k, "health key", HEALTH_KEYS)
@@ -308,7 +323,7 @@ class _Checker:
                 raise self.fail(v, f"health.{key} must be a whole number of at least 1 (got {text!r})",
                                 "write e.g. 2")
             values[key] = int(text)
-        return HealthPolicy(**values)
+        return values
 
     def route(self, node: yaml.Node) -> RouteConfig:
         if isinstance(node, yaml.ScalarNode):
@@ -479,7 +494,7 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
         elif key == "route":
             route = check.route(v)
         elif key == "health":
-            health = check.health(v)
+            health = HealthPolicy(**check.health_values(v))
         else:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:

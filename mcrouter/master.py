@@ -263,7 +263,7 @@ class Master:
         self.channels[pid] = mine
 
     def spawn_sidecar(self) -> None:
-        hosts = [(self.slots[addr], addr, self.config.health) for addr in self.config.hosts()]
+        hosts = [(self.slots[addr], addr, policy) for addr, policy in self.config.policies().items()]
         s = self.settings
         self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
             self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid,
@@ -448,7 +448,7 @@ class Master:
         old = {str(h) for h in self.config.ordered_pool}
         new = {str(h) for h in config.ordered_pool}
         restart_sidecar = (set(config.hosts()) != set(self.config.hosts())
-                           or config.health != self.config.health)
+                           or config.policies() != self.config.policies())
         self.config = config
         self.generation += 1
         note_reload(True)

@@ -161,14 +161,14 @@ class Worker:
         s = self.settings
         return Host(addr, self.loop, self.table, self.table.slot_of(str(addr)),
                     s.upstream_connections, s.timeout_ms / 1000.0,
-                    s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.health.tko)
+                    s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.policy(addr).tko)
 
     def build(self, config: RouterConfig) -> Route:
         """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
         addrs = config.hosts()
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
         for h in self.hosts.live.values():
-            h.tko = config.health.tko
+            h.tko = config.policy(h.addr).tko
         return with_router_commands(build_route(config, hosts), self.table, self.metrics)
 
     # -- reload ------------------------------------------------------------

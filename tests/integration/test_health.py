@@ -318,3 +318,27 @@ def test_connect_timeout_is_its_own_setting(router):
         for s in fillers:
             s.close()
     assert took < 1.5, f"connect failure took {took:.2f}s with a 200 ms connect timeout"
+
+
+def test_health_settings_per_pool(memcached, router):
+    """Two pools with their own probe settings: a hung host in the pool with
+    fail: 1 is marked down within about one interval, one in the pool with
+    fail: 50 stays up meanwhile."""
+    m1, m2 = memcached(), memcached()
+    cfg = f"""
+pools:
+  quick: {{servers: [{m1.addr}], health: {{fail: 1, rise: 1, probe_timeout_ms: 100}}}}
+  patient: {{servers: [{m2.addr}], health: {{fail: 50, probe_timeout_ms: 100}}}}
+route: {{type: AllSyncRoute, children: [PoolRoute|quick, PoolRoute|patient]}}
+"""
+    r = router(cfg, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
+    for m in (m1, m2):
+        m.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
+        time.sleep(4 * INTERVAL)
+        assert states(r).get(m2.addr) == "up", states(r)
+    finally:
+        for m in (m1, m2):
+            m.proc.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: states(r).get(m1.addr) == "up", 5), states(r)

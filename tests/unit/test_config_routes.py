@@ -69,8 +69,8 @@ def test_every_route_type_has_a_schema_and_every_command_a_probe():
 # (text, line, column, words the message must contain)
 INVALID = {
     "unknown-pool": (POOLS + "route: PoolRoute|nope\n", 10, 8, "unknown pool 'nope'"),
-    "unknown-pool-key": ("pools:\n  a:\n    servers: [h:1]\n    health: 1\nroute: PoolRoute|a\n",
-                         4, 5, "unknown pool 'a' key 'health'"),
+    "unknown-pool-key": ("pools:\n  a:\n    servers: [h:1]\n    replicas: 1\nroute: PoolRoute|a\n",
+                         4, 5, "unknown pool 'a' key 'replicas'"),
     "no-servers": ("pools:\n  a: {hash: {function: md5}}\nroute: PoolRoute|a\n", 2, 6, "no servers"),
     "dup-server": ("pools:\n  a: {servers: [h:1, h:1]}\nroute: PoolRoute|a\n", 2, 22, "twice"),
     "weights-count": ("pools:\n  a: {servers: [h:1, h:2], weights: [1]}\nroute: PoolRoute|a\n",

@@ -145,3 +145,25 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_pool_health_overrides_the_top_level_for_its_servers():
+    cfg = parse_config("""
+health: {fail: 3, probe_timeout_ms: 500}
+pools:
+  fast: {servers: [a:1, b:1], health: {fail: 1, rise: 1}}
+  slow: {servers: [b:1, c:1]}
+route: PoolRoute|fast
+""")
+    assert cfg.policy(HostAddr("a", 1)) == HealthPolicy(fail=1, rise=1, tko=3, probe_timeout_ms=500)
+    # b is in both pools: the first pool with its own health: decides
+    assert cfg.policy(HostAddr("b", 1)) == HealthPolicy(fail=1, rise=1, tko=3, probe_timeout_ms=500)
+    assert cfg.policy(HostAddr("c", 1)) == HealthPolicy(fail=3, rise=2, tko=3, probe_timeout_ms=500)
+    assert list(cfg.policies()) == [HostAddr("a", 1), HostAddr("b", 1), HostAddr("c", 1)]
+
+
+def test_pool_health_errors_name_the_line():
+    with pytest.raises(ConfigError) as e:
+        parse_config("pools:\n  p: {servers: [a:1], health: {tko: 0}}\nroute: PoolRoute|p\n", "r.yaml")
+    assert str(e.value) == ("r.yaml:2:37: health.tko must be a whole number of at least 1 "
+                            "(got '0'); write e.g. 2")
