@@ -77,12 +77,13 @@ class HostTable:
         self.records_at = (16 + 2 * capacity + 63) // 64 * 64
         self.mm = mmap.mmap(-1, self.records_at + capacity * RECORD_SIZE)
         HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, capacity, 0)
+        self._used = memoryview(self.mm)[12:16].cast("I")     # read every loop turn: no unpack
 
     # -- slots (the master) --------------------------------------------------
 
     @property
     def used(self) -> int:
-        return HEADER.unpack_from(self.mm, 0)[3]
+        return self._used[0]
 
     def assign(self, key: str) -> int:
         """The slot of host ``key``, made (up, no address) if it is new."""
@@ -111,7 +112,7 @@ class HostTable:
 
     def signature(self) -> bytes:
         """The bytes that change whenever any host's state or address does."""
-        return self.mm[16:16 + 2 * self.used]
+        return self.mm[16:16 + 2 * self._used[0]]
 
     def state(self, slot: int) -> int:
         return self.mm[16 + 2 * slot]
