@@ -37,6 +37,7 @@ class HostDispatch:
     def dispatch(self, req: Request) -> None: ...
 
 class ServiceDispatch:
+    """Subclasses define ``serve`` (reserved keys) and ``serve_stats`` (stats)."""
     tree: Any
     def dispatch(self, req: Request) -> None: ...
 

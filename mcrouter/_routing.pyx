@@ -29,7 +29,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, ST_OK, ST_FAIL, ST_ERROR
+from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, CMD_STATS, ST_OK, ST_FAIL, ST_ERROR
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, UPSTREAM_ERROR
 
 cdef bytes END = b"END\r\n"
@@ -61,13 +61,17 @@ cdef class HostDispatch:
 
 
 cdef class ServiceDispatch:
-    """Base of RootRoute: reserved ``__mcrouter__.`` keys to ``serve``, the rest to the tree."""
+    """Base of RootRoute: what the router answers about itself (reserved
+    ``__mcrouter__.`` keys to ``serve``, ``stats`` to ``serve_stats``), the
+    rest to the tree."""
 
     cdef public object tree
 
     cpdef dispatch(self, Request req):
         if req.cmd == CMD_GET and req.keys is None and req.key.startswith(b"__mcrouter__."):
             self.serve(req)
+        elif req.cmd == CMD_STATS:
+            self.serve_stats(req)
         else:
             self.tree.dispatch(req)
 

@@ -33,7 +33,7 @@ from mcrouter.hostset import HostSet
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
-from mcrouter.routes.admin import with_router_commands
+from mcrouter.routes.admin import router_stats
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host
 
@@ -169,7 +169,7 @@ class Worker:
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
-        return with_router_commands(build_route(config, hosts), self.table, self.metrics)
+        return build_route(config, hosts, router_stats(self.table, self.metrics))
 
     # -- reload ------------------------------------------------------------
 

@@ -114,6 +114,8 @@ class _Builder:
         return OperationSelectorRoute(table)
 
 
-def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> RootRoute:
-    """The route tree of ``config`` over ``hosts`` (one per ``config.hosts()``)."""
-    return RootRoute(_Builder(config, hosts).build(config.route))
+def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream],
+                stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None) -> RootRoute:
+    """The route tree of ``config`` over ``hosts`` (one per ``config.hosts()``),
+    with the ``stats`` groups the router answers itself."""
+    return RootRoute(_Builder(config, hosts).build(config.route), stats_groups)

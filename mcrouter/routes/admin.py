@@ -22,12 +22,9 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
                                G_ROUTES, G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS,
                                G_WORKERS, H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
                                ROUTE_DECISIONS)
-from mcrouter._parser import Request
 from mcrouter.health import DOWN, HostTable
 from mcrouter.metrics import MetricsBlock
-from mcrouter.protocol import CMD_STATS, COMMAND_IDS, ST_OK
-from mcrouter.routes.base import Route
-from mcrouter.routes.selector import OperationSelectorRoute
+from mcrouter.protocol import COMMAND_IDS
 
 
 def servers_reply(table: HostTable) -> bytes:
@@ -82,30 +79,7 @@ def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
     return ("".join(f"STAT {k} {v}\r\n" for k, v in stats) + "END\r\n").encode()
 
 
-class RouterStatsRoute(Route):
-    name = "RouterStatsRoute"
-
-    def __init__(self, fallback: Route, table: HostTable, block: MetricsBlock) -> None:
-        self.fallback = fallback
-        self.groups: dict[bytes, Callable[[], bytes]] = {
-            b"servers": lambda: servers_reply(table),
-            b"mcrouter": lambda: mcrouter_reply(table, block),
-        }
-
-    def dispatch(self, req: Request) -> None:
-        words = req.wire.split()
-        group = self.groups.get(words[1]) if len(words) == 2 else None
-        if group is not None:
-            req.finish(group(), ST_OK)
-        else:
-            self.fallback.dispatch(req)
-
-
-def with_router_commands(route: Route, table: HostTable, block: MetricsBlock) -> Route:
-    """``route`` with the router's own commands in front of its stats entry."""
-    if isinstance(route, OperationSelectorRoute):
-        commands = list(route.table)
-    else:
-        commands = [route] * (max(COMMAND_IDS.values()) + 2)
-    commands[CMD_STATS] = RouterStatsRoute(commands[CMD_STATS], table, block)
-    return OperationSelectorRoute(commands)
+def router_stats(table: HostTable, block: MetricsBlock) -> dict[bytes, Callable[[], bytes]]:
+    """The ``stats <group>`` replies the router makes itself (RootRoute serves them)."""
+    return {b"servers": lambda: servers_reply(table),
+            b"mcrouter": lambda: mcrouter_reply(table, block)}

@@ -14,6 +14,7 @@ one place every request enters.
 from __future__ import annotations
 
 import re
+from typing import Callable, Mapping
 
 from mcrouter._parser import Request, RequestParser
 from mcrouter._routing import ServiceDispatch
@@ -57,12 +58,23 @@ def trace(root: Route, command: str, key: bytes) -> Trace:
 
 class RootRoute(ServiceDispatch, Route):
     """The entry of the tree: reserved ``__mcrouter__.`` keys (``serve``),
-    then the tree (``dispatch`` is ServiceDispatch's, in _routing.pyx)."""
+    the router's own ``stats`` groups (``serve_stats``), then the tree (``dispatch`` is ServiceDispatch's, in _routing.pyx)."""
 
     name = "RootRoute"
 
-    def __init__(self, tree: Route) -> None:
+    def __init__(self, tree: Route, stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None
+                 ) -> None:
         self.tree = tree
+        # ``stats <group>`` the router answers itself (routes/admin.py); other stats go to the tree
+        self.stats_groups = dict(stats_groups or {})
+
+    def serve_stats(self, req: Request) -> None:
+        words = req.wire.split()
+        group = self.stats_groups.get(words[1]) if len(words) == 2 else None
+        if group is not None:
+            req.finish(group(), ST_OK)
+        else:
+            self.tree.dispatch(req)
 
     def serve(self, req: Request) -> None:
         m = _SERVICE_RE.match(req.key)
