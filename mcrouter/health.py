@@ -101,7 +101,8 @@ class HostTable:
     def slot_of(self, key: str) -> int:
         raw = key.encode()[:64]
         for slot in range(self.used):
-            if _text(self.mm[self._rec(slot):self._rec(slot) + 64]).encode() == raw:
+            at = self._rec(slot)
+            if self.mm[at:at + 64].rstrip(b"\0") == raw:
                 return slot
         return -1
 
@@ -141,7 +142,7 @@ class HostTable:
 
     def note(self, slot: int, reason: str) -> None:
         """Set the reason without changing the state (e.g. a DNS failure)."""
-        at = self._rec(slot) + 120 + 8
+        at = self._rec(slot) + 128                     # the record's reason field
         self.mm[at:at + 128] = reason.encode()[:127].ljust(128, b"\0")
 
     def address(self, slot: int) -> tuple[int, str] | None:
