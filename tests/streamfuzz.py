@@ -1,0 +1,605 @@
+"""Stream-level differential fuzzer: memcached directly vs. the router (issue 10).
+
+Each case is a stream of valid text and meta commands, mutated (flipped
+bytes, truncations, CR/LF/NUL/space runs, numbers at and beyond every
+type's limits, base64 keys, long opaques, duplicate and many flags, 250/251
+byte keys), followed by ``mn\\r\\n``.  The same bytes go, on a fresh
+connection each, to a reference memcached and to every router under test;
+the client then half-closes (SHUT_WR) and reads until EOF, so a case never
+waits on a timeout: whatever a side answered before closing is its reply.
+The replies must be equal after the normalisations below, and the
+reference's trailing ``MN`` must be the router's too (smuggling/desync).
+
+Keys carry a per-case prefix, so concurrent cases never share a key and
+PoolRoute (keys over two servers) answers as one memcached would; the
+global-state commands are handled so that this holds:
+* a case containing ``flush_all`` runs alone (no other case in flight) and
+  is followed by ``flush_all`` on every server, which also cancels any
+  delayed flush it scheduled;
+* ``stats``: only names are compared (values are pids, counters, times);
+* CAS uniques differ per server (one counter each): ``gets`` cas fields and
+  meta ``c<n>`` return flags are normalised; cas *arguments* are literals far
+  from any counter value, so they never match an item on one side only.
+
+Normalised fields (time or server dependent), and only those: STAT values,
+``VALUE`` cas field, meta ``c<n>``, meta ``t<n>`` (n >= 0) and ``l<n>``.
+
+Replay a case: ``python3 tests/streamfuzz.py --seed S --case N --show``.
+Long run: ``python3 tests/streamfuzz.py --cases 1000000 --seed 1``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+# ---------------------------------------------------------------------------
+# KNOWN, INTENDED DIFFERENCES (the only ones the comparison allows)
+#
+# | # | stream                                   | router reply                    | why                             |
+# |---|------------------------------------------|---------------------------------|---------------------------------|
+# | 1 | an admin command (cache_memlimit,        | SERVER_ERROR mcrouter: command  | issue 10 admin policy: a client |
+# |   | shutdown, slabs, lru, lru_crawler, watch,| not supported  (in place of     | must not reach a backend's      |
+# |   | misbehave, debugtime, stats detail/reset/| memcached's reply)              | admin commands                  |
+# |   | cachedump, me) at a command position     |                                 |                                 |
+# | 2 | first byte of the connection is 0x80     | nothing; connection closed      | the router speaks no binary     |
+# |   | (binary protocol)                        |                                 | protocol (issue 10 item 6)      |
+# | 3 | ``version`` answered by LocalRoute       | VERSION <x.y.z>, any version    | the backends' version, as probed|
+# |   | (PoolRoute's keyless commands)           | number (form checked exactly)   | (issue 10 item 7)               |
+#
+# Difference 1 is exercised only by ADMIN cases, whose framing is known (an
+# unmutated valid prefix; the admin line at a command position, possibly
+# after a header memcached certainly rejects): the reference stream carries
+# ``mn\r\n`` in place of the admin line and that one ``MN`` is replaced by
+# the router's refusal.  Mutated streams never contain an admin word at a
+# line start (checked; such a case would be skipped and counted).
+# Values over the router's max item size are answered by the router with
+# memcached's exact text: no entry needed (a difference there is a bug).
+# ---------------------------------------------------------------------------
+
+NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
+ADMIN_LINES = [b"cache_memlimit 8\r\n", b"cache_memlimit 8 noreply\r\n", b"shutdown\r\n",
+               b"slabs automove 0\r\n", b"lru mode flat\r\n", b"lru_crawler metadump all\r\n",
+               b"watch\r\n", b"stats detail on\r\n", b"stats cachedump 1 1\r\n",
+               b"stats reset\r\n", b"me fzadmin\r\n", b"misbehave\r\n", b"debugtime 1\r\n"]
+ADMIN_AT_LINE_START = re.compile(
+    rb"(?:^|\n) *(?:cache_memlimit|shutdown|slabs|lru|lru_crawler|watch|misbehave|debugtime|me"
+    rb"|stats +(?:detail|reset|cachedump))(?: |\r|\n|$)")
+
+LIMITS = [2 ** 31, 2 ** 32, 2 ** 63, 2 ** 64]
+NUMBERS = ([str(v + d).encode() for v in LIMITS for d in (-1, 0, 1)]
+           + [b"-" + str(v + d).encode() for v in LIMITS for d in (-1, 0, 1)]
+           + [b"-1", b"-0", b"+0", b"+5", b"0", b"1" * 30, b"-" + b"9" * 30, b"00000000000000000000001",
+              b"1.5", b"0x10", b"5 ", b"\t7", b"", b"99999999999999999999"])
+FLAG_CHARS = b"bNTRlOkstcfvhuqPLMICFEDJSwxXZW"
+
+
+# ---------------------------------------------------------------------------
+# generation
+
+class Gen:
+    """Commands of one case: keys carry ``prefix`` so cases never share one."""
+
+    def __init__(self, rnd: random.Random, prefix: bytes) -> None:
+        self.r = rnd
+        self.prefix = prefix
+
+    def key(self) -> bytes:
+        r = self.r
+        x = r.random()
+        if x < 0.04:
+            return self.prefix + b"k" * (250 - len(self.prefix))
+        if x < 0.07:
+            return self.prefix + b"k" * (251 - len(self.prefix))
+        return self.prefix + b"k%d" % r.randrange(4)
+
+    def value(self) -> bytes:
+        r = self.r
+        x = r.random()
+        if x < 0.1:
+            return b""
+        if x < 0.15:
+            return b"12345678901234567890"[:r.randrange(1, 21)]
+        if x < 0.2:
+            return bytes(r.randrange(256) for _ in range(r.randrange(1, 40)))
+        if x < 0.21:
+            return b"v" * (1048576 + r.choice((-1000, 0, 1)))
+        return b"%d" % r.randrange(1000) if r.random() < 0.5 else b"val" * r.randrange(1, 10)
+
+    def exptime(self) -> bytes:
+        return self.r.choice((b"0", b"0", b"1000", b"-1", b"2592000", b"2592001", b"4000000000"))
+
+    def flags(self) -> bytes:
+        return self.r.choice((b"0", b"1", b"4294967295", b"65535"))
+
+    def b64key(self) -> tuple[bytes, bool]:
+        raw = self.key()
+        enc = base64.b64encode(raw)
+        if self.r.random() < 0.3:
+            enc = self.r.choice((enc[:-1], enc + b"!", b"!!!!", enc.replace(b"=", b""), b"===="))
+            return enc, False
+        return enc, True
+
+    def meta_flags(self, choices: bytes) -> list[bytes]:
+        r = self.r
+        out = []
+        for _ in range(r.choice((0, 1, 2, 3, 5, 20, 25))):
+            c = bytes([r.choice(choices)])
+            if c in b"TNRLM":
+                c += r.choice((b"100", b"0", b"-1", b"E", b"S", b"A", b"I", b"D", b"")) \
+                    if c == b"M" else r.choice((b"100", b"0", b"", b"-1", b"x"))
+            elif c == b"O":
+                c += b"o" * r.choice((1, 31, 32, 33, 40))
+            elif c in b"CEDJ":
+                c += r.choice((b"99999999999", b"0", b"1", b""))
+            out.append(c)
+        return out
+
+    def command(self) -> bytes:
+        r = self.r
+        kind = r.choice(("set", "add", "replace", "append", "prepend", "cas", "get", "gets",
+                         "gat", "gats", "delete", "incr", "decr", "touch", "mg", "ms", "md",
+                         "ma", "mn", "version", "verbosity", "stats", "mg", "ms", "set", "get"))
+        nr = b" noreply" if r.random() < 0.2 else b""
+        if kind in ("set", "add", "replace", "append", "prepend", "cas"):
+            v = self.value()
+            cas = b" " + r.choice((b"0", b"99999999999", b"12345678901234")) if kind == "cas" else b""
+            return b"%s %s %s %s %d%s%s\r\n%s\r\n" % (kind.encode(), self.key(), self.flags(),
+                                                     self.exptime(), len(v), cas, nr, v)
+        if kind in ("get", "gets"):
+            return kind.encode() + b"".join(b" " + self.key() for _ in range(r.randrange(1, 4))) + b"\r\n"
+        if kind in ("gat", "gats"):
+            return (kind.encode() + b" " + self.exptime()
+                    + b"".join(b" " + self.key() for _ in range(r.randrange(0, 3))) + b"\r\n")
+        if kind == "delete":
+            return b"delete %s%s%s\r\n" % (self.key(), r.choice((b"", b"", b" 0", b" 1")), nr)
+        if kind in ("incr", "decr"):
+            return b"%s %s %s%s\r\n" % (kind.encode(), self.key(), r.choice(NUMBERS[:12] + [b"1", b"7"]), nr)
+        if kind == "touch":
+            return b"touch %s %s%s\r\n" % (self.key(), self.exptime(), nr)
+        if kind in ("mg", "ms", "md", "ma"):
+            if r.random() < 0.15:
+                key, _ok = self.b64key()
+                fl = [b"b"] + self.meta_flags(FLAG_CHARS)
+            else:
+                key, fl = self.key(), self.meta_flags(FLAG_CHARS)
+            tail = b"".join(b" " + f for f in fl)
+            if kind == "ms":
+                v = self.value()
+                return b"ms %s %d%s\r\n%s\r\n" % (key, len(v), tail, v)
+            return b"%s %s%s\r\n" % (kind.encode(), key, tail)
+        if kind == "mn":
+            return b"mn\r\n"
+        if kind == "version":
+            return b"version\r\n"
+        if kind == "verbosity":
+            return b"verbosity %s%s\r\n" % (r.choice((b"0", b"1", b"")), nr)
+        if kind == "stats":
+            return r.choice((b"stats\r\n", b"stats settings\r\n"))
+        raise AssertionError(kind)
+
+    def stream(self) -> bytes:
+        r = self.r
+        cmds = [self.command() for _ in range(r.randrange(1, 8))]
+        if r.random() < 0.03:
+            cmds.insert(r.randrange(len(cmds) + 1),
+                        b"flush_all%s\r\n" % r.choice((b"", b" 0", b" 5", b" -1", b" noreply",
+                                                       b" 99999999999999999999")))
+        data = b"".join(cmds)
+        for _ in range(r.choice((0, 1, 1, 2, 3))):
+            data = self.mutate(data)
+        return data
+
+    def mutate(self, data: bytes) -> bytes:
+        r = self.r
+        if not data:
+            return data
+        i = r.randrange(len(data))
+        m = r.randrange(9)
+        if m == 0:      # flip a byte
+            return data[:i] + bytes([data[i] ^ r.randrange(1, 256)]) + data[i + 1:]
+        if m == 1:      # truncate
+            return data[:i]
+        if m == 2:      # runs of CR/LF/NUL/space
+            return data[:i] + r.choice((b"\r", b"\n", b"\x00", b" ", b"\r\n")) * r.choice((1, 2, 5, 300)) + data[i:]
+        if m in (3, 4):   # a number replaced by a limit value
+            nums = [mm for mm in re.finditer(rb"(?<=[ TNRLCEDJ])-?\d+(?=[ \r])", data)]
+            if nums:
+                mm = r.choice(nums)
+                return data[:mm.start()] + r.choice(NUMBERS) + data[mm.end():]
+            return data
+        if m == 5:      # delete a span
+            return data[:i] + data[i + r.randrange(1, 20):]
+        if m == 6:      # duplicate a span
+            j = min(len(data), i + r.randrange(1, 40))
+            return data[:j] + data[i:j] + data[j:]
+        if m == 7:      # a long line without newline
+            return data[:i] + b"x" * r.choice((2047, 2049, 3000)) + data[i:]
+        if m == 8:      # HTTP-looking line
+            return data[:i] + b"GET / HTTP/1.1\r\n" + data[i:]
+        return data
+
+
+@dataclass
+class Case:
+    number: int
+    stream: bytes                  # what the router gets
+    reference: bytes               # what memcached gets (differs only for ADMIN cases)
+    admin_mn: int = -1             # index of the MN in the reference reply that stands for the admin line
+    exclusive: bool = False        # touches global state: runs alone
+
+
+def make_case(seed: int, number: int, attempt: int = 0) -> Case:
+    r = random.Random(f"{seed}:{number}")
+    g = Gen(r, b"f%dx%dx%d:" % (seed, number, attempt))
+    x = r.random()
+    if x < 0.05:                   # known difference 1: admin line at a command position
+        prefix = b"".join(g.command() for _ in range(r.randrange(0, 3)))
+        prefix = re.sub(rb"(?m)^(?:mn|stats|flush_all|verbosity).*\r\n", b"", prefix)
+        smuggle = r.choice((b"", b"", b"set %s 0 99999999999999999999 16 noreply\r\n" % g.key(),
+                            b"set %s 4294967296 0 %%d\r\n" % g.key(),
+                            b"cas %s 0 0 %%d 18446744073709551616\r\n" % g.key()))
+        admin = r.choice(ADMIN_LINES)
+        if b"%d" in smuggle:
+            smuggle = smuggle % len(admin)
+        suffix = g.command() if r.random() < 0.5 else b""
+        suffix = re.sub(rb"(?m)^(?:mn|stats|flush_all|verbosity).*\r\n", b"", suffix)
+        head = prefix + smuggle
+        return Case(number, head + admin + suffix + b"mn\r\n", head + b"mn\r\n" + suffix + b"mn\r\n",
+                    admin_mn=-2)
+    if x < 0.06:                   # known difference 2: binary protocol
+        body = b"\x80" + bytes(r.randrange(256) for _ in range(r.randrange(0, 40)))
+        return Case(number, body + b"mn\r\n", body + b"mn\r\n")
+    s = g.stream() + b"mn\r\n"
+    if ADMIN_AT_LINE_START.search(s):
+        s = b"mn\r\n"              # never happens from the bases used; kept safe
+    if s[:1] == b"\x80":
+        s = b"\x00" + s[1:]
+    return Case(number, s, s, exclusive=b"flush_all" in s)
+
+
+# ---------------------------------------------------------------------------
+# comparison
+
+STAT = re.compile(rb"^STAT (\S+) .*$")
+VALUE_CAS = re.compile(rb"^(VALUE \S+ \S+ \S+) \d+$")
+META_LINE = re.compile(rb"^(VA \d+|HD|EN|NF|NS|EX|MN)( .*)?$")
+META_NORM = re.compile(rb"(?<= )(?:c\d+|t\d+|l\d+)(?= |$)")
+VERSION = re.compile(rb"^VERSION \d+\.\d+\.\d+$")
+
+
+def normalise(reply: bytes, local_version: bool = False) -> bytes:
+    """Replace time and server dependent fields (the list in the module doc)."""
+    out = []
+    lines = reply.split(b"\r\n")
+    skip_data = 0
+    for line in lines:
+        if skip_data:
+            skip_data -= 1
+            out.append(line)
+            continue
+        m = STAT.match(line)
+        if m:
+            out.append(b"STAT " + m.group(1) + b" <v>")
+            continue
+        m = VALUE_CAS.match(line)
+        if m:
+            out.append(m.group(1) + b" <cas>")
+            continue
+        if META_LINE.match(line):
+            out.append(META_NORM.sub(lambda mm: mm.group(0)[:1] + b"<n>", line))
+            continue
+        if local_version and VERSION.match(line):
+            out.append(b"VERSION <x.y.z>")
+            continue
+        out.append(line)
+    return b"\r\n".join(out)
+
+
+def expected_router_reply(case: Case, ref: bytes) -> bytes:
+    """The reference reply with the known differences applied (the table above)."""
+    if case.admin_mn != -1:
+        # the MN that stood for the admin line is the second-last one
+        last = ref.rfind(b"MN\r\n")
+        prev = ref.rfind(b"MN\r\n", 0, last)
+        if prev < 0:
+            return ref
+        return ref[:prev] + NOT_SUPPORTED + ref[prev + 4:]
+    return ref
+
+
+@dataclass
+class Outcome:
+    reply: bytes
+    closed: bool
+
+
+def diverges(case: Case, ref: Outcome, got: Outcome, local_version: bool) -> Optional[str]:
+    """None when the router's outcome is the reference's (up to the known differences)."""
+    if case.stream[:1] == b"\x80":
+        if got.reply == b"" and got.closed:
+            return None
+        return "binary protocol: the router must close without a reply"
+    want = normalise(expected_router_reply(case, ref.reply), local_version)
+    have = normalise(got.reply, local_version)
+    if want != have:
+        return "replies differ"
+    if ref.reply.endswith(b"MN\r\n") != got.reply.endswith(b"MN\r\n"):
+        return "trailing mn"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# running
+
+async def exchange(port: int, data: bytes, timeout: float) -> Outcome:
+    """Fresh connection: send, half-close, read to EOF (bounded by ``timeout``)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(data)
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+        chunks = []
+        deadline = time.monotonic() + timeout
+        closed = False
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(reader.read(1 << 20), left)
+            except asyncio.TimeoutError:
+                break
+            except (ConnectionError, OSError):
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+        return Outcome(b"".join(chunks), closed)
+    finally:
+        writer.close()
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    local_version: bool = False          # PoolRoute answers version itself
+
+
+@dataclass
+class Divergence:
+    seed: int
+    case: int
+    target: str
+    why: str
+    stream: bytes
+    reference_stream: bytes
+    ref: Outcome
+    got: Outcome
+
+    def report(self) -> str:
+        def cut(b: bytes) -> str:
+            return repr(b) if len(b) < 3000 else repr(b[:1500]) + f" ...({len(b)} bytes)... " + repr(b[-1500:])
+        return (f"DIVERGENCE ({self.why}) seed={self.seed} case={self.case} target={self.target}\n"
+                f"  stream:    {cut(self.stream)}\n"
+                + (f"  reference stream: {cut(self.reference_stream)}\n"
+                   if self.reference_stream != self.stream else "")
+                + f"  memcached: {cut(self.ref.reply)} closed={self.ref.closed}\n"
+                f"  router:    {cut(self.got.reply)} closed={self.got.closed}\n"
+                f"  replay: python3 tests/streamfuzz.py --seed {self.seed} --case {self.case}")
+
+
+@dataclass
+class Stats:
+    cases: int = 0
+    divergences: list = field(default_factory=list)
+    flaky: int = 0
+    elapsed: float = 0.0
+
+
+async def run_case(seed: int, number: int, ref_port: int, targets: list[Target],
+                   timeout: float) -> list[Divergence]:
+    """Run one case; a divergence is reported only if it repeats on a re-run with fresh keys."""
+    found: list[Divergence] = []
+    for attempt in range(3):
+        case = make_case(seed, number, attempt)
+        outs = await asyncio.gather(exchange(ref_port, case.reference, timeout),
+                                    *(exchange(t.port, case.stream, timeout) for t in targets))
+        ref = outs[0]
+        found = []
+        for t, got in zip(targets, outs[1:]):
+            why = diverges(case, ref, got, t.local_version)
+            if why:
+                found.append(Divergence(seed, number, t.name, why, case.stream, case.reference, ref, got))
+        if not found:
+            return []
+    return found
+
+
+async def flush_everything(ports: list[int], timeout: float) -> None:
+    for p in ports:
+        await exchange(p, b"flush_all\r\nverbosity 0\r\n", timeout)
+
+
+async def fuzz(seed: int, ref_port: int, targets: list[Target], backend_ports: list[int],
+               max_cases: int, seconds: float, first: int = 0, concurrency: int = 32,
+               timeout: float = 5.0, on_divergence: Optional[Callable[[Divergence], None]] = None,
+               progress: Optional[Callable[[Stats], None]] = None) -> Stats:
+    """Run cases ``first ..`` until ``max_cases`` or ``seconds``; exclusive cases run alone."""
+    stats = Stats()
+    start = time.monotonic()
+    number = first
+    all_ports = [ref_port] + backend_ports
+    while stats.cases < max_cases and time.monotonic() - start < seconds:
+        batch, exclusive = [], []
+        while len(batch) < concurrency * 4 and stats.cases + len(batch) + len(exclusive) < max_cases:
+            (exclusive if make_case(seed, number).exclusive else batch).append(number)
+            number += 1
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(n: int) -> list[Divergence]:
+            async with sem:
+                return await run_case(seed, n, ref_port, targets, timeout)
+
+        results = await asyncio.gather(*(one(n) for n in batch))
+        for n in exclusive:
+            results.append(await run_case(seed, n, ref_port, targets, timeout))
+            await flush_everything(all_ports, timeout)
+        for divs in results:
+            for d in divs:
+                stats.divergences.append(d)
+                if on_divergence:
+                    on_divergence(d)
+        stats.cases += len(batch) + len(exclusive)
+        if progress:
+            stats.elapsed = time.monotonic() - start
+            progress(stats)
+    stats.elapsed = time.monotonic() - start
+    return stats
+
+
+def divergence_class(d: Divergence) -> str:
+    """A coarse signature to group divergences: target and the first differing reply lines."""
+    a = normalise(expected_router_reply(make_case(d.seed, d.case), d.ref.reply)).split(b"\r\n")
+    b = normalise(d.got.reply).split(b"\r\n")
+    i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    la = a[i] if i < len(a) else b"<none>"
+    lb = b[i] if i < len(b) else b"<none>"
+    return f"{d.target}: {d.why}: {la[:50]!r} vs {lb[:50]!r}"
+
+
+# ---------------------------------------------------------------------------
+# stand-alone processes for the CLI
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def router_configs(pool: list[str], single: str) -> dict[str, str]:
+    return {
+        "default": f"orderedPool: [{single}]\nroute: {{type: DefaultRoute}}\n",
+        "pool": (f"pools:\n  main:\n    servers: [{', '.join(pool)}]\n"
+                 f"    hash: {{function: md5, distribution: ketama}}\nroute: PoolRoute|main\n"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=3600.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--case", type=int, help="print and run only this case")
+    ap.add_argument("--max-reports", type=int, default=20)
+    args = ap.parse_args()
+    memcached = shutil.which("memcached")
+    if not memcached:
+        print("memcached is not installed", file=sys.stderr)
+        return 2
+    procs: list[subprocess.Popen] = []
+    tmp = tempfile.mkdtemp(prefix="streamfuzz-")
+    try:
+        mports = [free_port() for _ in range(4)]
+        for p in mports:
+            procs.append(subprocess.Popen([memcached, "-u", "root", "-l", "127.0.0.1", "-p", str(p),
+                                           "-U", "0", "-t", "1", "-m", "1024"],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        for p in mports:
+            wait_port(p)
+        cfgs = router_configs([f"127.0.0.1:{mports[2]}", f"127.0.0.1:{mports[3]}"],
+                              f"127.0.0.1:{mports[1]}")
+        targets = []
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, MCROUTER_METRICS_LISTEN_ADDR="off")
+        for name, text in cfgs.items():
+            path = os.path.join(tmp, f"{name}.yaml")
+            with open(path, "w") as f:
+                f.write(text)
+            port = free_port()
+            log = open(os.path.join(tmp, f"{name}.log"), "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "mcrouter", "run", "-f", path,
+                                           "-l", f"127.0.0.1:{port}", "-n", "1"], cwd=repo, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+            wait_port(port)
+            targets.append(Target(name, port, local_version=name == "pool"))
+        time.sleep(0.5)
+        if args.case is not None:
+            c = make_case(args.seed, args.case)
+            print("stream:", repr(c.stream))
+            divs = asyncio.run(run_case(args.seed, args.case, mports[0], targets, 5.0))
+            for d in divs:
+                print(d.report())
+            return 1 if divs else 0
+        classes: dict[str, Divergence] = {}
+        counts: dict[str, int] = {}
+
+        def on_div(d: Divergence) -> None:
+            k = divergence_class(d)
+            counts[k] = counts.get(k, 0) + 1
+            if k not in classes:
+                classes[k] = d
+                if len(classes) <= args.max_reports:
+                    print(d.report(), flush=True)
+
+        def progress(s: Stats) -> None:
+            if s.cases % 5000 < args.concurrency * 4:
+                print(f"# {s.cases} cases, {s.cases / max(s.elapsed, 1e-9):.0f}/s, "
+                      f"{len(s.divergences)} divergences, {len(classes)} classes", flush=True)
+
+        st = asyncio.run(fuzz(args.seed, mports[0], targets, mports[1:], args.cases, args.seconds,
+                              first=args.first, concurrency=args.concurrency,
+                              on_divergence=on_div, progress=progress))
+        print(f"# done: {st.cases} cases in {st.elapsed:.1f}s ({st.cases / max(st.elapsed, 1e-9):.0f}/s), "
+              f"{len(st.divergences)} divergences in {len(classes)} classes")
+        for k, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            print(f"#   {n:7d}  {k}")
+        return 1 if st.divergences else 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
