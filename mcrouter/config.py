@@ -69,8 +69,10 @@ SHORT_ARGUMENT = {"PoolRoute": "pool", "DefaultRoute": "pool", "AllFastestRoute"
 ORDERED_POOL_ROUTES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute")
 ROUTE_TYPES = tuple(ROUTE_OPTIONS)
 
-# quit is answered by the client connection itself and is never routed.
-POLICY_COMMANDS = tuple(name for name in COMMAND_IDS if name != "quit")
+# Every command a client may send; quit only as gomcrouter's README writes it
+# (``quit: LocalRoute``): the client connection answers it by closing, so any
+# other route for it would be a promise the router cannot keep.
+POLICY_COMMANDS = tuple(COMMAND_IDS)
 ERROR_CLASSES = ("timeout", "connect_error", "tko", "remote_error")
 OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
@@ -395,8 +397,14 @@ class _Checker:
     def operations(self, node: yaml.Node) -> dict[str, RouteConfig]:
         if isinstance(node, yaml.ScalarNode) and node.value in _NULL:
             return {}
-        return {self.choice(k, "command", POLICY_COMMANDS): self.route(v)
-                for k, v in self.mapping(node, "operationPolicies")}
+        policies: dict[str, RouteConfig] = {}
+        for k, v in self.mapping(node, "operationPolicies"):
+            command = self.choice(k, "command", POLICY_COMMANDS)
+            policies[command] = self.route(v)
+            if command == "quit" and policies[command].type != "LocalRoute":
+                raise self.fail(v, "quit is answered by closing the client connection, never "
+                                "routed", "map it to LocalRoute (as gomcrouter does) or remove it")
+        return policies
 
     def prefixes(self, node: yaml.Node) -> dict[str, RouteConfig]:
         return {self.scalar(k, "a key prefix"): self.route(v)
