@@ -375,8 +375,13 @@ cdef class RequestParser:
         elif (tok_is(p, c0, cl, "cache_memlimit", 14) or tok_is(p, c0, cl, "shutdown", 8)
               or tok_is(p, c0, cl, "slabs", 5) or tok_is(p, c0, cl, "lru", 3)
               or tok_is(p, c0, cl, "lru_crawler", 11) or tok_is(p, c0, cl, "watch", 5)
-              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)):
-            out.append(local_reply(R_NOT_SUPPORTED))
+              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)
+              or tok_is(p, c0, cl, "extstore", 8) or tok_is(p, c0, cl, "refresh_certs", 13)):
+            # memcached's admin commands: RootRoute refuses each one unless the
+            # config's admin: section allows it (routes/admin_policy.py).  With
+            # noreply, mn follows, so the reply frames whether memcached honours it.
+            out.append(self.forward(p, CMD_ADMIN, RK_LINE, self.last_is(p, "noreply", 7),
+                                    pos, nxt, -1))
             return nxt
         # memcached closes on anything that looks like HTTP
         cdef int last = self.ntok - 1
