@@ -200,23 +200,6 @@ def test_the_policy_holds_for_every_route(memcached, router):
             assert c.request(req, NOT_SUPPORTED) == NOT_SUPPORTED, req
 
 
-@pytest.mark.parametrize("allow, line, col, what", [
-    ("[shutdown]", 3, 17, "shutdown can never be allowed"),
-    ("[watch]", 3, 17, "watch can never be allowed"),
-    ("[stats_sizes_enable]", 3, 17, "stats_sizes_enable can never be allowed"),
-    ("[flush_all, stats]", 3, 28, "unknown admin command 'stats'"),
-    ("flush_all", 3, 16, "admin.allow must be a list"),
-])
-def test_admin_section_errors_name_file_line_column(allow, line, col, what):
-    from mcrouter.config import ConfigError, parse_config
-    text = f"orderedPool: [127.0.0.1:11211]\nroute: DefaultRoute\nadmin: {{allow: {allow}}}\n"
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, "r.yaml")
-    assert str(e.value).startswith(f"r.yaml:{line}:{col}: {what}"), str(e.value)
-    with pytest.raises(ConfigError, match=r"^r\.yaml:3:9: unknown admin key 'deny'; valid: allow$"):
-        parse_config(text.replace("allow:", "deny:"), "r.yaml")
-
-
 def test_a_reload_swaps_the_policy(memcached, router):
     m = memcached()
     r = router(pool_config([m]))
