@@ -38,9 +38,9 @@ _HONOURS_NOREPLY: dict[str, Callable[[list[bytes]], bool]] = {
     "cache_memlimit": lambda w: len(w) in (2, 3),  # WANT_TOKENS_OR(ntokens, 3, 4)
     "lru": lambda w: len(w) >= 2,                  # WANT_TOKENS_MIN(ntokens, 3)
     "extstore": lambda w: len(w) >= 2,
-    # (refresh_certs: its error, the usual reply, is sent whatever the noreply)
     # only "slabs automove"; "slabs reassign" answers whatever the line ends with
     "slabs": lambda w: len(w) >= 3 and w[1] == b"automove",
+    # not refresh_certs: its error, the usual reply, is sent whatever the noreply
 }
 
 
