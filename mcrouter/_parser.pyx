@@ -422,6 +422,8 @@ cdef class RequestParser:
                 cmd = CMD_GATS
             if cmd:
                 return self.retrieval(p, cmd, pos, el, nxt, out)
+        elif tok_is(p, c0, cl, "bget", 4):      # memcached still reads it as get
+            return self.retrieval(p, CMD_GET, pos, el, nxt, out)
         elif tok_is(p, c0, cl, "set", 3):
             return self.storage(p, CMD_SET, pos, nxt, n, out)
         elif tok_is(p, c0, cl, "add", 3):
