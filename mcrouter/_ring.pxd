@@ -14,6 +14,7 @@ cdef class Ring:
     cdef bint dropping          # the oldest request's reply is too large: walking past it
     cdef Py_ssize_t skip_left   # value bytes still to drop
     cdef bint skip_last         # the reply ends with those bytes (meta VA)
+    cdef Py_ssize_t skip_seen   # its get key cursor, or meta replies seen (skip_reply)
     cdef Counters counters      # this process's metrics slot
     cdef public int host        # the host's HostTable slot (metrics index), -1 if none
 

@@ -107,7 +107,8 @@ cdef class Ring:
                 return -1       # bytes nobody asked for
             req = <Request>self.fifo[self.head]
             if self.dropping:
-                r = skip_reply(p + pos, n - pos, req.rkind, &self.skip_left, &self.skip_last, &done)
+                r = skip_reply(p + pos, n - pos, req, &self.skip_left, &self.skip_last,
+                               &self.skip_seen, &done)
                 if r < 0:
                     return -1
                 pos += r
@@ -117,7 +118,7 @@ cdef class Ring:
                 self._pop_head()
                 req.finish(REPLY_TOO_LARGE, ST_ERROR)
                 continue
-            r = scan_reply(p + pos, n - pos, req.rkind, &status)
+            r = scan_reply(p + pos, n - pos, req, &status)
             if r == -1:
                 # a multiget may carry one item per key
                 if n - pos > self.max_reply * (len(req.keys) if req.keys is not None else 1):
@@ -127,6 +128,7 @@ cdef class Ring:
                     self.dropping = True
                     self.skip_left = 0
                     self.skip_last = False
+                    self.skip_seen = 0
                     done = False
                     continue
                 break
