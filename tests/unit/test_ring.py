@@ -220,6 +220,8 @@ def test_a_reply_that_cannot_answer_its_request_is_never_delivered(request_bytes
     stream = good + wrong + b"VALUE z 0 1\r\nZ\r\nEND\r\n"
     if step == 0:
         assert ring.feed(stream) == -1
+        assert ring.fault_cmd == bad.cmd          # what the log line names
+        assert ring.fault_bytes == stream[len(good):len(good) + 80]
     else:
         results = [ring.feed(stream[i:i + 1]) for i in range(len(stream))]
         assert -1 in results and set(results[:results.index(-1)]) == {0}
@@ -243,6 +245,7 @@ def test_an_extra_reply_is_a_protocol_error_and_the_first_is_kept(request_bytes,
     req = requests(request_bytes, inbox)[0]
     ring.push(req, 10.0)
     assert ring.feed(stream) == -1          # bytes nobody asked for
+    assert ring.fault_cmd == 0 and ring.fault_bytes == stream[len(stream) // 2:]
     assert inbox.got == [(req.wire, delivered, status)]
 
 
