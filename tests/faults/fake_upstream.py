@@ -6,7 +6,9 @@ misbehave on the next requests it reads:
 
 * ``normal``  answer like memcached (a dict behind it)
 * ``hang``    read requests and never answer them
-* ``garbage`` answer with bytes that are no valid reply
+* ``garbage`` answer with the given bytes instead of the reply (default:
+              bytes that are no valid reply)
+* ``extra``   answer normally, then send the given bytes too
 * ``torn``    start a VALUE reply, stop in the middle of the data, close
 * ``delay``   answer normally but only after ``delay`` seconds (in order:
               later replies on that connection wait behind it, as on a
@@ -72,7 +74,7 @@ class FakeUpstream:
 
     def behave(self, mode: str, count: Optional[int] = None, delay: float = 0.0,
                garbage: bytes = GARBAGE) -> None:
-        assert mode in ("normal", "hang", "garbage", "torn", "delay", "trickle")
+        assert mode in ("normal", "hang", "garbage", "extra", "torn", "delay", "trickle")
         with self.lock:
             self.mode, self.mode_left, self.delay, self.garbage = mode, count, delay, garbage
 
@@ -169,6 +171,8 @@ class FakeUpstream:
                     while time.monotonic() < end and not self.stopping.is_set():
                         time.sleep(0.01)
                 answer = self._answer(line, block)
+                if mode == "extra":
+                    answer += self.garbage
                 if mode == "trickle":
                     for i in range(len(answer)):
                         conn.sendall(answer[i:i + 1])

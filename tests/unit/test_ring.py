@@ -280,3 +280,49 @@ def test_a_large_reply_walked_past_is_checked_too(request_bytes, wrong):
     else:
         pytest.fail("the reply was accepted")
     assert inbox.got == []
+
+
+class FakeLoop:
+    now = 100.0
+
+
+class FakeTable:
+    def state(self, slot):
+        return 0
+
+    def generation(self, slot):
+        return 0
+
+
+def test_protocol_errors_are_logged_at_most_once_per_interval_per_host(caplog):
+    """One clear line per fault, naming host, command and bytes; a broken
+    backend cannot flood the log: the next line says how many were skipped."""
+    from mcrouter.config import HostAddr
+    from mcrouter.upstream import PROTOCOL_LOG_INTERVAL, Host
+
+    loop = FakeLoop()
+    host = Host(HostAddr("10.0.0.7", 11211), loop, FakeTable(), 0, connections=1, timeout=1.0,
+                connect_timeout=1.0, max_item_size=1 << 20, tko=3)
+    inbox, ring = Inbox(), Ring()
+    caplog.set_level("WARNING", logger="mcrouter.upstream")
+
+    def fault(request_bytes, wrong):
+        ring.push(requests(request_bytes, inbox)[0], 10.0)
+        assert ring.feed(wrong) == -1
+        ring.fail_all(GONE)
+        return host.protocol_error(ring)
+
+    assert fault(b"set k 0 0 1\r\nx\r\n", b"VALUE x 0 3\r\nabc\r\nEND\r\n") == \
+        "protocol error (a reply to set that cannot answer it)"
+    for _ in range(5):
+        loop.now += 1.0
+        fault(b"incr k 1\r\n", b"STORED\r\n")
+    loop.now += PROTOCOL_LOG_INTERVAL
+    assert ring.feed(b"END\r\n") == -1          # nothing owed
+    host.protocol_error(ring)
+    assert [r.getMessage() for r in caplog.records] == [
+        "host 10.0.0.7:11211: protocol error, connection closed: a reply to set that cannot "
+        "answer it: b'VALUE x 0 3\\r\\nabc\\r\\nEND\\r\\n'",
+        "host 10.0.0.7:11211: protocol error, connection closed: bytes while no reply was "
+        "owed: b'END\\r\\n' (5 more since the last such line)",
+    ]
