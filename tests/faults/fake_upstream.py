@@ -9,7 +9,8 @@ misbehave on the next requests it reads:
 * ``garbage`` answer with the given bytes instead of the reply (default:
               bytes that are no valid reply)
 * ``extra``   answer normally, then send the given bytes too
-* ``torn``    start a VALUE reply, stop in the middle of the data, close
+* ``torn``    start a VALUE reply (for the key asked), stop in the middle of
+              the data, close
 * ``delay``   answer normally but only after ``delay`` seconds (in order:
               later replies on that connection wait behind it, as on a
               real pipelined connection)
@@ -162,7 +163,10 @@ class FakeUpstream:
                     conn.sendall(self.garbage)
                     continue
                 if mode == "torn":
-                    conn.sendall(b"VALUE torn 0 100\r\n" + b"t" * 40)
+                    # a reply to a get of that key, cut short
+                    parts = line.split()
+                    key = parts[1] if len(parts) > 1 else b"torn"
+                    conn.sendall(b"VALUE %s 0 100\r\n%s" % (key, b"t" * 40))
                     conn.shutdown(socket.SHUT_RDWR)
                     conn.close()
                     return
