@@ -165,7 +165,6 @@ WRONG_REPLIES = [
     (b"gets k\r\n", b"VALUE k 0 1 x\r\nx\r\nEND\r\n"),
     (b"gat 10 k\r\n", b"VALUE 10 0 1\r\nx\r\nEND\r\n"),           # the exptime is no key
     (b"gats 10 k\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
-    (b"gat 10\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),              # no key asked at all
     (b"stats\r\n", b"STORED\r\n"),
     (b"stats\r\n", b"STAT pid 1\r\nVALUE k 0 1\r\nx\r\nEND\r\n"),
     (b"mg k v\r\n", b"NS\r\n"),
