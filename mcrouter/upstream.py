@@ -37,10 +37,10 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 DOWN, CONNECTING, UP = 0, 1, 2
 # connect() errors that say "nobody is there": they mark the host down at once
+HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 # at most one protocol-error line per host in this many seconds (per worker):
 # a broken backend must not flood the log; the metric counts every one
 PROTOCOL_LOG_INTERVAL = 10.0
-HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 
 
 class Host:
