@@ -756,7 +756,8 @@ cdef inline bint starts(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, c
     return le - pos >= wl and memcmp(p + pos, w, wl) == 0
 
 
-cdef inline bint line_is(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, const char *w, Py_ssize_t wl):
+cdef inline bint line_is(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le,
+                         const char *w, Py_ssize_t wl):
     """The whole line (its \\r\\n included) is ``w``."""
     return le - pos == wl and memcmp(p + pos, w, wl) == 0
 
@@ -807,7 +808,8 @@ cdef bint line_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int c
     """Whether the one-line reply p[pos:le] can answer classic command ``cmd``."""
     if cmd >= CMD_SET and cmd <= CMD_CAS:
         if (line_is(p, pos, le, "STORED\r\n", 8) or line_is(p, pos, le, "NOT_STORED\r\n", 12)
-                or line_is(p, pos, le, "EXISTS\r\n", 8) or line_is(p, pos, le, "NOT_FOUND\r\n", 11)):
+                or line_is(p, pos, le, "EXISTS\r\n", 8)
+                or line_is(p, pos, le, "NOT_FOUND\r\n", 11)):
             return True
     elif cmd == CMD_DELETE:
         if line_is(p, pos, le, "DELETED\r\n", 9) or line_is(p, pos, le, "NOT_FOUND\r\n", 11):
