@@ -458,8 +458,13 @@ cdef class RequestParser:
         elif (tok_is(p, c0, cl, "cache_memlimit", 14) or tok_is(p, c0, cl, "shutdown", 8)
               or tok_is(p, c0, cl, "slabs", 5) or tok_is(p, c0, cl, "lru", 3)
               or tok_is(p, c0, cl, "lru_crawler", 11) or tok_is(p, c0, cl, "watch", 5)
-              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)):
-            out.append(local_reply(R_NOT_SUPPORTED))
+              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)
+              or tok_is(p, c0, cl, "extstore", 8) or tok_is(p, c0, cl, "refresh_certs", 13)):
+            # memcached's admin commands: RootRoute refuses each one unless the
+            # config's admin: section allows it (routes/admin_policy.py).  With
+            # noreply, mn follows, so the reply frames whether memcached honours it.
+            out.append(self.forward(p, CMD_ADMIN, RK_LINE, self.last_is(p, "noreply", 7),
+                                    pos, nxt, -1))
             return nxt
         # memcached closes on anything that looks like HTTP
         cdef int last = self.ntok - 1
@@ -826,9 +831,28 @@ cdef bint line_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int c
     elif cmd == CMD_VERSION:
         if starts(p, pos, le, "VERSION ", 8):
             return True
+    elif cmd == CMD_ADMIN:
+        if admin_line(p, pos, le):
+            return True
     else:
         return False
     return is_error_line(p, pos, le)
+
+
+cdef bint admin_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
+    """What memcached 1.6.18's admin commands that a client may be allowed
+    (slabs, lru, lru_crawler crawl, cache_memlimit, extstore, ...) answer
+    besides an error line: OK, or a status word and its explanation."""
+    cdef Py_ssize_t tl = 0
+    while pos + tl < le - 2 and p[pos + tl] != b' ':
+        tl += 1
+    return (tok_is(p, pos, tl, "OK", 2) or tok_is(p, pos, tl, "BUSY", 4)
+            or tok_is(p, pos, tl, "BADCLASS", 8) or tok_is(p, pos, tl, "NOSPARE", 7)
+            or tok_is(p, pos, tl, "NOTFULL", 7) or tok_is(p, pos, tl, "UNSAFE", 6)
+            or tok_is(p, pos, tl, "SAME", 4) or tok_is(p, pos, tl, "NOTSTARTED", 10)
+            or tok_is(p, pos, tl, "MEMLIMIT_ADJUST_FAILED", 22)
+            or tok_is(p, pos, tl, "MEMLIMIT_TOO_SMALL", 18)
+            or tok_is(p, pos, tl, "Error", 5))         # refresh_certs without TLS (probed)
 
 
 cdef bint meta_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int cmd):

@@ -20,7 +20,7 @@ from twemproxy_probe import NUTCRACKER, held_by, nutcracker, store_through  # no
 
 from mcrouter._hash import Hasher, ketama_name
 
-VERSION = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+VERSION = b"VERSION 1.6.18\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 

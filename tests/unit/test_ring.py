@@ -152,6 +152,8 @@ WRONG_REPLIES = [
     (b"verbosity 1\r\n", b"DELETED\r\n"),
     (b"version\r\n", b"STORED\r\n"),
     (b"version\r\n", b"VERSION\r\n"),
+    (b"cache_memlimit 100\r\n", b"STORED\r\n"),
+    (b"slabs automove 1\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
     (b"get k\r\n", b"STORED\r\n"),
     (b"get k\r\n", b"VALUE other 0 1\r\nx\r\nEND\r\n"),          # a key not asked
     (b"get k\r\n", b"VALUE k 0 1\r\nx\r\nVALUE k 0 1\r\nx\r\nEND\r\n"),   # twice
