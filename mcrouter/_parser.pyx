@@ -422,6 +422,8 @@ cdef class RequestParser:
                 cmd = CMD_GATS
             if cmd:
                 return self.retrieval(p, cmd, pos, el, nxt, out)
+        elif tok_is(p, c0, cl, "bget", 4):      # memcached still reads it as get
+            return self.retrieval(p, CMD_GET, pos, el, nxt, out)
         elif tok_is(p, c0, cl, "set", 3):
             return self.storage(p, CMD_SET, pos, nxt, n, out)
         elif tok_is(p, c0, cl, "add", 3):
@@ -466,9 +468,11 @@ cdef class RequestParser:
             out.append(self.forward(p, CMD_ADMIN, RK_LINE, self.last_is(p, "noreply", 7),
                                     pos, nxt, -1))
             return nxt
-        # memcached closes on anything that looks like HTTP
+        # memcached closes on an unknown command that looks like HTTP, but only
+        # where its dispatch has no branch for the first letter (proto_text.c)
         cdef int last = self.ntok - 1
-        if self.tl[last] >= 5 and memcmp(p + self.ts[last], b"HTTP/", 5) == 0:
+        if memchr(b"gsacidt", first, 7) == NULL and self.tl[last] >= 5 \
+                and memcmp(p + self.ts[last], b"HTTP/", 5) == 0:
             self.close(out)
             return nxt
         out.append(local_reply(R_ERROR))
