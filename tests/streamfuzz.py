@@ -385,10 +385,22 @@ def diverges(case: Case, ref: Outcome, got: Outcome, local_version: bool) -> Opt
 # ---------------------------------------------------------------------------
 # running
 
+_source = [0]
+
+
+def next_source() -> str:
+    """A loopback source address, rotating over 127.1.0.0/16: each case opens fresh
+    connections that end in TIME_WAIT on this side, and one source address has
+    only ~28,000 ephemeral ports (a long run stalled at ~20,000 cases without this)."""
+    _source[0] = (_source[0] + 1) % 65024
+    return f"127.1.{_source[0] // 254}.{_source[0] % 254 + 1}"
+
+
 async def exchange(port: int, pieces: list[bytes], timeout: float, idle: float = 0.15) -> Outcome:
     """Fresh connection: send; once the trailing mn is answered (or nothing came for
     ``idle`` s) half-close and read to EOF; everything bounded by ``timeout``."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, local_addr=(next_source(), 0)), timeout)
     try:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
