@@ -531,6 +531,7 @@ async def fuzz(seed: int, ref_port: int, targets: list[Target], backend_ports: l
     all_ports = [ref_port] + backend_ports
     next_number = [first]
     in_flight = [0]
+    waiting = [0]                       # exclusive cases waiting for the others to finish
     gate = asyncio.Condition()          # exclusive cases wait for in_flight == 0
 
     def more() -> bool:
@@ -542,8 +543,14 @@ async def fuzz(seed: int, ref_port: int, targets: list[Target], backend_ports: l
             next_number[0] += 1
             exclusive = make_case(seed, n).exclusive
             async with gate:
-                await gate.wait_for(lambda: in_flight[0] == 0 if exclusive else in_flight[0] >= 0)
-                in_flight[0] = -1 if exclusive else in_flight[0] + 1
+                if exclusive:       # writer-preferring: no new case starts while one waits
+                    waiting[0] += 1
+                    await gate.wait_for(lambda: in_flight[0] == 0)
+                    waiting[0] -= 1
+                    in_flight[0] = -1
+                else:
+                    await gate.wait_for(lambda: in_flight[0] >= 0 and waiting[0] == 0)
+                    in_flight[0] += 1
             try:
                 divs = await run_case(seed, n, ref_port, targets, timeout)
                 if exclusive:
