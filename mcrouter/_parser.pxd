@@ -30,6 +30,7 @@ cdef enum:
     CMD_MN = 24
     CMD_ME = 25
     CMD_LOCAL = 26
+    CMD_ADMIN = 27  # a memcached admin command (cache_memlimit, lru, ...): RootRoute's admin policy
 
     RK_NONE = 0     # answered by the router itself
     RK_GET = 1      # VALUE ... <data> ... END

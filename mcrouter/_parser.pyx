@@ -20,9 +20,7 @@ kind and judges its status on the first token (ROUTES.md).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memchr, memcmp, memcpy, memset
-from base64 import b64decode
 from libc.stdlib cimport strtol, strtoul, strtoull
-from libc.errno cimport errno, ERANGE
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int32_t
 cdef extern from "Python.h":
@@ -31,17 +29,35 @@ cdef extern from "Python.h":
 cdef extern from "ctype.h":
     int isspace(int c)
 
+# Cython turns ``errno = 0`` inside a function into a local variable, so a
+# range error would never be seen: clear and test the C errno in C.
+cdef extern from *:
+    """
+    #include <errno.h>
+    static inline void mcr_clear_errno(void) { errno = 0; }
+    static inline int mcr_erange(void) { return errno == ERANGE; }
+    """
+    void mcr_clear_errno() nogil
+    bint mcr_erange() nogil
+
 DEF MAX_TOKENS = 24          # memcached's MAX_TOKENS
 DEF KEY_MAX = 250
 DEF LINE_LIMIT = 2048
+DEF BINARY_MAGIC = 0x80      # first byte of every binary-protocol request
 
 cdef bytes MN_SUFFIX = b"mn\r\n"
-cdef const char *MS_PREPARSE_FLAGS = "bNTRlOkstcfvhuqPLMICF"    # flags 1.6.18 knows
+# flags memcached 1.6.18's meta preparse accepts without a check of its own
+cdef const char *MS_PLAIN_FLAGS = "lOPLkstcfvhuqI"
+DEF META_MAX_OPAQUE = 32     # memcached's MFLAG_MAX_OPAQUE_LENGTH, 'O' included
 cdef bytes R_ERROR = b"ERROR\r\n"
 cdef bytes R_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 cdef bytes R_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 cdef bytes R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 cdef bytes R_FLAGS_TOO_LONG = b"CLIENT_ERROR options flags too long\r\n"
+cdef bytes R_BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
+cdef bytes R_BAD_DELETE = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
+cdef bytes R_END = b"END\r\n"
+cdef bytes R_BAD_TOKEN = b"CLIENT_ERROR bad token in command line format\r\n"
 DEF META_MAX_NTOKENS = 20    # memcached's MFLAG_MAX_OPT_LENGTH
 cdef bytes R_NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 
@@ -96,9 +112,9 @@ cdef Request local_reply(bytes reply):
 cdef bint mc_strtoul32(bytes tok):
     cdef const char *s = PyBytes_AS_STRING(tok)
     cdef char *end
-    errno = 0
+    mcr_clear_errno()
     cdef unsigned long l = strtoul(s, &end, 10)
-    if errno == ERANGE or end == s:
+    if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
         if <long>l < 0 and memchr(s, b'-', end - s) != NULL:
@@ -110,9 +126,9 @@ cdef bint mc_strtoul32(bytes tok):
 cdef bint mc_strtoull(bytes tok):
     cdef const char *s = PyBytes_AS_STRING(tok)
     cdef char *end
-    errno = 0
+    mcr_clear_errno()
     cdef unsigned long long l = strtoull(s, &end, 10)
-    if errno == ERANGE or end == s:
+    if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
         if <long long>l < 0 and memchr(s, b'-', end - s) != NULL:
@@ -125,14 +141,72 @@ cdef bint mc_strtol(bytes tok, long *out):
     # memcached stores the result in an int32_t: 4294967299 becomes 3 (probed)
     cdef const char *s = PyBytes_AS_STRING(tok)
     cdef char *end
-    errno = 0
+    mcr_clear_errno()
     cdef long l = strtol(s, &end, 10)
-    if errno == ERANGE or end == s:
+    if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
         out[0] = <int32_t>l
         return True
     return False
+
+
+# memcached's base64 decoder (base64.c), byte for byte: characters outside
+# the alphabet are skipped, '=' counts as a digit, the first padded block
+# ends the key, and an empty or ragged result is a failure.  The router
+# must decode exactly as the server does so that a ``b`` key hashes to the
+# server that stores it.
+
+cdef unsigned char B64_SKIP = 0x80
+cdef unsigned char B64_TABLE[256]
+cdef const unsigned char *B64_ALPHABET = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+memset(B64_TABLE, B64_SKIP, 256)
+for _i in range(64):
+    B64_TABLE[B64_ALPHABET[_i]] = _i
+B64_TABLE[b'='] = 0
+
+
+cdef bytes mc_base64_decode(const unsigned char *src, Py_ssize_t n):
+    """The decoded key, or None where memcached answers "error decoding key"."""
+    cdef Py_ssize_t i, count = 0, olen = 0
+    cdef unsigned char block[4]
+    cdef unsigned char out[KEY_MAX]
+    cdef unsigned char t
+    cdef int pad = 0
+    for i in range(n):
+        if B64_TABLE[src[i]] != B64_SKIP:
+            count += 1
+    if count == 0 or count % 4 or n > KEY_MAX:
+        return None
+    count = 0
+    for i in range(n):
+        t = B64_TABLE[src[i]]
+        if t == B64_SKIP:
+            continue
+        if src[i] == b'=':
+            pad += 1
+        block[count] = t
+        count += 1
+        if count == 4:
+            out[olen] = <unsigned char>((block[0] << 2) | (block[1] >> 4))
+            out[olen + 1] = <unsigned char>((block[1] << 4) | (block[2] >> 2))
+            out[olen + 2] = <unsigned char>((block[2] << 6) | block[3])
+            olen += 3
+            count = 0
+            if pad:
+                if pad > 2:
+                    return None
+                olen -= pad
+                break
+    if olen == 0:
+        return None
+    return PyBytes_FromStringAndSize(<const char *>out, olen)
+
+
+def base64_key(bytes token):
+    """Python entry to the decoder, for tests: bytes, or None on failure."""
+    return mc_base64_decode(<const unsigned char *>PyBytes_AS_STRING(token), len(token))
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +242,7 @@ cdef class RequestParser:
     cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
     cdef int more        # 1 if the line had more tokens than were stored
     cdef long scratch
+    cdef bytes route_key     # the current line's decoded base64 key, if any
     cdef Py_ssize_t limit    # most requests one feed may return
 
     def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
@@ -229,6 +304,11 @@ cdef class RequestParser:
                 self.swallow -= k
                 pos += k
                 continue
+            if p[pos] == BINARY_MAGIC:
+                # a binary-protocol client would wait for a reply that never
+                # comes (its request has no newline): close instead of hanging
+                self.close(out)
+                break
             hit = <const unsigned char *>memchr(p + pos, b'\n', n - pos)
             if hit == NULL:
                 if n - pos > LINE_LIMIT and (not self.is_large_get(p, pos, n) or n - pos > self.max_line):
@@ -301,7 +381,9 @@ cdef class RequestParser:
         r.rkind = rkind
         r.quiet = quiet
         r.chan = self.chan
-        if keytok >= 0 and keytok < self.ntok:
+        if self.route_key is not None:
+            r.key = self.route_key
+        elif keytok >= 0 and keytok < self.ntok:
             r.key = self.token(p, keytok)
         r.wire = PyBytes_FromStringAndSize(<const char *>p + start, end - start)
         if quiet:
@@ -315,6 +397,7 @@ cdef class RequestParser:
         position after what was consumed, or -1 when a data block is incomplete."""
         # memcached reads the line as a C string: a NUL byte ends it (probed)
         cdef const unsigned char *nul = <const unsigned char *>memchr(p + pos, 0, el - pos)
+        self.route_key = None
         if nul != NULL:
             el = nul - p
         self.tokenize(p, pos, el)
@@ -339,6 +422,8 @@ cdef class RequestParser:
                 cmd = CMD_GATS
             if cmd:
                 return self.retrieval(p, cmd, pos, el, nxt, out)
+        elif tok_is(p, c0, cl, "bget", 4):      # memcached still reads it as get
+            return self.retrieval(p, CMD_GET, pos, el, nxt, out)
         elif tok_is(p, c0, cl, "set", 3):
             return self.storage(p, CMD_SET, pos, nxt, n, out)
         elif tok_is(p, c0, cl, "add", 3):
@@ -375,12 +460,19 @@ cdef class RequestParser:
         elif (tok_is(p, c0, cl, "cache_memlimit", 14) or tok_is(p, c0, cl, "shutdown", 8)
               or tok_is(p, c0, cl, "slabs", 5) or tok_is(p, c0, cl, "lru", 3)
               or tok_is(p, c0, cl, "lru_crawler", 11) or tok_is(p, c0, cl, "watch", 5)
-              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)):
-            out.append(local_reply(R_NOT_SUPPORTED))
+              or tok_is(p, c0, cl, "misbehave", 9) or tok_is(p, c0, cl, "debugtime", 9)
+              or tok_is(p, c0, cl, "extstore", 8) or tok_is(p, c0, cl, "refresh_certs", 13)):
+            # memcached's admin commands: RootRoute refuses each one unless the
+            # config's admin: section allows it (routes/admin_policy.py).  With
+            # noreply, mn follows, so the reply frames whether memcached honours it.
+            out.append(self.forward(p, CMD_ADMIN, RK_LINE, self.last_is(p, "noreply", 7),
+                                    pos, nxt, -1))
             return nxt
-        # memcached closes on anything that looks like HTTP
+        # memcached closes on an unknown command that looks like HTTP, but only
+        # where its dispatch has no branch for the first letter (proto_text.c)
         cdef int last = self.ntok - 1
-        if self.tl[last] >= 5 and memcmp(p + self.ts[last], b"HTTP/", 5) == 0:
+        if memchr(b"gsacidt", first, 7) == NULL and self.tl[last] >= 5 \
+                and memcmp(p + self.ts[last], b"HTTP/", 5) == 0:
             self.close(out)
             return nxt
         out.append(local_reply(R_ERROR))
@@ -394,6 +486,9 @@ cdef class RequestParser:
         cdef int skip = 1 if (cmd == CMD_GAT or cmd == CMD_GATS) else 0
         cdef list keys = []
         cdef bint too_long = False
+        if skip and self.ntok >= 2 and not mc_strtol(self.token(p, 1), &self.scratch):
+            out.append(local_reply(R_BAD_EXPTIME))
+            return nxt
         while i < el:
             while i < el and p[i] == b' ':
                 i += 1
@@ -408,8 +503,10 @@ cdef class RequestParser:
             if i - start > KEY_MAX:
                 too_long = True
             keys.append(PyBytes_FromStringAndSize(<const char *>p + start, i - start))
-        if not keys and (skip or cmd == CMD_GET or cmd == CMD_GETS):   # no key; a bare gat
-            out.append(local_reply(R_ERROR))
+        if not keys:
+            # a bare get/gets/gat is unknown; "gat <exptime>" finds nothing (probed)
+            out.append(local_reply(R_ERROR if skip or cmd == CMD_GET or cmd == CMD_GETS
+                                   else R_END))
             return nxt
         if too_long:
             out.append(local_reply(R_BAD_FORMAT))
@@ -465,8 +562,8 @@ cdef class RequestParser:
         r.rkind = RK_QUIET
         r.quiet = True
         r.chan = self.chan
-        r.key = self.token(p, 1)
-        r.wire = (drop_fmt % r.key) + MN_SUFFIX
+        r.wire = (drop_fmt % self.token(p, 1)) + MN_SUFFIX
+        r.key = self.route_key if self.route_key is not None else self.token(p, 1)
         r.override = reply
         out.append(r)
 
@@ -476,8 +573,12 @@ cdef class RequestParser:
         cdef Py_ssize_t end = nxt + vlen + 2
         if end > n:
             return -1
+        cdef bytes err
         if p[end - 2] != b'\r' or p[end - 1] != b'\n':
-            if not quiet or cmd == CMD_MS:
+            if cmd == CMD_MS:       # memcached judges the flags before the data
+                err = self.ms_flag_error(p)
+                out.append(local_reply(R_BAD_CHUNK if err is None else err))
+            elif not quiet:
                 out.append(local_reply(R_BAD_CHUNK))
             return end
         out.append(self.forward(p, cmd, rkind, quiet, pos, end, 1))
@@ -490,6 +591,15 @@ cdef class RequestParser:
             out.append(local_reply(R_ERROR))
             return nxt
         cdef bint noreply = self.last_is(p, "noreply", 7)
+        cdef int nt = self.mc_ntokens()
+        cdef bint hold_zero
+        if cmd == CMD_DELETE and nt > 3:
+            # memcached checks the legacy "delete <key> 0 [noreply]" form first
+            hold_zero = tok_is(p, self.ts[2], self.tl[2], "0", 1)
+            if not ((nt == 4 and (hold_zero or noreply)) or (nt == 5 and hold_zero and noreply)):
+                if not noreply:
+                    out.append(local_reply(R_BAD_DELETE))
+                return nxt
         if self.tl[1] > KEY_MAX:
             if not noreply:
                 out.append(local_reply(R_BAD_FORMAT))
@@ -505,46 +615,59 @@ cdef class RequestParser:
         out.append(self.forward(p, cmd, rkind, self.last_is(p, "noreply", 7), pos, nxt, -1))
         return nxt
 
-    cdef bytes ms_flag_error(self, const unsigned char *p, bint b64):
-        """The error memcached 1.6.18 gives an ms line's flags before it
-        looks at the value size, or None.  Needed only when the router
-        refuses a value as too large, since memcached never sees that line."""
+    cdef bytes ms_flag_error(self, const unsigned char *p):
+        """The error memcached 1.6.18 gives an ms line's flags before it reads
+        the value (proto_text.c: _meta_flag_preparse, then ms's own checks),
+        or None.  Needed when the router answers the line itself (a value too
+        large, a bad data chunk), since memcached never sees it then."""
         cdef int i
-        cdef int seen[128]
-        cdef unsigned char c
-        cdef bytes err = None, tok
+        cdef unsigned char seen[128]
+        cdef unsigned char c, mode = 0
+        cdef bytes err = R_BAD_FORMAT       # memcached's errstr before any flag sets it
+        cdef bint failed = False
         memset(seen, 0, sizeof(seen))
-        for i in range(3, self.ntok):                  # memcached's preparse
+        for i in range(3, self.ntok):
             c = p[self.ts[i]]
-            if c == 0 or c >= 128 or memchr(MS_PREPARSE_FLAGS, c, 21) == NULL:
-                return b"CLIENT_ERROR invalid flag\r\n"
-            if seen[c]:
+            if c >= 127 or seen[c]:
                 return b"CLIENT_ERROR duplicate flag\r\n"
             seen[c] = 1
-            tok = self.token(p, i)[1:]
-            if c == b'N' or c == b'T' or c == b'R':
-                if not mc_strtol(tok, &self.scratch):
-                    err = b"CLIENT_ERROR bad token in command line format\r\n"
-            elif c == b'C' and not mc_strtoull(tok):
-                err = b"CLIENT_ERROR bad token in command line format\r\n"
-            elif c == b'M' and self.tl[i] != 2:
-                err = b"CLIENT_ERROR incorrect length for M token\r\n"
-        if err is not None:
+            if c == b'b':
+                if self.decoded_key(p) is None:
+                    err, failed = b"CLIENT_ERROR error decoding key\r\n", True
+            elif c == b'N' or c == b'T' or c == b'R':
+                if not mc_strtol(self.token(p, i)[1:], &self.scratch):
+                    err, failed = R_BAD_TOKEN, True
+            elif c == b'C':
+                if not mc_strtoull(self.token(p, i)[1:]):
+                    err, failed = R_BAD_TOKEN, True
+            elif c == b'F':
+                if not mc_strtoul32(self.token(p, i)[1:]):
+                    failed = True           # memcached keeps the last message
+            elif c == b'M':
+                if self.tl[i] != 2:
+                    err, failed = b"CLIENT_ERROR incorrect length for M token\r\n", True
+                else:
+                    mode = p[self.ts[i] + 1]
+            elif c == b'J':
+                if not mc_strtoull(self.token(p, i)[1:]):
+                    err, failed = b"CLIENT_ERROR invalid numeric initial value\r\n", True
+            elif c == b'D':
+                if not mc_strtoull(self.token(p, i)[1:]):
+                    err, failed = b"CLIENT_ERROR invalid numeric delta value\r\n", True
+            elif memchr(MS_PLAIN_FLAGS, c, 14) == NULL:
+                return b"CLIENT_ERROR invalid flag\r\n"
+        if failed:
             return err
-        for i in range(3, self.ntok):                  # then ms's own checks
-            c = p[self.ts[i]]
-            if c == b'F' and not mc_strtoul32(self.token(p, i)[1:]):
-                return R_BAD_FORMAT
-            if c == b'O' and self.tl[i] > 32:
-                return b"CLIENT_ERROR opaque token too long\r\n"
-            if c == b'M' and memchr(b"EAPRS", p[self.ts[i] + 1], 5) == NULL:
-                return b"CLIENT_ERROR invalid mode for ms M token\r\n"
-        if b64:
-            try:
-                b64decode(self.token(p, 1), validate=True)
-            except ValueError:
-                return b"CLIENT_ERROR error decoding key\r\n"
-        return None
+        for i in range(2, self.ntok):
+            if p[self.ts[i]] == b'O' and self.tl[i] > META_MAX_OPAQUE:
+                err, failed = b"CLIENT_ERROR opaque token too long\r\n", True
+        if mode != 0 and memchr(b"EAPRS", mode, 5) == NULL:
+            return b"CLIENT_ERROR invalid mode for ms M token\r\n"
+        return err if failed else None
+
+    cdef bytes decoded_key(self, const unsigned char *p):
+        """Token 1 decoded as memcached decodes a ``b`` key, or None."""
+        return mc_base64_decode(p + self.ts[1], self.tl[1])
 
     cdef Py_ssize_t meta(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
                          Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
@@ -575,29 +698,33 @@ cdef class RequestParser:
         cdef int first_flag = 3 if cmd == CMD_MS else 2
         cdef bint quiet = False, b64 = False
         cdef int i
-        if cmd != CMD_ME:
+        if cmd == CMD_ME:
+            b64 = self.ntok >= 3 and tok_is(p, self.ts[2], self.tl[2], "b", 1)
+        else:
             for i in range(first_flag, self.ntok):
                 c = p[self.ts[i]]
                 if c == b'q':
                     quiet = True
                 elif c == b'b':
                     b64 = True
+        if b64:     # route on the key memcached stores; the line goes as sent
+            self.route_key = self.decoded_key(p)
         if cmd != CMD_MS:
             out.append(self.forward(p, cmd, RK_META, quiet, pos, nxt, 1))
             return nxt
-        # ms <key> <datalen> <flags>*\r\n<data>\r\n
+        # ms <key> <datalen> <flags>*\r\n<data>\r\n, checked in memcached's order
         cdef long vlen = 0
         if self.ntok < 3:
-            out.append(local_reply(R_BAD_FORMAT))
-            return nxt
-        if not mc_strtol(self.token(p, 2), &vlen) or vlen < 0 or vlen > INT_MAX - 2:
             out.append(local_reply(R_BAD_FORMAT))
             return nxt
         if self.mc_ntokens() > META_MAX_NTOKENS:
             out.append(local_reply(R_FLAGS_TOO_LONG))
             return nxt
+        if not mc_strtol(self.token(p, 2), &vlen) or vlen < 0 or vlen > INT_MAX - 2:
+            out.append(local_reply(R_BAD_FORMAT))
+            return nxt
         if vlen > self.max_item_size:
-            err = self.ms_flag_error(p, b64)
+            err = self.ms_flag_error(p)
             if err is not None:
                 out.append(local_reply(err))
             else:       # in every mode ms drops the old value (probed)

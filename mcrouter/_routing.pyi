@@ -37,8 +37,10 @@ class HostDispatch:
     def dispatch(self, req: Request) -> None: ...
 
 class ServiceDispatch:
-    """Subclasses define ``serve`` (reserved keys) and ``serve_stats`` (stats)."""
+    """Subclasses define ``serve`` (reserved keys), ``serve_stats`` (stats) and
+    ``serve_admin`` (commands whose bit is set in ``gated``)."""
     tree: Any
+    gated: int
     def dispatch(self, req: Request) -> None: ...
 
 class HashDispatch:

@@ -63,15 +63,20 @@ cdef class HostDispatch:
 cdef class ServiceDispatch:
     """Base of RootRoute: what the router answers about itself (reserved
     ``__mcrouter__.`` keys to ``serve``, ``stats`` to ``serve_stats``), the
-    rest to the tree."""
+    config's admin policy (the commands whose bit is set in ``gated`` to
+    ``serve_admin``: one shift per request), the rest to the tree."""
 
     cdef public object tree
+    cdef public unsigned long long gated     # bit i: command id i passes serve_admin first
 
     cpdef dispatch(self, Request req):
-        if req.cmd == CMD_GET and req.keys is None and req.key.startswith(b"__mcrouter__."):
+        cdef int cmd = req.cmd
+        if cmd == CMD_GET and req.keys is None and req.key.startswith(b"__mcrouter__."):
             self.serve(req)
-        elif req.cmd == CMD_STATS:
+        elif cmd == CMD_STATS:
             self.serve_stats(req)
+        elif 0 <= cmd < 64 and (self.gated >> cmd) & 1:
+            self.serve_admin(req)
         else:
             self.tree.dispatch(req)
 

@@ -106,6 +106,9 @@ def run(
                                            help="Seconds to finish requests in flight on SIGTERM."),
     watch_config: bool = typer.Option(False, "--watch-config",
                                       help="Reload the config when its file changes (as SIGHUP)."),
+    confirm_timeout: float = typer.Option(10.0, "--confirm-timeout", hidden=True,
+                                          help="Seconds workers have to confirm a config "
+                                               "generation (tests shorten it)."),
 ) -> None:
     """Run the router (the default command)."""
     if log_level not in LOG_LEVELS:
@@ -118,6 +121,8 @@ def run(
                         ("--connect-timeout-ms", connect_timeout_ms)):
         if value < 1:
             _die(f"{flag} must be at least 1 (got {value})")
+    if not 0.1 <= confirm_timeout <= 3600:
+        _die(f"--confirm-timeout must be from 0.1 to 3600 seconds (got {confirm_timeout})")
     try:
         item_size = parse_size(max_item_size)
     except ValueError:
@@ -146,7 +151,7 @@ def run(
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
                         graceful_timeout=graceful_timeout, watch_config=watch_config,
                         log_level=log_level, log_format=log_format,
-                        metrics_listen=metrics_listen_addr,
+                        metrics_listen=metrics_listen_addr, confirm_timeout=confirm_timeout,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
     try:
         config = load_config(router_config)

@@ -16,7 +16,9 @@ its options, or the short string ``"Type|argument"``::
         hash: {function: fnv1a_64, distribution: ketama}
     route: PoolRoute|main
 
-plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms).
+plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms) and
+an optional ``admin:`` mapping (``allow:``, the commands that change or
+expose a backend which clients may send; see ``ADMIN_COMMANDS``).
 
 What each route accepts is one table, ``ROUTE_OPTIONS``.  Unlike
 gomcrouter, anything unknown is refused.  Every error is one line,
@@ -69,16 +71,40 @@ SHORT_ARGUMENT = {"PoolRoute": "pool", "DefaultRoute": "pool", "AllFastestRoute"
 ORDERED_POOL_ROUTES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute")
 ROUTE_TYPES = tuple(ROUTE_OPTIONS)
 
-# quit is answered by the client connection itself and is never routed.
-POLICY_COMMANDS = tuple(name for name in COMMAND_IDS if name != "quit")
+# Every command a client may send; quit only as gomcrouter's README writes it
+# (``quit: LocalRoute``): the client connection answers it by closing, so any
+# other route for it would be a promise the router cannot keep.
+POLICY_COMMANDS = tuple(COMMAND_IDS)
 ERROR_CLASSES = ("timeout", "connect_error", "tko", "remote_error")
 OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
-TOP_KEYS = ("orderedPool", "pools", "route", "health")
+TOP_KEYS = ("orderedPool", "pools", "route", "health", "admin")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
 POOL_KEYS = ("servers", "hash", "weights", "health")
 HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
 MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
+
+# Commands that change a backend or show what other clients stored, by the
+# name ``admin: allow:`` lists them under (issue 10).  A client may send one
+# only if the config allows it (like mcrouter's --enable-flush-cmd); the rest
+# get ``SERVER_ERROR mcrouter: command not supported``.  Each of these has a
+# reply the router can frame: one line, or STAT/ITEM/PREFIX lines and END.
+ADMIN_COMMANDS = (
+    "flush_all", "verbosity",                               # allowed unless a list says otherwise
+    "stats_detail", "stats_reset", "stats_cachedump", "me",
+    "cache_memlimit", "slabs", "lru", "lru_crawler", "extstore", "refresh_certs", "debugtime",
+)
+ADMIN_DEFAULT = frozenset(("flush_all", "verbosity"))      # client libraries' own tests use them
+# Never allowed, whatever the config says: the router cannot frame the reply,
+# so one client's reply would be matched to another's request.
+ADMIN_NEVER = {
+    "watch": "it streams the backend's log on that connection with no end",
+    "lru_crawler_metadump": "it streams a line per item from a side thread, not one reply",
+    "stats_sizes_enable": "memcached answers it with one STAT line and no END",
+    "stats_sizes_disable": "memcached answers it with one STAT line and no END",
+    "shutdown": "the backend's only reply is to close the connection and stop",
+    "misbehave": "it exists to make a debug build break its own sandbox",
+}
 
 
 class ConfigError(Exception):
@@ -135,12 +161,19 @@ class HealthPolicy:
 
 
 @dataclass(frozen=True)
+class AdminPolicy:
+    """Which of ADMIN_COMMANDS clients may send (README "Admin commands")."""
+    allow: frozenset[str] = ADMIN_DEFAULT
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     path: str
     ordered_pool: tuple[HostAddr, ...]
     route: RouteConfig
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
+    admin: AdminPolicy = AdminPolicy()
 
     def policy(self, addr: HostAddr) -> HealthPolicy:
         """The health settings of one host: the top-level ``health:`` with the
@@ -325,6 +358,30 @@ class _Checker:
             values[key] = int(text)
         return values
 
+    def admin(self, node: yaml.Node) -> AdminPolicy:
+        """``admin: {allow: [flush_all, verbosity, stats_reset, ...]}``; the list
+        replaces the default (``allow: []`` refuses flush_all and verbosity too)."""
+        items = self.keyed(node, "admin", ("allow",))
+        if "allow" not in items:
+            return AdminPolicy()
+        lnode = items["allow"][1]
+        if not isinstance(lnode, yaml.SequenceNode):
+            raise self.fail(lnode, "admin.allow must be a list of command names",
+                            "write e.g. allow: [flush_all, verbosity, stats_reset]")
+        allow: set[str] = set()
+        for item in lnode.value:
+            name = self.scalar(item, "an admin command")
+            if name in ADMIN_NEVER:
+                raise self.fail(item, f"{name} can never be allowed: {ADMIN_NEVER[name]}",
+                                "remove it from admin.allow")
+            if name not in ADMIN_COMMANDS:
+                raise self.fail(item, f"unknown admin command {name!r}",
+                                "valid: " + ", ".join(ADMIN_COMMANDS))
+            if name in allow:
+                raise self.fail(item, f"{name} is listed twice in admin.allow", "list it once")
+            allow.add(name)
+        return AdminPolicy(frozenset(allow))
+
     def route(self, node: yaml.Node) -> RouteConfig:
         if isinstance(node, yaml.ScalarNode):
             return self.short_route(node)
@@ -395,8 +452,14 @@ class _Checker:
     def operations(self, node: yaml.Node) -> dict[str, RouteConfig]:
         if isinstance(node, yaml.ScalarNode) and node.value in _NULL:
             return {}
-        return {self.choice(k, "command", POLICY_COMMANDS): self.route(v)
-                for k, v in self.mapping(node, "operationPolicies")}
+        policies: dict[str, RouteConfig] = {}
+        for k, v in self.mapping(node, "operationPolicies"):
+            command = self.choice(k, "command", POLICY_COMMANDS)
+            policies[command] = self.route(v)
+            if command == "quit" and policies[command].type != "LocalRoute":
+                raise self.fail(v, "quit is answered by closing the client connection, never "
+                                "routed", "map it to LocalRoute (as gomcrouter does) or remove it")
+        return policies
 
     def prefixes(self, node: yaml.Node) -> dict[str, RouteConfig]:
         return {self.scalar(k, "a key prefix"): self.route(v)
@@ -485,6 +548,7 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     pools_node: Any = None
     route: RouteConfig | None = None
     health = HealthPolicy()
+    admin = AdminPolicy()
     for k, v in check.mapping(root, "the config"):
         key = check.scalar(k, "a top-level key")
         if key == "orderedPool":
@@ -495,6 +559,8 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
             route = check.route(v)
         elif key == "health":
             health = HealthPolicy(**check.health_values(v))
+        elif key == "admin":
+            admin = check.admin(v)
         else:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:
@@ -510,4 +576,4 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
                          f"{rtype} needs hosts but orderedPool is empty",
                          "list at least one host:port in orderedPool"
                          + (" or give the route a pool" if pools_node is not None else ""))
-    return RouterConfig(path, ordered, route, pools, health)
+    return RouterConfig(path, ordered, route, pools, health, admin)

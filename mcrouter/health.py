@@ -5,7 +5,8 @@ forks, so the workers and the sidecar all see the same bytes.  Who writes:
 
 * the master assigns a slot per host address (at boot and at reload) and
   writes its first resolved address;
-* the sidecar writes probe verdicts (up or down) and refreshed addresses;
+* the sidecar writes probe verdicts (up or down), refreshed addresses and
+  the version each host's probe reported;
 * a worker writes ``down`` when its data path sees a host fail (TKO).
 
 Only the sidecar's probes bring a host back up.  A worker compares one short
@@ -17,7 +18,7 @@ Layout (all little-endian, offsets in bytes)::
 
     0    header   magic u32, layout version u32, capacity u32, used u32
     16   status   capacity x 2 bytes: [state u8, address generation u8]
-    R    records  capacity x 256 bytes, R = 16 + 2 * capacity rounded up to 64
+    R    records  capacity x 272 bytes, R = 16 + 2 * capacity rounded up to 64
          record:  0   key         64s  "host:port" as written in the config
                   64  family      u16  AF_INET / AF_INET6, 0 = no address yet
                   66  (pad)
@@ -25,26 +26,39 @@ Layout (all little-endian, offsets in bytes)::
                   116 changes     u32  state changes since the slot was made
                   120 changed_at  f64  wall-clock time of the last change
                   128 reason      128s why it last changed (or the DNS error)
+                  256 version_seq u8   seqlock of the version: odd while written
+                  257 version     15s  "x.y.z" from the last good probe, "" = unknown
 
 The address is written with a seqlock on its generation byte: odd while the
 single writer (master at boot, then the sidecar) is writing, even when done;
-a reader that sees an odd or a moved generation tries again next turn.
+a reader that sees an odd or a moved generation tries again next turn.  The
+version has a seqlock byte of its own (writer: the sidecar; readers: a
+worker answering ``version`` itself, LocalRoute), so a reader never takes a
+half-written version for a real one.  Layout version 2 added it.
 """
 from __future__ import annotations
 
 import mmap
+import re
 import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 MAGIC = 0x4D435254          # "MCRT"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER = struct.Struct("<IIII")
-RECORD_SIZE = 256
+RECORD_SIZE = 272
 REC_KEY = struct.Struct("<64s")
 REC_ADDR = struct.Struct("<H2x48s")          # at offset 64
 REC_CHANGE = struct.Struct("<Id128s")         # at offset 116
+REC_VERSION_SEQ = 256                         # u8, then the version text
+VERSION_SIZE = 15
+# A memcached version as the router repeats it: three runs of digits and
+# nothing else.  A probe reply that is not exactly this (a hostile or broken
+# backend) is never stored, so it can never reach a client.
+STRICT_VERSION = re.compile(rb"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}")
 DEFAULT_CAPACITY = 1024
 
 UNUSED, UP, DOWN = 0, 1, 2
@@ -154,6 +168,38 @@ class HostTable:
         if self.mm[17 + 2 * slot] != gen or not family:
             return None
         return family, _text(ip)
+
+    # -- backend versions (sidecar: probes; workers: LocalRoute) ------------------
+
+    def set_version(self, slot: int, version: bytes) -> None:
+        """Record the version a probe reported; anything but a strict x.y.z
+        makes it unknown again.  Written only when it changed."""
+        if not STRICT_VERSION.fullmatch(version):
+            version = b""
+        at = self._rec(slot) + REC_VERSION_SEQ
+        field = version.ljust(VERSION_SIZE, b"\0")
+        if self.mm[at + 1:at + 1 + VERSION_SIZE] == field:
+            return
+        seq = self.mm[at]
+        self.mm[at] = (seq + 1) & 0xFF | 1                  # odd: being written
+        self.mm[at + 1:at + 1 + VERSION_SIZE] = field
+        self.mm[at] = (seq + 2) & 0xFE                      # even: done
+
+    def version(self, slot: int) -> tuple[int, int, int] | None:
+        """The version of one host as its probe last saw it, or None when
+        unknown (never probed, not strict, or being rewritten right now)."""
+        at = self._rec(slot) + REC_VERSION_SEQ
+        seq = self.mm[at]
+        raw = self.mm[at + 1:at + 1 + VERSION_SIZE].rstrip(b"\0")
+        if seq & 1 or self.mm[at] != seq or not STRICT_VERSION.fullmatch(raw):
+            return None
+        major, minor, patch = raw.split(b".")
+        return int(major), int(minor), int(patch)
+
+    def lowest_version(self, slots: Iterable[int]) -> str | None:
+        """The lowest known version among ``slots`` ("1.6.9" < "1.6.18"), or None."""
+        known = [v for v in map(self.version, slots) if v is not None]
+        return "%d.%d.%d" % min(known) if known else None
 
     # -- the operator's view ---------------------------------------------------
 

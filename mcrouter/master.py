@@ -27,7 +27,15 @@ at once.
 Each worker has a control channel to the master (``control.py``) over which
 it reports the config generation it runs (``ready`` at boot, ``applied``
 after a reload).  The master tells systemd READY=1 once every worker runs
-the current generation, after start-up and after each reload.
+the current generation, after start-up and after each reload; a worker that
+misses the confirmation deadline is named in one warning, and READY=1 still
+goes out so that systemd does not hang in "reloading".
+
+The loop is the one thing that must not die: every duty of a turn (reading
+the channels, each signal's handler, reaping, respawning, the file watch,
+the confirmation check) runs under ``guard``, which logs an unexpected
+exception with its traceback at error level and carries on supervising,
+after a short pause so that a duty failing on every turn cannot spin.
 """
 from __future__ import annotations
 
@@ -58,7 +66,8 @@ log = logging.getLogger("mcrouter.master")
 
 RESPAWN_MAX_DELAY = 10.0
 STABLE_AFTER = 5.0       # a worker alive this long resets its backoff
-CONFIRM_TIMEOUT = 10.0   # workers must confirm a generation within this
+CONFIRM_TIMEOUT = 10.0   # workers must confirm a generation within this (Settings.confirm_timeout)
+ERROR_PAUSE = 0.1        # after a duty raised, the next turn sleeps at least this long
 SIDECAR = -1             # the sidecar's slot in the child tables
 PR_SET_NAME = 15
 
@@ -101,6 +110,8 @@ class Master:
         self.confirm_what = ""                       # "start" or "reload N"
         self.sig_queue: list[int] = []
         self.exit_code: int | None = None
+        self.clock: Callable[[], float] = time.monotonic    # a fake in the unit tests
+        self.pause_until = 0.0                       # set by guard after a duty raised
         self.pid = os.getpid()
         self.watch: reload.FileWatch | None = None
         self.activated = False                       # listening sockets came from systemd
@@ -151,31 +162,53 @@ class Master:
                               "or -L off") from None
 
     def run(self) -> int:
+        self.start()
+        while self.exit_code is None:
+            self.turn()
+        return self.exit_code
+
+    def start(self) -> None:
+        """Bind, fork the sidecar and the workers.  A failure here stops the
+        router (nothing is serving yet), unlike a failure in a turn."""
         where = self.open_listeners()
         self.open_metrics()
         self.init_signals()
         self.resolve_hosts(self.slots)
         self.spawn_sidecar()
         if self.settings.watch_config:
-            self.watch = reload.FileWatch(self.settings.config_path, time.monotonic())
+            self.watch = reload.FileWatch(self.settings.config_path, self.clock())
         self.await_workers("start")
         for slot in range(self.num_workers):
             self.spawn_worker(slot)
         log.info("listening on %s with %d worker(s)", where, self.num_workers)
-        while self.exit_code is None:
-            self.sleep()
-            while self.sig_queue and self.exit_code is None:
-                sig = self.sig_queue.pop(0)
-                getattr(self, "handle_" + self.SIG_NAMES[signal.Signals(sig)])()
-            if self.exit_code is not None:
-                break
-            self.reap_workers()
-            self.manage_workers()
-            if self.watch and self.watch.due(time.monotonic()):
-                log.info("%s changed; reloading", self.settings.config_path)
-                self.reload()
-            self.check_confirmed()
-        return self.exit_code
+
+    def turn(self) -> None:
+        """One pass of the loop: wait, then every duty, each under ``guard``."""
+        self.guard("sleep", self.sleep)
+        while self.sig_queue and self.exit_code is None:
+            name = "handle_" + self.SIG_NAMES[signal.Signals(self.sig_queue.pop(0))]
+            self.guard(name, getattr(self, name))
+        if self.exit_code is not None:
+            return
+        self.guard("reap_workers", self.reap_workers)
+        self.guard("manage_workers", self.manage_workers)
+        self.guard("check_watch", self.check_watch)
+        self.guard("check_confirmed", self.check_confirmed)
+
+    def guard(self, what: str, duty: Callable[[], None]) -> None:
+        """Run one duty of the loop; if it raises, log it and keep supervising
+        (as gunicorn's arbiter keeps its loop): the workers still serve, and a
+        master that exits takes every one of them down with it."""
+        try:
+            duty()
+        except Exception:       # noqa: BLE001 - anything but SystemExit/KeyboardInterrupt
+            self.pause_until = self.clock() + ERROR_PAUSE
+            log.error("master: %s failed; still supervising", what, exc_info=True)
+
+    def check_watch(self) -> None:
+        if self.watch and self.watch.due(self.clock()):
+            log.info("%s changed; reloading", self.settings.config_path)
+            self.reload()
 
     def init_signals(self) -> None:
         self.wake_r, self.wake_w = os.pipe()
@@ -193,9 +226,10 @@ class Master:
         except OSError:
             pass
 
-    def sleep(self) -> None:
-        """Wait for a signal, a worker's message, or the next timer; read messages."""
-        now = time.monotonic()
+    def next_timeout(self) -> float:
+        """How long the loop may sleep: until the next timer, at most 1 s, and
+        at least the pause after a duty raised (a signal still wakes it)."""
+        now = self.clock()
         timeout = 1.0
         if self.respawn_at:
             timeout = min(timeout, min(self.respawn_at.values()) - now)
@@ -203,11 +237,15 @@ class Master:
             timeout = min(timeout, self.watch.timeout(now))
         if self.confirm_by:
             timeout = min(timeout, self.confirm_by - now)
+        return max(timeout, self.pause_until - now, 0.0)
+
+    def sleep(self) -> None:
+        """Wait for a signal, a worker's message, or the next timer; read messages."""
+        timeout = self.next_timeout()
         by_fd = {ch.fileno(): pid for pid, ch in self.channels.items()}
         writing = [ch.fileno() for ch in self.channels.values() if ch.outbox]
         try:
-            ready, writable, _ = select.select([self.wake_r, *by_fd], writing, [],
-                                               max(0.0, timeout))
+            ready, writable, _ = select.select([self.wake_r, *by_fd], writing, [], timeout)
         except InterruptedError:
             return
         for fd in ready:
@@ -274,7 +312,7 @@ class Master:
         pid = os.fork()
         if pid:
             self.workers[pid] = slot
-            self.started[slot] = time.monotonic()
+            self.started[slot] = self.clock()
             return pid
         code = 1
         try:
@@ -326,18 +364,18 @@ class Master:
                 log.info("%s (pid %d) retired; %d worker(s)", child_name(slot), pid,
                          self.num_workers)
                 continue
-            lived = time.monotonic() - self.started.get(slot, 0.0)
+            lived = self.clock() - self.started.get(slot, 0.0)
             fails = 0 if lived > STABLE_AFTER else self.failures.get(slot, 0) + 1
             self.failures[slot] = fails
             delay = min(0.1 * (2 ** fails), RESPAWN_MAX_DELAY) if fails else 0.0
             self.counters.count(G_SIDECAR_RESTARTS if slot == SIDECAR else G_WORKER_RESTARTS)
             log.warning("%s (pid %d) exited with %s; restarting in %.1fs",
                         child_name(slot), pid, code, delay)
-            self.respawn_at[slot] = time.monotonic() + delay
+            self.respawn_at[slot] = self.clock() + delay
 
     def manage_workers(self) -> None:
         """Respawn the workers that are due."""
-        now = time.monotonic()
+        now = self.clock()
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
@@ -408,23 +446,30 @@ class Master:
         """From now on, report to the log and systemd once every worker runs
         the current generation."""
         self.confirm_what = what
-        self.confirm_by = time.monotonic() + CONFIRM_TIMEOUT
+        self.confirm_by = self.clock() + self.settings.confirm_timeout
 
     def check_confirmed(self) -> None:
+        """Once every worker runs the current generation, or the deadline has
+        passed: one log line, and READY=1 for systemd either way (a late
+        worker is named; it catches up or is restarted by the usual means)."""
         if not self.confirm_by:
             return
-        behind = [slot for pid, slot in self.workers.items()
-                  if slot != SIDECAR and self.running_gen.get(pid) != self.generation]
-        if behind and time.monotonic() < self.confirm_by:
+        count = sum(1 for slot in self.workers.values() if slot != SIDECAR)
+        behind = sorted(slot for pid, slot in self.workers.items()
+                        if slot != SIDECAR and self.running_gen.get(pid) != self.generation)
+        if behind and self.clock() < self.confirm_by:
             return
+        self.confirm_by = 0.0
         if behind:
-            log.warning("%s: worker(s) %s did not confirm generation %d within %.0fs",
-                        self.confirm_what, sorted(behind), self.generation, CONFIRM_TIMEOUT)
-        else:
-            count = sum(1 for slot in self.workers.values() if slot != SIDECAR)
+            log.warning("%s: worker(s) %s did not confirm generation %d within %gs; "
+                        "%d of %d worker(s) confirmed", self.confirm_what, behind,
+                        self.generation, self.settings.confirm_timeout,
+                        count - len(behind), count)
+            sdnotify.ready(f"{count - len(behind)} of {count} worker(s) on config generation "
+                           f"{self.generation}; late: {', '.join(map(str, behind))}")
+            return
         log.info("%s: all %d worker(s) run config generation %d",
                  self.confirm_what, count, self.generation)
-        self.confirm_by = 0.0
         sdnotify.ready(f"{count} worker(s), config generation {self.generation}")
 
     # -- reload ------------------------------------------------------------

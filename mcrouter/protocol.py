@@ -17,6 +17,9 @@ CMD_DELETE, CMD_INCR, CMD_DECR, CMD_TOUCH = 11, 12, 13, 14
 CMD_FLUSH_ALL, CMD_VERSION, CMD_VERBOSITY, CMD_STATS, CMD_QUIT = 15, 16, 17, 18, 19
 CMD_MG, CMD_MS, CMD_MD, CMD_MA, CMD_MN, CMD_ME = 20, 21, 22, 23, 24, 25
 CMD_LOCAL = 26             # not a command: a reply the parser made itself (an error)
+CMD_ADMIN = 27             # memcached's admin commands (cache_memlimit, slabs, lru, ...), one id:
+                           # RootRoute lets through only those the config's admin: section allows
+CMD_LIMIT = 28             # every command id is below this: the size of tables by command id
 
 COMMAND_IDS: dict[str, int] = {
     "get": CMD_GET, "gets": CMD_GETS, "gat": CMD_GAT, "gats": CMD_GATS,
@@ -27,7 +30,7 @@ COMMAND_IDS: dict[str, int] = {
     "quit": CMD_QUIT, "mg": CMD_MG, "ms": CMD_MS, "md": CMD_MD, "ma": CMD_MA,
     "mn": CMD_MN, "me": CMD_ME,
 }
-COMMAND_NAMES: dict[int, str] = {v: k for k, v in COMMAND_IDS.items()}
+COMMAND_NAMES: dict[int, str] = {**{v: k for k, v in COMMAND_IDS.items()}, CMD_ADMIN: "admin"}
 
 # A meta command with no policy of its own follows the policy of its text twin.
 META_TWIN: dict[str, str] = {"mg": "get", "ms": "set", "md": "delete", "ma": "incr"}

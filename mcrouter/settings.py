@@ -23,3 +23,5 @@ class Settings:
     log_format: str = "text"            # --log-format: text or json
     metrics_listen: str = ":9090"       # -L/--metrics-listen-addr, "off" for none
     count_metrics: bool = True          # False only to measure what counting costs
+    confirm_timeout: float = 10.0       # workers confirm a config generation within this
+                                        # (hidden --confirm-timeout: tests shorten it)

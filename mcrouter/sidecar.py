@@ -5,6 +5,9 @@ router, not once per worker, and the verdict reaches every worker through
 the shared HostTable.  A probe is a memcached round trip (``version`` →
 ``VERSION ...``) over a kept connection, not a bare connect: a host that
 accepts connections but never answers (SIGSTOP, a wedged process) fails it.
+The version a good probe reads goes into the HostTable too: it is what the
+router answers to ``version`` itself (LocalRoute), so clients see the
+backends' version, the lowest when they differ.
 
 A host is marked down after ``fail`` failed probes in a row and up after
 ``rise`` good ones; a worker's TKO (down at once) restarts the count, so
@@ -120,6 +123,7 @@ class Probe:
         if b"\r\n" in self.buf:
             line = self.buf.split(b"\r\n", 1)[0]
             if line.startswith(b"VERSION ") and self.buf.endswith(b"\r\n"):
+                self.table.set_version(self.slot, line[8:])     # only a strict x.y.z is kept
                 self.end(True, "probe ok")
             else:
                 self.end(False, "probe: unexpected reply " + line[:60].decode("ascii", "replace"))

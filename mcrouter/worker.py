@@ -34,6 +34,7 @@ from mcrouter.loop import EV_IN, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
 from mcrouter.routes.admin import router_stats
+from mcrouter.routes.simple import BackendVersion, use_backend_version
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host
 
@@ -169,6 +170,7 @@ class Worker:
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
+        use_backend_version(BackendVersion(self.table, [self.table.slot_of(str(a)) for a in addrs]))
         return build_route(config, hosts, router_stats(self.table, self.metrics))
 
     # -- reload ------------------------------------------------------------

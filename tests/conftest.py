@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -404,14 +405,20 @@ def memcached() -> Iterable[Callable[..., Memcached]]:
             port = free_port()
             args = [MEMCACHED, "-u", "root", "-l", HOST, "-p", str(port), "-U", "0", "-t", "1",
                     *extra]
+            # a file, not a pipe: "verbosity 2" makes memcached log every
+            # command, and a pipe nobody reads would stall it once full
+            err = tempfile.TemporaryFile()
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+                                    stderr=err)
             m = Memcached(port, proc, args)
             started.append(m)
             if wait_port(port, proc):
+                err.close()         # the process keeps its own descriptor
                 return m
             m.kill()
-            last_err = proc.stderr.read() if proc.stderr else b""
+            err.seek(0)
+            last_err = err.read()
+            err.close()
         raise RuntimeError(f"memcached did not start: {last_err.decode(errors='replace')}")
 
     yield start

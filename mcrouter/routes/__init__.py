@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 from mcrouter._hash import Hasher, ketama_name
 from mcrouter.config import HashConfig, HostAddr, RouteConfig, RouterConfig
-from mcrouter.protocol import COMMAND_IDS, META_TWIN
+from mcrouter.protocol import CMD_LIMIT, COMMAND_IDS, META_TWIN
 from mcrouter.routes.base import HostRoute, Route, Trace, Upstream
 from mcrouter.routes.failover import FailoverRoute, LatestRoute, MissFailoverRoute
 from mcrouter.routes.fanout import (AllAsyncRoute, AllFastestRoute, AllInitialRoute,
@@ -108,7 +108,7 @@ class _Builder:
 
         default_cfg = options.get("default_policy") or RouteConfig("DefaultRoute")
         default = self.build(default_cfg)
-        table: list[Route] = [default] * (max(COMMAND_IDS.values()) + 2)
+        table: list[Route] = [default] * CMD_LIMIT       # admin commands: the default
         for name, cmd in COMMAND_IDS.items():
             table[cmd] = route_for(name) or default
         return OperationSelectorRoute(table)
@@ -118,4 +118,4 @@ def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream],
                 stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None) -> RootRoute:
     """The route tree of ``config`` over ``hosts`` (one per ``config.hosts()``),
     with the ``stats`` groups the router answers itself."""
-    return RootRoute(_Builder(config, hosts).build(config.route), stats_groups)
+    return RootRoute(_Builder(config, hosts).build(config.route), stats_groups, config.admin)

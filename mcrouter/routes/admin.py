@@ -57,7 +57,7 @@ def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
         ("bytes_written", snap.value(G_BYTES_OUT)),
     ]
     stats += [(f"cmd_{name}", requests[name].count if name in requests else 0)
-              for name in [*COMMAND_IDS, "invalid"]]
+              for name in [*COMMAND_IDS, "admin", "invalid"]]
     stats += [
         ("upstream_requests", sum(n for h in hosts for n, _ in snap.upstream(h).values())),
         ("upstream_connections", sum(snap.host_gauge(h, H_CONNS) for h in hosts)),

@@ -24,13 +24,13 @@ from mcrouter._parser import Request
 from mcrouter.config import ERROR_CLASSES, OPERATION_GROUPS
 from mcrouter.protocol import (CMD_CAS, CMD_DECR, CMD_DELETE, CMD_GAT, CMD_GATS, CMD_GET,
                                CMD_GETS, CMD_INCR, CMD_MA, CMD_MD, CMD_MG, CMD_MS, CMD_SET,
-                               CMD_TOUCH, COMMAND_IDS, NO_HEALTHY_UPSTREAM, ST_ERROR, ST_OK,
+                               CMD_TOUCH, COMMAND_NAMES, NO_HEALTHY_UPSTREAM, ST_ERROR, ST_OK,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
 from mcrouter.routes.base import Attempts, HostListRoute, HostRoute, Route
 from mcrouter.routes.multiget import MissChain
 
 # command id → its operation group (failover_errors may differ per group)
-_GROUP_OF: dict[int, str] = {cmd: "other" for cmd in COMMAND_IDS.values()}
+_GROUP_OF: dict[int, str] = {cmd: "other" for cmd in COMMAND_NAMES}
 _GROUP_OF.update({c: "gets" for c in (CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_MG)})
 _GROUP_OF.update({c: "deletes" for c in (CMD_DELETE, CMD_MD)})
 _GROUP_OF.update({c: "updates" for c in range(CMD_SET, CMD_CAS + 1)})

@@ -6,7 +6,8 @@ There is no rehashing when that destination is down: the request gets its
 error, and a FailoverRoute above decides what happens next, so a key never
 lands on a server that will not have it once its own server is back.
 
-Requests without a key: ``flush_all`` and ``verbosity`` go to every
+Requests without a key: ``flush_all``, ``verbosity`` and the admin
+commands a config allows (``cache_memlimit``, ``lru``, ...) go to every
 destination and get one reply (the worst, as AllSyncRoute); ``stats`` goes
 to the first destination that answers (FailoverRoute); ``version`` and
 ``mn`` are answered by the router.  A multi-key get is split by
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from mcrouter._hash import Hasher
 from mcrouter._parser import Request
-from mcrouter.protocol import CMD_FLUSH_ALL, CMD_STATS, CMD_VERBOSITY, COMMAND_IDS
+from mcrouter.protocol import CMD_ADMIN, CMD_FLUSH_ALL, CMD_LIMIT, CMD_STATS, CMD_VERBOSITY
 from mcrouter.routes.base import Route
 from mcrouter.routes.failover import FailoverRoute
 from mcrouter.routes.fanout import AllSyncRoute
@@ -38,8 +39,10 @@ class HashRoute(HashDispatch, Route):
         self.hasher = hasher
         self.title = title or self.name
         local = LocalRoute()
-        keyless: list[Route] = [local] * (max(COMMAND_IDS.values()) + 2)
-        keyless[CMD_FLUSH_ALL] = keyless[CMD_VERBOSITY] = AllSyncRoute(self.children)
+        keyless: list[Route] = [local] * CMD_LIMIT
+        # a setting of the pool's servers: every one of them, one reply (the worst)
+        keyless[CMD_FLUSH_ALL] = keyless[CMD_VERBOSITY] = keyless[CMD_ADMIN] = \
+            AllSyncRoute(self.children)
         keyless[CMD_STATS] = FailoverRoute(self.children)
         self.keyless = keyless
 

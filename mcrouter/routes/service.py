@@ -18,7 +18,9 @@ from typing import Callable, Mapping
 
 from mcrouter._parser import Request, RequestParser
 from mcrouter._routing import ServiceDispatch
-from mcrouter.protocol import ST_FAIL, ST_OK, UNKNOWN_SERVICE_KEY
+from mcrouter.config import AdminPolicy
+from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK, UNKNOWN_SERVICE_KEY
+from mcrouter.routes.admin_policy import AdminGate
 from mcrouter.routes.base import Route, Trace
 
 _SERVICE_RE = re.compile(rb"^__mcrouter__\.(route|route_handles)\(([a-z_]+),(.*)\)$")
@@ -58,17 +60,32 @@ def trace(root: Route, command: str, key: bytes) -> Trace:
 
 class RootRoute(ServiceDispatch, Route):
     """The entry of the tree: reserved ``__mcrouter__.`` keys (``serve``),
-    the router's own ``stats`` groups (``serve_stats``), then the tree (``dispatch`` is ServiceDispatch's, in _routing.pyx)."""
+    the router's own ``stats`` groups (``serve_stats``), the admin policy
+    (``serve_admin``, routes/admin_policy.py), then the tree (``dispatch`` is
+    ServiceDispatch's, in _routing.pyx)."""
 
     name = "RootRoute"
 
-    def __init__(self, tree: Route, stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None
-                 ) -> None:
+    def __init__(self, tree: Route, stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None,
+                 admin: AdminPolicy = AdminPolicy()) -> None:
         self.tree = tree
         # ``stats <group>`` the router answers itself (routes/admin.py); other stats go to the tree
         self.stats_groups = dict(stats_groups or {})
+        self.gate = AdminGate(admin)
+        self.gated = self.gate.gated()
+
+    def serve_admin(self, req: Request) -> None:
+        refusal = self.gate.refusal(req)
+        if refusal is None:
+            self.tree.dispatch(req)
+        else:
+            req.finish(refusal, ST_ERROR)
 
     def serve_stats(self, req: Request) -> None:
+        refusal = self.gate.refusal(req)
+        if refusal is not None:
+            req.finish(refusal, ST_ERROR)
+            return
         words = req.wire.split()
         group = self.stats_groups.get(words[1]) if len(words) == 2 else None
         if group is not None:

@@ -52,6 +52,7 @@ class FakeUpstream:
         self.mode_left: Optional[int] = None
         self.delay = 0.0
         self.garbage = GARBAGE
+        self.version = b"fake"          # what follows "VERSION " in its version reply
         self.requests: list[bytes] = []
         self.accepted = 0
         self.dropping = False
@@ -231,7 +232,7 @@ class FakeUpstream:
                 hit = self.data.pop(parts[1], None) is not None
                 return b"" if noreply else (b"DELETED\r\n" if hit else b"NOT_FOUND\r\n")
             if cmd == b"version":
-                return b"VERSION fake\r\n"
+                return b"VERSION %s\r\n" % self.version
             if cmd == b"mn":
                 return b"MN\r\n"
             if cmd == b"mg":

@@ -21,7 +21,7 @@ from fake_upstream import FakeUpstream, fake  # noqa: E402,F401 - the fixture
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
-LOCAL_VERSION = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+LOCAL_VERSION = b"VERSION 1.6.18\r\n"
 
 
 def timed_request(c: Client, req: bytes, expect: bytes, bound: float) -> tuple[bytes, float]:

@@ -106,8 +106,8 @@ INVALID = {
         orderedPool: [127.0.0.1:11211]
         route:
           type: OperationSelectorRoute
-          operationPolicies: {quit: LocalRoute}
-        """, 4, 23),
+          operationPolicies: {quit: DefaultRoute}
+        """, 4, 29),
     "unknown-policy": ("""
         orderedPool: [127.0.0.1:11211]
         route:
@@ -245,7 +245,7 @@ def test_bare_command_runs_the_router(tmp_path, memcached, subcommand):
     with running([*subcommand, "-f", str(cfg), "-l", f"{HOST}:{port}", "-n", "1"], err) as proc:
         assert wait_port(port, proc), f"router did not start: {err.read_text()}"
         with Client(port) as c:
-            exp = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+            exp = b"VERSION 1.6.18\r\n"
             assert c.request(b"version\r\n", exp) == exp
             exp = b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
             assert c.request(b"set k 0 0 1\r\nv\r\nget k\r\n", exp) == exp

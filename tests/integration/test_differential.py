@@ -47,6 +47,7 @@ from typing import Callable, Union
 import pytest
 
 from conftest import Client, first_difference, show
+from mcrouter.config import ADMIN_COMMANDS
 
 Step = Union[bytes, Callable[[dict], bytes]]
 
@@ -477,12 +478,18 @@ def test_session_is_deterministic_on_memcached(memcached, session):
     assert [normalise(x) for x in a] == [normalise(x) for x in b]
 
 
+# The session sends stats reset, stats detail and me, which the router refuses
+# by default (README "Admin commands"); here every admin command is allowed, so
+# that how the router forwards them is compared with memcached too.
+ALLOW_ADMIN = {"allow": list(ADMIN_COMMANDS)}
+
+
 @pytest.mark.parametrize("conns", [None, 1], ids=["default-C", "C1"])
 def test_sequential_identical(memcached, router, session, conns):
     concrete, expected = resolve(memcached, session)
     backend = memcached()
-    r = router({"orderedPool": [backend.addr], "route": {"type": "DefaultRoute"}},
-               workers=2, conns=conns)
+    r = router({"orderedPool": [backend.addr], "route": {"type": "DefaultRoute"},
+                "admin": ALLOW_ADMIN}, workers=2, conns=conns)
     with r.client() as c:
         _, actual = run_sequential(c, concrete)
     for req, exp, act in zip(concrete, expected, actual):
@@ -497,8 +504,8 @@ def test_pipelined_identical(memcached, router, session, conns):
     stream = b"".join(concrete) + SENTINEL
     direct = memcached()
     backend = memcached()
-    r = router({"orderedPool": [backend.addr], "route": {"type": "DefaultRoute"}},
-               workers=2, conns=conns)
+    r = router({"orderedPool": [backend.addr], "route": {"type": "DefaultRoute"},
+                "admin": ALLOW_ADMIN}, workers=2, conns=conns)
     with direct.client() as c:
         expected = c.pipeline(stream, SENTINEL_REPLY, timeout=30)
     assert expected.endswith(SENTINEL_REPLY), f"memcached did not answer: {show(expected)}"

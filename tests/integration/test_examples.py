@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_until
 from mcrouter.config import ROUTE_OPTIONS, load_config
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -46,3 +46,42 @@ def test_example_loads_and_serves(path, memcached, router):
             assert c.recv_one_of(EITHER[path.stem]) in EITHER[path.stem]
         else:
             assert c.request(b"get user:1\r\n", get_reply) == get_reply
+
+
+# gomcrouter's own example config (its README, "Example Router Configuration",
+# byte for byte; also its examples/docker/gomcrouter.yaml): the README
+# promises that schema verbatim, quit: LocalRoute included.
+GOMCROUTER_README = REPO / "tests" / "integration" / "configs" / "gomcrouter_readme.yaml"
+
+
+def test_gomcrouter_readme_example_loads_and_serves(memcached, router):
+    text = GOMCROUTER_README.read_text()
+    config = load_config(str(GOMCROUTER_README))
+    assert config.route.options["operation_policies"]["quit"].type == "LocalRoute"
+    m1, m2 = memcached(), memcached()
+    r = router(text.replace("memcache1:11211", m1.addr).replace("memcache2:11211", m2.addr))
+    with m1.client() as c:
+        version = c.call(b"version\r\n")
+    assert re.fullmatch(rb"VERSION \d+\.\d+\.\d+\r\n", version)
+    with r.client() as c:
+        assert c.request(b"version\r\n", version) == version                  # LocalRoute
+        assert c.request(b"set k 0 0 1\r\n5\r\n", b"STORED\r\n") == b"STORED\r\n"
+        for m in (m1, m2):                                                   # AllFastestRoute
+            assert wait_until(lambda: m.get_raw("k") == b"VALUE k 0 1\r\n5\r\nEND\r\n", 5)
+        for req, exp in [
+            (b"get k\r\n", b"VALUE k 0 1\r\n5\r\nEND\r\n"),                    # MissFailoverRoute
+            (b"add k 0 0 1\r\n6\r\n", b"NOT_STORED\r\n"),
+            (b"incr k 10\r\n", b"15\r\n"),
+            (b"decr k 3\r\n", b"12\r\n"),
+            (b"append k 0 0 1\r\n0\r\n", b"STORED\r\n"),
+            (b"prepend k 0 0 1\r\n1\r\n", b"STORED\r\n"),
+            (b"get k\r\n", b"VALUE k 0 4\r\n1120\r\nEND\r\n"),
+            (b"replace k 0 0 2\r\nok\r\n", b"STORED\r\n"),
+            (b"delete k\r\n", b"DELETED\r\n"),
+            (b"get k\r\n", b"END\r\n"),
+        ]:
+            assert c.request(req, exp) == exp, req
+    with r.client() as c:               # quit: every earlier reply, then the close
+        c.send(b"get nope\r\nversion\r\nquit\r\nget nope\r\n")
+        assert c.recv_idle(0.5) == b"END\r\n" + version
+        assert c.is_closed()

@@ -82,7 +82,9 @@ def test_counters_equal_what_was_sent(memcached, router):
     sent, received = sum(c.sent for c in clients), sum(c.received for c in clients)
     for c in clients:
         c.c.close()
-    want_requests = {"set": 8, "version": 1, "get": 8, "invalid": 3, "delete": 1, "mg": 1}
+    # shutdown: an admin command, refused by the admin policy (not an invalid line)
+    want_requests = {"set": 8, "version": 1, "get": 8, "invalid": 2, "admin": 1, "delete": 1,
+                     "mg": 1}
     want_upstream = {(m1.addr, "set"): 8, (m2.addr, "set"): 8, (m1.addr, "get"): 8,
                      (m2.addr, "get"): 4, (m1.addr, "delete"): 1, (m1.addr, "mg"): 1}
 
@@ -138,7 +140,7 @@ STATS_NAMES = """pid uptime time version workers curr_connections total_connecti
 rejected_connections bytes_read bytes_written cmd_get cmd_gets cmd_gat cmd_gats cmd_set cmd_add
 cmd_replace cmd_append cmd_prepend cmd_cas cmd_delete cmd_incr cmd_decr cmd_touch cmd_flush_all
 cmd_version cmd_verbosity cmd_stats cmd_quit cmd_mg cmd_ms cmd_md cmd_ma cmd_mn cmd_me
-cmd_invalid upstream_requests upstream_connections get_hits get_misses upstream_errors_timeout
+cmd_admin cmd_invalid upstream_requests upstream_connections get_hits get_misses upstream_errors_timeout
 upstream_errors_connect upstream_errors_reset upstream_errors_parse hosts healthy_hosts
 replies_no_healthy_upstream replies_upstream_timeout replies_upstream_error
 replies_upstream_queue_full replies_reply_too_large replies_not_handled_locally
@@ -172,7 +174,7 @@ def test_stats_mcrouter_format(memcached, router):
     got = {name: value for _, name, value in stats}
     assert got["pid"] == str(r.pid) and got["version"] == "0.1.0" and got["workers"] == "2"
     assert 0 <= int(got["uptime"]) < 120 and abs(int(got["time"]) - time.time()) < 5
-    want = {"cmd_set": 32, "cmd_version": 4, "cmd_get": 32, "cmd_invalid": 12, "cmd_delete": 4,
+    want = {"cmd_set": 32, "cmd_version": 4, "cmd_get": 32, "cmd_invalid": 8, "cmd_admin": 4, "cmd_delete": 4,
             "cmd_mg": 4, "get_hits": 28, "hosts": 2, "healthy_hosts": 2,
             "replies_bad_request": 8, "replies_not_supported": 4, "route_fanout": 32,
             "route_miss_failover": 16, "route_failover": 0, "upstream_errors_timeout": 0,

@@ -20,7 +20,7 @@ from twemproxy_probe import NUTCRACKER, held_by, nutcracker, store_through  # no
 
 from mcrouter._hash import Hasher, ketama_name
 
-VERSION = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+VERSION = b"VERSION 1.6.18\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 
@@ -269,3 +269,43 @@ def test_gat_across_shards_touches_every_key(memcached, router):
         with m.client() as c:
             ttl = c.call(b"mg %s t\r\n" % k)
             assert ttl.startswith(b"HD t") and 550 < int(ttl.split(b"t")[1]) <= 600, ttl
+
+
+def test_base64_keys_go_where_their_decoded_key_lives(memcached, router):
+    """ms/mg/md/ma with ``b`` hash the key memcached stores, not its encoding,
+    so text and meta commands on one key meet on one server (issue 10)."""
+    import base64
+    servers = [memcached() for _ in range(2)]
+    r = router(pool_yaml(servers))
+    keys = [b"b64key%d" % i for i in range(50)]
+    enc = [base64.b64encode(k) for k in keys]
+    assert len(set(placement(servers, keys))) == 2
+    with r.client() as c:
+        req = b"".join(b"ms %s 2 b\r\nv%d\r\n" % (e, i % 10) for i, e in enumerate(enc)) + b"mn\r\n"
+        assert c.call(req, b"MN\r\n") == b"HD\r\n" * 50 + b"MN\r\n"
+    assert held_by([m.port for m in servers], keys) == placement(servers, keys)
+    with r.client() as c:
+        got = c.call(b"get " + b" ".join(keys) + b"\r\n", b"END\r\n")
+        assert got == b"".join(value(k, b"v%d" % (i % 10)) for i, k in enumerate(keys)) + b"END\r\n"
+        req = b"".join(b"mg %s b v\r\n" % e for e in enc[:5]) + b"mn\r\n"
+        assert c.call(req, b"MN\r\n") == b"".join(b"VA 2\r\nv%d\r\n" % i for i in range(5)) + b"MN\r\n"
+        req = b"".join(b"ma %s b N0 J5 v\r\n" % base64.b64encode(b"ctr%d" % i) for i in range(10))
+        assert c.call(req + b"mn\r\n", b"MN\r\n") == b"VA 1\r\n5\r\n" * 10 + b"MN\r\n"
+        assert c.call(b"".join(b"incr ctr%d 1\r\n" % i for i in range(10)) + b"mn\r\n",
+                      b"MN\r\n") == b"6\r\n" * 10 + b"MN\r\n"
+        req = b"".join(b"md %s b q\r\n" % e for e in enc) + b"mn\r\n"
+        assert c.call(req, b"MN\r\n") == b"MN\r\n"        # every delete found its key
+        assert c.call(b"get " + b" ".join(keys) + b"\r\n", b"END\r\n") == b"END\r\n"
+        # memcached's own decoding rules: characters outside the alphabet are skipped
+        assert c.call(b"ms Zm9v!YmFy 3 b\r\nabc\r\nget foobar\r\n", b"END\r\n") == \
+            b"HD\r\n" + value(b"foobar", b"abc") + b"END\r\n"
+    assert held_by([m.port for m in servers], keys) == [-1] * 50
+
+
+def test_gat_with_no_key_is_an_empty_hit_list(memcached, router):
+    servers = [memcached() for _ in range(2)]
+    r = router(pool_yaml(servers))
+    with r.client() as c:
+        assert c.call(b"gat 10\r\ngats 5\r\nmn\r\n", b"MN\r\n") == b"END\r\nEND\r\nMN\r\n"
+        assert c.call(b"gat v\r\ngat v k\r\nmn\r\n", b"MN\r\n") == \
+            b"CLIENT_ERROR invalid exptime argument\r\n" * 2 + b"MN\r\n"

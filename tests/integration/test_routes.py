@@ -15,7 +15,7 @@ NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 UPSTREAM_TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 NOT_LOCAL = b"SERVER_ERROR mcrouter: command not handled locally\r\n"
-VERSION = b"VERSION 1.6.18 mcrouter/0.1.0\r\n"
+VERSION = b"VERSION 1.6.18\r\n"
 
 
 def value(key: str, data: bytes, flags: int = 0, cas: int | None = None) -> bytes:

@@ -71,3 +71,33 @@ def test_sigquit_stops_at_once(memcached, router):
     r = router(pool_config([m]), workers=2)
     r.signal(signal.SIGQUIT)
     assert r.wait(10) == 0
+
+
+def test_a_worker_late_to_confirm_a_reload_leaves_the_master_serving(memcached, router):
+    """Issue 10, defect 9: SIGSTOP one worker, SIGHUP the master, wait past the
+    confirmation deadline (shortened to 1 s): the master used to die on an
+    UnboundLocalError and take every worker with it."""
+    m = memcached()
+    m.set("k", b"v")
+    r = router(pool_config([m]), workers=2, extra=["--confirm-timeout", "1"])
+    assert r.wait_log("start: all 2 worker(s) run config generation 1")
+    stopped = r.worker_pids()[0]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        r.signal(signal.SIGHUP)
+        assert r.wait_log("did not confirm generation 2 within 1s; 1 of 2 worker(s) confirmed",
+                          timeout=10), r.stderr()[-2000:]
+        time.sleep(0.5)                       # a few more turns of the master's loop
+        assert r.proc.poll() is None and alive(r.pid)
+        for _ in range(5):                    # the worker still running answers every client
+            with r.client(timeout=5) as c:
+                assert c.request(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n") \
+                    == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert stopped in r.worker_pids()         # late, not killed: it catches up
+    with r.client(timeout=5) as c:
+        assert c.request(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert r.stop() == 0
+    log = r.stderr()
+    assert "Traceback" not in log and "UnboundLocalError" not in log, log[-2000:]

@@ -68,6 +68,55 @@ def test_an_address_being_written_is_not_read():
     assert t.generation(s) != gen and t.address(s) == (socket.AF_INET, "10.0.0.2")
 
 
+def test_backend_versions_lowest_wins_and_only_a_strict_x_y_z_is_kept():
+    t = HostTable(capacity=8)
+    a, b, c = t.assign("a:1"), t.assign("b:1"), t.assign("c:1")
+    assert t.lowest_version([a, b, c]) is None             # never probed
+    t.set_version(a, b"1.6.18")
+    t.set_version(b, b"1.6.9")                             # numerically lower, not as text
+    assert t.version(a) == (1, 6, 18) and t.version(b) == (1, 6, 9)
+    assert t.lowest_version([a, b, c]) == "1.6.9"
+    assert t.lowest_version([a]) == "1.6.18"               # only the slots asked about
+    assert t.lowest_version([]) is None
+    for hostile in (b"1.6.18 mcrouter/0.1.0", b"1.6", b"1.6.9.1", b"1.6.9\r\nEND", b"a.b.c",
+                    b"-1.6.9", b"1.6.9 ", b"12345.0.0", b"1.6.9\x00", "1.6.\u0663".encode()):
+        t.set_version(b, b"1.6.9")
+        t.set_version(b, hostile)
+        assert t.version(b) is None, hostile               # unknown again, never stored
+        assert t.lowest_version([a, b]) == "1.6.18"
+    t.set_version(c, b"1.4.5")
+    assert t.lowest_version([a, b, c]) == "1.4.5"
+    assert t.statuses()[2].key == "c:1"                    # the other fields are untouched
+
+
+def test_a_version_being_written_is_not_read():
+    from mcrouter.health import REC_VERSION_SEQ
+    t = HostTable(capacity=2)
+    s = t.assign("h:1")
+    t.set_version(s, b"1.6.18")
+    at = t._rec(s) + REC_VERSION_SEQ
+    seq = t.mm[at]
+    assert seq % 2 == 0 and t.version(s) == (1, 6, 18)
+    t.mm[at] = seq + 1                                     # what a reader sees mid-write
+    assert t.version(s) is None
+    t.mm[at] = seq
+    t.set_version(s, b"1.6.18")                            # unchanged: not rewritten
+    assert t.mm[at] == seq
+    t.set_version(s, b"1.6.21")
+    assert t.mm[at] == seq + 2 and t.version(s) == (1, 6, 21)
+
+
+def test_the_version_reply_is_the_lowest_backend_version_or_1_6_18():
+    from mcrouter.routes.simple import BackendVersion
+    t = HostTable(capacity=4)
+    a, b = t.assign("a:1"), t.assign("b:1")
+    assert BackendVersion().reply() == b"VERSION 1.6.18\r\n"
+    assert BackendVersion(t, [a, b]).reply() == b"VERSION 1.6.18\r\n"
+    t.set_version(b, b"1.5.22")
+    assert BackendVersion(t, [a, b]).reply() == b"VERSION 1.5.22\r\n"
+    assert BackendVersion(t, [a]).reply() == b"VERSION 1.6.18\r\n"
+
+
 class FakeResolver:
     def __init__(self, answers: dict[str, tuple[int, str] | None]) -> None:
         self.answers = answers
