@@ -117,7 +117,7 @@ cdef bint mc_strtoul32(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long>l < 0 and memchr(s, b'-', len(tok)) != NULL:     # strchr, as memcached
             return False
         return True
     return False
@@ -131,7 +131,7 @@ cdef bint mc_strtoull(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long long>l < 0 and memchr(s, b'-', len(tok)) != NULL:
             return False
         return True
     return False
@@ -315,6 +315,12 @@ cdef class RequestParser:
                     self.close(out)
                 break
             nl = hit - p
+            if nl - pos > LINE_LIMIT and (not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
+                # memcached closes on such a line whenever its first 2048 bytes
+                # arrive without the newline, which depends on its reads: never
+                # forward one (it would reset a connection other clients share)
+                self.close(out)
+                break
             el = nl
             if el - pos > 1 and p[el - 1] == b'\r':
                 el -= 1
@@ -372,7 +378,8 @@ cdef class RequestParser:
 
     cdef bint last_is(self, const unsigned char *p, const char *word, Py_ssize_t wl):
         cdef int i = self.ntok - 1
-        return self.more == 0 and i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
+        # memcached reads tokens[ntokens - 2]: the last stored one, even past MAX_TOKENS
+        return i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
 
     cdef Request forward(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                          Py_ssize_t start, Py_ssize_t end, int keytok):
