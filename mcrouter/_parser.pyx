@@ -315,20 +315,32 @@ cdef class RequestParser:
                     self.close(out)
                 break
             nl = hit - p
-            if nl - pos > LINE_LIMIT and (not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
-                # memcached closes on such a line whenever its first 2048 bytes
-                # arrive without the newline, which depends on its reads: never
-                # forward one (it would reset a connection other clients share)
-                self.close(out)
-                break
             el = nl
             if el - pos > 1 and p[el - 1] == b'\r':
                 el -= 1
+            first = len(out)
             r = self.command(p, pos, el, nl + 1, n, out)
             if r < 0:
                 break       # a data block is not complete yet
+            if nl - pos > LINE_LIMIT and self.forwards(out, first) and (
+                    not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
+                # memcached closes on such a line whenever its first 2048 bytes
+                # arrive without the newline, which depends on how its reads
+                # fall: never forward one (it would reset a connection other
+                # clients share).  Lines the router answers itself are fine.
+                del out[first:]
+                self.close(out)
+                break
             pos = r
         return pos
+
+    cdef bint forwards(self, list out, Py_ssize_t first):
+        """Whether a request made since ``first`` goes upstream."""
+        cdef Py_ssize_t i
+        for i in range(first, len(out)):
+            if (<Request>out[i]).cmd != CMD_LOCAL:
+                return True
+        return False
 
     cdef void close(self, list out):
         # the connection ends once every earlier request is answered
