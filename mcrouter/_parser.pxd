@@ -69,7 +69,7 @@ cdef class Request:
 
 cdef void append_bytes(bytearray dst, const unsigned char *src, Py_ssize_t n) except *
 
-cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, int rkind,
-                           Py_ssize_t *skip_left, bint *last, bint *done)
+cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
+                           Py_ssize_t *skip_left, bint *last, Py_ssize_t *seen, bint *done)
 
-cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int *status)
+cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, int *status)

@@ -117,7 +117,7 @@ cdef bint mc_strtoul32(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long>l < 0 and memchr(s, b'-', len(tok)) != NULL:     # strchr, as memcached
             return False
         return True
     return False
@@ -131,7 +131,7 @@ cdef bint mc_strtoull(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long long>l < 0 and memchr(s, b'-', len(tok)) != NULL:
             return False
         return True
     return False
@@ -318,11 +318,29 @@ cdef class RequestParser:
             el = nl
             if el - pos > 1 and p[el - 1] == b'\r':
                 el -= 1
+            first = len(out)
             r = self.command(p, pos, el, nl + 1, n, out)
             if r < 0:
                 break       # a data block is not complete yet
+            if nl - pos > LINE_LIMIT and self.forwards(out, first) and (
+                    not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
+                # memcached closes on such a line whenever its first 2048 bytes
+                # arrive without the newline, which depends on how its reads
+                # fall: never forward one (it would reset a connection other
+                # clients share).  Lines the router answers itself are fine.
+                del out[first:]
+                self.close(out)
+                break
             pos = r
         return pos
+
+    cdef bint forwards(self, list out, Py_ssize_t first):
+        """Whether a request made since ``first`` goes upstream."""
+        cdef Py_ssize_t i
+        for i in range(first, len(out)):
+            if (<Request>out[i]).cmd != CMD_LOCAL:
+                return True
+        return False
 
     cdef void close(self, list out):
         # the connection ends once every earlier request is answered
@@ -372,7 +390,8 @@ cdef class RequestParser:
 
     cdef bint last_is(self, const unsigned char *p, const char *word, Py_ssize_t wl):
         cdef int i = self.ntok - 1
-        return self.more == 0 and i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
+        # memcached reads tokens[ntokens - 2]: the last stored one, even past MAX_TOKENS
+        return i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
 
     cdef Request forward(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                          Py_ssize_t start, Py_ssize_t end, int keytok):
@@ -737,6 +756,18 @@ cdef class RequestParser:
 
 # ---------------------------------------------------------------------------
 # Upstream side
+#
+# A reply is accepted only if it can answer its request: framing by the reply
+# kind, and the reply's first token by the command (memcached 1.6.18).  A
+# storage command is answered by a status line, never VALUE or a number; an
+# arithmetic command by a number; a meta command by its own codes; a get by
+# VALUE blocks for the keys it asked, in the order asked.  Anything else (a
+# broken or hostile backend, a desynchronised pipeline) is a protocol error:
+# the caller drops the connection and no byte of the reply reaches a client.
+# Each check is a few compares on the first bytes of a line.
+
+from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
 cdef inline Py_ssize_t line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n):
     """Index just past the next \\r\\n, -1 if incomplete, -2 if a bare \\n."""
@@ -751,6 +782,12 @@ cdef inline Py_ssize_t line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize
 
 cdef inline bint starts(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, const char *w, Py_ssize_t wl):
     return le - pos >= wl and memcmp(p + pos, w, wl) == 0
+
+
+cdef inline bint line_is(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le,
+                         const char *w, Py_ssize_t wl):
+    """The whole line (its \\r\\n included) is ``w``."""
+    return le - pos == wl and memcmp(p + pos, w, wl) == 0
 
 
 cdef int line_status(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
@@ -772,8 +809,109 @@ cdef int line_status(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
 
 
 cdef inline bint is_error_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
-    return (starts(p, pos, le, "ERROR\r\n", 7) or starts(p, pos, le, "CLIENT_ERROR ", 13)
-            or starts(p, pos, le, "SERVER_ERROR ", 13))
+    """memcached's error replies: ``ERROR``, ``ERROR <text>`` (lru, watch),
+    ``CLIENT_ERROR <text>``, ``SERVER_ERROR <text>``; any command may get one."""
+    cdef unsigned char c = p[pos]
+    if c == b'E':
+        return starts(p, pos, le, "ERROR\r\n", 7) or starts(p, pos, le, "ERROR ", 6)
+    if c == b'C':
+        return starts(p, pos, le, "CLIENT_ERROR ", 13)
+    if c == b'S':
+        return starts(p, pos, le, "SERVER_ERROR ", 13)
+    return False
+
+
+cdef inline bint is_number_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
+    """An incr/decr result: 1 to 20 decimal digits (a uint64), nothing else."""
+    cdef Py_ssize_t i
+    if le - pos < 3 or le - pos > 22:
+        return False
+    for i in range(pos, le - 2):
+        if p[i] < b'0' or p[i] > b'9':
+            return False
+    return True
+
+
+cdef bint line_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int cmd):
+    """Whether the one-line reply p[pos:le] can answer classic command ``cmd``."""
+    if cmd >= CMD_SET and cmd <= CMD_CAS:
+        if (line_is(p, pos, le, "STORED\r\n", 8) or line_is(p, pos, le, "NOT_STORED\r\n", 12)
+                or line_is(p, pos, le, "EXISTS\r\n", 8)
+                or line_is(p, pos, le, "NOT_FOUND\r\n", 11)):
+            return True
+    elif cmd == CMD_DELETE:
+        if line_is(p, pos, le, "DELETED\r\n", 9) or line_is(p, pos, le, "NOT_FOUND\r\n", 11):
+            return True
+    elif cmd == CMD_INCR or cmd == CMD_DECR:
+        if is_number_line(p, pos, le) or line_is(p, pos, le, "NOT_FOUND\r\n", 11):
+            return True
+    elif cmd == CMD_TOUCH:
+        if line_is(p, pos, le, "TOUCHED\r\n", 9) or line_is(p, pos, le, "NOT_FOUND\r\n", 11):
+            return True
+    elif cmd == CMD_FLUSH_ALL or cmd == CMD_VERBOSITY:
+        if line_is(p, pos, le, "OK\r\n", 4):
+            return True
+    elif cmd == CMD_VERSION:
+        if starts(p, pos, le, "VERSION ", 8):
+            return True
+    elif cmd == CMD_ADMIN:
+        if admin_line(p, pos, le):
+            return True
+    else:
+        return False
+    return is_error_line(p, pos, le)
+
+
+cdef bint admin_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le):
+    """What memcached 1.6.18's admin commands that a client may be allowed
+    (slabs, lru, lru_crawler crawl, cache_memlimit, extstore, ...) answer
+    besides an error line: OK, or a status word and its explanation."""
+    cdef Py_ssize_t tl = 0
+    while pos + tl < le - 2 and p[pos + tl] != b' ':
+        tl += 1
+    return (tok_is(p, pos, tl, "OK", 2) or tok_is(p, pos, tl, "BUSY", 4)
+            or tok_is(p, pos, tl, "BADCLASS", 8) or tok_is(p, pos, tl, "NOSPARE", 7)
+            or tok_is(p, pos, tl, "NOTFULL", 7) or tok_is(p, pos, tl, "UNSAFE", 6)
+            or tok_is(p, pos, tl, "SAME", 4) or tok_is(p, pos, tl, "NOTSTARTED", 10)
+            or tok_is(p, pos, tl, "MEMLIMIT_ADJUST_FAILED", 22)
+            or tok_is(p, pos, tl, "MEMLIMIT_TOO_SMALL", 18)
+            or tok_is(p, pos, tl, "Error", 5))         # refresh_certs without TLS (probed)
+
+
+cdef bint meta_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int cmd):
+    """Whether the reply line p[pos:le] can answer meta command ``cmd``: its
+    two-letter code (then a space or the line's end), or an error line."""
+    cdef unsigned char a, b, c
+    if le - pos >= 4:
+        c = p[pos + 2]
+        if c == b' ' or (c == b'\r' and le - pos == 4):
+            a = p[pos]
+            b = p[pos + 1]
+            if a == b'H' and b == b'D':
+                return cmd == CMD_MG or cmd == CMD_MS or cmd == CMD_MD or cmd == CMD_MA
+            if a == b'V' and b == b'A':
+                return cmd == CMD_MG or cmd == CMD_MA
+            if a == b'E' and b == b'N':
+                return cmd == CMD_MG or cmd == CMD_ME
+            if a == b'N' and b == b'F':
+                return cmd == CMD_MS or cmd == CMD_MD or cmd == CMD_MA
+            if a == b'N' and b == b'S':
+                return cmd == CMD_MS or cmd == CMD_MA
+            if a == b'E' and b == b'X':
+                return cmd == CMD_MS or cmd == CMD_MD or cmd == CMD_MA
+            if a == b'M' and b == b'E':
+                return cmd == CMD_ME
+            if a == b'M' and b == b'N':
+                return cmd == CMD_MN and c == b'\r'
+            return False
+    return cmd != CMD_MN and is_error_line(p, pos, le)
+
+
+cdef inline bint reply_fits(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int cmd):
+    """One-line reply check for a classic or a meta command."""
+    if cmd >= CMD_MG and cmd <= CMD_ME:
+        return meta_fits(p, pos, le, cmd)
+    return line_fits(p, pos, le, cmd)
 
 
 cdef long field_number(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, int field):
@@ -800,23 +938,98 @@ cdef long field_number(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, in
     return v
 
 
-cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int *status):
-    """Length of the first complete reply in p[0:n]; -1 if incomplete; -2 if
-    the bytes are not a reply of this kind (the connection must be dropped)."""
-    cdef Py_ssize_t pos = 0, le, end
+cdef inline Py_ssize_t number_after_space(const unsigned char *p, Py_ssize_t i, Py_ssize_t e,
+                                          int maxlen, long *value):
+    """p[i] is a space followed by 1 to ``maxlen`` digits (and then a space
+    or ``e``): the index past them, else -1.  ``value`` gets the number if
+    it is below 2^31, else -1."""
+    cdef Py_ssize_t s
+    cdef long v = 0
+    if i >= e or p[i] != b' ':
+        return -1
+    i += 1
+    s = i
+    while i < e and p[i] >= b'0' and p[i] <= b'9':
+        if v >= 0:
+            v = v * 10 + (p[i] - 48)
+            if v > 0x7fffffff:
+                v = -1
+        i += 1
+    if i == s or i - s > maxlen or (i < e and p[i] != b' '):
+        return -1
+    value[0] = v
+    return i
+
+
+cdef bint key_asked(Request req, const unsigned char *k, Py_ssize_t kl, Py_ssize_t *cursor):
+    """``k`` is a key ``req`` asked for, at or after ``*cursor`` (memcached
+    answers hits in the order of the keys asked); moves the cursor past it."""
+    cdef list keys = req.keys
+    cdef bytes key
+    cdef Py_ssize_t i
+    if keys is None:
+        key = req.key
+        if cursor[0] == 0 and PyBytes_GET_SIZE(key) == kl \
+                and memcmp(PyBytes_AS_STRING(key), k, kl) == 0:
+            cursor[0] = 1
+            return True
+        return False
+    for i in range(cursor[0], PyList_GET_SIZE(keys)):
+        key = <bytes>PyList_GET_ITEM(keys, i)
+        if PyBytes_GET_SIZE(key) == kl and memcmp(PyBytes_AS_STRING(key), k, kl) == 0:
+            cursor[0] = i + 1
+            return True
+    return False
+
+
+cdef long value_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, Request req,
+                     Py_ssize_t *cursor):
+    """The data size of ``VALUE <key> <flags> <bytes>[ <cas>]``, -1 if the
+    line cannot answer ``req``: a key it did not ask (or out of order), a
+    cas unique missing on gets/gats or present on get/gat, a bad number."""
+    cdef Py_ssize_t e = le - 2, i = pos + 6, ks = pos + 6
+    cdef long size = -1, ignored = 0
+    while i < e and p[i] != b' ':
+        i += 1
+    if i == ks or not key_asked(req, p + ks, i - ks, cursor):
+        return -1
+    i = number_after_space(p, i, e, 10, &ignored)          # flags: a uint32
+    if i < 0:
+        return -1
+    i = number_after_space(p, i, e, 10, &size)
+    if i < 0 or size < 0:
+        return -1
+    if req.cmd == CMD_GETS or req.cmd == CMD_GATS:
+        i = number_after_space(p, i, e, 20, &ignored)      # cas unique: a uint64
+        if i < 0:
+            return -1
+    return size if i == e else -1
+
+
+cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, int *status):
+    """Length of the first complete reply to ``req`` in p[0:n]; -1 if
+    incomplete; -2 if the bytes are no reply to it (the connection must be
+    dropped).  Every complete line is checked as soon as it is seen."""
+    cdef Py_ssize_t pos = 0, le, end, cursor = 0
     cdef long size
     cdef bint hit = False
+    cdef int rkind = req.rkind, cmd = req.cmd
     if rkind == RK_LINE:
         le = line_end(p, 0, n)
-        if le >= 0:
-            status[0] = line_status(p, 0, le)
+        if le < 0:
+            return le
+        if not line_fits(p, 0, le, cmd):
+            return -2
+        status[0] = line_status(p, 0, le)
         return le
     if rkind == RK_META:
         le = line_end(p, 0, n)
         if le < 0:
             return le
+        if not meta_fits(p, 0, le, cmd):
+            return -2
         status[0] = line_status(p, 0, le)
-        if starts(p, 0, le, "VA ", 3):
+        if p[0] == b'V' and p[1] == b'A':
             size = field_number(p, 0, le, 1)
             if size < 0:
                 return -2
@@ -833,7 +1046,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int 
             if le < 0:
                 return le
             if starts(p, pos, le, "VALUE ", 6):
-                size = field_number(p, pos, le, 3)
+                size = value_line(p, pos, le, req, &cursor)
                 if size < 0:
                     return -2
                 end = le + size + 2
@@ -844,7 +1057,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int 
                 pos = end
                 hit = True
                 continue
-            if starts(p, pos, le, "END\r\n", 5):
+            if line_is(p, pos, le, "END\r\n", 5):
                 status[0] = ST_OK if hit else ST_FAIL
                 return le
             if is_error_line(p, pos, le):
@@ -860,39 +1073,57 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, int rkind, int 
                     or starts(p, pos, le, "PREFIX ", 7):
                 pos = le
                 continue
-            status[0] = ST_FAIL if is_error_line(p, pos, le) else ST_OK
-            return le
+            # END, or what stats detail on|off (OK) and stats reset (RESET) say
+            if line_is(p, pos, le, "END\r\n", 5) or line_is(p, pos, le, "OK\r\n", 4) \
+                    or line_is(p, pos, le, "RESET\r\n", 7):
+                status[0] = ST_OK
+                return le
+            if is_error_line(p, pos, le):
+                status[0] = ST_FAIL
+                return le
+            return -2
     if rkind == RK_QUIET:
+        # at most one reply (what memcached did not suppress), then the MN
+        # the router appended
         status[0] = ST_OK
-        while True:
-            le = line_end(p, pos, n)
-            if le < 0:
-                return le
-            if starts(p, pos, le, "MN\r\n", 4):
-                return le
-            if pos == 0:
-                status[0] = line_status(p, 0, le)
-            if starts(p, pos, le, "VA ", 3):
-                size = field_number(p, pos, le, 1)
-                if size < 0:
-                    return -2
-                end = le + size + 2
-                if end > n:
-                    return -1
-                pos = end
-            else:
-                pos = le
+        le = line_end(p, 0, n)
+        if le < 0:
+            return le
+        if line_is(p, 0, le, "MN\r\n", 4):
+            return le
+        if not reply_fits(p, 0, le, cmd):
+            return -2
+        status[0] = line_status(p, 0, le)
+        pos = le
+        if p[0] == b'V' and p[1] == b'A':
+            size = field_number(p, 0, le, 1)
+            if size < 0:
+                return -2
+            pos = le + size + 2
+            if pos > n:
+                return -1
+            if p[pos - 2] != b'\r' or p[pos - 1] != b'\n':
+                return -2
+        le = line_end(p, pos, n)
+        if le < 0:
+            return le
+        if line_is(p, pos, le, "MN\r\n", 4):
+            return le
+        return -2
     return -2
 
 
-cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, int rkind,
-                           Py_ssize_t *skip_left, bint *last, bint *done):
+cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
+                           Py_ssize_t *skip_left, bint *last, Py_ssize_t *seen, bint *done):
     """Walk a reply too large to hold without keeping it: consume what is in
     p[0:n] and return how much (or -2 on garbage); ``*done`` once the reply
     has ended.  ``*skip_left`` counts data bytes still to drop, ``*last``
-    says the reply ends with them (meta VA)."""
+    says the reply ends with them (meta VA), ``*seen`` is the get key cursor
+    or the count of quiet replies; all three start at 0.  Each line is
+    checked against ``req`` as scan_reply checks it."""
     cdef Py_ssize_t pos = 0, k, le
     cdef long size
+    cdef int rkind = req.rkind
     while pos < n or (skip_left[0] == 0 and last[0]):
         if skip_left[0]:
             k = min(skip_left[0], n - pos)
@@ -907,18 +1138,29 @@ cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, int rkind,
             return -2 if n - pos > 65536 else pos
         if le < 0:
             return -2
-        if starts(p, pos, le, "VALUE ", 6):
-            size = field_number(p, pos, le, 3)
-        elif starts(p, pos, le, "VA ", 3):
+        if rkind == RK_GET:
+            if starts(p, pos, le, "VALUE ", 6):
+                size = value_line(p, pos, le, req, seen)
+            elif line_is(p, pos, le, "END\r\n", 5) or is_error_line(p, pos, le):
+                done[0] = True
+                return le
+            else:
+                return -2
+        elif rkind == RK_META or rkind == RK_QUIET:
+            if rkind == RK_QUIET and line_is(p, pos, le, "MN\r\n", 4):
+                done[0] = True
+                return le
+            if seen[0] or not reply_fits(p, pos, le, req.cmd):
+                return -2
+            seen[0] = 1
+            if not (p[pos] == b'V' and p[pos + 1] == b'A'):
+                if rkind == RK_META:
+                    done[0] = True
+                    return le
+                pos = le
+                continue
             size = field_number(p, pos, le, 1)
             last[0] = rkind == RK_META
-        elif (rkind == RK_GET and (starts(p, pos, le, "END\r\n", 5) or is_error_line(p, pos, le))) \
-                or (rkind == RK_QUIET and starts(p, pos, le, "MN\r\n", 4)):
-            done[0] = True
-            return le
-        elif rkind == RK_QUIET:
-            pos = le
-            continue
         else:
             return -2
         if size < 0:
@@ -928,14 +1170,17 @@ cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, int rkind,
     return pos
 
 
-def scan(data, int rkind):
-    """Python entry to ``scan_reply`` for tests and cold paths: (length, status)."""
+def scan(data, request):
+    """Python entry to ``scan_reply`` for tests and cold paths: (length,
+    status) of ``data`` as a reply to ``request`` (a Request, or the bytes
+    of one request as a client sends it)."""
     cdef const unsigned char[:] view = data
     cdef int status = ST_OK
     cdef Py_ssize_t n = view.shape[0]
+    cdef Request req = request if isinstance(request, Request) else RequestParser().feed(request)[0]
     if n == 0:
         return (-1, status)
-    return (scan_reply(&view[0], n, rkind, &status), status)
+    return (scan_reply(&view[0], n, req, &status), status)
 
 
 def split_values(bytes reply):

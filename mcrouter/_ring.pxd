@@ -14,8 +14,12 @@ cdef class Ring:
     cdef bint dropping          # the oldest request's reply is too large: walking past it
     cdef Py_ssize_t skip_left   # value bytes still to drop
     cdef bint skip_last         # the reply ends with those bytes (meta VA)
+    cdef Py_ssize_t skip_seen   # its get key cursor, or meta replies seen (skip_reply)
     cdef Counters counters      # this process's metrics slot
     cdef public int host        # the host's HostTable slot (metrics index), -1 if none
+    cdef readonly int fault_cmd     # after feed returned -1: the command whose reply was
+                                    # wrong (CMD_*), 0 if no request was owed one
+    cdef readonly bytes fault_bytes # and the first bytes of what came (for the log)
 
     cpdef bint push(self, Request req, double deadline)
     cpdef Py_ssize_t write_to(self, sock) except -1
@@ -24,3 +28,4 @@ cdef class Ring:
     cpdef fail_all(self, bytes reply)
     cdef void _pop_head(self)
     cdef void _compact(self)
+    cdef int _fault(self, Request req, const unsigned char *p, Py_ssize_t n) except -2

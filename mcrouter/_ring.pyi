@@ -5,6 +5,8 @@ from mcrouter._parser import Request
 
 class Ring:
     host: int
+    fault_cmd: int          # after feed() returned -1: the command answered wrongly, 0 if none owed
+    fault_bytes: bytes      # and the first bytes of what came
     def __init__(self, max_inflight: int = ..., max_out: int = ..., max_reply: int = ...,
                  host: int = ...) -> None: ...
     @property

@@ -21,6 +21,7 @@ from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK
                                RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
 
 cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
+DEF FAULT_EXCERPT = 80      # bytes of a bad reply kept for the log line
 
 
 cdef class Ring:
@@ -80,8 +81,12 @@ cdef class Ring:
     cpdef int feed(self, data, Py_ssize_t n=-1) except -2:
         """Match received bytes (the first ``n`` of ``data`` if given) to
         requests; 0 when fine, -1 on a protocol error (the connection must be
-        dropped and ``fail_all`` called).  Replies are cut straight from the
-        input when nothing is buffered; only an unfinished tail is copied."""
+        dropped and ``fail_all`` called; ``fault_cmd`` and ``fault_bytes``
+        say what was wrong).  A protocol error is bytes nobody asked for, or
+        a reply that cannot answer its request's command (scan_reply): it
+        is not delivered, nor is anything after it; replies before it are.
+        Replies are cut straight from the input when nothing is buffered;
+        only an unfinished tail is copied."""
         cdef const unsigned char[::1] view = data
         cdef int status = 0
         cdef Py_ssize_t pos = 0, r, end
@@ -104,12 +109,13 @@ cdef class Ring:
             n = len(held)
         while pos < n:
             if self.head >= len(self.fifo):
-                return -1       # bytes nobody asked for
+                return self._fault(None, p + pos, n - pos)     # bytes nobody asked for
             req = <Request>self.fifo[self.head]
             if self.dropping:
-                r = skip_reply(p + pos, n - pos, req.rkind, &self.skip_left, &self.skip_last, &done)
+                r = skip_reply(p + pos, n - pos, req, &self.skip_left, &self.skip_last,
+                               &self.skip_seen, &done)
                 if r < 0:
-                    return -1
+                    return self._fault(req, p + pos, n - pos)
                 pos += r
                 if not done:
                     break
@@ -117,21 +123,22 @@ cdef class Ring:
                 self._pop_head()
                 req.finish(REPLY_TOO_LARGE, ST_ERROR)
                 continue
-            r = scan_reply(p + pos, n - pos, req.rkind, &status)
+            r = scan_reply(p + pos, n - pos, req, &status)
             if r == -1:
                 # a multiget may carry one item per key
                 if n - pos > self.max_reply * (len(req.keys) if req.keys is not None else 1):
                     if req.rkind == RK_LINE or req.rkind == RK_STATS:
-                        return -1
+                        return self._fault(req, p + pos, n - pos)
                     # too large to hold: walk past it and answer with an error
                     self.dropping = True
                     self.skip_left = 0
                     self.skip_last = False
+                    self.skip_seen = 0
                     done = False
                     continue
                 break
             if r < 0:
-                return -1
+                return self._fault(req, p + pos, n - pos)
             end = pos + r
             if req.rkind == RK_QUIET:
                 end -= 4        # the MN the router appended is not the client's
@@ -182,6 +189,12 @@ cdef class Ring:
         self.inbuf = bytearray()
         for i in range(start, len(fifo)):
             (<Request>fifo[i]).finish(reply, ST_ERROR)
+
+    cdef int _fault(self, Request req, const unsigned char *p, Py_ssize_t n) except -2:
+        """Record what was wrong (cold path) and return -1 for ``feed``."""
+        self.fault_cmd = req.cmd if req is not None else 0
+        self.fault_bytes = PyBytes_FromStringAndSize(<const char *>p, min(n, FAULT_EXCERPT))
+        return -1
 
     cdef inline void _pop_head(self):
         self.fifo[self.head] = None

@@ -100,7 +100,8 @@ class RouterCollector:
                                       labels=["cmd", "host"])
         errors = CounterMetricFamily("mcrouter_upstream_errors", "Upstream failures: requests "
                                      "timed out, connects failed, connections broken, replies "
-                                     "unparseable.", labels=["host", "reason"])
+                                     "that cannot answer their request (parse).",
+                                     labels=["host", "reason"])
         conns = GaugeMetricFamily("mcrouter_upstream_connections", "Upstream connections up "
                                   "now.", labels=["host"])
         hits = CounterMetricFamily("mcrouter_get_hits", "Get-family replies with a value.",

@@ -28,7 +28,7 @@ from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
 from mcrouter.health import DOWN as HOST_DOWN, HostTable, sockaddr
 from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
-from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
+from mcrouter.protocol import (COMMAND_NAMES, NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
 
 log = logging.getLogger("mcrouter.upstream")
@@ -38,6 +38,9 @@ BACKOFF_MAX = 5.0
 DOWN, CONNECTING, UP = 0, 1, 2
 # connect() errors that say "nobody is there": they mark the host down at once
 HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+# at most one protocol-error line per host in this many seconds (per worker):
+# a broken backend must not flood the log; the metric counts every one
+PROTOCOL_LOG_INTERVAL = 10.0
 
 
 class Host:
@@ -59,6 +62,8 @@ class Host:
         self.healthy = table.state(slot) != HOST_DOWN
         self.generation = table.generation(slot)
         self.last_error = ""
+        self.protocol_logged_at = float("-inf")
+        self.protocol_unlogged = 0        # protocol errors since the last line logged
         self.counters = local_counters()
         self.conns = [Connection(self) for _ in range(max(1, connections))]
         self.retiring: list[Connection] = []      # old address, finishing their requests
@@ -128,6 +133,25 @@ class Host:
             why = reason if hard else f"{self.failures} failures in a row, last: {reason}"
             if self.table.set_state(self.slot, HOST_DOWN, why):
                 log.warning("host %s: up -> down (%s)", self.addr, why)
+
+    def protocol_error(self, ring: Ring) -> str:
+        """A reply that cannot answer its request (``ring.feed`` returned -1):
+        log it, one clear line, at most one per PROTOCOL_LOG_INTERVAL (the
+        next line says how many were not logged); return the short reason."""
+        cmd = ring.fault_cmd
+        what = (f"a reply to {COMMAND_NAMES.get(cmd, cmd)} that cannot answer it" if cmd
+                else "bytes while no reply was owed")
+        now = self.loop.now
+        if now - self.protocol_logged_at >= PROTOCOL_LOG_INTERVAL:
+            more = (f" ({self.protocol_unlogged} more since the last such line)"
+                    if self.protocol_unlogged else "")
+            log.warning("host %s: protocol error, connection closed: %s: %r%s",
+                        self.addr, what, ring.fault_bytes, more)
+            self.protocol_logged_at = now
+            self.protocol_unlogged = 0
+        else:
+            self.protocol_unlogged += 1
+        return f"protocol error ({what})"
 
     def readdress(self) -> None:
         """The name now resolves elsewhere: new connections go to the new
@@ -262,7 +286,8 @@ class Connection:
                 return
             if n > 0:
                 if self.ring.feed(buf, n) < 0:
-                    self.fail("unparseable reply", kind=E_PARSE)
+                    # nothing of the bad reply, nor of what followed it, was delivered
+                    self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
                     return
                 self.host.failures = 0
         if mask & EV_OUT and self.state == UP:

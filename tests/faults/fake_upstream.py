@@ -6,8 +6,11 @@ misbehave on the next requests it reads:
 
 * ``normal``  answer like memcached (a dict behind it)
 * ``hang``    read requests and never answer them
-* ``garbage`` answer with bytes that are no valid reply
-* ``torn``    start a VALUE reply, stop in the middle of the data, close
+* ``garbage`` answer with the given bytes instead of the reply (default:
+              bytes that are no valid reply)
+* ``extra``   answer normally, then send the given bytes too
+* ``torn``    start a VALUE reply (for the key asked), stop in the middle of
+              the data, close
 * ``delay``   answer normally but only after ``delay`` seconds (in order:
               later replies on that connection wait behind it, as on a
               real pipelined connection)
@@ -73,7 +76,7 @@ class FakeUpstream:
 
     def behave(self, mode: str, count: Optional[int] = None, delay: float = 0.0,
                garbage: bytes = GARBAGE) -> None:
-        assert mode in ("normal", "hang", "garbage", "torn", "delay", "trickle")
+        assert mode in ("normal", "hang", "garbage", "extra", "torn", "delay", "trickle")
         with self.lock:
             self.mode, self.mode_left, self.delay, self.garbage = mode, count, delay, garbage
 
@@ -161,7 +164,10 @@ class FakeUpstream:
                     conn.sendall(self.garbage)
                     continue
                 if mode == "torn":
-                    conn.sendall(b"VALUE torn 0 100\r\n" + b"t" * 40)
+                    # a reply to a get of that key, cut short
+                    parts = line.split()
+                    key = parts[1] if len(parts) > 1 else b"torn"
+                    conn.sendall(b"VALUE %s 0 100\r\n%s" % (key, b"t" * 40))
                     conn.shutdown(socket.SHUT_RDWR)
                     conn.close()
                     return
@@ -170,6 +176,8 @@ class FakeUpstream:
                     while time.monotonic() < end and not self.stopping.is_set():
                         time.sleep(0.01)
                 answer = self._answer(line, block)
+                if mode == "extra":
+                    answer += self.garbage
                 if mode == "trickle":
                     for i in range(len(answer)):
                         conn.sendall(answer[i:i + 1])

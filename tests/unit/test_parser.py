@@ -89,4 +89,4 @@ def test_protocol_constants_match_the_extension():
     assert RequestParser().feed(b"mn\r\n")[0].rkind == protocol.RK_META
     assert RequestParser().feed(b"delete k\r\n")[0].rkind == protocol.RK_LINE
     assert RequestParser().feed(b"cache_memlimit 8\r\n")[0].cmd == protocol.CMD_ADMIN
-    assert _parser.scan(b"END\r\n", protocol.RK_GET) == (5, protocol.ST_FAIL)
+    assert _parser.scan(b"END\r\n", b"get k\r\n") == (5, protocol.ST_FAIL)

@@ -1,6 +1,8 @@
 """Ring: FIFO matching, timeouts that keep their slot, bounded queues."""
 from __future__ import annotations
 
+import pytest
+
 from mcrouter._parser import RequestParser
 from mcrouter._ring import Ring
 from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK
@@ -113,3 +115,215 @@ def test_an_endless_line_is_a_protocol_error():
     inbox, ring = Inbox(), Ring(max_reply=100)
     ring.push(requests(b"delete a\r\n", inbox)[0], 1.0)
     assert ring.feed(b"x" * 200) == -1
+
+
+# Every reply is checked against its request's command: what cannot answer it
+# is a protocol error, whichever way it is framed.
+WRONG_REPLIES = [
+    # (request as a client sends it, a reply that cannot answer it)
+    (b"set k 0 0 1\r\nx\r\n", b"VALUE x 0 3\r\nabc\r\nEND\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"END\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"16\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"DELETED\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"HD\r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"STORED \r\n"),
+    (b"set k 0 0 1\r\nx\r\n", b"CLIENT_ERRORS\r\n"),
+    (b"add k 0 0 1\r\nx\r\n", b"OK\r\n"),
+    (b"replace k 0 0 1\r\nx\r\n", b"TOUCHED\r\n"),
+    (b"append k 0 0 1\r\nx\r\n", b"VA 1\r\nx\r\n"),
+    (b"prepend k 0 0 1\r\nx\r\n", b"MN\r\n"),
+    (b"cas k 0 0 1 1\r\nx\r\n", b"VERSION 1.6.18\r\n"),
+    (b"delete k\r\n", b"STORED\r\n"),
+    (b"delete k\r\n", b"1\r\n"),
+    (b"delete k\r\n", b"END\r\n"),
+    (b"incr k 1\r\n", b"STORED\r\n"),
+    (b"incr k 1\r\n", b"DELETED\r\n"),
+    (b"incr k 1\r\n", b"1a\r\n"),
+    (b"incr k 1\r\n", b"-1\r\n"),
+    (b"incr k 1\r\n", b" 1\r\n"),
+    (b"incr k 1\r\n", b"\r\n"),
+    (b"decr k 1\r\n", b"123456789012345678901\r\n"),     # 21 digits: no uint64
+    (b"decr k 1\r\n", b"VALUE k 0 1\r\n1\r\nEND\r\n"),
+    (b"touch k 1\r\n", b"DELETED\r\n"),
+    (b"touch k 1\r\n", b"STORED\r\n"),
+    (b"flush_all\r\n", b"STORED\r\n"),
+    (b"flush_all\r\n", b"END\r\n"),
+    (b"verbosity 1\r\n", b"DELETED\r\n"),
+    (b"version\r\n", b"STORED\r\n"),
+    (b"version\r\n", b"VERSION\r\n"),
+    (b"cache_memlimit 100\r\n", b"STORED\r\n"),
+    (b"slabs automove 1\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+    (b"get k\r\n", b"STORED\r\n"),
+    (b"get k\r\n", b"VALUE other 0 1\r\nx\r\nEND\r\n"),          # a key not asked
+    (b"get k\r\n", b"VALUE k 0 1\r\nx\r\nVALUE k 0 1\r\nx\r\nEND\r\n"),   # twice
+    (b"get k\r\n", b"VALUE k 0 1 5\r\nx\r\nEND\r\n"),             # cas on a get
+    (b"get k\r\n", b"VALUE k 0\r\nx\r\nEND\r\n"),
+    (b"get k\r\n", b"VALUE k 0 1\r\nx\r\nOK\r\n"),
+    (b"get k\r\n", b"VALUE k 0 1\r\nx\r\nEND \r\n"),
+    (b"get a b\r\n", b"VALUE b 0 1\r\ny\r\nVALUE a 0 1\r\nx\r\nEND\r\n"),   # out of order
+    (b"get a b\r\n", b"VALUE a 0 1\r\nx\r\nVALUE c 0 1\r\nz\r\nEND\r\n"),
+    (b"gets k\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),              # gets without cas
+    (b"gets k\r\n", b"VALUE k 0 1 x\r\nx\r\nEND\r\n"),
+    (b"gat 10 k\r\n", b"VALUE 10 0 1\r\nx\r\nEND\r\n"),           # the exptime is no key
+    (b"gats 10 k\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+    (b"stats\r\n", b"STORED\r\n"),
+    (b"stats\r\n", b"STAT pid 1\r\nVALUE k 0 1\r\nx\r\nEND\r\n"),
+    (b"mg k v\r\n", b"NS\r\n"),
+    (b"mg k v\r\n", b"NF\r\n"),
+    (b"mg k v\r\n", b"EX\r\n"),
+    (b"mg k v\r\n", b"MN\r\n"),
+    (b"mg k v\r\n", b"STORED\r\n"),
+    (b"mg k v\r\n", b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+    (b"mg k v\r\n", b"HDX\r\n"),
+    (b"ms k 1\r\nx\r\n", b"VA 1\r\nx\r\n"),
+    (b"ms k 1\r\nx\r\n", b"EN\r\n"),
+    (b"ms k 1\r\nx\r\n", b"STORED\r\n"),
+    (b"md k\r\n", b"VA 1\r\nx\r\n"),
+    (b"md k\r\n", b"EN\r\n"),
+    (b"md k\r\n", b"NS\r\n"),
+    (b"md k\r\n", b"DELETED\r\n"),
+    (b"ma k\r\n", b"EN\r\n"),
+    (b"ma k\r\n", b"ME k exp=-1\r\n"),
+    (b"ma k\r\n", b"5\r\n"),
+    (b"mn\r\n", b"HD\r\n"),
+    (b"mn\r\n", b"EN\r\n"),
+    (b"mn\r\n", b"MN O1\r\n"),
+    (b"me k\r\n", b"HD\r\n"),
+    (b"me k\r\n", b"VA 1\r\nx\r\n"),
+    # quiet: at most one reply that fits the command, then the router's MN
+    (b"set k 0 0 1 noreply\r\nx\r\n", b"VALUE x 0 3\r\nabc\r\nEND\r\nMN\r\n"),
+    (b"set k 0 0 1 noreply\r\nx\r\n", b"NOT_STORED\r\nNOT_STORED\r\nMN\r\n"),
+    (b"set k 0 0 1 noreply\r\nx\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\nMN\r\n"),
+    (b"delete k noreply\r\n", b"STORED\r\nMN\r\n"),
+    (b"incr k 1 noreply\r\n", b"OK\r\nMN\r\n"),
+    (b"flush_all noreply\r\n", b"END\r\nMN\r\n"),
+    (b"mg k v q\r\n", b"NS\r\nMN\r\n"),
+    (b"mg k v q\r\n", b"HD\r\nHD\r\nMN\r\n"),
+    (b"mg k v q\r\n", b"VA 1\r\nx\r\nVA 1\r\nx\r\nMN\r\n"),
+    (b"ms k 1 q\r\nx\r\n", b"VA 1\r\nx\r\nMN\r\n"),
+    (b"md k q\r\n", b"EN\r\nMN\r\n"),
+    (b"ma k q\r\n", b"garbage\r\nMN\r\n"),
+]
+
+
+@pytest.mark.parametrize("request_bytes,wrong", WRONG_REPLIES)
+@pytest.mark.parametrize("step", [0, 1], ids=["one-read", "byte-by-byte"])
+def test_a_reply_that_cannot_answer_its_request_is_never_delivered(request_bytes, wrong, step):
+    """The replies before the wrong one are delivered; the wrong one and
+    every later one (even in the same read) are not: the connection is
+    dropped and each request still owed a reply gets the router's error."""
+    inbox, ring = Inbox(), Ring()
+    before, bad, after = requests(b"get a\r\n" + request_bytes + b"get z\r\n", inbox)
+    for r in (before, bad, after):
+        assert ring.push(r, 10.0)
+    good = b"VALUE a 0 1\r\nA\r\nEND\r\n"
+    stream = good + wrong + b"VALUE z 0 1\r\nZ\r\nEND\r\n"
+    if step == 0:
+        assert ring.feed(stream) == -1
+        assert ring.fault_cmd == bad.cmd          # what the log line names
+        assert ring.fault_bytes == stream[len(good):len(good) + 80]
+    else:
+        results = [ring.feed(stream[i:i + 1]) for i in range(len(stream))]
+        assert -1 in results and set(results[:results.index(-1)]) == {0}
+    assert inbox.got == [(b"get a\r\n", good, ST_OK)]
+    ring.fail_all(GONE)                 # what the connection does on -1
+    assert inbox.got == [(b"get a\r\n", good, ST_OK),
+                         (bad.wire, GONE, ST_ERROR),
+                         (b"get z\r\n", GONE, ST_ERROR)]
+    assert ring.inflight == 0
+
+
+@pytest.mark.parametrize("request_bytes,stream,delivered,status", [
+    (b"set k 0 0 1\r\nx\r\n", b"STORED\r\nSTORED\r\n", b"STORED\r\n", ST_OK),
+    (b"get k\r\n", b"END\r\nEND\r\n", b"END\r\n", ST_FAIL),
+    (b"mg k q\r\n", b"MN\r\nMN\r\n", b"", ST_FAIL),
+    (b"mn\r\n", b"MN\r\nHD\r\n", b"MN\r\n", ST_OK),
+])
+def test_an_extra_reply_is_a_protocol_error_and_the_first_is_kept(request_bytes, stream,
+                                                                   delivered, status):
+    inbox, ring = Inbox(), Ring()
+    req = requests(request_bytes, inbox)[0]
+    ring.push(req, 10.0)
+    assert ring.feed(stream) == -1          # bytes nobody asked for
+    assert ring.fault_cmd == 0 and ring.fault_bytes == stream[len(stream) // 2:]
+    assert inbox.got == [(req.wire, delivered, status)]
+
+
+def test_a_wrong_reply_to_a_timed_out_request_is_still_an_error():
+    """A late reply is dropped, but it must still fit: a desynchronised
+    pipeline shows itself there first."""
+    inbox, ring = Inbox(), Ring()
+    first, second = requests(b"set k 0 0 1\r\nx\r\nset j 0 0 1\r\ny\r\n", inbox)
+    ring.push(first, 1.0)
+    ring.push(second, 2.0)
+    assert ring.expire(1.5, TIMEOUT) == 1
+    assert ring.feed(b"END\r\nSTORED\r\n") == -1
+    ring.fail_all(GONE)
+    assert inbox.got == [(first.wire, TIMEOUT, ST_ERROR), (second.wire, GONE, ST_ERROR)]
+
+
+@pytest.mark.parametrize("request_bytes,wrong", [
+    (b"get a b\r\n", b"VALUE c 0 1000\r\n"),            # a key not asked, too large to hold
+    (b"get a\r\n", b"VALUE a 0 1000 7\r\n"),           # a cas on a get
+    (b"ms k 1\r\nx\r\n", b"VA 1000\r\n"),              # ms has no value to return
+    (b"md k q\r\n", b"VA 1000\r\n"),
+    (b"mg k v q\r\n", b"VA 300\r\n" + b"z" * 300 + b"\r\nVA 1\r\n"),   # a second reply
+])
+def test_a_large_reply_walked_past_is_checked_too(request_bytes, wrong):
+    inbox, ring = Inbox(), Ring(max_reply=100)
+    req = requests(request_bytes, inbox)[0]
+    ring.push(req, 10.0)
+    stream = wrong + b"x" * 1000 + b"\r\nEND\r\nMN\r\n"
+    for i in range(0, len(stream), 60):
+        if ring.feed(stream[i:i + 60]) == -1:
+            break
+    else:
+        pytest.fail("the reply was accepted")
+    assert inbox.got == []
+
+
+class FakeLoop:
+    now = 100.0
+
+
+class FakeTable:
+    def state(self, slot):
+        return 0
+
+    def generation(self, slot):
+        return 0
+
+
+def test_protocol_errors_are_logged_at_most_once_per_interval_per_host(caplog):
+    """One clear line per fault, naming host, command and bytes; a broken
+    backend cannot flood the log: the next line says how many were skipped."""
+    from mcrouter.config import HostAddr
+    from mcrouter.upstream import PROTOCOL_LOG_INTERVAL, Host
+
+    loop = FakeLoop()
+    host = Host(HostAddr("10.0.0.7", 11211), loop, FakeTable(), 0, connections=1, timeout=1.0,
+                connect_timeout=1.0, max_item_size=1 << 20, tko=3)
+    inbox, ring = Inbox(), Ring()
+    caplog.set_level("WARNING", logger="mcrouter.upstream")
+
+    def fault(request_bytes, wrong):
+        ring.push(requests(request_bytes, inbox)[0], 10.0)
+        assert ring.feed(wrong) == -1
+        ring.fail_all(GONE)
+        return host.protocol_error(ring)
+
+    assert fault(b"set k 0 0 1\r\nx\r\n", b"VALUE x 0 3\r\nabc\r\nEND\r\n") == \
+        "protocol error (a reply to set that cannot answer it)"
+    for _ in range(5):
+        loop.now += 1.0
+        fault(b"incr k 1\r\n", b"STORED\r\n")
+    loop.now += PROTOCOL_LOG_INTERVAL
+    assert ring.feed(b"END\r\n") == -1          # nothing owed
+    host.protocol_error(ring)
+    assert [r.getMessage() for r in caplog.records] == [
+        "host 10.0.0.7:11211: protocol error, connection closed: a reply to set that cannot "
+        "answer it: b'VALUE x 0 3\\r\\nabc\\r\\nEND\\r\\n'",
+        "host 10.0.0.7:11211: protocol error, connection closed: bytes while no reply was "
+        "owed: b'END\\r\\n' (5 more since the last such line)",
+    ]
