@@ -117,7 +117,7 @@ cdef bint mc_strtoul32(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long>l < 0 and memchr(s, b'-', len(tok)) != NULL:     # strchr, as memcached
             return False
         return True
     return False
@@ -131,7 +131,7 @@ cdef bint mc_strtoull(bytes tok):
     if mcr_erange() or end == s:
         return False
     if isspace(end[0]) or end[0] == 0:
-        if <long long>l < 0 and memchr(s, b'-', end - s) != NULL:
+        if <long long>l < 0 and memchr(s, b'-', len(tok)) != NULL:
             return False
         return True
     return False
@@ -318,11 +318,29 @@ cdef class RequestParser:
             el = nl
             if el - pos > 1 and p[el - 1] == b'\r':
                 el -= 1
+            first = len(out)
             r = self.command(p, pos, el, nl + 1, n, out)
             if r < 0:
                 break       # a data block is not complete yet
+            if nl - pos > LINE_LIMIT and self.forwards(out, first) and (
+                    not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
+                # memcached closes on such a line whenever its first 2048 bytes
+                # arrive without the newline, which depends on how its reads
+                # fall: never forward one (it would reset a connection other
+                # clients share).  Lines the router answers itself are fine.
+                del out[first:]
+                self.close(out)
+                break
             pos = r
         return pos
+
+    cdef bint forwards(self, list out, Py_ssize_t first):
+        """Whether a request made since ``first`` goes upstream."""
+        cdef Py_ssize_t i
+        for i in range(first, len(out)):
+            if (<Request>out[i]).cmd != CMD_LOCAL:
+                return True
+        return False
 
     cdef void close(self, list out):
         # the connection ends once every earlier request is answered
@@ -372,7 +390,8 @@ cdef class RequestParser:
 
     cdef bint last_is(self, const unsigned char *p, const char *word, Py_ssize_t wl):
         cdef int i = self.ntok - 1
-        return self.more == 0 and i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
+        # memcached reads tokens[ntokens - 2]: the last stored one, even past MAX_TOKENS
+        return i >= 1 and tok_is(p, self.ts[i], self.tl[i], word, wl)
 
     cdef Request forward(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                          Py_ssize_t start, Py_ssize_t end, int keytok):

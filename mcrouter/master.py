@@ -204,6 +204,8 @@ class Master:
         except Exception:       # noqa: BLE001 - anything but SystemExit/KeyboardInterrupt
             self.pause_until = self.clock() + ERROR_PAUSE
             log.error("master: %s failed; still supervising", what, exc_info=True)
+            if duty == self.sleep:      # the pause itself failed: never spin
+                time.sleep(ERROR_PAUSE)
 
     def check_watch(self) -> None:
         if self.watch and self.watch.due(self.clock()):
@@ -378,11 +380,13 @@ class Master:
         now = self.clock()
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
-                del self.respawn_at[slot]
+                # stays due until the spawn succeeds (a failed fork is retried)
+                self.respawn_at[slot] = now + RESPAWN_MAX_DELAY
                 if slot == SIDECAR:
                     self.spawn_sidecar()
                 else:
                     self.spawn_worker(slot)
+                del self.respawn_at[slot]
 
     def stop(self, sig: int) -> None:
         """Stop accepting, signal every worker and wait for them, killing

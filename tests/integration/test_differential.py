@@ -536,6 +536,14 @@ CONNECTION_CASES = {
 }
 
 
+# A line over 2048 bytes that would go upstream (not a get/gets) closes the
+# client instead: memcached itself closes on one whenever its first 2048 bytes
+# arrive without the newline, which depends on how its reads fall, and that
+# would reset an upstream connection other clients share.  Lines the router
+# answers itself (ERROR above) are answered as memcached answers them.
+ROUTER_CLOSES = {"meta-too-many-flags": b""}
+
+
 @pytest.mark.parametrize("name", list(CONNECTION_CASES))
 def test_connection_level_cases_identical(memcached, router, name):
     req, closes = CONNECTION_CASES[name]
@@ -555,6 +563,8 @@ def test_connection_level_cases_identical(memcached, router, name):
                 results.append((got, c.eof))
     (exp, exp_eof), (act, act_eof) = results
     assert exp_eof == closes, f"memcached itself did not behave as the case says: {show(exp)}"
+    if name in ROUTER_CLOSES:
+        exp, exp_eof = ROUTER_CLOSES[name], True
     assert act == exp, first_difference(exp, act)
     assert act_eof == exp_eof
 

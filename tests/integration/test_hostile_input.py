@@ -25,6 +25,11 @@ CASES = [
     # the admin command inside the value is refused by the router, never run
     (b"set x 0 99999999999999999999 16 noreply\r\ncache_memlimit 8\r\nmn\r\n",
      b"OK\r\nMN\r\n", NOT_SUPPORTED + b"MN\r\n"),
+    # a '-' anywhere in a number's token refuses 2^63 and up (memcached's strchr)
+    (b"set k 9223372036854775808\t- 0 15 noreply\r\nstats detail on\r\nmn\r\n",
+     b"OK\r\nMN\r\n", NOT_SUPPORTED + b"MN\r\n"),
+    (b"cas k 0 0 16 9223372036854775808\t-\r\ncache_memlimit 8\r\nmn\r\n",
+     BAD_FORMAT + b"OK\r\nMN\r\n", BAD_FORMAT + NOT_SUPPORTED + b"MN\r\n"),
     # ms judges its flags before a bad data chunk
     (b"ms k 1 S\r\nxx\r\nmn\r\n", b"CLIENT_ERROR invalid flag\r\nERROR\r\nMN\r\n", None),
     (b"ms k@ 1 b\r\nxx\r\nmn\r\n", b"CLIENT_ERROR error decoding key\r\nERROR\r\nMN\r\n", None),
@@ -57,7 +62,9 @@ def test_hostile_lines_get_memcacheds_reply(memcached, router, route):
         assert b"STAT maxbytes 8388608\r\n" in c.call(b"stats settings\r\n", b"END\r\n")
     for m in (m1, m2):          # nothing reached the backends' settings
         with m.client() as c:
-            assert b"STAT maxbytes 67108864\r\n" in c.call(b"stats settings\r\n", b"END\r\n")
+            settings = c.call(b"stats settings\r\n", b"END\r\n")
+            assert b"STAT maxbytes 67108864\r\n" in settings
+            assert b"STAT detail_enabled no\r\n" in settings
 
 
 def test_binary_protocol_request_is_closed_at_once(memcached, router):
@@ -69,3 +76,19 @@ def test_binary_protocol_request_is_closed_at_once(memcached, router):
         assert c.recv_until(b"\r\n") == b"VERSION 1.6.18\r\n"
         assert c.is_closed(timeout=2.0)
         assert other.call(b"mn\r\n") == b"MN\r\n"
+
+
+def test_a_line_over_2048_bytes_closes_its_client_and_no_one_elses(memcached, router):
+    """memcached may reset a connection on such a line (when its first 2048
+    bytes arrive without the newline); the router never forwards one, so the
+    upstream connection other clients share is never reset."""
+    m = memcached()
+    r = router(pool_config([m]))
+    with r.client() as other, r.client() as c:
+        other.send(b"set shared 0 0 2\r\nok\r\n")
+        assert other.recv_until(b"\r\n") == b"STORED\r\n"
+        c.send(b"version\r\nverbosity 1" + b" " * 3000 + b"\r\nmn\r\n")
+        assert c.recv_until(b"\r\n") == b"VERSION 1.6.18\r\n"
+        assert c.is_closed(timeout=2.0)
+        assert other.call(b"get shared\r\n", b"END\r\n") == b"VALUE shared 0 2\r\nok\r\nEND\r\n"
+        assert b"protocol error" not in r.stderr().encode() and b"reset" not in r.stderr().encode()

@@ -174,3 +174,31 @@ def test_system_exit_is_not_swallowed(master):
     Duties(master, {"reap_workers": SystemExit(3)})
     with pytest.raises(SystemExit):
         master.turn()
+
+
+def test_a_failing_sleep_still_pauses_the_loop(master, monkeypatch):
+    """If the wait itself raises (select on a bad descriptor), the loop must
+    not spin logging tracebacks: it sleeps ERROR_PAUSE instead."""
+    Duties(master, {"sleep": OSError(9, "Bad file descriptor")})
+    slept: list[float] = []
+    monkeypatch.setattr("mcrouter.master.time.sleep", slept.append)
+    master.turn()
+    assert slept == [ERROR_PAUSE]
+    master.turn()                                     # a good sleep: no extra pause
+    assert slept == [ERROR_PAUSE]
+
+
+def test_a_failed_fork_is_retried_later(master, monkeypatch):
+    spawned: list[int] = []
+
+    def spawn(slot: int) -> None:
+        spawned.append(slot)
+        if len(spawned) == 1:
+            raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(master, "spawn_worker", spawn)
+    master.respawn_at = {1: master.clock()}
+    master.guard("manage_workers", master.manage_workers)
+    assert spawned == [1] and 1 in master.respawn_at  # still owed a worker
+    master.clock.now = master.respawn_at[1]
+    master.manage_workers()
+    assert spawned == [1, 1] and master.respawn_at == {}
