@@ -234,6 +234,7 @@ cdef class RequestParser:
     cdef Py_ssize_t max_item_size
     cdef Py_ssize_t max_line
     cdef public bint closing
+    cdef bint started        # a first byte has been seen (binary is judged on it alone)
     cdef public int chan
 
     # token table of the current line: (start, length) relative to the buffer
@@ -304,11 +305,13 @@ cdef class RequestParser:
                 self.swallow -= k
                 pos += k
                 continue
-            if p[pos] == BINARY_MAGIC:
+            if p[pos] == BINARY_MAGIC and not self.started:
                 # a binary-protocol client would wait for a reply that never
-                # comes (its request has no newline): close instead of hanging
+                # comes (its request has no newline): close instead of hanging.
+                # memcached too looks only at a connection's first byte.
                 self.close(out)
                 break
+            self.started = True
             hit = <const unsigned char *>memchr(p + pos, b'\n', n - pos)
             if hit == NULL:
                 if n - pos > LINE_LIMIT and (not self.is_large_get(p, pos, n) or n - pos > self.max_line):
