@@ -1009,6 +1009,21 @@ cdef long value_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, Requ
     return size if i == e else -1
 
 
+cdef inline Py_ssize_t block_end(const unsigned char *p, Py_ssize_t le, Py_ssize_t n,
+                                 long size):
+    """End of a ``size``-byte data block and its \\r\\n starting at ``le``:
+    -1 if incomplete, -2 if the size is bad (< 0) or the block is not closed."""
+    cdef Py_ssize_t end
+    if size < 0:
+        return -2
+    end = le + size + 2
+    if end > n:
+        return -1
+    if p[end - 2] != b'\r' or p[end - 1] != b'\n':
+        return -2
+    return end
+
+
 cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, int *status):
     """Length of the first complete reply to ``req`` in p[0:n]; -1 if
     incomplete; -2 if the bytes are no reply to it (the connection must be
@@ -1033,15 +1048,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return -2
         status[0] = line_status(p, 0, le)
         if p[0] == b'V' and p[1] == b'A':
-            size = field_number(p, 0, le, 1)
-            if size < 0:
-                return -2
-            end = le + size + 2
-            if end > n:
-                return -1
-            if p[end - 2] != b'\r' or p[end - 1] != b'\n':
-                return -2
-            return end
+            return block_end(p, le, n, field_number(p, 0, le, 1))
         return le
     if rkind == RK_GET:
         while True:
@@ -1049,14 +1056,9 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             if le < 0:
                 return le
             if starts(p, pos, le, "VALUE ", 6):
-                size = value_line(p, pos, le, req, &cursor)
-                if size < 0:
-                    return -2
-                end = le + size + 2
-                if end > n:
-                    return -1
-                if p[end - 2] != b'\r' or p[end - 1] != b'\n':
-                    return -2
+                end = block_end(p, le, n, value_line(p, pos, le, req, &cursor))
+                if end < 0:
+                    return end
                 pos = end
                 hit = True
                 continue
@@ -1099,14 +1101,9 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
         status[0] = line_status(p, 0, le)
         pos = le
         if p[0] == b'V' and p[1] == b'A':
-            size = field_number(p, 0, le, 1)
-            if size < 0:
-                return -2
-            pos = le + size + 2
-            if pos > n:
-                return -1
-            if p[pos - 2] != b'\r' or p[pos - 1] != b'\n':
-                return -2
+            pos = block_end(p, le, n, field_number(p, 0, le, 1))
+            if pos < 0:
+                return pos
         le = line_end(p, pos, n)
         if le < 0:
             return le
