@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from mcrouter import protocol
 from mcrouter._parser import RequestParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,16 +35,7 @@ MN = b"MN\r\n"
 KEYLESS = {"verbosity", "flush_all"}
 
 
-def events(requests: list) -> list[tuple]:
-    out = []
-    for r in requests:
-        if r.cmd == protocol.CMD_QUIT:
-            out.append(("close",))
-        elif r.cmd == protocol.CMD_LOCAL:
-            out.append(("reply", r.reply))
-        else:
-            out.append(("forward", protocol.COMMAND_NAMES[r.cmd], r.key, r.wire, r.override))
-    return out
+from test_parser import events  # noqa: E402  the corpus tests' own rendering
 
 
 def quiet(case: Case) -> bool:
