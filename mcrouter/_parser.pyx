@@ -60,6 +60,25 @@ cdef bytes R_END = b"END\r\n"
 cdef bytes R_BAD_TOKEN = b"CLIENT_ERROR bad token in command line format\r\n"
 DEF META_MAX_NTOKENS = 20    # memcached's MFLAG_MAX_OPT_LENGTH
 cdef bytes R_NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
+cdef bytes R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+
+# Bytes this worker process holds for request bodies that have not fully
+# arrived, over all its clients, and the most it may (set_body_budget).  A
+# body that would pass the budget is refused as memcached refuses a value it
+# has no memory for, so a crowd of slow uploads cannot grow the worker.
+cdef Py_ssize_t body_held = 0
+cdef Py_ssize_t body_budget = PY_SSIZE_T_MAX
+
+
+def set_body_budget(Py_ssize_t budget):
+    """The most bytes this process holds in partial request bodies."""
+    global body_budget
+    body_budget = budget
+
+
+def body_bytes_held():
+    """Bytes reserved now by partial request bodies (tests, stats)."""
+    return body_held
 
 
 cdef class Request:
@@ -245,6 +264,7 @@ cdef class RequestParser:
     cdef long scratch
     cdef bytes route_key     # the current line's decoded base64 key, if any
     cdef Py_ssize_t limit    # most requests one feed may return
+    cdef Py_ssize_t reserved # this connection's share of body_held
 
     def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
                  int chan=0):
@@ -256,6 +276,17 @@ cdef class RequestParser:
     @property
     def buffered(self):
         return len(self.buf)
+
+    @property
+    def midway(self):
+        """Whether a line or a data block (kept or swallowed) is unfinished."""
+        return len(self.buf) > 0 or self.swallow > 0
+
+    def release(self):
+        """The connection is gone: give its body reservation back."""
+        global body_held
+        body_held -= self.reserved
+        self.reserved = 0
 
     def feed(self, data=b"", Py_ssize_t n=-1, Py_ssize_t limit=PY_SSIZE_T_MAX):
         """Add client bytes (the first ``n`` of ``data`` if given); return the
@@ -563,17 +594,38 @@ cdef class RequestParser:
                 out.append(local_reply(R_BAD_FORMAT))
             return nxt
         if vlen > self.max_item_size:
-            self.too_large(p, cmd, noreply, cmd == CMD_SET, b"delete %s noreply\r\n", out)
+            self.too_large(p, cmd, noreply, cmd == CMD_SET, b"delete %s noreply\r\n", out,
+                           R_TOO_LARGE)
+            self.swallow = vlen + 2
+            return nxt
+        if not self.reserve(nxt + vlen + 2 - pos, n - pos):
+            self.too_large(p, cmd, noreply, cmd == CMD_SET, b"delete %s noreply\r\n", out,
+                           R_NO_MEMORY)
             self.swallow = vlen + 2
             return nxt
         return self.data_block(p, cmd, RK_LINE, noreply, pos, nxt, n, vlen, out)
 
+    cdef bint reserve(self, Py_ssize_t size, Py_ssize_t have):
+        """Room in the worker's body budget for a request of ``size`` bytes of
+        which ``have`` arrived; False if it would pass the budget.  A request
+        that arrived whole needs no room; the reservation is kept until the
+        body completes (data_block) or the connection closes (release)."""
+        global body_held
+        if size <= have or self.reserved:
+            return True
+        if body_held + size > body_budget:
+            return False
+        body_held += size
+        self.reserved = size
+        return True
+
     cdef void too_large(self, const unsigned char *p, int cmd, bint quiet, bint drop_old,
-                        bytes drop_fmt, list out):
-        # memcached answers "too large" after swallowing the block, and a set
-        # also deletes the old value so it cannot be read stale (probed): the
-        # router forwards that delete where the set would have gone.
-        cdef bytes reply = b"" if quiet else R_TOO_LARGE
+                        bytes drop_fmt, list out, bytes error):
+        # memcached answers "too large" (or "out of memory") after swallowing
+        # the block, and a set also deletes the old value so it cannot be read
+        # stale (probed): the router forwards that delete where the set would
+        # have gone.
+        cdef bytes reply = b"" if quiet else error
         cdef Request r
         if not drop_old:
             if reply:
@@ -592,9 +644,13 @@ cdef class RequestParser:
     cdef Py_ssize_t data_block(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                                Py_ssize_t pos, Py_ssize_t nxt, Py_ssize_t n, long vlen,
                                list out) except -2:
+        global body_held
         cdef Py_ssize_t end = nxt + vlen + 2
         if end > n:
             return -1
+        if self.reserved:
+            body_held -= self.reserved
+            self.reserved = 0
         cdef bytes err
         if p[end - 2] != b'\r' or p[end - 1] != b'\n':
             if cmd == CMD_MS:       # memcached judges the flags before the data
@@ -745,13 +801,16 @@ cdef class RequestParser:
         if not mc_strtol(self.token(p, 2), &vlen) or vlen < 0 or vlen > INT_MAX - 2:
             out.append(local_reply(R_BAD_FORMAT))
             return nxt
-        if vlen > self.max_item_size:
+        cdef bint no_room = vlen <= self.max_item_size and not self.reserve(
+            nxt + vlen + 2 - pos, n - pos)
+        if vlen > self.max_item_size or no_room:
             err = self.ms_flag_error(p)
             if err is not None:
                 out.append(local_reply(err))
             else:       # in every mode ms drops the old value (probed)
                 self.too_large(p, CMD_MS, False, True,
-                               b"md %s b q\r\n" if b64 else b"md %s q\r\n", out)
+                               b"md %s b q\r\n" if b64 else b"md %s q\r\n", out,
+                               R_NO_MEMORY if no_room else R_TOO_LARGE)
             self.swallow = vlen + 2
             return nxt
         return self.data_block(p, CMD_MS, RK_META, quiet, pos, nxt, n, vlen, out)

@@ -8,6 +8,10 @@ cdef class Ring:
     cdef list fifo              # requests in the order they were queued
     cdef Py_ssize_t head        # fifo[head] is the oldest request still owed a reply
     cdef Py_ssize_t expired     # fifo[head:expired] timed out; their replies are dropped
+    cdef Py_ssize_t written     # fifo[:written] are written whole to the socket
+    cdef Py_ssize_t wire_left   # bytes of fifo[written].wire not yet written
+    cdef Py_ssize_t queue_expired   # fifo[written:queue_expired] timed out in the queue
+    cdef public double timeout  # a written request's reply is due this long after
     cdef Py_ssize_t max_inflight
     cdef Py_ssize_t max_out
     cdef Py_ssize_t max_reply
@@ -22,10 +26,12 @@ cdef class Ring:
     cdef readonly bytes fault_bytes # and the first bytes of what came (for the log)
 
     cpdef bint push(self, Request req, double deadline)
-    cpdef Py_ssize_t write_to(self, sock) except -1
+    cpdef Py_ssize_t write_to(self, sock, double now=*) except -1
     cpdef int feed(self, data, Py_ssize_t n=*) except -2
     cpdef int expire(self, double now, bytes reply) except -1
+    cdef void _mark_written(self, Py_ssize_t sent, double now)
     cpdef fail_all(self, bytes reply)
     cdef void _pop_head(self)
     cdef void _compact(self)
+    cdef void _shift(self)
     cdef int _fault(self, Request req, const unsigned char *p, Py_ssize_t n) except -2

@@ -10,8 +10,14 @@ late reply is recognised and dropped without shifting any other.
 
 Every queue is bounded: ``push`` refuses work past ``max_inflight``
 requests or ``max_out`` unwritten bytes.  A value reply larger than
-``max_reply`` per key asked is walked past without being held, and its
-request alone is answered with the router's "reply too large" error.
+``max_reply`` per distinct key asked is walked past without being held, and
+its request alone is answered with the router's "reply too large" error.
+
+Two clocks, so that a host is judged by its own behaviour: a request's reply
+is due ``timeout`` after its last byte was written to the socket; before
+that, the deadline given to ``push`` bounds its wait in the router's own
+queue.  ``expire`` answers both kinds, and counts only the first: a request
+that never left the router says nothing about the host.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -20,6 +26,14 @@ from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK_LINE,
                                RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
 
+cdef Py_ssize_t distinct_keys(Request req):
+    """Keys a get asks for, each counted once: ``get k k k`` can carry at
+    most one item's worth of distinct data per key (cold: a large reply)."""
+    if req.keys is None:
+        return 1
+    return len(set(req.keys))
+
+
 cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
 DEF FAULT_EXCERPT = 80      # bytes of a bad reply kept for the log line
 
@@ -27,8 +41,9 @@ DEF FAULT_EXCERPT = 80      # bytes of a bad reply kept for the log line
 cdef class Ring:
 
     def __init__(self, Py_ssize_t max_inflight=65536, Py_ssize_t max_out=64 << 20,
-                 Py_ssize_t max_reply=(1 << 20) * 4, int host=-1):
+                 Py_ssize_t max_reply=(1 << 20) * 4, int host=-1, double timeout=1.0):
         self.counters = local_counters()
+        self.timeout = timeout
         self.host = host
         self.out = bytearray()
         self.inbuf = bytearray()
@@ -50,6 +65,11 @@ cdef class Ring:
         return len(self.out)
 
     @property
+    def awaiting(self):
+        """Requests written to the socket and not yet matched to a reply."""
+        return max(0, self.written - self.head)
+
+    @property
     def oldest_deadline(self):
         """Deadline of the oldest request still owed a reply, or 0.0."""
         if self.head < len(self.fifo):
@@ -62,12 +82,16 @@ cdef class Ring:
             return False
         req.deadline = deadline
         self.counters.upstream_sent(self.host, req)
+        if self.written == len(self.fifo) and not self.out:
+            self.wire_left = len(req.wire)
         self.out += req.wire
         self.fifo.append(req)
         return True
 
-    cpdef Py_ssize_t write_to(self, sock) except -1:
-        """One send of everything queued; returns the bytes still unwritten."""
+    cpdef Py_ssize_t write_to(self, sock, double now=0.0) except -1:
+        """One send of everything queued; returns the bytes still unwritten.
+        Each request written whole is given its reply deadline: ``now`` plus
+        the timeout."""
         cdef Py_ssize_t sent
         if not self.out:
             return 0
@@ -76,7 +100,23 @@ cdef class Ring:
         except (BlockingIOError, InterruptedError):
             return len(self.out)
         del self.out[:sent]
+        self._mark_written(sent, now)
         return len(self.out)
+
+    cdef void _mark_written(self, Py_ssize_t sent, double now):
+        cdef Py_ssize_t nfifo = len(self.fifo)
+        cdef Request req
+        while sent and self.written < nfifo:
+            if sent < self.wire_left:
+                self.wire_left -= sent
+                return
+            sent -= self.wire_left
+            req = <Request>self.fifo[self.written]
+            if req is not None:
+                req.deadline = now + self.timeout
+            self.written += 1
+            self.wire_left = len((<Request>self.fifo[self.written]).wire) \
+                if self.written < nfifo else 0
 
     cpdef int feed(self, data, Py_ssize_t n=-1) except -2:
         """Match received bytes (the first ``n`` of ``data`` if given) to
@@ -126,7 +166,7 @@ cdef class Ring:
             r = scan_reply(p + pos, n - pos, req, &status)
             if r == -1:
                 # a multiget may carry one item per key
-                if n - pos > self.max_reply * (len(req.keys) if req.keys is not None else 1):
+                if n - pos > self.max_reply * distinct_keys(req):
                     if req.rkind == RK_LINE or req.rkind == RK_STATS:
                         return self._fault(req, p + pos, n - pos)
                     # too large to hold: walk past it and answer with an error
@@ -161,19 +201,30 @@ cdef class Ring:
         return 0
 
     cpdef int expire(self, double now, bytes reply) except -1:
-        """Answer every request whose deadline has passed; return how many."""
+        """Answer every request whose deadline has passed; return how many of
+        them had been written (those that waited in the router's own queue
+        are answered too, but do not count against the host)."""
         cdef Py_ssize_t i = max(self.head, self.expired)
-        cdef Py_ssize_t count = 0
+        cdef Py_ssize_t count = 0, stop = min(self.written, len(self.fifo))
         cdef Request req
         self.counters.tick()
+        while i < stop:
+            req = <Request>self.fifo[i]
+            if req.deadline > now:
+                break
+            if req.reply is None:
+                count += 1
+            req.finish(reply, ST_ERROR)
+            i += 1
+        self.expired = i
+        i = max(self.queue_expired, self.written, self.head)
         while i < len(self.fifo):
             req = <Request>self.fifo[i]
             if req.deadline > now:
                 break
             req.finish(reply, ST_ERROR)
             i += 1
-            count += 1
-        self.expired = i
+        self.queue_expired = i
         return count
 
     cpdef fail_all(self, bytes reply):
@@ -184,6 +235,9 @@ cdef class Ring:
         self.fifo = []
         self.head = 0
         self.expired = 0
+        self.written = 0
+        self.wire_left = 0
+        self.queue_expired = 0
         self.dropping = False
         self.out = bytearray()
         self.inbuf = bytearray()
@@ -201,13 +255,21 @@ cdef class Ring:
         self.head += 1
         if self.expired < self.head:
             self.expired = self.head
+        if self.written < self.head:       # a reply before its request was written whole
+            self.written = self.head
+            self.wire_left = len((<Request>self.fifo[self.head]).wire) \
+                if self.head < len(self.fifo) else 0
 
     cdef void _compact(self):
         if self.head == len(self.fifo):
             self.fifo = []
-            self.expired -= self.head
-            self.head = 0
+            self._shift()
         elif self.head > 1024 and self.head * 2 > len(self.fifo):
             del self.fifo[:self.head]
-            self.expired -= self.head
-            self.head = 0
+            self._shift()
+
+    cdef inline void _shift(self):
+        self.expired -= self.head
+        self.written = max(0, self.written - self.head)
+        self.queue_expired = max(0, self.queue_expired - self.head)
+        self.head = 0

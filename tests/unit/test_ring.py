@@ -58,16 +58,52 @@ def test_replies_match_requests_in_order_across_partial_reads():
 
 
 def test_timeout_answers_at_once_and_drops_the_late_reply():
-    inbox, ring = Inbox(), Ring()
+    inbox, ring, sock = Inbox(), Ring(timeout=1.0), Wire()
     first, second = requests(b"get a\r\nget b\r\n", inbox)
-    ring.push(first, 1.0)
-    ring.push(second, 2.0)
+    ring.push(first, 9.0)
+    ring.write_to(sock, 0.0)                  # its reply is due 1.0 after it was written
+    ring.push(second, 9.0)
+    ring.write_to(sock, 1.0)
+    assert ring.awaiting == 2
     assert ring.expire(1.5, TIMEOUT) == 1
     assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)]
     assert ring.inflight == 2                 # the slot is kept for the late reply
     ring.feed(b"VALUE a 0 1\r\nA\r\nEND\r\nVALUE b 0 1\r\nB\r\nEND\r\n")
     assert inbox.got[1] == (b"get b\r\n", b"VALUE b 0 1\r\nB\r\nEND\r\n", ST_OK)
     assert len(inbox.got) == 2 and ring.inflight == 0
+
+
+class Trickle(Wire):
+    """A socket that takes only a few bytes per send."""
+
+    def send(self, data):
+        self.sends.append(bytes(data[:5]))
+        return min(5, len(data))
+
+
+def test_the_reply_clock_starts_when_the_request_is_written_whole():
+    inbox, ring, sock = Inbox(), Ring(timeout=1.0), Trickle()
+    first, second = requests(b"get a\r\nget bb\r\n", inbox)
+    ring.push(first, 5.0)
+    ring.push(second, 5.0)
+    ring.write_to(sock, 0.0)                  # 5 of 7 bytes: nothing written whole
+    assert ring.awaiting == 0
+    ring.write_to(sock, 2.0)                  # the rest of "get a", 3 bytes of "get bb"
+    assert ring.awaiting == 1
+    assert ring.expire(2.5, TIMEOUT) == 0     # due at 3.0, not at 1.0
+    ring.write_to(sock, 3.0)
+    assert ring.awaiting == 2
+    assert ring.expire(3.5, TIMEOUT) == 1 and inbox.got == [(first.wire, TIMEOUT, ST_ERROR)]
+
+
+def test_a_request_that_waited_in_the_queue_is_answered_but_not_counted():
+    inbox, ring = Inbox(), Ring(timeout=1.0)
+    first, second = requests(b"get a\r\nget b\r\n", inbox)
+    ring.push(first, 1.0)                     # never written: the socket is not up
+    ring.push(second, 2.0)
+    assert ring.expire(1.5, TIMEOUT) == 0     # answered, yet not the host's fault
+    assert inbox.got == [(first.wire, TIMEOUT, ST_ERROR)]
+    assert ring.expire(2.5, TIMEOUT) == 0 and len(inbox.got) == 2
 
 
 def test_unsolicited_or_garbage_bytes_are_a_protocol_error():
@@ -253,10 +289,12 @@ def test_an_extra_reply_is_a_protocol_error_and_the_first_is_kept(request_bytes,
 def test_a_wrong_reply_to_a_timed_out_request_is_still_an_error():
     """A late reply is dropped, but it must still fit: a desynchronised
     pipeline shows itself there first."""
-    inbox, ring = Inbox(), Ring()
+    inbox, ring, sock = Inbox(), Ring(timeout=1.0), Wire()
     first, second = requests(b"set k 0 0 1\r\nx\r\nset j 0 0 1\r\ny\r\n", inbox)
-    ring.push(first, 1.0)
-    ring.push(second, 2.0)
+    ring.push(first, 9.0)
+    ring.write_to(sock, 0.0)
+    ring.push(second, 9.0)
+    ring.write_to(sock, 1.0)
     assert ring.expire(1.5, TIMEOUT) == 1
     assert ring.feed(b"END\r\nSTORED\r\n") == -1
     ring.fail_all(GONE)
