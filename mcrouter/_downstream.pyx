@@ -8,8 +8,18 @@ may complete in any order; the client sees them in its own order.
 
 Bounded: at most ``MAX_PENDING`` requests of one client are owed a reply at
 any time (more stay unparsed in its buffer), and reading pauses while more
-than ``out_limit`` bytes wait to be written.  A client that never reads holds
-at most its replies to those requests, never an unbounded backlog.
+than ``out_limit`` (``-b``) bytes wait to be written.  Requests are forwarded
+in a window sized by bytes, not by count: while the unwritten output plus the
+replies expected for the requests in flight (each estimated by the largest
+recent reply size of this client) would pass ``out_limit``, further requests
+wait, parsed, in ``queued``; none is forwarded while the output alone is above
+it.  So a client that never reads holds about ``-b`` plus the replies in
+flight when its output filled up, however many requests it pipelined.
+
+Output is a queue of parts, written with one ``send``/``sendmsg`` per turn:
+small replies are coalesced into a bytearray, a large reply is queued as the
+bytes object the upstream ring cut, never copied again.  A drained queue
+holds nothing, so a burst leaves no buffer behind.
 
 Draining (SIGTERM): a client is answered for everything it had sent that
 was read, then the router shuts its side (FIN after the last reply) and
@@ -21,6 +31,7 @@ after that was never executed and is safe to send again elsewhere.
 """
 
 from collections import deque
+from itertools import islice
 import select
 import socket
 
@@ -35,7 +46,11 @@ cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 1024
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
+REPLY_GUESS = 16 * 1024      # a new client's expected reply size: sizes its first window
+COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
+MAX_IOV = 64                 # parts one sendmsg takes
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
+cdef Py_ssize_t C_COALESCE = COALESCE
 
 
 cdef class ClientConnection:
@@ -45,7 +60,13 @@ cdef class ClientConnection:
     cdef readonly int fd
     cdef readonly object parser    # RequestParser
     cdef object pending            # deque of Request, oldest first
-    cdef bytearray out             # replies ready to write
+    cdef object queued             # the tail of pending not yet forwarded, oldest first
+    cdef Py_ssize_t released       # requests taken from queued so far
+    cdef Py_ssize_t reply_guess    # expected size of one reply (the window's unit)
+    cdef object out                # deque of parts (bytes, bytearray) ready to write
+    cdef Py_ssize_t out_bytes      # bytes in out not yet written
+    cdef Py_ssize_t out_off        # bytes of out[0] already written
+    cdef public double last_read   # loop time of the last bytes read (timeouts)
     cdef public bint dirty         # queued in loop.dirty_clients for this turn
     cdef readonly bint closed
     cdef bint quitting
@@ -68,7 +89,10 @@ cdef class ClientConnection:
         self.parser = RequestParser(s.max_item_size, max(s.buffer_size, MAX_GET_LINE),
                                     worker.next_channel())
         self.pending = deque()
-        self.out = bytearray()
+        self.queued = deque()
+        self.out = deque()
+        self.reply_guess = REPLY_GUESS
+        self.last_read = self.loop.now
         self.reading = True
         self.recv_size = min(s.buffer_size, 256 * 1024)
         self.out_limit = max(s.buffer_size, 64 * 1024)
@@ -110,12 +134,14 @@ cdef class ClientConnection:
             if not self.pending and not self.out:
                 self.close()
             return
+        self.last_read = self.loop.now
         self.take(buf, n)
 
     cdef take(self, data, Py_ssize_t n):
-        """Parse and route what the client sent, never more than MAX_PENDING
-        requests owed a reply: the rest waits in the parser, and reading
-        pauses until replies drain, so one client's memory stays bounded."""
+        """Parse what the client sent, never more than MAX_PENDING requests
+        owed a reply: the rest waits in the parser, and reading pauses until
+        replies drain, so one client's memory stays bounded.  Forward what
+        the window allows (forward)."""
         cdef list reqs
         cdef Request req
         cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
@@ -124,24 +150,47 @@ cdef class ClientConnection:
         reqs = self.parser.feed(data, n, room)
         if reqs:
             pending = self.pending
-            dispatch = self.worker.route.dispatch
+            queued = self.queued
             for req in reqs:
                 req.owner = self
                 req.born_ns = now
                 pending.append(req)
-                if req.reply is None:
-                    dispatch(req)
+                queued.append(req)
+            self.forward()
             if pending and (<Request>pending[0]).reply is not None:
                 self.on_reply(pending[0])
-        if self.parser.closing or len(reqs) >= room or len(self.out) > self.out_limit:
+        if self.parser.closing or len(reqs) >= room or self.out_bytes > self.out_limit:
             self._set_reading(False)
+
+    cdef forward(self):
+        """Route queued requests, in order, while the window has room: the
+        output waiting plus one expected reply per request in flight stays
+        within out_limit (at least one request is in flight while the output
+        is within it, so every client makes progress)."""
+        cdef Request req
+        cdef Py_ssize_t inflight
+        queued = self.queued
+        dispatch = self.worker.route.dispatch
+        while queued:
+            if self.out_bytes > self.out_limit:
+                return
+            inflight = self.released - self.answered
+            if inflight > 0 and self.out_bytes + (inflight + 1) * self.reply_guess \
+                    > self.out_limit:
+                return
+            req = <Request>queued.popleft()
+            self.released += 1
+            if req.reply is None:
+                dispatch(req)
 
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
         cdef Request r
+        cdef Py_ssize_t size, tail
         if self.closed:
             return
         pending = self.pending
+        out = self.out
         while pending:
             r = <Request>pending[0]
             if r.reply is None:
@@ -152,11 +201,58 @@ cdef class ClientConnection:
             if r.cmd == CMD_QUIT:
                 self.quitting = True
                 pending.clear()
+                self.queued.clear()
                 break
-            self.out += r.reply
+            reply = r.reply
+            size = len(reply)
+            if size == 0:
+                continue
+            # the window's unit: up at once to a larger reply, down slowly
+            if size > self.reply_guess:
+                self.reply_guess = size
+            else:
+                self.reply_guess -= (self.reply_guess - size) >> 3
+            tail = len(out) - 1         # (compiled without negative indexing)
+            if tail < 0 or size >= C_COALESCE or len(out[tail]) >= C_COALESCE * 8:
+                out.append(reply)           # queued as is: no copy
+            else:
+                last = out[tail]
+                if type(last) is not bytearray:
+                    last = bytearray(last)
+                    out[tail] = last
+                last += reply
+            self.out_bytes += size
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
+
+    cdef Py_ssize_t _send(self) except -1:
+        """One send (or sendmsg of several parts) of the queued output."""
+        cdef Py_ssize_t sent, left
+        out = self.out
+        first = out[0]
+        try:
+            if len(out) == 1:
+                sent = self.sock.send(memoryview(first)[self.out_off:] if self.out_off else first)
+            else:
+                parts = list(islice(out, 0, MAX_IOV))
+                if self.out_off:
+                    parts[0] = memoryview(first)[self.out_off:]
+                sent = self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        self.out_bytes -= sent
+        left = sent
+        while left:
+            first = out[0]
+            if left >= len(first) - self.out_off:
+                left -= len(first) - self.out_off
+                out.popleft()
+                self.out_off = 0
+            else:
+                self.out_off += left
+                left = 0
+        return sent
 
     cpdef flush(self):
         cdef Py_ssize_t sent = 0
@@ -164,17 +260,15 @@ cdef class ClientConnection:
             return
         if self.out:
             try:
-                sent = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
+                sent = self._send()
             except OSError:
                 self.close()
                 return
             self.counters.add(G_BYTES_OUT, sent)
-            if sent == len(self.out):
-                self.out = bytearray()
-            else:
-                del self.out[:sent]
+        if self.queued and not self.quitting:
+            self.forward()
+            if self.pending and (<Request>self.pending[0]).reply is not None:
+                self.on_reply(self.pending[0])
         if not self.out and not self.pending and self.draining and not self.lingering:
             self._hang_up()
             return
@@ -182,14 +276,14 @@ cdef class ClientConnection:
             self.close()
             return
         if not self.reading:
-            if not self.parser.closing and len(self.out) <= self.out_limit // 2 \
+            if not self.parser.closing and self.out_bytes <= self.out_limit // 2 \
                     and len(self.pending) <= C_MAX_PENDING // 2:
                 self._set_reading(True)
                 if self.parser.buffered:
                     self.take(b"", 0)   # requests read earlier, held back by the bound
-        elif len(self.out) > self.out_limit:
+        elif self.out_bytes > self.out_limit:
             self._set_reading(False)
-        self._set_want_write(len(self.out) > 0)
+        self._set_want_write(self.out_bytes > 0)
 
     # -- state -------------------------------------------------------------
 
@@ -226,6 +320,18 @@ cdef class ClientConnection:
         if not self.pending and not self.out:
             self._hang_up()
 
+    def stale(self, double now, double body_timeout, double idle_timeout):
+        """Whether to close: stopped mid-line or mid-body for ``body_timeout``
+        (not while the router itself stopped reading it), or idle with
+        nothing owed for ``idle_timeout`` (0: never)."""
+        if self.closed or self.lingering:
+            return False
+        quiet = now - self.last_read
+        if self.reading and not self.eof and self.parser.midway and quiet > body_timeout:
+            return True
+        return idle_timeout > 0 and quiet > idle_timeout and not self.pending \
+            and not self.out and not self.draining
+
     def reply_mark(self):
         """The value of ``answered`` once every request read so far is answered."""
         return self.answered + len(self.pending)
@@ -249,4 +355,7 @@ cdef class ClientConnection:
         except OSError:
             pass
         self.pending.clear()
-        self.out = bytearray()
+        self.queued.clear()
+        self.out.clear()
+        self.out_bytes = 0
+        self.parser.release()

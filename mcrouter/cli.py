@@ -102,6 +102,16 @@ def run(
                                    help="Each worker binds its own SO_REUSEPORT socket."),
     max_item_size: str = typer.Option("1m", "--max-item-size",
                                       help="Largest value accepted (as memcached's -I)."),
+    max_conns: int = typer.Option(1024, "-c", "--max-conns",
+                                  help="Client connections for the whole router (as memcached's "
+                                       "-c), split evenly over the workers."),
+    body_budget: str = typer.Option("64m", "--body-budget",
+                                    help="Bytes each worker holds for request bodies still "
+                                         "arriving; past it: out of memory storing object."),
+    body_timeout: str = typer.Option("5s", "--body-timeout",
+                                     help="Close a client stopped mid-line or mid-body this long."),
+    idle_timeout: str = typer.Option("0", "--idle-timeout",
+                                     help="Close a client idle this long (0: never, as memcached)."),
     graceful_timeout: float = typer.Option(10.0, "--graceful-timeout",
                                            help="Seconds to finish requests in flight on SIGTERM."),
     watch_config: bool = typer.Option(False, "--watch-config",
@@ -116,6 +126,7 @@ def run(
     if log_format not in LOG_FORMATS:
         _die(f"--log-format {log_format!r} is not valid; use one of {', '.join(LOG_FORMATS)}")
     for flag, value in (("-n/--server-event-loops", server_event_loops),
+                        ("-c/--max-conns", max_conns),
                         ("-C/--upstream-connections", upstream_connections),
                         ("-r/--timeout-ms", timeout_ms), ("-b/--buffer-size", buffer_size),
                         ("--connect-timeout-ms", connect_timeout_ms)):
@@ -129,6 +140,12 @@ def run(
         _die(f"--max-item-size {max_item_size!r} is not a size; write e.g. 1048576, 512k or 2m")
     if item_size < 1024:
         _die(f"--max-item-size must be at least 1k (got {max_item_size})")
+    try:
+        budget = parse_size(body_budget)
+    except ValueError:
+        _die(f"--body-budget {body_budget!r} is not a size; write e.g. 67108864, 512k or 64m")
+    if budget < item_size:
+        _die(f"--body-budget must be at least --max-item-size (got {body_budget})")
     durations = {}
     for flag, text in (("-H/--healthcheck-interval", healthcheck_interval),
                        ("-t/--dns-cache-ttl", dns_cache_ttl)):
@@ -138,6 +155,13 @@ def run(
             _die(f"{flag} {text!r} is not a duration; write e.g. 10s, 500ms or 2m")
         if durations[flag] < 0.01:
             _die(f"{flag} must be at least 10ms (got {text})")
+    for flag, text in (("--body-timeout", body_timeout), ("--idle-timeout", idle_timeout)):
+        try:
+            durations[flag] = parse_duration(text)
+        except ValueError:
+            _die(f"{flag} {text!r} is not a duration; write e.g. 5s, 500ms or 2m")
+    if durations["--body-timeout"] < 0.1:
+        _die(f"--body-timeout must be at least 100ms (got {body_timeout})")
     try:
         addr = parse_listen(listen)
         metrics_addr = parse_metrics_listen(metrics_listen_addr)
@@ -149,6 +173,9 @@ def run(
                         healthcheck_interval=durations["-H/--healthcheck-interval"],
                         dns_cache_ttl=durations["-t/--dns-cache-ttl"],
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
+                        max_conns=max_conns, body_budget=budget,
+                        body_timeout=durations["--body-timeout"],
+                        idle_timeout=durations["--idle-timeout"],
                         graceful_timeout=graceful_timeout, watch_config=watch_config,
                         log_level=log_level, log_format=log_format,
                         metrics_listen=metrics_listen_addr, confirm_timeout=confirm_timeout,

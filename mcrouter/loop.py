@@ -134,6 +134,13 @@ class Loop:
             for c in batch:
                 c.dirty = False
                 c.flush()
+            # a client whose output drained forwards requests it held back
+            # (its window): send them now, not a poll later
+            if self.dirty_upstreams:
+                batch, self.dirty_upstreams = self.dirty_upstreams, []
+                for u in batch:
+                    u.dirty = False
+                    u.flush()
 
     def close(self) -> None:
         self.ep.close()

@@ -56,6 +56,7 @@ from mcrouter.config import ConfigError, HostAddr, RouterConfig
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter.dns import DnsCache
 from mcrouter.health import DOWN, HostTable, TableFull
+from mcrouter.limits import raise_fd_limit
 from mcrouter.listen import ListenAddr, ListenError, activated_sockets, bind
 from mcrouter.metrics import MetricsBlock, note_reload
 from mcrouter.settings import Settings
@@ -170,6 +171,9 @@ class Master:
     def start(self) -> None:
         """Bind, fork the sidecar and the workers.  A failure here stops the
         router (nothing is serving yet), unlike a failure in a turn."""
+        fds = raise_fd_limit()
+        log.info("open file limit %d per process; at most %d client connections (-c)",
+                 fds, self.settings.max_conns)
         where = self.open_listeners()
         self.open_metrics()
         self.init_signals()

@@ -16,6 +16,10 @@ class Settings:
     dns_cache_ttl: float = 30.0         # -t, seconds between lookups of one name
     buffer_size: int = 1048576          # -b, read size and per-client output bound
     max_item_size: int = 1048576        # --max-item-size, as memcached's -I
+    max_conns: int = 1024               # -c/--max-conns, clients for the whole router
+    body_budget: int = 64 << 20         # --body-budget, bytes of partial bodies per worker
+    body_timeout: float = 5.0           # --body-timeout, seconds stopped mid-request
+    idle_timeout: float = 0.0           # --idle-timeout, seconds idle; 0: never
     reuseport: bool = False
     graceful_timeout: float = 10.0
     watch_config: bool = False          # reload when the config file changes

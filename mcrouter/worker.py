@@ -15,6 +15,7 @@ touched.
 """
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -27,9 +28,11 @@ from typing import Any
 from mcrouter.config import ConfigError, HostAddr, RouterConfig, parse_config
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
+from mcrouter._parser import set_body_budget
 from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
 from mcrouter.health import HostTable
 from mcrouter.hostset import HostSet
+from mcrouter.limits import return_memory_promptly
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
@@ -44,24 +47,52 @@ ACCEPT_BATCH = 64
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3     # the master stops rather than respawn a worker that cannot start
 LINGER = 2.0             # draining: how long hung-up clients get to close their side
+TOO_MANY_CONNS = b"ERROR Too many open connections\r\n"    # memcached's words
+FD_BACKOFF = 0.1         # out of file descriptors: the listener rests this long
+REFUSAL_LOG_INTERVAL = 10.0      # at most one line per this many seconds
+SWEEP_INTERVAL = 0.5     # how often clients are checked for body and idle timeouts
 
 
 class _Listener:
+    """Accepts clients up to this worker's share of -c; past it, or out of
+    file descriptors, refuses them as memcached does (one error line, then
+    close) instead of leaving them in the backlog."""
+
     def __init__(self, worker: "Worker", sock: socket.socket) -> None:
         self.worker = worker
         self.sock = sock
+        self.resting = False
 
     def on_event(self, mask: int) -> None:
+        worker = self.worker
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                local().count(G_CLIENTS_REJECTED)
-                log.warning("accept failed: %s", e)
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    worker.out_of_fds(self)
+                else:
+                    log.warning("accept failed: %s", e)
                 return
-            self.worker.adopt(conn)
+            if len(worker.clients) >= worker.max_clients:
+                worker.refuse(conn, "past -c/--max-conns")
+            else:
+                worker.adopt(conn)
+
+    def rest(self, seconds: float) -> None:
+        """Leave the loop for a while: no spinning on an accept that fails."""
+        if self.resting:
+            return
+        self.resting = True
+        self.worker.loop.remove(self.sock.fileno())
+        self.worker.loop.call_later(seconds, self.wake)
+
+    def wake(self) -> None:
+        self.resting = False
+        if self.sock in self.worker.listeners:
+            self.worker.loop.add(self.sock.fileno(), EV_IN, self)
 
 
 class _SignalPipe:
@@ -129,6 +160,12 @@ class Worker:
         self.idle_since = 0.0
         self.running = True
         self._channels = 0
+        # this worker's share of -c (rounded up)
+        self.max_clients = max(1, -(-settings.max_conns // max(1, settings.workers)))
+        self.spare_fd = -1                # kept open to refuse a client when out of fds
+        self.refused_unlogged = 0
+        self.refusal_logged_at = float("-inf")
+        self.next_sweep = 0.0
 
     def next_channel(self) -> int:
         """Spread clients over the -C connections of each host, one each."""
@@ -146,6 +183,9 @@ class Worker:
         counters = self.metrics.counters(self.index) if has_slot else Counters()
         counters.take_over(self.table.used)
         install(counters)               # before any client or upstream ring is made
+        set_body_budget(s.body_budget)
+        return_memory_promptly()
+        self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
         self.route = self.build(self.config)
@@ -193,6 +233,50 @@ class Worker:
         self.generation = generation
         self.control.send({"applied": generation})
 
+    def refuse(self, sock: socket.socket, why: str) -> None:
+        """memcached's refusal: one error line, then close; counted, and
+        logged at most once per REFUSAL_LOG_INTERVAL with how many."""
+        try:
+            sock.setblocking(False)
+            sock.send(TOO_MANY_CONNS)
+        except OSError:
+            pass
+        sock.close()
+        local().count(G_CLIENTS_REJECTED)
+        self.refused_unlogged += 1
+        now = self.loop.now
+        if now - self.refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("refused %d client connection(s) (%s; %d clients here)",
+                        self.refused_unlogged, why, len(self.clients))
+            self.refusal_logged_at = now
+            self.refused_unlogged = 0
+
+    def out_of_fds(self, listener: _Listener) -> None:
+        """accept() failed for want of a descriptor: give the spare one up to
+        take one client off the backlog and refuse it, then rest the
+        listener, so the loop does not spin on the full backlog."""
+        if self.spare_fd >= 0:
+            os.close(self.spare_fd)
+            self.spare_fd = -1
+            try:
+                conn, _ = listener.sock.accept()
+            except OSError:
+                conn = None
+            if conn is not None:
+                self.refuse(conn, "out of file descriptors")
+            try:
+                self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        listener.rest(FD_BACKOFF)
+
+    def sweep(self, now: float) -> None:
+        """Close clients stopped mid-request past --body-timeout, or idle
+        past --idle-timeout."""
+        s = self.settings
+        for c in [c for c in self.clients if c.stale(now, s.body_timeout, s.idle_timeout)]:
+            c.close()
+
     def adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
@@ -232,6 +316,9 @@ class Worker:
             self.master_gone()
         if self.stopping_at:
             self.check_drained(now)
+        if now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_INTERVAL
+            self.sweep(now)
 
     def master_gone(self) -> None:
         if self.running:
