@@ -14,17 +14,27 @@ requests or ``max_out`` unwritten bytes.  A value reply larger than
 its request alone is answered with the router's "reply too large" error.
 
 Two clocks, so that a host is judged by its own behaviour: a request's reply
-is due ``timeout`` after its last byte was written to the socket; before
-that, the deadline given to ``push`` bounds its wait in the router's own
-queue.  ``expire`` answers both kinds, and counts only the first: a request
+is due ``timeout`` after its last byte was written to the socket, and the
+oldest request owed a reply gets a full ``timeout`` again whenever reply
+bytes arrive (a large reply ahead of it still flowing is progress, not a
+dead host); before it is written, the deadline given to ``push`` bounds its
+wait in the router's own queue.  ``expire`` answers both kinds, and counts only the first: a request
 that never left the router says nothing about the host.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK_LINE,
                                RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
+
+cdef inline double monotonic_now():
+    """time.monotonic(), in C."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 
 cdef Py_ssize_t distinct_keys(Request req):
     """Keys a get asks for, each counted once: ``get k k k`` can carry at
@@ -198,6 +208,11 @@ cdef class Ring:
         elif pos and held is self.inbuf:
             del held[:pos]
         self._compact()
+        if self.head < self.written:
+            # reply bytes arrived: the oldest request owed one is due a full
+            # timeout from now, not from when it was written behind others
+            req = <Request>self.fifo[self.head]
+            req.deadline = max(req.deadline, monotonic_now() + self.timeout)
         return 0
 
     cpdef int expire(self, double now, bytes reply) except -1:

@@ -172,10 +172,10 @@ class Master:
         """Bind, fork the sidecar and the workers.  A failure here stops the
         router (nothing is serving yet), unlike a failure in a turn."""
         fds = raise_fd_limit()
-        log.info("open file limit %d per process; at most %d client connections (-c)",
-                 fds, self.settings.max_conns)
         where = self.open_listeners()
         self.open_metrics()
+        log.info("open file limit %d per process; at most %d client connections (-c)",
+                 fds, self.settings.max_conns)
         self.init_signals()
         self.resolve_hosts(self.slots)
         self.spawn_sidecar()

@@ -253,16 +253,16 @@ class Worker:
 
     def out_of_fds(self, listener: _Listener) -> None:
         """accept() failed for want of a descriptor: give the spare one up to
-        take one client off the backlog and refuse it, then rest the
-        listener, so the loop does not spin on the full backlog."""
+        take the waiting clients off the backlog one by one and refuse them,
+        then rest the listener, so the loop does not spin on a full table."""
         if self.spare_fd >= 0:
             os.close(self.spare_fd)
             self.spare_fd = -1
-            try:
-                conn, _ = listener.sock.accept()
-            except OSError:
-                conn = None
-            if conn is not None:
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = listener.sock.accept()
+                except OSError:
+                    break
                 self.refuse(conn, "out of file descriptors")
             try:
                 self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
