@@ -5,7 +5,7 @@ from mcrouter._parser import Request, RequestParser
 
 MAX_PENDING: int
 MAX_GET_LINE: int
-REPLY_GUESS: int
+REPLY_WINDOW: int
 COALESCE: int
 MAX_IOV: int
 

@@ -37,8 +37,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport Request, CMD_QUIT
-from mcrouter._parser import RequestParser
+from mcrouter._parser cimport Request, CMD_QUIT, ST_ERROR
+from mcrouter._parser import RequestParser, split_values
 
 cdef int EV_IN = select.EPOLLIN
 cdef int EV_OUT = select.EPOLLOUT
@@ -46,7 +46,7 @@ cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 1024
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
-REPLY_GUESS = 16 * 1024      # a new client's expected reply size: sizes its first window
+REPLY_WINDOW = 4             # a new client's first window: this many requests in flight
 COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
 MAX_IOV = 64                 # parts one sendmsg takes
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
@@ -91,11 +91,11 @@ cdef class ClientConnection:
         self.pending = deque()
         self.queued = deque()
         self.out = deque()
-        self.reply_guess = REPLY_GUESS
         self.last_read = self.loop.now
         self.reading = True
         self.recv_size = min(s.buffer_size, 256 * 1024)
         self.out_limit = max(s.buffer_size, 64 * 1024)
+        self.reply_guess = self.out_limit // REPLY_WINDOW
         self.counters = local_counters()
         self.counters.add(G_CLIENTS, 1)
         self.counters.add(G_CLIENTS_TOTAL, 1)
@@ -186,7 +186,7 @@ cdef class ClientConnection:
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
         cdef Request r
-        cdef Py_ssize_t size, tail
+        cdef Py_ssize_t size
         if self.closed:
             return
         pending = self.pending
@@ -204,7 +204,12 @@ cdef class ClientConnection:
                 self.queued.clear()
                 break
             reply = r.reply
-            size = len(reply)
+            if r.order is not None and r.status != ST_ERROR:
+                size = self._queue_repeated(r.order, reply)
+            else:
+                size = len(reply)
+                if size:
+                    self._queue(reply)
             if size == 0:
                 continue
             # the window's unit: up at once to a larger reply, down slowly
@@ -212,19 +217,40 @@ cdef class ClientConnection:
                 self.reply_guess = size
             else:
                 self.reply_guess -= (self.reply_guess - size) >> 3
-            tail = len(out) - 1         # (compiled without negative indexing)
-            if tail < 0 or size >= C_COALESCE or len(out[tail]) >= C_COALESCE * 8:
-                out.append(reply)           # queued as is: no copy
-            else:
-                last = out[tail]
-                if type(last) is not bytearray:
-                    last = bytearray(last)
-                    out[tail] = last
-                last += reply
-            self.out_bytes += size
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
+
+    cdef _queue(self, reply):
+        """Queue one part of the output: as is if large, else coalesced."""
+        cdef Py_ssize_t size = len(reply)
+        out = self.out
+        cdef Py_ssize_t tail = len(out) - 1     # (compiled without negative indexing)
+        if tail < 0 or size >= C_COALESCE or len(out[tail]) >= C_COALESCE * 8:
+            out.append(reply)           # queued as is: no copy
+        else:
+            last = out[tail]
+            if type(last) is not bytearray:
+                last = bytearray(last)
+                out[tail] = last
+            last += reply
+        self.out_bytes += size
+
+    cdef Py_ssize_t _queue_repeated(self, list order, bytes reply) except -1:
+        """A get whose keys repeat was sent with each key once: queue each
+        hit once per time it was asked, from the one copy (cold path)."""
+        cdef Py_ssize_t total = 0
+        if not reply.endswith(b"END\r\n"):
+            self._queue(reply)
+            return len(reply)
+        blocks = dict(split_values(reply))
+        for key in order:
+            block = blocks.get(key)
+            if block is not None:
+                self._queue(block)
+                total += len(block)
+        self._queue(b"END\r\n")
+        return total + 5
 
     cdef Py_ssize_t _send(self) except -1:
         """One send (or sendmsg of several parts) of the queued output."""

@@ -62,6 +62,8 @@ cdef class Request:
     cdef public bytes override   # if set, the client gets this whatever upstream says
     cdef public int chan         # the client's channel: picks its upstream connection,
                                  # so one client's requests keep their order on a host
+    cdef public list order       # a get's keys as asked when some repeat (keys and wire
+                                 # then name each once; the client's reply is expanded)
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)

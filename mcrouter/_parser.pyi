@@ -16,6 +16,7 @@ class Request:
     sent_ns: int
     override: bytes | None
     chan: int
+    order: list[bytes] | None
     def finish(self, reply: bytes, status: int) -> None: ...
     def child(self, owner: Any) -> Request: ...
 

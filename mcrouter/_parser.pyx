@@ -568,11 +568,24 @@ cdef class RequestParser:
         r.cmd = cmd
         r.rkind = RK_GET
         r.chan = self.chan
+        cdef list distinct
+        if len(keys) > 1:
+            distinct = list(dict.fromkeys(keys))
+            if len(distinct) < len(keys):
+                # ask for each key once: the client's reply repeats the values
+                # from one copy (ClientConnection), so "get k k k ..." cannot
+                # make the router hold a reply many times the size of k
+                r.order = keys
+                r.wire = b" ".join([self.token(p, 0)] +
+                                   ([self.token(p, 1)] if cmd == CMD_GAT or cmd == CMD_GATS
+                                    else []) + distinct) + b"\r\n"
+                keys = distinct
         if keys:
             r.key = keys[0]
         if len(keys) > 1:
             r.keys = keys
-        r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
+        if r.wire is None:
+            r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
         out.append(r)
         return nxt
 

@@ -82,7 +82,8 @@ class RouterCollector:
         yield CounterMetricFamily("mcrouter_client_connections_accepted", "Client connections "
                                   "accepted.", value=snap.value(G_CLIENTS_TOTAL))
         yield CounterMetricFamily("mcrouter_client_connections_rejected", "Client connections "
-                                  "that could not be accepted.", value=snap.value(G_CLIENTS_REJECTED))
+                                  "refused: past -c, or out of file descriptors.",
+                                  value=snap.value(G_CLIENTS_REJECTED))
         yield CounterMetricFamily("mcrouter_client_received_bytes", "Bytes read from clients.",
                                   value=snap.value(G_BYTES_IN))
         yield CounterMetricFamily("mcrouter_client_sent_bytes", "Bytes written to clients.",
