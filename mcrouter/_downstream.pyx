@@ -213,6 +213,7 @@ cdef class ClientConnection:
 
     cdef _hang_up(self):
         self.lingering = True
+        self.parser.discard()   # what is left unparsed is dropped, never run
         self.loop.call_later(LINGER, self.close)
         try:
             self.sock.shutdown(socket.SHUT_WR)

@@ -256,6 +256,13 @@ cdef class RequestParser:
     def buffered(self):
         return len(self.buf)
 
+    def discard(self):
+        """The connection is ending: forget the unparsed input (none of it
+        will ever run), so a lingering connection holds no client bytes."""
+        self.closing = True
+        self.buf = bytearray()
+        self.swallow = 0
+
     def feed(self, data=b"", Py_ssize_t n=-1, Py_ssize_t limit=PY_SSIZE_T_MAX):
         """Add client bytes (the first ``n`` of ``data`` if given); return the
         complete requests, in order, at most ``limit`` of them: the rest stay
