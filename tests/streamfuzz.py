@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -680,6 +681,7 @@ def main() -> int:
     ap.add_argument("--case", type=int, help="print and run only this case")
     ap.add_argument("--max-reports", type=int, default=20)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop what it started (finally)
     memcached = shutil.which("memcached")
     if not memcached:
         print("memcached is not installed", file=sys.stderr)
