@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -331,37 +332,54 @@ def normalise(reply: bytes, local_version: bool = False) -> bytes:
 def expected_router_reply(case: Case, ref: bytes) -> bytes:
     """The reference reply with the known differences applied (the table above)."""
     if case.admin_mn != -1:
-        # the MN that stood for the admin line is the second-last one
-        last = ref.rfind(b"MN\r\n")
-        prev = ref.rfind(b"MN\r\n", 0, last)
-        if prev < 0:
+        # the MN that stood for the admin line is the first one (nothing before
+        # the admin line has an mn; the stream may end before the trailing one)
+        first = ref.find(b"MN\r\n")
+        while first > 0 and ref[first - 1:first] != b"\n":
+            first = ref.find(b"MN\r\n", first + 1)
+        if first < 0:
             return ref
         refusal = b"" if case.admin_mn == 1 else NOT_SUPPORTED
-        return ref[:prev] + refusal + ref[prev + 4:]
+        return ref[:first] + refusal + ref[first + 4:]
     return ref
 
 
-DROPPER = re.compile(rb"(?:get|gets|gat|gats) [^\n]*[^ \n]{251}|[^\n]*HTTP/|[^\n]{2049}")
+DROPPER = re.compile(rb" *(?:get|gets|gat|gats) [^\n]*[^ \n]{251}|[^\n]*HTTP/|[^\n]{2049}")
 
 
 def long_line_cut(stream: bytes) -> Optional[int]:
     """Where the router closes on a line over 2048 bytes (difference 5), or None.
 
     The router's own parser frames the stream (its framing is what the rest
-    of the comparison checks against memcached): fed the first byte alone, it
-    keeps everything from the line it closed on in its buffer."""
-    if len(stream) < 2 or stream[:1] == b"\x80":
+    of the comparison checks against memcached)."""
+    def closes(n: int) -> bool:
+        parser = RequestParser(ROUTER_MAX_ITEM, ROUTER_MAX_LINE)
+        parser.feed(stream[:n])
+        return parser.closing
+
+    if stream[:1] == b"\x80" or not closes(len(stream)):
         return None
-    parser = RequestParser(ROUTER_MAX_ITEM, ROUTER_MAX_LINE)
-    parser.feed(stream[:1])
-    parser.feed(stream[1:])
-    if not parser.closing:
-        return None
-    cut = len(stream) - parser.buffered
+    # The shortest prefix that closes it ends 2049 bytes into that line: the
+    # parser closes once it holds more than 2048 bytes of a line without its
+    # newline (or has the whole line).  Closing is monotonic in the prefix.
+    lo, hi = 0, len(stream)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if closes(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    cut = lo - 2049     # (a line may start right after a data block: no "\n" before it)
+    if cut < 0:
+        return None     # it closed for another reason (HTTP/, quit)
     nl = stream.find(b"\n", cut)
-    if (nl if nl >= 0 else len(stream)) - cut > 2048:
-        return cut
-    return None
+    if (nl if nl >= 0 else len(stream)) - cut <= 2048:
+        return None     # likewise
+    parser = RequestParser(ROUTER_MAX_ITEM, ROUTER_MAX_LINE)
+    reqs = parser.feed(stream[:cut] + b"mn\r\n")
+    if parser.closing or not reqs or reqs[-1].wire != b"mn\r\n":
+        return None     # the cut is not at a command's start (inside a data block)
+    return cut
 
 
 def split_reference(stream: bytes) -> list[bytes]:
@@ -663,6 +681,7 @@ def main() -> int:
     ap.add_argument("--case", type=int, help="print and run only this case")
     ap.add_argument("--max-reports", type=int, default=20)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop what it started (finally)
     memcached = shutil.which("memcached")
     if not memcached:
         print("memcached is not installed", file=sys.stderr)

@@ -117,6 +117,11 @@ def test_gat_touches_the_keys_before_a_long_one(memcached, router, route):
                           b"STORED\r\nSTORED\r\nSTORED\r\n") == b"STORED\r\n" * 3
             assert exchange(c, b"gat -1 a b " + b"k" * 251 + b" z\r\nget a b z\r\nmn\r\n") == (
                 BAD_FORMAT + b"VALUE z 0 1\r\nw\r\nEND\r\nMN\r\n"), target
+            # a repeated key is touched again: an exptime in the past expires it
+            # at the first touch, so the repeat misses (keys over both servers)
+            others = b" ".join(b"o%d" % i for i in range(24))
+            assert exchange(c, b"gat 2592001 z %s z\r\nmn\r\n" % others) == (
+                b"VALUE z 0 1\r\nw\r\nEND\r\nMN\r\n"), target
 
 
 @pytest.mark.parametrize("line", [

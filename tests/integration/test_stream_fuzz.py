@@ -116,6 +116,8 @@ def test_comparison_allows_exactly_the_table():
     assert sf.long_line_cut(b"get a\r\nverbosity 1" + b" " * 2030 + b"\r\nmn\r\n") is None
     assert sf.long_line_cut(b"get a" + b" b" * 2000 + b"\r\nmn\r\n") is None     # a multiget may
     assert sf.long_line_cut(b"set a 0 0 3000\r\n" + b"v" * 3000 + b"\r\nmn\r\n") is None
+    assert sf.long_line_cut(b"set a 0 0 3000\r\n" + b"v" * 3000 + b"\r\nGET / HTTP/1.1\r\n") is None
+    assert sf.long_line_cut(b"set a 0 0 3\r\nabcXX" + b"y" * 3000 + b"\r\nmn\r\n") == 18   # after a block
     ll = case(stream)
     ref = sf.Outcome(b"END\r\n", True)
     assert sf.diverges(ll, ref, sf.Outcome(b"END\r\n", True), False, cut) is None
