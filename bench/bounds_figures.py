@@ -249,10 +249,12 @@ def fd_limit(repo: Path | None, tmp: Path) -> str:
                 if s.recv(100) == b"ERROR Too many open connections\r\n":
                     told += 1
             s.close()
-        lines = (t.log.read_bytes()[log0:].count(b"\n") if repo is not None else 0)
-        return (f"| fd-limit | {'router' if repo else 'memcached'} | CPU {cpu:.0f}% over 5 s | "
-                f"{lines} log lines in 5 s | | 40 clients past the limit: {told} told "
-                "`ERROR Too many open connections` |")
+        text = t.log.read_bytes()
+        lines = text[log0:].count(b"\n")
+        refusals = text.count(b"refused ")
+        return (f"| fd-limit | router worker | CPU {cpu:.0f}% over 5 s | "
+                f"{lines} log lines in those 5 s | {refusals} refusal line(s) in all | "
+                f"40 clients past the limit: {told} told `ERROR Too many open connections` |")
     finally:
         t.close()
 

@@ -21,9 +21,10 @@ small replies are coalesced into a bytearray, a large reply is queued as the
 bytes object the upstream ring cut, never copied again.  A drained queue
 holds nothing, so a burst leaves no buffer behind.
 
-Draining (SIGTERM): a client is answered for everything it had sent that
-was read, then the router shuts its side (FIN after the last reply) and
-*lingers*: it reads and drops whatever else comes until the client closes.
+Ending a connection (SIGTERM, ``quit``, a line memcached would close on):
+a client is answered for everything it had sent before, then the router
+shuts its side (FIN after the last reply) and *lingers* for at most LINGER
+seconds: it reads and drops whatever else comes until the client closes.
 Closing at once instead would turn data arriving later into a reset, and a
 reset makes the client's kernel drop replies it had received but not yet
 read.  So a client sees every reply, then end-of-file; whatever it sent
@@ -45,6 +46,7 @@ cdef int EV_OUT = select.EPOLLOUT
 cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 1024
+LINGER = 2.0                 # seconds a hung-up client gets to close its side
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
 REPLY_WINDOW = 4             # a new client's first window: this many requests in flight
 COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
@@ -298,7 +300,10 @@ cdef class ClientConnection:
         if not self.out and not self.pending and self.draining and not self.lingering:
             self._hang_up()
             return
-        if (self.quitting or (self.eof and not self.pending)) and not self.out:
+        if self.quitting and not self.out and not self.lingering:
+            self._hang_up()     # the client may still be sending: see the docstring
+            return
+        if self.eof and not self.pending and not self.out:
             self.close()
             return
         if not self.reading:
@@ -328,6 +333,8 @@ cdef class ClientConnection:
 
     cdef _hang_up(self):
         self.lingering = True
+        self.parser.discard()   # what is left unparsed is dropped, never run
+        self.loop.call_later(LINGER, self.close)
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:

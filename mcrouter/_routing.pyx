@@ -29,7 +29,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, CMD_STATS, ST_OK, ST_FAIL, ST_ERROR
+from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS, ST_OK, ST_FAIL, ST_ERROR
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, UPSTREAM_ERROR
 
 cdef bytes END = b"END\r\n"
@@ -91,7 +91,7 @@ cdef class HashDispatch:
 
     cpdef dispatch(self, Request req):
         if req.keys is not None:
-            split(req, self.children, group_keys(req.keys, self.hasher, None))
+            split(req, self.children, group_keys(req, self.hasher, None))
         elif len(req.key):
             self.children[self.hasher.index(req.key)].dispatch(req)
         else:
@@ -322,18 +322,21 @@ cdef Py_ssize_t value_end(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, 
     return i if i <= n else 0
 
 
-cpdef tuple group_keys(list keys, Hasher hasher, object pick):
+cpdef tuple group_keys(Request req, Hasher hasher, object pick):
     """Group a multi-key request's keys by destination, the index given by
-    ``hasher`` or else by ``pick(key)``: ({index: [keys]}, owners), keys
-    deduplicated and in request order within each group; ``owners[i]`` is
-    the destination of ``keys[i]`` (None when a key repeats)."""
+    ``hasher`` or else by ``pick(key)``: ({index: [keys]}, owners), keys in
+    request order within each group; ``owners[i]`` is the destination of
+    ``keys[i]``.  A get's repeated keys are asked once (owners is None then);
+    a gat's are not: each one touches the item, and memcached answers a
+    repeat as it stands after the touch before it (gone, if that expired it)."""
     cdef dict out = {}
     cdef set seen = set()
     cdef list owners = []
     cdef bytes k
     cdef int i
-    for k in keys:
-        if k in seen:
+    cdef bint unique = req.cmd != CMD_GAT and req.cmd != CMD_GATS
+    for k in req.keys:
+        if unique and k in seen:
             owners = None
             continue
         seen.add(k)

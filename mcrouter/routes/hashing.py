@@ -51,7 +51,7 @@ class HashRoute(HashDispatch, Route):
 
     def targets(self, req: Request) -> Sequence[Route]:
         if req.keys is not None:
-            return [self.children[i] for i in group_keys(req.keys, self.hasher, None)[0]]
+            return [self.children[i] for i in group_keys(req, self.hasher, None)[0]]
         if req.key:
             return [self.children[self.hasher.index(req.key)]]
         return [self.keyless[req.cmd]]

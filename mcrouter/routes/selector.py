@@ -53,7 +53,7 @@ class PrefixSelectorRoute(Route):
         if req.keys is None:
             self.routes[self.pick(req.key)].dispatch(req)
         else:
-            split(req, self.routes, group_keys(req.keys, None, self.pick))
+            split(req, self.routes, group_keys(req, None, self.pick))
 
     def targets(self, req: Request) -> Sequence[Route]:
         keys = req.keys if req.keys is not None else [req.key]

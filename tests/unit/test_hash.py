@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcrouter._hash import FUNCTIONS, Hasher, hash_key, ketama_name, md5_digest
+from mcrouter._parser import RequestParser
 from mcrouter._routing import group_keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -113,17 +114,32 @@ def test_hash_stop_tags_and_salt_pick_the_hashed_part():
     assert sum(salted.index(k) != plain.index(k) for k in keys) > 1000
 
 
+def keys_request(line: bytes):
+    return RequestParser().feed(line)[0]
+
+
 def test_group_keeps_request_order_per_server_and_drops_duplicates():
     h = Hasher(SERVERS4)
     keys = [b"k%d" % i for i in range(50)] + [b"k3"]
-    groups, owners = group_keys(keys, h, None)
-    assert owners is None                                     # k3 repeats
-    assert group_keys(keys[:50], h, None)[1] == [h.index(k) for k in keys[:50]]
-    assert group_keys(keys, None, h.index) == (groups, None)
+    get = keys_request(b"get " + b" ".join(keys) + b"\r\n")
+    # the parser names a repeated get key once; the client's reply repeats it (issue 11)
+    assert get.keys == keys[:50] and get.order == keys
+    groups, owners = group_keys(get, h, None)
+    assert owners == [h.index(k) for k in keys[:50]]
+    assert group_keys(get, None, h.index)[0] == groups
     assert sorted(k for g in groups.values() for k in g) == sorted(set(keys))
     for idx, ks in groups.items():
         assert all(h.index(k) == idx for k in ks)
         assert ks == sorted(ks, key=keys.index)
+
+
+def test_gat_keeps_repeated_keys():
+    """Each gat of a key touches it: a repeat is asked again, answered as memcached would."""
+    h = Hasher(SERVERS4)
+    keys = [b"k%d" % i for i in range(50)] + [b"k3"]
+    groups, owners = group_keys(keys_request(b"gat 0 " + b" ".join(keys) + b"\r\n"), h, None)
+    assert owners == [h.index(k) for k in keys]
+    assert groups[h.index(b"k3")].count(b"k3") == 2
 
 
 def test_bad_arguments_are_refused():

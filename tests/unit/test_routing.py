@@ -65,7 +65,7 @@ def by_first_letter(key: bytes) -> int:
 
 def run(line: bytes, holders: list[Holder]) -> tuple[bytes, int]:
     req, owner = request(line)
-    split(req, holders, group_keys(req.keys, None, by_first_letter))
+    split(req, holders, group_keys(req, None, by_first_letter))
     for h in holders:
         for sub in h.pending:
             h.answer(sub)
@@ -128,6 +128,6 @@ def test_only_errors_give_the_error():
 def test_one_destination_gets_the_request_as_it_is():
     holders = [Holder(A.items), B, C]
     req, owner = request(b"get a1 a2\r\n")
-    split(req, holders, group_keys(req.keys, None, by_first_letter))
+    split(req, holders, group_keys(req, None, by_first_letter))
     assert holders[0].asked == [b"get a1 a2\r\n"]
     assert owner.replies == [(v(b"a1", b"x", 1) + v(b"a2", b"yy", 2) + b"END\r\n", ST_OK)]
