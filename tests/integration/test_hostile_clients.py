@@ -194,11 +194,21 @@ def test_past_max_conns_a_client_is_told_and_closed(memcached, router):
     assert extra.recv_until(b"\r\n") == b"ERROR Too many open connections\r\n"
     assert extra.is_closed(5.0)
     held.pop().close()
-    time.sleep(0.2)
-    with r.client() as c:
-        assert c.request(b"version\r\n", b"VERSION 1.6.18\r\n") == b"VERSION 1.6.18\r\n"
-        c.send(b"stats mcrouter\r\n")
-        assert b"STAT rejected_connections 1\r\n" in c.recv_until(b"END\r\n")
+    refused, stats = [1], [b""]
+
+    def served() -> bool:
+        """A new client is served once the router has seen the close."""
+        with r.client() as c:
+            c.send(b"version\r\n")
+            if c.recv_until(b"\r\n") == b"VERSION 1.6.18\r\n":
+                c.send(b"stats mcrouter\r\n")
+                stats[0] = c.recv_until(b"END\r\n")
+                return True
+        refused[0] += 1
+        return False
+
+    assert wait_until(served, 5.0)
+    assert b"STAT rejected_connections %d\r\n" % refused[0] in stats[0]
     assert r.wait_log("refused 1 client connection(s) (past -c/--max-conns")
     for c in held + [extra]:
         c.close()
