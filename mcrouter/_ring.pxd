@@ -12,6 +12,7 @@ cdef class Ring:
     cdef Py_ssize_t wire_left   # bytes of fifo[written].wire not yet written
     cdef Py_ssize_t queue_expired   # fifo[written:queue_expired] timed out in the queue
     cdef public double timeout  # a written request's reply is due this long after
+    cdef readonly double progress_at    # last reply bytes, or the first write after a lull
     cdef Py_ssize_t max_inflight
     cdef Py_ssize_t max_out
     cdef Py_ssize_t max_reply

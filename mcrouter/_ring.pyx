@@ -105,6 +105,8 @@ cdef class Ring:
         cdef Py_ssize_t sent
         if not self.out:
             return 0
+        if self.written <= self.head:
+            self.progress_at = now      # nothing was owed: the host's clock starts now
         try:
             sent = sock.send(self.out)
         except (BlockingIOError, InterruptedError):
@@ -176,7 +178,7 @@ cdef class Ring:
             r = scan_reply(p + pos, n - pos, req, &status)
             if r == -1:
                 # a multiget may carry one item per key
-                if n - pos > self.max_reply * distinct_keys(req):
+                if n - pos > self.max_reply and n - pos > self.max_reply * distinct_keys(req):
                     if req.rkind == RK_LINE or req.rkind == RK_STATS:
                         return self._fault(req, p + pos, n - pos)
                     # too large to hold: walk past it and answer with an error
@@ -208,11 +210,12 @@ cdef class Ring:
         elif pos and held is self.inbuf:
             del held[:pos]
         self._compact()
+        self.progress_at = monotonic_now()
         if self.head < self.written:
             # reply bytes arrived: the oldest request owed one is due a full
             # timeout from now, not from when it was written behind others
             req = <Request>self.fifo[self.head]
-            req.deadline = max(req.deadline, monotonic_now() + self.timeout)
+            req.deadline = max(req.deadline, self.progress_at + self.timeout)
         return 0
 
     cpdef int expire(self, double now, bytes reply) except -1:

@@ -177,7 +177,6 @@ class Connection:
         self.loop = host.loop
         self.ring = Ring(max_reply=2 * host.max_item_size + 64 * 1024, host=host.slot,
                          timeout=host.timeout)
-        self.progress_at = 0.0            # last reply bytes, or the first write after a lull
         self.sock: Any = None             # a socket.socket while connecting or up
         self.fd = -1
         self.state = DOWN
@@ -194,12 +193,8 @@ class Connection:
         """Called once per loop turn: one send of everything queued."""
         if self.state != UP:
             return
-        ring = self.ring
-        now = self.loop.now
-        if not ring.awaiting:
-            self.progress_at = now          # nothing owed before: the clock starts now
         try:
-            left = ring.write_to(self.sock, now)
+            left = self.ring.write_to(self.sock, self.loop.now)
         except OSError as e:
             self.fail(f"send: {e.strerror or e}")
             return
@@ -214,12 +209,12 @@ class Connection:
         ring = self.ring
         timeout = self.host.timeout
         expired = ring.expire(now, UPSTREAM_TIMEOUT)
-        stalled = ring.awaiting and now - self.progress_at >= timeout
+        stalled = ring.awaiting and now - ring.progress_at >= timeout
         if expired:
             self.host.counters.upstream_error(self.host.slot, E_TIMEOUT, expired)
             if stalled:
                 self.host.failed("timeout", expired)
-        if stalled and now - self.progress_at > 2 * timeout:
+        if stalled and now - ring.progress_at > 2 * timeout:
             self.fail("no reply within twice the timeout", kind=None)  # counted as timeouts
         elif self.state == CONNECTING and now > self.connect_deadline:
             self.fail("connect timeout", kind=E_CONNECT)
@@ -297,7 +292,6 @@ class Connection:
                 self.fail("connection closed by server")
                 return
             if n > 0:
-                self.progress_at = self.loop.now
                 if self.ring.feed(buf, n) < 0:
                     # nothing of the bad reply, nor of what followed it, was delivered
                     self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)

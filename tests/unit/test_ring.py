@@ -1,6 +1,8 @@
 """Ring: FIFO matching, timeouts that keep their slot, bounded queues."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mcrouter._parser import RequestParser
@@ -365,3 +367,17 @@ def test_protocol_errors_are_logged_at_most_once_per_interval_per_host(caplog):
         "host 10.0.0.7:11211: protocol error, connection closed: bytes while no reply was "
         "owed: b'END\\r\\n' (5 more since the last such line)",
     ]
+
+
+def test_progress_is_the_last_reply_bytes_or_the_first_write_after_a_lull():
+    inbox, ring, sock = Inbox(), Ring(timeout=1.0), Wire()
+    first, second = requests(b"get a\r\nget b\r\n", inbox)
+    ring.push(first, 9.0)
+    ring.write_to(sock, 5.0)                  # nothing was owed: the clock starts here
+    assert ring.progress_at == 5.0
+    ring.push(second, 9.0)
+    ring.write_to(sock, 7.0)                  # something still owed: no progress by writing
+    assert ring.progress_at == 5.0
+    ring.feed(b"EN")                          # any reply byte is progress (loop clock)
+    assert abs(ring.progress_at - time.monotonic()) < 5
+    assert ring.awaiting == 2
