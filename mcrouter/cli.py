@@ -153,14 +153,15 @@ def run(
                         log_level=log_level, log_format=log_format,
                         metrics_listen=metrics_listen_addr, confirm_timeout=confirm_timeout,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
+    from mcrouter.reload import load
     try:
-        config = load_config(router_config)
+        config, text = load(router_config)
     except ConfigError as e:
         _die(str(e))
     setup_logging(log_level, log_format)
     from mcrouter.master import Master
     try:
-        code = Master(settings, config, addr, metrics_addr).run()
+        code = Master(settings, config, addr, metrics_addr, text).run()
     except ListenError as e:
         _die(str(e))
     except OSError as e:
