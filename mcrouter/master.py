@@ -612,6 +612,7 @@ class Master:
         self.config, self.file_config, self.config_text = config, file_config, text
         self.members = members
         self.generation += 1
+        self.count_current()            # first: never "every worker" on a generation just made
         self.counters.set(G_GENERATION, self.generation)
         note_reload(True)
         log.info("%s: generation %d: %s, %d host(s) (%d added, %d removed); "
@@ -632,7 +633,6 @@ class Master:
         if restart_sidecar:
             self.restart_sidecar()
         self.await_workers(f"{kind} {self.generation}")
-        self.count_current()
 
     def restart_sidecar(self) -> None:
         """A sidecar for the current hosts and health policy, then the old one goes."""
