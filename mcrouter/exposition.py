@@ -141,7 +141,8 @@ class RouterCollector:
         yield _by_label("mcrouter_restarts", "Child processes the master restarted after they "
                         "died.", "process",
                         [("worker", G_WORKER_RESTARTS), ("sidecar", G_SIDECAR_RESTARTS)], snap)
-        yield _by_label("mcrouter_config_reloads", "Config reloads, by result.", "result",
+        yield _by_label("mcrouter_config_reloads", "Config reloads (a DNS pool's change counts as "
+                        "one), by result.", "result",
                         [("success", G_RELOADS_OK), ("failure", G_RELOADS_FAILED)], snap)
         yield GaugeMetricFamily("mcrouter_config_last_reload_success_timestamp_seconds",
                                 "When the config in force was loaded (unix time).",

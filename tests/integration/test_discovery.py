@@ -8,6 +8,7 @@ keys whose server stayed must still be hits.
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 
@@ -199,6 +200,12 @@ def test_failed_or_empty_answers_keep_the_last_membership(memcached, router, zon
     assert r.wait_log(f"pool main: srv: {SRV} via {zone.addr} answers again")
     time.sleep(0.5)
     assert "generation 2" not in r.stderr()
+    check_placement(r, servers, set())
+    # a reload of the file keeps the members of a source it did not change
+    r.signal(signal.SIGHUP)
+    assert confirmed(r, 2)
+    assert f"reloading {r.config_path}: generation 2: PoolRoute, 2 host(s) (0 added, 0 removed)" \
+        in r.stderr()
     check_placement(r, servers, set())
 
 
