@@ -202,6 +202,9 @@ def route(command: str = typer.Argument(..., help="A memcached command: get, set
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
+    if config.dns_pools():              # where the keys go now: ask DNS as the router would
+        from mcrouter.discovery import resolve_all
+        config = config.with_members(resolve_all(config.dns_pools())[0])
     root = build_route(config, {a: _NotConnected(a) for a in config.hosts()})
     try:
         t = trace(root, command, key.encode())

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from mcrouter._hash import Hasher, ketama_name
-from conftest import Client, wait_until
+from conftest import REPO, Client, wait_until
 from dnszone import DnsZone
 
 SRV = "_memcache._tcp.mc.test"
@@ -228,3 +231,15 @@ def test_a_pool_that_never_answered_serves_once_it_does(memcached, router, zone)
             b"VALUE a 0 1\r\nx\r\nEND\r\n"
         stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
     assert f"127.0.0.1:{m.port}" in stats and f"[::1]:{m.port}" in stats
+
+
+def test_route_command_asks_dns_for_a_dns_pool(zone, tmp_path):
+    servers = {0: SimpleNamespace(port=11300), 1: SimpleNamespace(port=11301)}   # never contacted
+    publish(zone, servers)
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(srv_config(zone))
+    key = KEYS[7]
+    proc = subprocess.run([sys.executable, "-m", "mcrouter", "route", "get", key, "-f", str(cfg)],
+                          capture_output=True, timeout=30, cwd=str(REPO))
+    want = f"{target(owner(servers, key))}:{servers[owner(servers, key)].port}"
+    assert proc.stdout.decode().splitlines()[-1] == f"servers: {want}", proc.stderr

@@ -180,3 +180,15 @@ def test_discovery_reports_changes_once_and_keeps_the_last_membership(caplog):
                         {"mc-0:11211": (socket.AF_INET, "10.0.0.9"),
                          "mc-1:11211": (socket.AF_INET, "10.0.0.2")})]
     assert "pool p: srv: _mc._tcp.x answers again" in caplog.text
+
+
+def test_long_host_names_get_slots_of_their_own():
+    table = HostTable(8)
+    base = "memcached-1.memcached-headless.a-long-namespace-name.svc.cluster.local"
+    a, b = table.assign(base + ":11211"), table.assign(base + ":11212")
+    short = table.assign("10.0.0.1:11211")
+    assert len({a, b, short}) == 3
+    assert table.slot_of(base + ":11212") == b and table.slot_of(base + ":11211") == a
+    assert table.status(short).key == "10.0.0.1:11211"
+    key = table.status(a).key
+    assert len(key) == 64 and key.startswith(base[:40]) and key[47] == "~"
