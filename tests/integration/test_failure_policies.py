@@ -134,6 +134,11 @@ def test_gutter_takes_the_down_hosts_requests_with_capped_expiry(memcached, rout
             assert read_reply(c, k) == value_reply(k, b"g-" + k.encode())
         for k in live:
             assert read_reply(c, k) == value_reply(k, b"a-" + k.encode())
+        c.send(f"get {dead[3]} {live[0]} {dead[4]}\r\n".encode())      # split: gutter and host
+        want = value_reply(dead[3], b"g-" + dead[3].encode())[:-5] + \
+            value_reply(live[0], b"a-" + live[0].encode())[:-5] + \
+            value_reply(dead[4], b"g-" + dead[4].encode())
+        assert c.recv_exact(len(want)) == want
         with gutter.client() as g:
             for k in dead:
                 reply = g.call(b"mg %s t\r\n" % k.encode())
