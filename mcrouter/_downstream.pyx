@@ -11,9 +11,10 @@ any time (more stay unparsed in its buffer), and reading pauses while more
 than ``out_limit`` bytes wait to be written.  A client that never reads holds
 at most its replies to those requests, never an unbounded backlog.
 
-Draining (SIGTERM): a client is answered for everything it had sent that
-was read, then the router shuts its side (FIN after the last reply) and
-*lingers*: it reads and drops whatever else comes until the client closes.
+Ending a connection (SIGTERM, ``quit``, a line memcached would close on):
+a client is answered for everything it had sent before, then the router
+shuts its side (FIN after the last reply) and *lingers* for at most LINGER
+seconds: it reads and drops whatever else comes until the client closes.
 Closing at once instead would turn data arriving later into a reset, and a
 reset makes the client's kernel drop replies it had received but not yet
 read.  So a client sees every reply, then end-of-file; whatever it sent
@@ -34,6 +35,7 @@ cdef int EV_OUT = select.EPOLLOUT
 cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 MAX_PENDING = 1024
+LINGER = 2.0                 # seconds a hung-up client gets to close its side
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 
@@ -178,7 +180,10 @@ cdef class ClientConnection:
         if not self.out and not self.pending and self.draining and not self.lingering:
             self._hang_up()
             return
-        if (self.quitting or (self.eof and not self.pending)) and not self.out:
+        if self.quitting and not self.out and not self.lingering:
+            self._hang_up()     # the client may still be sending: see the docstring
+            return
+        if self.eof and not self.pending and not self.out:
             self.close()
             return
         if not self.reading:
@@ -208,6 +213,7 @@ cdef class ClientConnection:
 
     cdef _hang_up(self):
         self.lingering = True
+        self.loop.call_later(LINGER, self.close)
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:

@@ -51,7 +51,6 @@ cdef const char *MS_PLAIN_FLAGS = "lOPLkstcfvhuqI"
 DEF META_MAX_OPAQUE = 32     # memcached's MFLAG_MAX_OPAQUE_LENGTH, 'O' included
 cdef bytes R_ERROR = b"ERROR\r\n"
 cdef bytes R_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
-cdef bytes R_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 cdef bytes R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 cdef bytes R_FLAGS_TOO_LONG = b"CLIENT_ERROR options flags too long\r\n"
 cdef bytes R_BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
@@ -318,32 +317,22 @@ cdef class RequestParser:
                     self.close(out)
                 break
             nl = hit - p
+            if nl - pos > LINE_LIMIT and (not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
+                # memcached closes on such a line whenever its first 2048 bytes
+                # arrive without the newline, which depends on how its reads
+                # fall.  The router always does, as if they never came in one
+                # read: its answer does not depend on timing, and no such line
+                # reaches (and resets) an upstream connection others share.
+                self.close(out)
+                break
             el = nl
             if el - pos > 1 and p[el - 1] == b'\r':
                 el -= 1
-            first = len(out)
             r = self.command(p, pos, el, nl + 1, n, out)
             if r < 0:
                 break       # a data block is not complete yet
-            if nl - pos > LINE_LIMIT and self.forwards(out, first) and (
-                    not self.is_large_get(p, pos, nl) or nl - pos > self.max_line):
-                # memcached closes on such a line whenever its first 2048 bytes
-                # arrive without the newline, which depends on how its reads
-                # fall: never forward one (it would reset a connection other
-                # clients share).  Lines the router answers itself are fine.
-                del out[first:]
-                self.close(out)
-                break
             pos = r
         return pos
-
-    cdef bint forwards(self, list out, Py_ssize_t first):
-        """Whether a request made since ``first`` goes upstream."""
-        cdef Py_ssize_t i
-        for i in range(first, len(out)):
-            if (<Request>out[i]).cmd != CMD_LOCAL:
-                return True
-        return False
 
     cdef void close(self, list out):
         # the connection ends once every earlier request is answered
@@ -524,26 +513,39 @@ cdef class RequestParser:
                 continue
             if i - start > KEY_MAX:
                 too_long = True
+                break
             keys.append(PyBytes_FromStringAndSize(<const char *>p + start, i - start))
-        if not keys:
+        if not keys and not too_long:
             # a bare get/gets/gat is unknown; "gat <exptime>" finds nothing (probed)
             out.append(local_reply(R_ERROR if skip or cmd == CMD_GET or cmd == CMD_GETS
                                    else R_END))
             return nxt
+        cdef Request r
         if too_long:
-            out.append(local_reply(R_BAD_FORMAT))
+            if keys and (cmd == CMD_GAT or cmd == CMD_GATS):
+                # memcached touches every key before the long one, then answers
+                # the error alone: the router touches them too (replies dropped)
+                r = self.keys_request(cmd, keys)
+                r.wire = b"%s %s %s\r\n" % (self.token(p, 0), self.token(p, 1), b" ".join(keys))
+                r.override = R_BAD_FORMAT
+                out.append(r)
+            else:
+                out.append(local_reply(R_BAD_FORMAT))
             return nxt
+        r = self.keys_request(cmd, keys)
+        r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
+        out.append(r)
+        return nxt
+
+    cdef Request keys_request(self, int cmd, list keys):
         cdef Request r = Request.__new__(Request)
         r.cmd = cmd
         r.rkind = RK_GET
         r.chan = self.chan
-        if keys:
-            r.key = keys[0]
+        r.key = keys[0]
         if len(keys) > 1:
             r.keys = keys
-        r.wire = PyBytes_FromStringAndSize(<const char *>p + pos, nxt - pos)
-        out.append(r)
-        return nxt
+        return r
 
     cdef Py_ssize_t storage(self, const unsigned char *p, int cmd, Py_ssize_t pos,
                             Py_ssize_t nxt, Py_ssize_t n, list out) except -2:
@@ -592,17 +594,13 @@ cdef class RequestParser:
     cdef Py_ssize_t data_block(self, const unsigned char *p, int cmd, int rkind, bint quiet,
                                Py_ssize_t pos, Py_ssize_t nxt, Py_ssize_t n, long vlen,
                                list out) except -2:
+        # A block without its "\r\n" is forwarded too: memcached consumes
+        # exactly vlen + 2 bytes whatever they are, then answers "bad data
+        # chunk", or "too large" for a value at the edge of its item size
+        # (which only the backend knows), or a flag error first for ms.
         cdef Py_ssize_t end = nxt + vlen + 2
         if end > n:
             return -1
-        cdef bytes err
-        if p[end - 2] != b'\r' or p[end - 1] != b'\n':
-            if cmd == CMD_MS:       # memcached judges the flags before the data
-                err = self.ms_flag_error(p)
-                out.append(local_reply(R_BAD_CHUNK if err is None else err))
-            elif not quiet:
-                out.append(local_reply(R_BAD_CHUNK))
-            return end
         out.append(self.forward(p, cmd, rkind, quiet, pos, end, 1))
         return end
 

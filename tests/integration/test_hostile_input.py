@@ -5,6 +5,8 @@ Each case is sent to memcached directly and through the router; both must
 give exactly the bytes written here, probed against memcached 1.6.18."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import pool_config
@@ -39,6 +41,12 @@ CASES = [
      b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\nMN\r\n", None),
     (b"gat v " + b"k" * 251 + b"\r\ngat 10\r\nmn\r\n",
      b"CLIENT_ERROR invalid exptime argument\r\nEND\r\nMN\r\n", None),
+    # a block with a bad terminator is judged by memcached: at the edge of its
+    # item size "too large" (it swallows the block either way), else "bad data chunk"
+    (b"set k 0 0 1048576\r\n" + b"v" * 1048576 + b"xx\r\nmn\r\n",
+     b"SERVER_ERROR object too large for cache\r\nERROR\r\nMN\r\n", None),
+    (b"set k 0 0 3\r\nabcXXmn\r\n", b"CLIENT_ERROR bad data chunk\r\nMN\r\n", None),
+    (b"set k 0 0 3 noreply\r\nabcXXmn\r\n", b"MN\r\n", None),
 ]
 
 
@@ -92,3 +100,43 @@ def test_a_line_over_2048_bytes_closes_its_client_and_no_one_elses(memcached, ro
         assert c.is_closed(timeout=2.0)
         assert other.call(b"get shared\r\n", b"END\r\n") == b"VALUE shared 0 2\r\nok\r\nEND\r\n"
         assert b"protocol error" not in r.stderr().encode() and b"reset" not in r.stderr().encode()
+
+
+@pytest.mark.parametrize("route", ["DefaultRoute", "PoolRoute"])
+def test_gat_touches_the_keys_before_a_long_one(memcached, router, route):
+    """memcached runs gat on every key before a key over 250 bytes, then
+    answers the error alone: those keys' new exptime must hold via the router too."""
+    m1, m2, ref = memcached(), memcached(), memcached()
+    if route == "PoolRoute":
+        r = router(f"pools:\n  main:\n    servers: [{m1.addr}, {m2.addr}]\nroute: PoolRoute|main\n")
+    else:
+        r = router(pool_config([m1]))
+    for target in (ref, r):
+        with target.client() as c:
+            assert c.call(b"set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\nset z 0 0 1\r\nw\r\n",
+                          b"STORED\r\nSTORED\r\nSTORED\r\n") == b"STORED\r\n" * 3
+            assert exchange(c, b"gat -1 a b " + b"k" * 251 + b" z\r\nget a b z\r\nmn\r\n") == (
+                BAD_FORMAT + b"VALUE z 0 1\r\nw\r\nEND\r\nMN\r\n"), target
+
+
+@pytest.mark.parametrize("line", [
+    b"verbosity 1" + b" " * 3000 + b"\r\n",          # memcached would run it, when read whole
+    b"xyzzy" + b"x" * 3000 + b"\r\n",                # memcached would answer ERROR, likewise
+    b"ms k 1047576" + b" T1" * 25 + b"\r\n" + b"v" * 1047576 + b"\r\n",   # a value read as a line
+], ids=["spaces", "junk", "value-as-line"])
+def test_a_long_line_closes_after_every_earlier_reply(memcached, router, line):
+    """The replies before the long line are all delivered, even with
+    megabytes of the client's stream still unread (no reset eats them)."""
+    m = memcached()
+    r = router(pool_config([m]))
+    with r.client() as c:
+        # 8 MB more than the socket buffers hold: the router must read and drop
+        # them (closing with them unread would reset the client mid-send)
+        c.send(b"set a 0 0 1\r\nx\r\nget a\r\n" + line + b"mn\r\n" * 2_000_000)
+        time.sleep(0.5)     # the router has hung up before the client reads a byte
+        want = b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+        if line.startswith(b"ms"):
+            want += b"CLIENT_ERROR options flags too long\r\n"
+        assert c.recv_until(want) == want
+        assert c.is_closed(timeout=5.0)
+        assert c.buf == b""

@@ -11,7 +11,7 @@ For each case of ``numeric_cases`` the reply memcached gave to the request
   command line, exactly as memcached did.  Forwarding such a header would
   smuggle the block to the backend as a command (issue 10, defect 1);
 * memcached framed the block with a truncated length (``bad data chunk``):
-  the parser does the same, answering each line locally;
+  the parser frames it the same way and forwards it, so memcached judges it;
 * for a line with no data block, the reply is memcached's either way: the
   parser forwards it verbatim, or answers memcached's exact error itself.
 """
@@ -50,10 +50,6 @@ def forwarded(case: Case) -> list[tuple]:
     return [("forward", case.cmd, key, wire, None)]
 
 
-def lines(reply: bytes) -> list[bytes]:
-    return [line + b"\r\n" for line in reply.split(b"\r\n")[:-1]]
-
-
 def storage_expectation(case: Case, reply: bytes) -> list[list[tuple]]:
     """The parser events that reproduce memcached's ``reply`` to a storage case."""
     block_as_command = events(RequestParser().feed(DATA))
@@ -63,8 +59,12 @@ def storage_expectation(case: Case, reply: bytes) -> list[list[tuple]]:
         refused = [("reply", BAD_FORMAT)] if reply[:-len(MN)] else []
         return [refused + block_as_command]
     if reply in (BAD_CHUNK + b"ERROR\r\n", b"ERROR\r\n"):
-        # taken with length 0: "mn" is not "\r\n", and the "\r\n" left over is an empty line
-        return [[("reply", line) for line in lines(reply)]]
+        # taken with length 0: the header and the 2-byte block "mn" go upstream
+        # (memcached frames them the same way and answers "bad data chunk"),
+        # and the "\r\n" left over is an empty line, answered here
+        wire = case.line + DATA[:2] + (b"mn\r\n" if quiet(case) else b"")
+        key = b"" if case.cmd in KEYLESS else case.key
+        return [[("forward", case.cmd, key, wire, None), ("reply", b"ERROR\r\n")]]
     if case.cmd == "ms" and reply.startswith(b"CLIENT_ERROR ") and reply.count(b"\r\n") == 1:
         # a flag token memcached refuses after it read the size: the block is swallowed,
         # so forwarding the whole request is as good as answering locally
