@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from typing import Any, Callable
 
@@ -173,21 +172,20 @@ class Probe:
 
 
 def report_to(channel: Channel) -> Callable[[dict[str, tuple[Member, ...]], dict[str, Address]], None]:
-    """How the discovery thread tells the master of a new membership."""
-    lock = threading.Lock()
+    """How the discovery thread (the channel's only writer) tells the master
+    of a new membership."""
 
     def report(members: dict[str, tuple[Member, ...]], addresses: dict[str, Address]) -> None:
-        with lock:
-            try:
-                channel.send({"members": {k: list(v) for k, v in members.items()},
-                              "addresses": addresses})
-                for _ in range(100):            # a small frame: the socket takes it at once
-                    if not channel.outbox:
-                        break
-                    time.sleep(0.01)
-                    channel.flush()
-            except ChannelClosed:
-                pass                            # the master is gone; so are we, soon
+        try:
+            channel.send({"members": {k: list(v) for k, v in members.items()},
+                          "addresses": addresses})
+            for _ in range(100):            # a small frame: the socket takes it at once
+                if not channel.outbox:
+                    break
+                time.sleep(0.01)
+                channel.flush()
+        except ChannelClosed:
+            pass                            # the master is gone; so are we, soon
     return report
 
 
