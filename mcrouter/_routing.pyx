@@ -125,10 +125,10 @@ cdef class PolicyDispatch(HashDispatch):
         cdef int i
         cdef tuple grouping
         if req.keys is not None:
-            grouping = group_keys(req.keys, self.hasher, None)
+            grouping = group_keys(req, self.hasher, None)
             for i in grouping[0]:
                 if not self.children[i].host.healthy:
-                    grouping = self.regroup(req.keys)
+                    grouping = self.regroup(req)
                     break
             split(req, self.routes, grouping)
         elif len(req.key):
@@ -141,28 +141,10 @@ cdef class PolicyDispatch(HashDispatch):
         else:
             self.keyless[req.cmd].dispatch(req)
 
-    cdef tuple regroup(self, list keys):
+    cdef tuple regroup(self, Request req):
         """group_keys, with each key at its destination while some hosts are down."""
         cdef bytes up = self.up_mask()
-        cdef dict out = {}
-        cdef set seen = set()
-        cdef list owners = []
-        cdef bytes k
-        cdef int i
-        for k in keys:
-            if k in seen:
-                owners = None
-                continue
-            seen.add(k)
-            i = self.destination(k, up)
-            if owners is not None:
-                owners.append(i)
-            lst = out.get(i)
-            if lst is None:
-                out[i] = [k]
-            else:
-                lst.append(k)
-        return out, owners
+        return group_keys(req, None, lambda k: self.destination(k, up))
 
 
 cpdef bytes retrieval_prefix(Request req):
