@@ -18,3 +18,4 @@ cdef class Hasher:
     cdef _build_rendezvous(self, list names, list weights)
     cdef uint32_t hash_part(self, bytes key)
     cpdef int index(self, bytes key)
+    cpdef int index_up(self, bytes key, bytes up)

@@ -422,3 +422,47 @@ cdef class Hasher:
                 best = score
                 win = i
         return win
+
+    cpdef int index_up(self, bytes key, bytes up):
+        """Where ``key`` goes while some servers are down (``up[i]`` is 0 for a
+        down server i): its own server if that is up, else the next server on
+        the continuum that is up (ketama: the next point clockwise owned by a
+        live server; rendezvous: the best score among the live ones); -1 when
+        none is.  Jump has no next server: its own or -1."""
+        cdef const unsigned char *u = <const unsigned char *>PyBytes_AS_STRING(up)
+        cdef uint32_t h
+        cdef Py_ssize_t lo, hi, mid, step
+        cdef uint32_t owner
+        cdef double best, score, x
+        cdef int i, win
+        if len(up) != self.size:
+            raise ValueError("one up flag per server")
+        if self.size == 1 or self.dist == D_JUMP:
+            i = self.index(key)
+            return i if u[i] else -1
+        h = self.hash_part(key) if len(key) else 0
+        if self.dist == D_KETAMA:
+            lo = 0
+            hi = self.npoints
+            while lo < hi:
+                mid = lo + (hi - lo) // 2
+                if self.points[mid] < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for step in range(self.npoints):
+                owner = self.owners[(hi + step) % self.npoints]
+                if u[owner]:
+                    return owner
+            return -1
+        win = -1
+        best = -1.0
+        for i in range(self.size):
+            if not u[i]:
+                continue
+            x = ((mix64((<uint64_t>h) ^ self.seeds[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
+            score = -self.weights[i] / log(x)
+            if score > best:
+                best = score
+                win = i
+        return win

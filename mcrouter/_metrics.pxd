@@ -27,6 +27,8 @@ cpdef enum:
     G_START_TIME = 10       # unix time the master started, seconds
     G_MASTER_PID = 11
     G_WORKERS = 12          # workers the master keeps running now (gauge)
+    G_GENERATION = 13       # the config generation the master made current (master only)
+    G_WORKERS_CURRENT = 14  # workers that confirmed that generation (master only; /healthz)
     G_REPLIES = 16          # NREPLY counters, by reason
     G_ROUTES = 32           # NROUTE counters, by decision
     G_REQUESTS = 64         # NCMD histograms of client request duration, by command

@@ -97,7 +97,12 @@ cdef class Request:
         self.owner.on_reply(self)
 
     cpdef Request child(self, object owner):
-        """A copy to send elsewhere (fan-out, failover); its reply goes to ``owner``."""
+        """A copy to send elsewhere (fan-out, failover); its reply goes to
+        ``owner``.  An override is what the client gets: a route judges the
+        copies of a request by what the hosts really answer, exactly as it
+        would judge it without one (a gat before a long key), except for a
+        quiet stand-in (the delete of a value too large), which always
+        counts as done wherever it went, as the write it stands for would."""
         cdef Request r = Request.__new__(Request)
         r.cmd = self.cmd
         r.rkind = self.rkind
@@ -105,7 +110,8 @@ cdef class Request:
         r.key = self.key
         r.keys = self.keys
         r.wire = self.wire
-        r.override = self.override
+        if self.rkind == RK_QUIET:
+            r.override = self.override
         r.chan = self.chan
         r.owner = owner
         return r

@@ -48,3 +48,9 @@ class HashDispatch:
     hasher: Hasher
     keyless: list[Any]
     def dispatch(self, req: Request) -> None: ...
+
+class PolicyDispatch(HashDispatch):
+    rehash: bool
+    routes: list[Any]
+    def up_mask(self) -> bytes: ...
+    def destination(self, key: bytes, up: bytes) -> int: ...

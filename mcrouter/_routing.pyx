@@ -98,6 +98,55 @@ cdef class HashDispatch:
             self.keyless[req.cmd].dispatch(req)
 
 
+cdef class PolicyDispatch(HashDispatch):
+    """Base of a PoolRoute whose ``on_down`` is not ``fail``: a key whose host
+    is down goes elsewhere while it is down.  ``rehash``: to the next live
+    host on the continuum (``Hasher.index_up``); otherwise to ``gutter``, the
+    last entry of ``routes``.  While every host a request needs is up this is
+    HashDispatch plus one health read per destination."""
+
+    cdef public bint rehash
+    cdef public list routes           # children, and the gutter route last (gutter only)
+
+    cpdef bytes up_mask(self):
+        return bytes([1 if c.host.healthy else 0 for c in self.children])
+
+    cpdef int destination(self, bytes key, bytes up):
+        """The index in ``routes`` of ``key`` while the hosts ``up`` marks are up."""
+        cdef int i = self.hasher.index(key), j
+        if up[i]:
+            return i
+        if not self.rehash:
+            return len(self.children)
+        j = self.hasher.index_up(key, up)
+        return j if j >= 0 else i     # none up: its own host, which answers the error
+
+    cpdef dispatch(self, Request req):
+        cdef int i
+        cdef tuple grouping
+        if req.keys is not None:
+            grouping = group_keys(req, self.hasher, None)
+            for i in grouping[0]:
+                if not self.children[i].host.healthy:
+                    grouping = self.regroup(req)
+                    break
+            split(req, self.routes, grouping)
+        elif len(req.key):
+            i = self.hasher.index(req.key)
+            child = self.children[i]
+            if child.host.healthy:
+                child.dispatch(req)
+            else:
+                self.routes[self.destination(req.key, self.up_mask())].dispatch(req)
+        else:
+            self.keyless[req.cmd].dispatch(req)
+
+    cdef tuple regroup(self, Request req):
+        """group_keys, with each key at its destination while some hosts are down."""
+        cdef bytes up = self.up_mask()
+        return group_keys(req, None, lambda k: self.destination(k, up))
+
+
 cpdef bytes retrieval_prefix(Request req):
     """``get``, ``gets``, ``gat <exptime>`` or ``gats <exptime>``: the request line before its keys."""
     if req.cmd == CMD_GET:

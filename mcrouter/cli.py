@@ -180,14 +180,15 @@ def run(
                         log_level=log_level, log_format=log_format,
                         metrics_listen=metrics_listen_addr, confirm_timeout=confirm_timeout,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
+    from mcrouter.reload import load
     try:
-        config = load_config(router_config)
+        config, text = load(router_config)
     except ConfigError as e:
         _die(str(e))
     setup_logging(log_level, log_format)
     from mcrouter.master import Master
     try:
-        code = Master(settings, config, addr, metrics_addr).run()
+        code = Master(settings, config, addr, metrics_addr, text).run()
     except ListenError as e:
         _die(str(e))
     except OSError as e:
@@ -228,6 +229,9 @@ def route(command: str = typer.Argument(..., help="A memcached command: get, set
         config = load_config(router_config)
     except ConfigError as e:
         _die(str(e))
+    if config.dns_pools():              # where the keys go now: ask DNS as the router would
+        from mcrouter.discovery import resolve_all
+        config = config.with_members(resolve_all(config.dns_pools())[0])
     root = build_route(config, {a: _NotConnected(a) for a in config.hosts()})
     try:
         t = trace(root, command, key.encode())

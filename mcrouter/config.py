@@ -16,6 +16,12 @@ its options, or the short string ``"Type|argument"``::
         hash: {function: fnv1a_64, distribution: ketama}
     route: PoolRoute|main
 
+A pool may follow DNS instead of listing servers (``dns: name:port``, the
+A/AAAA records of a name; ``srv: name``, its SRV records), and may say what
+happens to a down host's keys (``on_down``: fail, rehash, or a gutter pool);
+see ``DnsSource`` and ``DownPolicy``.  A DNS pool has no servers until the
+discovery (``discovery.py``) fills them in (``RouterConfig.with_members``).
+
 plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms) and
 an optional ``admin:`` mapping (``allow:``, the commands that change or
 expose a backend which clients may send; see ``ADMIN_COMMANDS``).
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -80,7 +86,14 @@ OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
 TOP_KEYS = ("orderedPool", "pools", "route", "health", "admin")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
-POOL_KEYS = ("servers", "hash", "weights", "health")
+POOL_KEYS = ("servers", "dns", "srv", "resolver", "hash", "weights", "health", "on_down")
+ON_DOWN_ACTIONS = ("fail", "rehash")            # or a mapping {gutter: POOL, max_ttl: N}
+GUTTER_KEYS = ("gutter", "max_ttl")
+GUTTER_MAX_TTL = 60         # seconds: as mcrouter's failover_exptime; memcached's own 30-day
+                            # boundary is the upper bound of what may be configured
+MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30
+_DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62})"
+                          r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62}))*\.?$")
 HASH_KEYS = ("function", "distribution", "salt", "hash_stop", "hash_tags")
 MAX_CONFIG_BYTES = 1 << 20     # well under what the control channel carries (control.py)
 
@@ -130,12 +143,46 @@ class HashConfig:
 
 
 @dataclass(frozen=True)
+class DnsSource:
+    """Where a pool's servers come from: the A/AAAA records of ``name`` (each
+    address a server on ``port``), or its SRV records (``kind == "srv"``: the
+    target, port and weight of each).  ``resolver`` is the DNS server to ask,
+    None for the system's (/etc/resolv.conf)."""
+    kind: str                       # "dns" or "srv"
+    name: str
+    port: int = 0                   # dns: every server's port; srv: 0 (from the records)
+    resolver: HostAddr | None = None
+
+    def __str__(self) -> str:
+        what = f"{self.kind}: {self.name}" + (f":{self.port}" if self.kind == "dns" else "")
+        return what + (f" via {self.resolver}" if self.resolver else "")
+
+
+@dataclass(frozen=True)
+class DownPolicy:
+    """What a pool does with the keys of a host that is down (README "Failure
+    policies"): ``fail`` answers the router's error; ``rehash`` sends them to
+    the next healthy host on the continuum; ``gutter`` sends them to the pool
+    named ``gutter``, with every expiry written there capped at ``max_ttl``."""
+    action: str = "fail"            # fail, rehash or gutter
+    gutter: str = ""
+    max_ttl: int = GUTTER_MAX_TTL
+
+
+# one member of a DNS pool, as the discovery reports it: host (an SRV target
+# name or an address), port, weight; JSON-friendly for the control channel
+Member = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     servers: tuple[HostAddr, ...]
     weights: tuple[int, ...]
     hash: HashConfig
     health: dict[str, int] = field(default_factory=dict)    # overrides of the top-level health
+    source: DnsSource | None = None                          # servers from DNS (filled in later)
+    on_down: DownPolicy = DownPolicy()
 
 
 @dataclass(frozen=True)
@@ -184,6 +231,22 @@ class RouterConfig:
                 return replace(self.health, **pool.health)
         return self.health
 
+    def dns_pools(self) -> dict[str, DnsSource]:
+        """The pools whose servers come from DNS, and their sources."""
+        return {name: p.source for name, p in self.pools.items() if p.source is not None}
+
+    def with_members(self, members: Mapping[str, Sequence[Member]]) -> "RouterConfig":
+        """This config with the servers (and weights) of its DNS pools as
+        ``members`` gives them; a DNS pool not in ``members`` stays as it is."""
+        pools = dict(self.pools)
+        for name, found in members.items():
+            pool = pools.get(name)
+            if pool is None or pool.source is None:
+                continue
+            pools[name] = replace(pool, servers=tuple(HostAddr(h, int(p)) for h, p, _ in found),
+                                  weights=tuple(max(1, int(w)) for _, _, w in found))
+        return replace(self, pools=pools)
+
     def policies(self) -> dict[HostAddr, HealthPolicy]:
         return {addr: self.policy(addr) for addr in self.hosts()}
 
@@ -220,6 +283,7 @@ class _Checker:
         self.path = path
         self.pool_refs: list[tuple[yaml.Node, str]] = []       # checked once pools are known
         self.ordered_users: list[tuple[yaml.Node, str]] = []   # routes over orderedPool
+        self.gutter_refs: list[tuple[yaml.Node, str, str]] = []  # (node, pool, its gutter)
 
     def fail(self, node: yaml.Node | None, what: str, fix: str) -> ConfigError:
         if node is None:
@@ -298,8 +362,29 @@ class _Checker:
     def pool(self, name: str, node: yaml.Node) -> PoolConfig:
         """Every option of one pool is parsed here (and only here)."""
         items = self.keyed(node, f"pool {name!r}", POOL_KEYS)
-        if "servers" not in items:
-            raise self.fail(node, f"pool {name!r} has no servers", "add servers: [host:port, ...]")
+        given = [k for k in ("servers", "dns", "srv") if k in items]
+        if not given:
+            raise self.fail(node, f"pool {name!r} has no servers",
+                            "add servers: [host:port, ...], dns: name:port or srv: name")
+        if len(given) > 1:
+            raise self.fail(items[given[1]][0], f"pool {name!r} has both {given[0]} and {given[1]}",
+                            "keep one source of servers")
+        on_down = self.on_down(name, items["on_down"][1]) if "on_down" in items else DownPolicy()
+        hconf = self.hash(items["hash"][1]) if "hash" in items else HashConfig()
+        health = self.health_values(items["health"][1]) if "health" in items else {}
+        if on_down.action == "rehash" and hconf.distribution == "jump":
+            raise self.fail(items["on_down"][1], "jump hashing has no next host to rehash to",
+                            "use distribution: ketama or rendezvous with on_down: rehash")
+        if given[0] != "servers":
+            if "weights" in items:
+                raise self.fail(items["weights"][0], f"pool {name!r} takes its servers from DNS",
+                                "remove weights (srv: records carry their own)")
+            source = self.dns_source(given[0], items[given[0]][1],
+                                     items["resolver"][1] if "resolver" in items else None)
+            return PoolConfig(name, (), (), hconf, health, source, on_down)
+        if "resolver" in items:
+            raise self.fail(items["resolver"][0], "resolver is only for a pool with dns: or srv:",
+                            "remove it, or replace servers: with dns: name:port or srv: name")
         snodes = self.sequence(items["servers"][1], f"the servers of pool {name!r}",
                                "[host1:11211, host2:11211]")
         servers = []
@@ -317,12 +402,53 @@ class _Checker:
                 raise self.fail(wnode, f"pool {name!r} has {len(servers)} servers but "
                                 f"{len(wnodes)} weights", "give one weight per server, in order")
             weights = tuple(self.number(w, "a weight", int, 1, 1_000_000) for w in wnodes)
-        hconf = self.hash(items["hash"][1]) if "hash" in items else HashConfig()
         if hconf.distribution == "jump" and len(set(weights)) > 1:
             raise self.fail(items["weights"][1], "jump hashing cannot weigh servers",
                             "use distribution: ketama or rendezvous, or drop weights")
-        health = self.health_values(items["health"][1]) if "health" in items else {}
-        return PoolConfig(name, tuple(servers), weights, hconf, health)
+        return PoolConfig(name, tuple(servers), weights, hconf, health, None, on_down)
+
+    def dns_source(self, kind: str, node: yaml.Node, resolver: yaml.Node | None) -> DnsSource:
+        """``dns: name:port`` or ``srv: name``, and the optional ``resolver: host:port``."""
+        text = self.scalar(node, kind)
+        if kind == "dns":
+            addr = parse_host_port(text)
+            if addr is None or not _DNS_NAME_RE.match(addr.host) or addr.host.replace(".", "").isdigit():
+                raise self.fail(node, f"dns: {text!r} is not a name:port",
+                                "write e.g. dns: memcached.cache.svc.cluster.local:11211")
+            name, port = addr.host, addr.port
+        else:
+            if not _DNS_NAME_RE.match(text):
+                raise self.fail(node, f"srv: {text!r} is not a DNS name",
+                                "write e.g. srv: _memcache._tcp.memcached.cache.svc.cluster.local")
+            name, port = text, 0
+        where = None
+        if resolver is not None:
+            where = parse_host_port(self.scalar(resolver, "resolver"))
+            if where is None:
+                raise self.fail(resolver, f"resolver {resolver.value!r} is not host:port",
+                                "write the DNS server's address, e.g. resolver: 10.96.0.10:53")
+        return DnsSource(kind, name.rstrip("."), port, where)
+
+    def on_down(self, pool: str, node: yaml.Node) -> DownPolicy:
+        """``on_down: fail``, ``on_down: rehash`` or ``on_down: {gutter: POOL, max_ttl: 60}``."""
+        if isinstance(node, yaml.ScalarNode):
+            action = self.scalar(node, "on_down")
+            if action not in ON_DOWN_ACTIONS:
+                raise self.fail(node, f"unknown on_down {action!r}",
+                                "valid: fail, rehash, or {gutter: POOL, max_ttl: SECONDS}")
+            return DownPolicy(action)
+        items = self.keyed(node, "on_down", GUTTER_KEYS)
+        if "gutter" not in items:
+            raise self.fail(node, "on_down as a mapping needs gutter", "write {gutter: POOL}")
+        gnode = items["gutter"][1]
+        gutter = self.scalar(gnode, "a gutter pool")
+        if gutter == pool:
+            raise self.fail(gnode, f"pool {pool!r} cannot be its own gutter", "name another pool")
+        self.gutter_refs.append((gnode, pool, gutter))
+        max_ttl = GUTTER_MAX_TTL
+        if "max_ttl" in items:
+            max_ttl = self.number(items["max_ttl"][1], "on_down.max_ttl", int, 1, MAX_RELATIVE_EXPTIME)
+        return DownPolicy("gutter", gutter, max_ttl)
 
     def hash(self, node: yaml.Node) -> HashConfig:
         items = self.keyed(node, "hash", HASH_KEYS)
@@ -570,6 +696,13 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
         if name not in pools:
             raise check.fail(ref_node, f"unknown pool {name!r}",
                              "defined pools: " + (", ".join(pools) or "none (add a pools: section)"))
+    for ref_node, pool, gutter in check.gutter_refs:
+        if gutter not in pools:
+            raise check.fail(ref_node, f"unknown gutter pool {gutter!r} for pool {pool!r}",
+                             "defined pools: " + ", ".join(pools))
+        if pools[gutter].on_down.action == "gutter":
+            raise check.fail(ref_node, f"gutter pool {gutter!r} has a gutter of its own",
+                             "give the gutter pool on_down: fail or rehash")
     if check.ordered_users and not ordered:
         user_node, rtype = check.ordered_users[0]
         raise check.fail(ordered_node if ordered_node is not None else user_node,

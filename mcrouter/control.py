@@ -1,9 +1,11 @@
-"""The control channel between the master and one worker.
+"""The control channel between the master and one worker (or the sidecar).
 
 One unix socketpair per worker, made before the fork.  Messages are small
 JSON objects framed by a 4-byte big-endian length, in both directions:
 
-  master → worker  {"config": <text of router.yaml>, "path": ..., "generation": n}
+  master → worker  {"config": <text of router.yaml>, "path": ..., "generation": n,
+                    "members": {pool: [[host, port, weight], ...]}}   (DNS pools)
+  sidecar → master {"members": {pool: [...]}, "addresses": {"host:port": [family, ip]}}
   worker → master  {"ready": n}     booted on generation n, listening
                    {"applied": n}   now routing new requests with generation n
                    {"rejected": n, "error": "<one line>"}

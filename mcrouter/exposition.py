@@ -1,5 +1,11 @@
 """``/metrics``: the shared counters as Prometheus text, served by the sidecar.
 
+The same server answers the probes: ``/healthz`` is 200 only while every
+worker runs the config generation the master made current (503 during a
+reload or DNS change that has not reached every worker, and before the
+first workers are up): a readiness probe.  ``/livez`` is 200 while the
+master lives: a liveness probe.
+
 A custom collector sums every slot of the MetricsBlock at scrape time, so a
 scrape costs one pass over the block and nothing on the data path.  (Not
 prometheus-client's multiprocess mode: its files pile up and slow scrapes.)
@@ -15,6 +21,7 @@ wait in the listen backlog rather than being refused.
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -29,13 +36,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mcrouter import __version__
 from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS,
-                               G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_RELOAD_LAST_OK,
+                               G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_GENERATION,
+                               G_RELOAD_LAST_OK, G_WORKERS_CURRENT,
                                G_RELOADS_FAILED, G_RELOADS_OK, G_REPLIES, G_ROUTES,
                                G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS, G_WORKERS,
                                H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
                                ROUTE_DECISIONS)
 from mcrouter.health import DOWN, HostTable
-from mcrouter.metrics import Histogram, MetricsBlock, Snapshot
+from mcrouter.metrics import Histogram, MetricsBlock, Snapshot, readiness
 
 MAX_SCRAPES = 16
 IO_TIMEOUT = 2.0
@@ -66,6 +74,11 @@ class RouterCollector:
                                 value=snap.value(G_START_TIME))
         yield GaugeMetricFamily("mcrouter_workers", "Worker processes the master keeps running.",
                                 value=snap.value(G_WORKERS))
+        yield GaugeMetricFamily("mcrouter_config_generation", "The config generation the master "
+                                "made current (a reload or a DNS change adds one).",
+                                value=snap.value(G_GENERATION))
+        yield GaugeMetricFamily("mcrouter_workers_current", "Workers that confirmed the current "
+                                "config generation.", value=snap.value(G_WORKERS_CURRENT))
 
         requests = CounterMetricFamily("mcrouter_requests", "Client requests answered, by "
                                        "command (a multi-key get counts once).", labels=["cmd"])
@@ -129,7 +142,8 @@ class RouterCollector:
         yield _by_label("mcrouter_restarts", "Child processes the master restarted after they "
                         "died.", "process",
                         [("worker", G_WORKER_RESTARTS), ("sidecar", G_SIDECAR_RESTARTS)], snap)
-        yield _by_label("mcrouter_config_reloads", "Config reloads, by result.", "result",
+        yield _by_label("mcrouter_config_reloads", "Config reloads (a DNS pool's change counts as "
+                        "one), by result.", "result",
                         [("success", G_RELOADS_OK), ("failure", G_RELOADS_FAILED)], snap)
         yield GaugeMetricFamily("mcrouter_config_last_reload_success_timestamp_seconds",
                                 "When the config in force was loaded (unix time).",
@@ -162,10 +176,19 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"        # one request per connection
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
-            self._send(404, b"not found; metrics are at /metrics\n", "text/plain")
-            return
-        self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok, why = readiness(self.server.block)
+            self._send(200 if ok else 503, f"{'ok' if ok else 'not ready'}: {why}\n".encode(),
+                       "text/plain")
+        elif path == "/livez":
+            alive = os.getppid() == self.server.master_pid
+            self._send(200 if alive else 503, b"ok\n" if alive else b"master gone\n",
+                       "text/plain")
+        else:
+            self._send(404, b"not found; try /metrics, /healthz or /livez\n", "text/plain")
 
     def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)
@@ -183,11 +206,14 @@ class MetricsServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, sock: socket.socket, registry: CollectorRegistry) -> None:
+    def __init__(self, sock: socket.socket, registry: CollectorRegistry,
+                 block: MetricsBlock) -> None:
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.registry = registry
+        self.block = block
+        self.master_pid = os.getppid()
         self.slots = threading.BoundedSemaphore(MAX_SCRAPES)
         self.active: dict[socket.socket, float] = {}
         self.lock = threading.Lock()
@@ -223,7 +249,7 @@ class MetricsServer(ThreadingHTTPServer):
 def serve_metrics(sock: socket.socket, block: MetricsBlock, table: HostTable) -> MetricsServer:
     """Serve ``/metrics`` on ``sock`` from a daemon thread; returns the server."""
     sock.setblocking(True)
-    server = MetricsServer(sock, registry_for(block, table))
+    server = MetricsServer(sock, registry_for(block, table), block)
     threading.Thread(target=server.serve_forever, args=(0.5,), name="metrics",
                      daemon=True).start()
     return server

@@ -19,7 +19,7 @@ Layout (all little-endian, offsets in bytes)::
     0    header   magic u32, layout version u32, capacity u32, used u32
     16   status   capacity x 2 bytes: [state u8, address generation u8]
     R    records  capacity x 272 bytes, R = 16 + 2 * capacity rounded up to 64
-         record:  0   key         64s  "host:port" as written in the config
+         record:  0   key         64s  "host:port" as written in the config (stored_key)
                   64  family      u16  AF_INET / AF_INET6, 0 = no address yet
                   66  (pad)
                   68  ip          48s  the address in text form
@@ -38,6 +38,7 @@ half-written version for a real one.  Layout version 2 added it.
 """
 from __future__ import annotations
 
+import hashlib
 import mmap
 import re
 import socket
@@ -60,6 +61,7 @@ VERSION_SIZE = 15
 # backend) is never stored, so it can never reach a client.
 STRICT_VERSION = re.compile(rb"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}")
 DEFAULT_CAPACITY = 1024
+KEY_SIZE = 64
 
 UNUSED, UP, DOWN = 0, 1, 2
 STATE_NAMES = {UNUSED: "unused", UP: "up", DOWN: "down"}
@@ -79,6 +81,16 @@ class HostStatus:
     changes: int
     changed_at: float
     reason: str
+
+
+def stored_key(key: str) -> bytes:
+    """The 64 bytes a host is known by: its ``host:port``, or when longer (a
+    Kubernetes pod's DNS name can be) the start of it and a digest of all of
+    it, so two long names never share a slot."""
+    raw = key.encode()
+    if len(raw) <= KEY_SIZE:
+        return raw
+    return raw[:KEY_SIZE - 17] + b"~" + hashlib.blake2b(raw, digest_size=8).hexdigest().encode()
 
 
 def _text(raw: bytes) -> str:
@@ -107,13 +119,13 @@ class HostTable:
         slot = self.used
         if slot >= self.capacity:
             raise TableFull(f"more than {self.capacity} distinct hosts")
-        REC_KEY.pack_into(self.mm, self._rec(slot), key.encode()[:64])
+        REC_KEY.pack_into(self.mm, self._rec(slot), stored_key(key))
         self.mm[16 + 2 * slot] = UP
         HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, self.capacity, slot + 1)
         return slot
 
     def slot_of(self, key: str) -> int:
-        raw = key.encode()[:64]
+        raw = stored_key(key)
         for slot in range(self.used):
             at = self._rec(slot)
             if self.mm[at:at + 64].rstrip(b"\0") == raw:

@@ -49,11 +49,13 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from mcrouter import reload, sdnotify
-from mcrouter._metrics import (G_MASTER_PID, G_RELOAD_LAST_OK, G_SIDECAR_RESTARTS,
-                               G_START_TIME, G_WORKER_RESTARTS, G_WORKERS, install)
-from mcrouter.config import ConfigError, HostAddr, RouterConfig
+from mcrouter import discovery, reload, sdnotify
+from mcrouter._metrics import (G_GENERATION, G_MASTER_PID, G_RELOAD_LAST_OK, G_SIDECAR_RESTARTS,
+                               G_START_TIME, G_WORKER_RESTARTS, G_WORKERS, G_WORKERS_CURRENT,
+                               install)
+from mcrouter.config import ConfigError, HostAddr, Member, RouterConfig, parse_config
 from mcrouter.control import Channel, ChannelClosed
+from mcrouter.discovery import Address
 from mcrouter.dns import DnsCache
 from mcrouter.health import DOWN, HostTable, TableFull
 from mcrouter.limits import raise_fd_limit
@@ -91,8 +93,14 @@ class Master:
     SIG_NAMES = {s: s.name[3:].lower() for s in SIGNALS}
 
     def __init__(self, settings: Settings, config: RouterConfig, addr: ListenAddr,
-                 metrics_addr: ListenAddr | None = None) -> None:
+                 metrics_addr: ListenAddr | None = None, config_text: str | None = None) -> None:
         self.settings = settings
+        # the config as the file says it (DNS pools empty), its text, and the
+        # members the discovery found for its DNS pools; self.config is both
+        self.file_config = config
+        self.config_text = config_text
+        self.members, self.dns_addresses = discovery.resolve_all(config.dns_pools())
+        config = config.with_members(self.members)
         self.config = config
         self.generation = 1                          # bumped by every applied reload
         self.addr = addr
@@ -101,7 +109,8 @@ class Master:
         self.num_workers = settings.workers
         self.listeners: list[socket.socket] = []
         self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
-        self.channels: dict[int, Channel] = {}       # pid → control channel
+        self.channels: dict[int, Channel] = {}       # pid → control channel (workers only)
+        self.sidecar_channels: dict[int, Channel] = {}   # pid → the sidecar's (DNS membership)
         self.running_gen: dict[int, int] = {}        # pid → generation it confirmed
         self.started: dict[int, float] = {}          # slot → spawn time
         self.failures: dict[int, int] = {}           # slot → quick deaths in a row
@@ -125,6 +134,7 @@ class Master:
             self.counters.set(word, int(time.time()))
         self.counters.set(G_MASTER_PID, self.pid)
         self.counters.set(G_WORKERS, self.num_workers)
+        self.counters.set(G_GENERATION, self.generation)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -198,6 +208,14 @@ class Master:
         self.guard("manage_workers", self.manage_workers)
         self.guard("check_watch", self.check_watch)
         self.guard("check_confirmed", self.check_confirmed)
+        self.guard("count_current", self.count_current)
+
+    def count_current(self) -> None:
+        """Publish how many workers run the current generation (``/healthz``:
+        ready only when every one does)."""
+        current = sum(1 for pid, slot in self.workers.items()
+                      if slot != SIDECAR and self.running_gen.get(pid) == self.generation)
+        self.counters.set(G_WORKERS_CURRENT, current)
 
     def guard(self, what: str, duty: Callable[[], None]) -> None:
         """Run one duty of the loop; if it raises, log it and keep supervising
@@ -249,9 +267,11 @@ class Master:
         """Wait for a signal, a worker's message, or the next timer; read messages."""
         timeout = self.next_timeout()
         by_fd = {ch.fileno(): pid for pid, ch in self.channels.items()}
+        sidecars = {ch.fileno(): pid for pid, ch in self.sidecar_channels.items()}
         writing = [ch.fileno() for ch in self.channels.values() if ch.outbox]
         try:
-            ready, writable, _ = select.select([self.wake_r, *by_fd], writing, [], timeout)
+            ready, writable, _ = select.select([self.wake_r, *by_fd, *sidecars], writing, [],
+                                               timeout)
         except InterruptedError:
             return
         for fd in ready:
@@ -261,6 +281,8 @@ class Master:
                         pass
                 except (BlockingIOError, InterruptedError):
                     pass
+            elif fd in sidecars:
+                self.read_sidecar(sidecars[fd])
             else:
                 self.read_channel(by_fd[fd])
         for fd in writable:
@@ -276,8 +298,15 @@ class Master:
     def resolve_hosts(self, addrs: Iterable[HostAddr]) -> None:
         """The first address of each host (blocking is fine in the master: it
         serves no request); a name that does not resolve leaves its host down."""
-        slots = [(self.slots[a], a) for a in addrs]
+        slots = []
+        for a in addrs:
+            found = self.dns_addresses.get(str(a))
+            if found is not None:           # a DNS pool member: the discovery's answer
+                self.table.set_address(self.slots[a], *found)
+            else:
+                slots.append((self.slots[a], a))
         DnsCache(self.table, slots).refresh()
+        slots = [(self.slots[a], a) for a in addrs]
         for slot, _ in slots:
             if self.table.address(slot) is None:
                 self.table.set_state(slot, DOWN, "dns: the name does not resolve")
@@ -309,9 +338,19 @@ class Master:
     def spawn_sidecar(self) -> None:
         hosts = [(self.slots[addr], addr, policy) for addr, policy in self.config.policies().items()]
         s = self.settings
-        self._fork(SIDECAR, "mcr-sidecar", lambda: run_sidecar(
-            self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl, self.pid,
-            self.metrics, self.metrics_sock))
+        mine, theirs = Channel.pair()
+        sources = self.config.dns_pools()
+        members = {name: self.members.get(name, ()) for name in sources}
+        discovered = {HostAddr(h, p) for ms in members.values() for h, p, _ in ms}
+
+        def body() -> int:
+            mine.close()
+            return run_sidecar(self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl,
+                               self.pid, self.metrics, self.metrics_sock, theirs, sources,
+                               members, discovered)
+        pid = self._fork(SIDECAR, "mcr-sidecar", body)
+        theirs.close()
+        self.sidecar_channels[pid] = mine
 
     def _fork(self, slot: int, name: str, body: Callable[[], int]) -> int:
         """Fork a child that runs ``body`` and never returns into this code."""
@@ -327,8 +366,8 @@ class Master:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self.wake_r)
             os.close(self.wake_w)
-            for ch in self.channels.values():      # the workers' channels are not its own
-                ch.close()
+            for ch in (*self.channels.values(), *self.sidecar_channels.values()):
+                ch.close()                          # the other children's, not its own
             code = body()
         except SystemExit as e:     # a child's way of leaving at once (the sidecar on TERM)
             code = e.code if isinstance(e.code, int) else 0
@@ -444,7 +483,44 @@ class Master:
                           self.workers.get(pid, -1), msg["rejected"], msg.get("error"))
                 self.kill_worker(pid, signal.SIGTERM)   # its respawn boots on the current config
 
+    def read_sidecar(self, pid: int) -> None:
+        """The sidecar's discovery found a new membership for DNS pools."""
+        try:
+            messages = self.sidecar_channels[pid].receive()
+        except ChannelClosed:
+            self.drop_channel(pid)
+            return
+        if pid in self.retiring:
+            return                      # an old sidecar: its successor resolves afresh
+        for msg in messages:
+            if "members" in msg:
+                members = {name: tuple(tuple(m) for m in ms) for name, ms in msg["members"].items()}
+                addresses = {k: (int(v[0]), str(v[1])) for k, v in msg.get("addresses", {}).items()}
+                self.apply_members(members, addresses)
+
+    def apply_members(self, members: dict[str, tuple[Member, ...]],
+                      addresses: dict[str, Address]) -> None:
+        """A DNS pool changed: the same config text, new members, a new
+        generation, applied exactly as a reload of the file is."""
+        known = {name: self.members.get(name, ()) for name in members}
+        changes = []
+        for name, found in members.items():
+            if name not in self.file_config.dns_pools():
+                continue
+            old = {(h, p) for h, p, _ in known[name]}
+            new = {(h, p) for h, p, _ in found}
+            changes.append(f"pool {name}: {len(found)} server(s)"
+                           f" (+{' +'.join(sorted(str(HostAddr(*a)) for a in new - old)) or '0'}"
+                           f" -{' -'.join(sorted(str(HostAddr(*a)) for a in old - new)) or '0'})")
+        if not changes:
+            return
+        self.publish(self.file_config, self.config_text, {**self.members, **members},
+                     {**self.dns_addresses, **addresses}, "DNS: " + "; ".join(changes), "DNS change")
+
     def drop_channel(self, pid: int) -> None:
+        ch = self.sidecar_channels.pop(pid, None)
+        if ch is not None:
+            ch.close()
         ch = self.channels.pop(pid, None)
         if ch is not None:
             ch.close()
@@ -488,28 +564,67 @@ class Master:
         path = self.settings.config_path
         sdnotify.reloading(f"reloading {path}")
         try:
-            config, text = reload.load(path)
+            file_config, text = reload.load(path)
+        except ConfigError as e:
+            self.refuse(e)
+            return
+        # DNS pools whose source stays keep their members; a new source is asked now
+        old_sources = self.file_config.dns_pools()
+        members = {name: self.members.get(name, ()) for name, src in file_config.dns_pools().items()
+                   if old_sources.get(name) == src}
+        fresh, addresses = discovery.resolve_all(
+            {n: src for n, src in file_config.dns_pools().items() if n not in members})
+        self.publish(file_config, text, {**members, **fresh}, {**self.dns_addresses, **addresses},
+                     f"reloading {path}", "reload")
+
+    def refuse(self, e: Exception) -> None:
+        note_reload(False)
+        log.error("reload refused, still serving generation %d: %s", self.generation, e)
+        sdnotify.ready(f"reload refused: {e}")
+
+    def publish(self, file_config: RouterConfig, text: str | None,
+                members: dict[str, tuple[Member, ...]], addresses: dict[str, Address],
+                what: str, kind: str) -> None:
+        """Make ``file_config`` with ``members`` the current generation: slots and
+        addresses for new hosts, the text and members to every worker, a new
+        sidecar if the hosts changed."""
+        path = self.settings.config_path
+        config = file_config.with_members(members)
+        if text is None:            # started without the text: the file as it was loaded
+            text = reload.load(path)[1]
+            if parse_config(text, path) != file_config:
+                self.refuse(ConfigError(f"{path} changed since start; reload it first"))
+                return
+        try:
             added = [a for a in config.hosts() if a not in self.slots]
             for a in added:
                 self.slots[a] = self.table.assign(str(a))
-        except (ConfigError, TableFull) as e:
-            note_reload(False)
-            log.error("reload refused, still serving generation %d: %s", self.generation, e)
-            sdnotify.ready(f"reload refused: {e}")
+        except TableFull as e:
+            self.refuse(e)
             return
+        keys = {str(HostAddr(h, p)) for ms in members.values() for h, p, _ in ms}
+        self.dns_addresses = {k: addresses[k] for k in keys if k in addresses}
         self.resolve_hosts(added)
-        old = {str(h) for h in self.config.ordered_pool}
-        new = {str(h) for h in config.ordered_pool}
-        restart_sidecar = (set(config.hosts()) != set(self.config.hosts())
-                           or config.policies() != self.config.policies())
-        self.config = config
+        for key, found in self.dns_addresses.items():   # members that stay, maybe moved
+            slot = self.table.slot_of(key)
+            if slot >= 0 and self.table.address(slot) != found:
+                self.table.set_address(slot, *found)
+        old = set(self.config.hosts())
+        new = set(config.hosts())
+        restart_sidecar = (new != old or config.policies() != self.config.policies()
+                           or config.dns_pools() != self.config.dns_pools())
+        self.config, self.file_config, self.config_text = config, file_config, text
+        self.members = members
         self.generation += 1
+        self.count_current()            # first: never "every worker" on a generation just made
+        self.counters.set(G_GENERATION, self.generation)
         note_reload(True)
-        log.info("reloading %s as generation %d: %s, %d host(s) (%d added, %d removed); "
+        log.info("%s: generation %d: %s, %d host(s) (%d added, %d removed); "
                  "the listen address and other flags are restart-level and keep their values",
-                 path, self.generation, config.route.type, len(new), len(new - old),
+                 what, self.generation, config.route.type, len(new), len(new - old),
                  len(old - new))
-        msg = {"config": text, "path": path, "generation": self.generation}
+        msg = {"config": text, "path": path, "generation": self.generation,
+               "members": {name: list(ms) for name, ms in members.items()}}
         for pid, ch in list(self.channels.items()):
             try:
                 sent = ch.send(msg)
@@ -521,7 +636,7 @@ class Master:
                 self.kill_worker(pid, signal.SIGKILL)
         if restart_sidecar:
             self.restart_sidecar()
-        self.await_workers(f"reload {self.generation}")
+        self.await_workers(f"{kind} {self.generation}")
 
     def restart_sidecar(self) -> None:
         """A sidecar for the current hosts and health policy, then the old one goes."""

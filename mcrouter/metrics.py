@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from mcrouter import _metrics
-from mcrouter._metrics import (BOUNDS, G_REQUESTS, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
-                               G_RELOADS_OK, H_DURATION, H_SENT, HIST_WORDS, HOST_WORDS,
+from mcrouter._metrics import (BOUNDS, G_GENERATION, G_REQUESTS, G_RELOAD_LAST_OK,
+                               G_RELOADS_FAILED, G_RELOADS_OK, G_WORKERS, G_WORKERS_CURRENT, H_DURATION, H_SENT, HIST_WORDS, HOST_WORDS,
                                HOSTS_AT, NCMD, Counters)
 from mcrouter.protocol import COMMAND_NAMES, CMD_LOCAL
 
@@ -176,3 +176,14 @@ def note_reload(ok: bool) -> None:
         counters.set(G_RELOAD_LAST_OK, int(time.time()))
     else:
         counters.count(G_RELOADS_FAILED)
+
+
+def readiness(block: MetricsBlock) -> tuple[bool, str]:
+    """Ready when every worker the master keeps runs the config generation it
+    made current (a reload, or a DNS change, not yet applied everywhere is
+    not ready): the words only the master writes, read from its slot."""
+    words = _metrics.sum_slots(block.mm, HEADER_BYTES + block.master_slot * block.slot_words * 8,
+                               1, block.slot_words, 0, HOSTS_AT)
+    generation, workers, current = words[G_GENERATION], words[G_WORKERS], words[G_WORKERS_CURRENT]
+    ok = generation > 0 and current >= workers > 0
+    return ok, f"{current} of {workers} worker(s) on config generation {generation}"

@@ -13,6 +13,10 @@ A host is marked down after ``fail`` failed probes in a row and up after
 ``rise`` good ones; a worker's TKO (down at once) restarts the count, so
 only ``rise`` probes after the TKO bring the host back.
 
+The DNS pools are re-resolved on a thread too (``discovery.py``); a new
+membership goes to the master over the sidecar's control channel, and the
+master applies it as a reload.
+
 ``/metrics`` is served from a thread (``exposition.py``) on the socket the
 master bound, so a scrape never delays a probe and a restarted sidecar
 serves again as soon as it is forked.
@@ -24,10 +28,13 @@ import logging
 import os
 import signal
 import socket
-from typing import Any
+import time
+from typing import Any, Callable
 
 from mcrouter._metrics import Counters, install
-from mcrouter.config import HealthPolicy, HostAddr
+from mcrouter.config import DnsSource, HealthPolicy, HostAddr, Member
+from mcrouter.control import Channel, ChannelClosed
+from mcrouter.discovery import Address, Discovery
 from mcrouter.dns import DnsCache
 from mcrouter.exposition import serve_metrics
 from mcrouter.health import DOWN, UP, HostTable, sockaddr
@@ -164,10 +171,34 @@ class Probe:
         self._close()
 
 
+def report_to(channel: Channel) -> Callable[[dict[str, tuple[Member, ...]], dict[str, Address]], None]:
+    """How the discovery thread (the channel's only writer) tells the master
+    of a new membership."""
+
+    def report(members: dict[str, tuple[Member, ...]], addresses: dict[str, Address]) -> None:
+        try:
+            channel.send({"members": {k: list(v) for k, v in members.items()},
+                          "addresses": addresses})
+            for _ in range(100):            # a small frame: the socket takes it at once
+                if not channel.outbox:
+                    break
+                time.sleep(0.01)
+                channel.flush()
+        except ChannelClosed:
+            pass                            # the master is gone; so are we, soon
+    return report
+
+
 def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]],
                 interval: float, dns_ttl: float, master_pid: int,
-                metrics: MetricsBlock, metrics_sock: socket.socket | None) -> int:
-    """Entry point in the forked child; returns the process exit code."""
+                metrics: MetricsBlock, metrics_sock: socket.socket | None,
+                channel: Channel | None = None, sources: dict[str, DnsSource] | None = None,
+                members: dict[str, tuple[Member, ...]] | None = None,
+                discovered: set[HostAddr] | None = None) -> int:
+    """Entry point in the forked child; returns the process exit code.
+    ``sources`` are the DNS pools (``members`` what the master knows of
+    them); ``discovered`` the hosts whose addresses the discovery keeps, not
+    the host-name cache."""
     install(Counters())                 # the sidecar reads the block; it never writes
 
     def stop(_signum: int, _frame: object) -> None:
@@ -181,12 +212,16 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
         probe = Probe(loop, table, slot, addr, policy, interval)
         # spread the first probes over one interval rather than all at once
         loop.call_later(interval * (i + 1) / (len(hosts) + 1), probe.begin)
-    dns_stop = DnsCache(table, [(slot, addr) for slot, addr, _ in hosts]).start(dns_ttl)
+    named = [(slot, addr) for slot, addr, _ in hosts if addr not in (discovered or set())]
+    stops = [DnsCache(table, named).start(dns_ttl)]
+    if sources and channel is not None:
+        stops.append(Discovery(table, sources, members or {}, report_to(channel), dns_ttl).start())
     if metrics_sock is not None:
         serve_metrics(metrics_sock, metrics, table)
     try:
         while os.getppid() == master_pid:
             loop.run_once()
     finally:
-        dns_stop.set()
+        for event in stops:
+            event.set()
     return 0

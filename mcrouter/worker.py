@@ -6,7 +6,8 @@ Signals (handlers only note them; the loop acts):
 A worker also exits when its master is gone.
 
 Config reloads arrive from the master over the control channel
-(``control.py``) as the text the master has already validated.  The worker
+(``control.py``) as the text the master has already validated, with the
+members of its DNS pools (a DNS change arrives the same way).  The worker
 builds the new route tree over the hosts ``HostSet`` hands out and swaps it
 in between two loop turns: a request is routed when it is parsed, so every
 request runs on the tree that was current when it was read, and requests in
@@ -23,9 +24,9 @@ import signal
 import socket
 from time import monotonic
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from mcrouter.config import ConfigError, HostAddr, RouterConfig, parse_config
+from mcrouter.config import ConfigError, HostAddr, Member, RouterConfig, parse_config
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
 from mcrouter._parser import set_body_budget
@@ -129,7 +130,8 @@ class _Control:
             return
         for msg in messages:
             if "config" in msg:
-                self.worker.reload(msg["config"], msg["path"], msg["generation"])
+                self.worker.reload(msg["config"], msg["path"], msg["generation"],
+                                   msg.get("members", {}))
 
     def send(self, msg: dict[str, Any]) -> None:
         try:
@@ -215,11 +217,13 @@ class Worker:
 
     # -- reload ------------------------------------------------------------
 
-    def reload(self, text: str, path: str, generation: int) -> None:
-        """Swap in the route tree of a config the master validated.  Should it
-        not parse here (it cannot, short of a bug), the old tree stays."""
+    def reload(self, text: str, path: str, generation: int,
+               members: Mapping[str, Sequence[Member]] | None = None) -> None:
+        """Swap in the route tree of a config the master validated, with the
+        servers its DNS pools have now (``members``).  Should it not parse
+        here (it cannot, short of a bug), the old tree stays."""
         try:
-            config = parse_config(text, path)
+            config = parse_config(text, path).with_members(members or {})
             unknown = [str(a) for a in config.hosts() if self.table.slot_of(str(a)) < 0]
             if unknown:
                 raise ConfigError(f"{path}: no shared health slot for {', '.join(unknown)}")

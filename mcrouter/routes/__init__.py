@@ -16,7 +16,8 @@ from mcrouter.routes.base import HostRoute, Route, Trace, Upstream
 from mcrouter.routes.failover import FailoverRoute, LatestRoute, MissFailoverRoute
 from mcrouter.routes.fanout import (AllAsyncRoute, AllFastestRoute, AllInitialRoute,
                                     AllMajorityRoute, AllSyncRoute)
-from mcrouter.routes.hashing import HashRoute, PoolRoute
+from mcrouter.routes.gutter import GutterRoute
+from mcrouter.routes.hashing import EmptyPoolRoute, HashRoute, PolicyPoolRoute, PoolRoute
 from mcrouter.routes.selector import OperationSelectorRoute, PrefixSelectorRoute
 from mcrouter.routes.service import RootRoute, trace
 from mcrouter.routes.shadow import ShadowRoute
@@ -35,7 +36,7 @@ class _Builder:
     def __init__(self, config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> None:
         self.config = config
         self.hosts = hosts
-        self.pool_routes: dict[str, PoolRoute] = {}
+        self.pool_routes: dict[str, Route] = {}
         self.kinds: dict[str, Callable[[dict], Route]] = {
             "OperationSelectorRoute": self.operation_selector,
             "DefaultRoute": lambda o: DefaultRoute(self.host_list(o)),
@@ -78,13 +79,27 @@ class _Builder:
         addrs = self.config.pools[pool].servers if pool else self.config.ordered_pool
         return [self.hosts[a] for a in addrs]
 
-    def pool_route(self, name: str) -> PoolRoute:
+    def pool_route(self, name: str) -> Route:
+        """The one route of pool ``name``: consistent hashing over its hosts,
+        with its on_down policy (a DNS pool with no servers yet: an error)."""
         if name not in self.pool_routes:
             pool = self.config.pools[name]
+            title = f"PoolRoute|{name}"
+            if not pool.servers:
+                self.pool_routes[name] = EmptyPoolRoute(title)
+                return self.pool_routes[name]
+            # the continuum's names: host and port as written, or as DNS names
+            # them (an SRV target), never a resolved address: see discovery.py
             names = [ketama_name(a.host, a.port) for a in pool.servers]
-            self.pool_routes[name] = PoolRoute(
-                [HostRoute(self.hosts[a]) for a in pool.servers],
-                hasher(names, pool.weights, pool.hash), f"PoolRoute|{name}")
+            children = [HostRoute(self.hosts[a]) for a in pool.servers]
+            ring = hasher(names, pool.weights, pool.hash)
+            down = pool.on_down
+            if down.action == "fail":
+                self.pool_routes[name] = PoolRoute(children, ring, title)
+            else:
+                gutter = (GutterRoute(self.pool_route(down.gutter), down.max_ttl)
+                          if down.action == "gutter" else None)
+                self.pool_routes[name] = PolicyPoolRoute(children, ring, title, gutter)
         return self.pool_routes[name]
 
     def hash_route(self, options: dict) -> Route:

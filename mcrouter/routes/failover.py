@@ -81,8 +81,10 @@ class _Chain(Attempts):
         host.send(self.parent.child(self))
 
     def on_reply(self, sub: Request) -> None:
-        if sub.status == ST_OK:
-            self.parent.finish(sub.reply or b"", ST_OK)
+        reply = sub.reply or b""
+        if sub.status == ST_OK or reply.startswith(b"CLIENT_ERROR "):
+            # a CLIENT_ERROR is about the request: every host would say the same
+            self.parent.finish(reply, sub.status)
             return
         self.note(sub)
         if self.i < len(self.hosts):

@@ -1,7 +1,7 @@
-"""Review of 9517af7 (bad-terminator blocks forwarded, gat before a long
-key, lingering): the cases where the router's behaviour departs from what
-the same route does with the equivalent well-formed request, or from
-memcached 1.6.18.  Every server is its own one-server pool so each
+"""Malformed requests routed as their well-formed twins (issue 10): a gat
+before a key over 250 bytes touches exactly the hosts the route's own gat
+would; a bad data chunk stops at the first host; a hung-up client holds none
+of its unread input.  Every server is its own one-server pool so each
 assertion says exactly which server a request reached."""
 from __future__ import annotations
 
