@@ -92,6 +92,11 @@ def test_comparison_allows_exactly_the_table():
     ref = sf.Outcome(b"MN\r\nMN\r\n", True)
     assert sf.diverges(c, ref, sf.Outcome(sf.NOT_SUPPORTED + b"MN\r\n", True), False) is None
     assert sf.diverges(c, ref, sf.Outcome(b"OK\r\nMN\r\n", True), False)
+    # ... with noreply: its MN is dropped, and then the router's reply need not end in MN
+    n = case(b"get a\r\ncache_memlimit 8 noreply\r\n" + b"x" * 3000 + b"\r\nmn\r\n", admin=1)
+    ref = sf.Outcome(b"END\r\nMN\r\n", True)
+    assert sf.diverges(n, ref, sf.Outcome(b"END\r\n", True), False) is None
+    assert sf.diverges(n, ref, sf.Outcome(b"END\r\nMN\r\n", True), False)
     # 2: binary protocol: closed, nothing written
     b = case(b"\x80\x01\x00\x00mn\r\n")
     assert sf.diverges(b, sf.Outcome(b"\x81", True), sf.Outcome(b"", True), False) is None
@@ -130,3 +135,13 @@ def test_cases_are_reproducible():
     for n in (0, 1, 77, 12345):
         assert sf.make_case(SEED, n).stream == sf.make_case(SEED, n).stream
     assert sf.make_case(SEED, 5, 0).stream != sf.make_case(SEED, 5, 1).stream   # fresh keys per retry
+
+
+def test_reference_is_cut_before_a_long_key_retrieval_even_after_a_data_block():
+    """memcached drops the replies it has queued when a retrieval names a key
+    over 250 bytes: the reference pauses before one, wherever it starts."""
+    long_get = b"gets " + b"k" * 251 + b"\r\n"
+    stream = b"set a 0 0 0\r\n\r\n" + long_get + b"append a 0 0 0\r\nXX" + long_get + b"mn\r\n"
+    pieces = sf.split_reference(stream)
+    assert b"".join(pieces) == stream
+    assert [p[:5] for p in pieces[1:]] == [b"gets ", b"gets "]
