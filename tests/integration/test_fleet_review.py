@@ -1,0 +1,74 @@
+"""Hostile review of issue 16 (DNS pools, on_down, /healthz): each test is
+one finding, reproduced end to end or at the unit it lives in."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import wait_until
+
+NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
+
+
+def policy_config(servers, on_down: str, extra_pools: str = "") -> str:
+    return ("health: {rise: 1, fail: 1}\npools:\n  main:\n"
+            f"    servers: [{', '.join(m.addr for m in servers)}]\n"
+            f"    hash: {{function: md5}}\n    on_down: {on_down}\n{extra_pools}"
+            "route: PoolRoute|main\n")
+
+
+@pytest.mark.parametrize("on_down", ["rehash", "{gutter: spare}"])
+def test_multi_key_get_over_a_policy_pool_with_every_host_up(memcached, router, on_down):
+    """A get of two keys over a pool with on_down rehash or gutter, every
+    host up: both values, in request order, as over a plain pool."""
+    pool = [memcached(), memcached()]
+    spare = memcached()
+    r = router(policy_config(pool, on_down, f"  spare:\n    servers: [{spare.addr}]\n"))
+    with r.client() as c:
+        for k in (b"a", b"b", b"c", b"d"):
+            assert c.request(b"set %s 0 0 1\r\n%s\r\n" % (k, k), b"STORED\r\n") == b"STORED\r\n"
+        want = b"".join(b"VALUE %s 0 1\r\n%s\r\n" % (k, k) for k in (b"d", b"a", b"c", b"b"))
+        want += b"END\r\n"
+        assert c.request(b"get d a c b\r\n", want) == want
+    assert "Traceback" not in r.stderr()
+
+
+@pytest.fixture
+def gutter_router(memcached, router):
+    """A pool of one host, down, whose requests go to a gutter with max_ttl 60."""
+    main, spare = memcached(), memcached()
+    r = router(policy_config([main], "{gutter: spare, max_ttl: 60}",
+                             f"  spare:\n    servers: [{spare.addr}]\n"), extra=["-H", "200ms"])
+    main.kill()
+    with r.client() as c:
+        assert wait_until(lambda: c.call(b"mg probe v\r\n") == b"EN\r\n", 10)
+    return r, spare
+
+
+# A write the gutter gets must end within max_ttl, whatever spelling of the
+# number memcached accepts: "+0" and "-4294967296" (int32: 0) mean "never"
+# to memcached 1.6.18 (probed); mg N vivifies an item with its own TTL.
+BYPASSES = [
+    (b"set k1 0 +0 1\r\nx\r\n", b"STORED\r\n", b"k1"),
+    (b"set k2 0 -4294967296 1\r\nx\r\n", b"STORED\r\n", b"k2"),
+    (b"set k3 0 +99999 1 noreply\r\nx\r\n", b"", b"k3"),
+    (b"mg k4 N+0\r\n", b"HD W\r\n", b"k4"),
+    (b"mg k5 N0 q\r\n", b"HD W\r\n", b"k5"),
+    (b"mg k6 N9999 v\r\n", b"VA 0 W\r\n\r\n", b"k6"),
+    (b"set k7 0 0 1\r\nx\r\ntouch k7 +0\r\n", b"STORED\r\nTOUCHED\r\n", b"k7"),
+    (b"ms k8 1\r\nx\r\nmg k8 T+0\r\n", b"HD\r\nHD\r\n", b"k8"),
+    (b"ma k9 N+0 J5\r\n", b"HD\r\n", b"k9"),
+]
+
+
+@pytest.mark.parametrize("request_, reply, key", BYPASSES, ids=[b[2].decode() for b in BYPASSES])
+def test_gutter_caps_every_spelling_of_an_expiry(gutter_router, request_, reply, key):
+    r, spare = gutter_router
+    with r.client() as c:
+        c.send(request_ + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == reply + b"MN\r\n"
+    with spare.client() as g:
+        got = g.call(b"mg %s t\r\n" % key)
+    ttl = re.match(rb"HD t(-?[0-9]+)", got)
+    assert ttl is not None and 0 < int(ttl[1]) <= 60, got
