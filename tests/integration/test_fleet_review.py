@@ -72,3 +72,27 @@ def test_gutter_caps_every_spelling_of_an_expiry(gutter_router, request_, reply,
         got = g.call(b"mg %s t\r\n" % key)
     ttl = re.match(rb"HD t(-?[0-9]+)", got)
     assert ttl is not None and 0 < int(ttl[1]) <= 60, got
+
+
+def test_repeated_keys_over_a_rehash_pool_with_a_host_down_read_as_memcached_reads_them(
+        memcached, router):
+    """With a host down the keys are regrouped; a get's repeat is answered
+    again, a gat's repeat is asked again (its touch counts): the bytes a
+    single memcached gives for the same requests."""
+    pool = [memcached(), memcached(), memcached()]
+    ref = memcached()
+    r = router(policy_config(pool, "rehash"), extra=["-H", "200ms"])
+    pool[1].kill()
+    keys = [b"k%d" % i for i in range(12)]     # over both live hosts and the rehashed one
+    script = b"".join(b"set %s 0 0 2\r\n%s\r\n" % (k, k) for k in keys)
+    script += b"get " + b" ".join(keys + keys[:4]) + b"\r\n"
+    script += b"gat -1 " + b" ".join(keys[:6] + keys[:3]) + b"\r\n"
+    script += b"get " + b" ".join(keys) + b"\r\n"
+    with ref.client() as c:
+        c.send(script + b"mn\r\n")
+        want = c.recv_until(b"MN\r\n")
+    with r.client() as c:
+        assert wait_until(lambda: c.call(b"mg probe-%d v\r\n" % 1) == b"EN\r\n", 10)
+        assert wait_until(lambda: "down" in c.call(b"stats servers\r\n", b"END\r\n").decode(), 10)
+        c.send(script + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == want
