@@ -121,14 +121,19 @@ cdef class PolicyDispatch(HashDispatch):
         j = self.hasher.index_up(key, up)
         return j if j >= 0 else i     # none up: its own host, which answers the error
 
+    def picker(self, bytes up):
+        """``destination`` as group_keys' ``pick`` (a get's repeated keys asked
+        once, a gat's each time, as over a plain pool)."""
+        return lambda key: self.destination(key, up)
+
     cpdef dispatch(self, Request req):
         cdef int i
         cdef tuple grouping
         if req.keys is not None:
-            grouping = group_keys(req.keys, self.hasher, None)
+            grouping = group_keys(req, self.hasher, None)
             for i in grouping[0]:
                 if not self.children[i].host.healthy:
-                    grouping = self.regroup(req.keys)
+                    grouping = group_keys(req, None, self.picker(self.up_mask()))
                     break
             split(req, self.routes, grouping)
         elif len(req.key):
@@ -140,29 +145,6 @@ cdef class PolicyDispatch(HashDispatch):
                 self.routes[self.destination(req.key, self.up_mask())].dispatch(req)
         else:
             self.keyless[req.cmd].dispatch(req)
-
-    cdef tuple regroup(self, list keys):
-        """group_keys, with each key at its destination while some hosts are down."""
-        cdef bytes up = self.up_mask()
-        cdef dict out = {}
-        cdef set seen = set()
-        cdef list owners = []
-        cdef bytes k
-        cdef int i
-        for k in keys:
-            if k in seen:
-                owners = None
-                continue
-            seen.add(k)
-            i = self.destination(k, up)
-            if owners is not None:
-                owners.append(i)
-            lst = out.get(i)
-            if lst is None:
-                out[i] = [k]
-            else:
-                lst.append(k)
-        return out, owners
 
 
 cpdef bytes retrieval_prefix(Request req):
