@@ -96,3 +96,24 @@ def test_repeated_keys_over_a_rehash_pool_with_a_host_down_read_as_memcached_rea
         assert wait_until(lambda: "down" in c.call(b"stats servers\r\n", b"END\r\n").decode(), 10)
         c.send(script + b"mn\r\n")
         assert c.recv_until(b"MN\r\n") == want
+
+
+@pytest.mark.parametrize("request_, reply, key", [
+    (b"set a\tb 0 0 1\r\nx\r\n", b"STORED\r\n", b"a\tb"),
+    (b"ms d\t1 2\r\nxx\r\n", b"HD\r\n", b"d\t1"),
+    (b"set c  0  0  1\r\nx\r\n", b"STORED\r\n", b"c"),
+], ids=["tab-in-set-key", "tab-in-ms-key", "double-spaces"])
+def test_gutter_cap_splits_the_line_where_memcached_does(gutter_router, request_, reply, key):
+    """memcached splits a command line on spaces only: a tab is part of a
+    key.  The cap must rewrite the exptime, not the token a tab shifts into
+    its place (the gutter answered CLIENT_ERROR, then ERROR for the data
+    line: a protocol error that closed the gutter connection)."""
+    r, spare = gutter_router
+    with r.client() as c:
+        c.send(request_ + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == reply + b"MN\r\n"
+    with spare.client() as g:
+        got = g.call(b"mg %s t\r\n" % key)
+    ttl = re.match(rb"HD t(-?[0-9]+)", got)
+    assert ttl is not None and 0 < int(ttl[1]) <= 60, got
+    assert "protocol error" not in r.stderr()
