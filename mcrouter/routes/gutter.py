@@ -66,7 +66,8 @@ def cap_wire(cmd: int, wire: bytes, max_ttl: int, now: float) -> bytes:
     if end < 0:
         return wire
     cr = end > 0 and wire[end - 1] == 13
-    tokens = wire[:end - 1 if cr else end].split()
+    # memcached's tokens: split on spaces only (a tab is part of a key)
+    tokens = [t for t in wire[:end - 1 if cr else end].split(b" ") if t]
     if cmd in EXPTIME_TOKEN:
         at = EXPTIME_TOKEN[cmd]
         value = memcached_int(tokens[at]) if len(tokens) > at else None
