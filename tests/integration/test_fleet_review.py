@@ -117,3 +117,117 @@ def test_gutter_cap_splits_the_line_where_memcached_does(gutter_router, request_
     ttl = re.match(rb"HD t(-?[0-9]+)", got)
     assert ttl is not None and 0 < int(ttl[1]) <= 60, got
     assert "protocol error" not in r.stderr()
+
+
+# -- DNS answers are untrusted input ------------------------------------------
+
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import dns.rdatatype  # noqa: E402
+
+from dnszone import DnsZone  # noqa: E402
+from mcrouter import discovery  # noqa: E402
+from mcrouter.config import DnsSource, HostAddr  # noqa: E402
+
+SRV_NAME = "_memcache._tcp.mc.test"
+
+
+@pytest.fixture
+def zone():
+    z = DnsZone(ttl=30)
+    yield z
+    z.close()
+
+
+def srv_source(z: DnsZone) -> DnsSource:
+    host, port = z.addr.rsplit(":", 1)
+    return DnsSource("srv", SRV_NAME, 0, HostAddr(host, int(port)))
+
+
+def test_lookup_timeout_bounds_every_query_of_a_pool_together(zone):
+    """LOOKUP_TIMEOUT is "seconds one pool's lookups may take, all queries
+    together": a resolver that answers each address query in 0.3 s must not
+    hold the master (resolve_all at start or reload) or the discovery thread
+    for 2 queries x 8 targets x 0.3 s."""
+    zone.set("_memcache._tcp.mc.test", "SRV", [f"0 1 {11000 + i} t{i}.mc.test." for i in range(8)])
+    answer = zone._answer
+
+    def slow(query):
+        if query.question[0].rdtype != dns.rdatatype.SRV:
+            time.sleep(0.3)
+        return answer(query)
+
+    zone._answer = slow
+    began = time.monotonic()
+    with pytest.raises(discovery.DiscoveryError):
+        discovery.resolve(srv_source(zone), timeout=1.0)
+    assert time.monotonic() - began < 1.6
+
+
+def test_srv_root_target_and_port_zero_are_not_servers(zone):
+    """RFC 2782: target "." means "no service here"; port 0 is no port to
+    connect to.  Neither is a server (they became members ".:0" and "b:0")."""
+    zone.set_srv(SRV_NAME, [("a.mc.test", 11211, 1)], {"a.mc.test": "127.0.0.1"})
+    zone.set(SRV_NAME, "SRV", ["0 1 11211 a.mc.test.", "0 0 0 .", "0 5 0 b.mc.test."])
+    answer = discovery.resolve(srv_source(zone))
+    assert answer.members == (("a.mc.test", 11211, 1),)
+
+
+def test_a_resolver_name_that_does_not_resolve_is_a_discovery_error(monkeypatch):
+    """A resolver: host that does not resolve is the pool's failed answer
+    (logged once, the pool keeps its servers), not a socket.gaierror: at
+    start the CLI read that as "cannot listen on -l"; in the discovery
+    thread it was a traceback every -t."""
+    def no_such_host(*_args, **_kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    source = DnsSource("srv", SRV_NAME, 0, HostAddr("dns.nowhere.test", 53))
+    with pytest.raises(discovery.DiscoveryError, match="dns.nowhere.test"):
+        discovery.resolve(source)
+    assert discovery.resolve_all({"main": source}) == ({"main": ()}, {})
+
+
+def srv_many(z: DnsZone, first: int, count: int) -> None:
+    """``count`` SRV targets from ``first`` on, each at 127.0.0.1 on a port
+    where nothing listens (probes are refused at once)."""
+    z.set(SRV_NAME, "SRV", [f"0 1 {20000 + i} t{i}.mc.test." for i in range(first, first + count)])
+    with z.lock:
+        for key in [k for k in z.records if k[1] == "A"]:
+            del z.records[key]
+        for i in range(first, first + count):
+            z.records[(f"t{i}.mc.test", "A")] = ["127.0.0.1"]
+
+
+def dns_router(router, z: DnsZone, extra=()):
+    return router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {z.addr}\n"
+                  "route: PoolRoute|main\n", extra=["-H", "30s", "-t", "300ms", *extra])
+
+
+def test_an_answer_larger_than_the_host_table_is_one_line_not_a_crash(router, zone):
+    """1100 SRV records at start: the router crashed with a TableFull
+    traceback (a pod in CrashLoopBackOff because of a DNS answer).  It must
+    serve (the pool without servers) and say why in one line."""
+    srv_many(zone, 0, 1100)
+    r = dns_router(router, zone)
+    with r.client() as c:
+        assert c.request(b"get a\r\n", NO_HEALTHY) == NO_HEALTHY
+    log = r.stderr()
+    assert "Traceback" not in log and "more than 1024" in log, log[-2000:]
+
+
+def test_members_that_left_free_their_host_slots(router, zone):
+    """The host table has 1024 slots and never frees one.  A fleet whose
+    members are renamed (a new StatefulSet, pods re-IPed under dns:) fills
+    it: here 520 members replaced by 520 others, 520 in use at any time,
+    and the change is refused ("more than 1024 distinct hosts"); the
+    sidecar counts it as known, so it is never tried again and every later
+    reload is refused too."""
+    srv_many(zone, 0, 520)
+    r = dns_router(router, zone)
+    assert r.wait_log("pool main: srv: " + SRV_NAME)
+    assert r.wait_log("start: all 1 worker(s) run config generation 1")
+    srv_many(zone, 1000, 520)
+    assert wait_until(lambda: "generation 2" in r.stderr() or "refused" in r.stderr(), 20)
+    assert r.wait_log("all 1 worker(s) run config generation 2", timeout=15), r.stderr()[-1500:]
