@@ -230,4 +230,22 @@ def test_members_that_left_free_their_host_slots(router, zone):
     assert r.wait_log("start: all 1 worker(s) run config generation 1")
     srv_many(zone, 1000, 520)
     assert wait_until(lambda: "generation 2" in r.stderr() or "refused" in r.stderr(), 20)
-    assert r.wait_log("all 1 worker(s) run config generation 2", timeout=15), r.stderr()[-1500:]
+    refused = [line for line in r.stderr().splitlines() if "refused" in line]
+    assert r.wait_log("all 1 worker(s) run config generation 2", timeout=15), refused
+
+
+def test_a_refused_membership_takes_no_slot(router, zone):
+    """A change the host table cannot hold is refused whole: it assigned
+    slots until the table was full (504 of them, never freed), and the
+    sidecar then wrote addresses into them for hosts no config has (504
+    "address none -> 127.0.0.1" lines)."""
+    srv_many(zone, 0, 520)
+    r = dns_router(router, zone)
+    assert r.wait_log("start: all 1 worker(s) run config generation 1")
+    srv_many(zone, 1000, 520)
+    assert r.wait_log("reload refused, still serving generation 1: more than 1024 distinct hosts",
+                      timeout=20)
+    time.sleep(1.0)                     # the sidecar's next passes (-t 300ms)
+    log = r.stderr()
+    assert log.count("address none ->") == 0, log.count("address none ->")
+    assert log.count("reload refused") == 1
