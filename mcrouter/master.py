@@ -591,13 +591,12 @@ class Master:
             if parse_config(text, path) != file_config:
                 self.refuse(ConfigError(f"{path} changed since start; reload it first"))
                 return
-        try:
-            added = [a for a in config.hosts() if a not in self.slots]
-            for a in added:
-                self.slots[a] = self.table.assign(str(a))
-        except TableFull as e:
-            self.refuse(e)
+        added = [a for a in config.hosts() if a not in self.slots]
+        if self.table.used + len(added) > self.table.capacity:    # refused whole: no slot taken
+            self.refuse(TableFull(f"more than {self.table.capacity} distinct hosts"))
             return
+        for a in added:
+            self.slots[a] = self.table.assign(str(a))
         keys = {str(HostAddr(h, p)) for ms in members.values() for h, p, _ in ms}
         self.dns_addresses = {k: addresses[k] for k in keys if k in addresses}
         self.resolve_hosts(added)
