@@ -249,3 +249,90 @@ def test_a_refused_membership_takes_no_slot(router, zone):
     log = r.stderr()
     assert log.count("address none ->") == 0, log.count("address none ->")
     assert log.count("reload refused") == 1
+
+
+def test_a_flapping_membership_loses_no_request_and_closes_no_connection(memcached, router, zone):
+    """Records that flap several times a second (TTL 0) under pipelined
+    load: every flap is a generation and a sidecar restart; clients see hits
+    or misses, never an error or a closed connection, and the router never
+    logs a traceback."""
+    from test_discovery import Load, publish
+    zone.ttl = 0
+    ms = {0: memcached(), 1: memcached(), 2: memcached()}
+    publish(zone, {0: ms[0], 1: ms[1]})
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", workers=2, extra=["-t", "100ms", "-H", "200ms"])
+    assert r.wait_log("start: all 2 worker(s) run config generation 1")
+    load = Load(r.port, clients=2, depth=16)
+    try:
+        deadline = time.monotonic() + 5
+        flip = 0
+        while time.monotonic() < deadline:
+            flip += 1
+            publish(zone, {0: ms[0], 1: ms[1], 2: ms[2]} if flip % 2 else {0: ms[0], 1: ms[1]})
+            time.sleep(0.25)
+    finally:
+        load.finish()
+    log = r.stderr()
+    assert load.errors == [] and load.closed == 0, load.errors[:3]
+    assert load.batches > 10
+    assert log.count("DNS: pool main") >= 6
+    assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_dns_changes_racing_sighup_settle_on_one_membership_everywhere(memcached, router, zone):
+    """DNS flaps while SIGHUPs arrive: once DNS settles, every worker routes
+    over the membership DNS names last, on the last generation, and no
+    request failed meanwhile."""
+    import signal as _signal
+    from test_discovery import Load, publish
+    zone.ttl = 0
+    ms = {0: memcached(), 1: memcached(), 2: memcached()}
+    publish(zone, {0: ms[0], 1: ms[1]})
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", workers=2, extra=["-t", "100ms", "-H", "200ms"])
+    assert r.wait_log("start: all 2 worker(s) run config generation 1")
+    load = Load(r.port, clients=2, depth=16)
+    try:
+        for flip in range(12):
+            publish(zone, {0: ms[0], 1: ms[1], 2: ms[2]} if flip % 2 else {0: ms[1]})
+            time.sleep(0.15)
+            r.signal(_signal.SIGHUP)
+            time.sleep(0.1)
+        publish(zone, {0: ms[0], 2: ms[2]})
+        time.sleep(1.5)
+    finally:
+        load.finish()
+    assert load.errors == [] and load.closed == 0, load.errors[:3]
+    log = r.stderr()
+    last = max(int(g) for g in re.findall(r"generation (\d+):", log))
+    assert r.wait_log(f"all 2 worker(s) run config generation {last}", timeout=10)
+    from mcrouter._hash import Hasher, ketama_name
+    final = [(f"mc-{i}.mc.test", ms[i]) for i in (0, 2)]
+    ring = Hasher([ketama_name(t, m.port) for t, m in final], [1, 1])
+    for n in range(6):                  # connections land on both workers
+        with r.client() as c:
+            for k in range(8):
+                key = b"race-%d-%d" % (n, k)
+                assert c.request(b"set %s 0 0 1\r\nx\r\n" % key, b"STORED\r\n") == b"STORED\r\n"
+                owner = final[ring.index(key)][1]
+                assert owner.get_raw(key.decode()) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key
+
+
+def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, zone):
+    """A member DNS removed is no upstream any more; ``stats servers`` (and
+    ``mcrouter hosts``, the healthy_hosts stat) listed it forever, "up"
+    though nothing probes it and its memcached is gone."""
+    from test_discovery import publish
+    ms = {0: memcached(), 1: memcached()}
+    publish(zone, ms)
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", extra=["-t", "100ms", "-H", "200ms"])
+    publish(zone, {0: ms[0]})
+    assert r.wait_log("all 1 worker(s) run config generation 2")
+    ms[1].kill()
+    time.sleep(0.5)
+    with r.client() as c:
+        stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
+    assert f"mc-0.mc.test:{ms[0].port} up" in stats
+    assert "mc-1.mc.test" not in stats, stats
