@@ -3,6 +3,7 @@ one finding, reproduced end to end or at the unit it lives in."""
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 
@@ -336,3 +337,26 @@ def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, z
         stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
     assert f"mc-0.mc.test:{ms[0].port} up" in stats
     assert "mc-1.mc.test" not in stats, stats
+
+
+def test_a_reload_keeps_the_address_a_member_moved_to(memcached, router, zone):
+    """An SRV member whose pod moved (same name, new address) is re-addressed
+    by the sidecar alone; a SIGHUP then wrote the master's old address back
+    into the table (traffic to the pod's old IP, which Kubernetes may give
+    to another pod) until the sidecar's next pass moved it again."""
+    from test_discovery import publish
+    zone.ttl = 30                           # the sidecar's next pass: -t 3s
+    ms = {0: memcached(), 2: memcached("-l", "::1")}
+    publish(zone, ms)
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", extra=["-t", "3s", "-H", "200ms"])
+    publish(zone, ms, v6=frozenset({2}))
+    moved = f"host mc-2.mc.test:{ms[2].port}: address 127.0.0.1 -> ::1"
+    assert r.wait_log(moved)
+    r.signal(signal.SIGHUP)
+    assert r.wait_log("all 1 worker(s) run config generation 2")
+    with r.client() as c:
+        stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
+    assert f"STAT mc-2.mc.test:{ms[2].port} up ::1 " in stats, stats
+    time.sleep(3.5)
+    assert r.stderr().count(moved) == 1
