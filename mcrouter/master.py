@@ -511,7 +511,8 @@ class Master:
         if not changes:
             return
         self.publish(self.file_config, self.config_text, {**self.members, **members},
-                     {**self.dns_addresses, **addresses}, "DNS: " + "; ".join(changes), "DNS change")
+                     {**self.table_addresses(), **addresses}, "DNS: " + "; ".join(changes),
+                     "DNS change")
 
     def drop_channel(self, pid: int) -> None:
         ch = self.sidecar_channels.pop(pid, None)
@@ -570,8 +571,20 @@ class Master:
                    if old_sources.get(name) == src}
         fresh, addresses = discovery.resolve_all(
             {n: src for n, src in file_config.dns_pools().items() if n not in members})
-        self.publish(file_config, text, {**members, **fresh}, {**self.dns_addresses, **addresses},
-                     f"reloading {path}", "reload")
+        self.publish(file_config, text, {**members, **fresh},
+                     {**self.table_addresses(), **addresses}, f"reloading {path}", "reload")
+
+    def table_addresses(self) -> dict[str, Address]:
+        """The addresses the DNS pools' members have now: the sidecar moves a
+        member that stays (its pod's new IP) in the table alone, so what the
+        master learnt at the last membership change may be old."""
+        found = {}
+        for key in self.dns_addresses:
+            slot = self.table.slot_of(key)
+            address = self.table.address(slot) if slot >= 0 else None
+            if address is not None:
+                found[key] = address
+        return found
 
     def refuse(self, e: Exception) -> None:
         note_reload(False)
