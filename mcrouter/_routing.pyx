@@ -121,11 +121,6 @@ cdef class PolicyDispatch(HashDispatch):
         j = self.hasher.index_up(key, up)
         return j if j >= 0 else i     # none up: its own host, which answers the error
 
-    def picker(self, bytes up):
-        """``destination`` as group_keys' ``pick`` (a get's repeated keys asked
-        once, a gat's each time, as over a plain pool)."""
-        return lambda key: self.destination(key, up)
-
     cpdef dispatch(self, Request req):
         cdef int i
         cdef tuple grouping
@@ -133,7 +128,7 @@ cdef class PolicyDispatch(HashDispatch):
             grouping = group_keys(req, self.hasher, None)
             for i in grouping[0]:
                 if not self.children[i].host.healthy:
-                    grouping = group_keys(req, None, self.picker(self.up_mask()))
+                    grouping = self.regroup(req)
                     break
             split(req, self.routes, grouping)
         elif len(req.key):
@@ -145,6 +140,11 @@ cdef class PolicyDispatch(HashDispatch):
                 self.routes[self.destination(req.key, self.up_mask())].dispatch(req)
         else:
             self.keyless[req.cmd].dispatch(req)
+
+    cdef tuple regroup(self, Request req):
+        """group_keys, with each key at its destination while some hosts are down."""
+        cdef bytes up = self.up_mask()
+        return group_keys(req, None, lambda k: self.destination(k, up))
 
 
 cpdef bytes retrieval_prefix(Request req):
