@@ -212,8 +212,9 @@ class Worker:
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
-        use_backend_version(BackendVersion(self.table, [self.table.slot_of(str(a)) for a in addrs]))
-        return build_route(config, hosts, router_stats(self.table, self.metrics))
+        slots = [self.table.slot_of(str(a)) for a in addrs]
+        use_backend_version(BackendVersion(self.table, slots))
+        return build_route(config, hosts, router_stats(self.table, self.metrics, frozenset(slots)))
 
     # -- reload ------------------------------------------------------------
 

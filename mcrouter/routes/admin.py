@@ -27,10 +27,12 @@ from mcrouter.metrics import MetricsBlock
 from mcrouter.protocol import COMMAND_IDS
 
 
-def servers_reply(table: HostTable) -> bytes:
-    """One line per host: ``STAT <host> <state> <address|-> <changes> <changed_at> <reason>``."""
+def servers_reply(table: HostTable, slots: frozenset[int]) -> bytes:
+    """One line per host of the running config (``slots``; the table keeps
+    every host of every config accepted, and a DNS pool's members come and go):
+    ``STAT <host> <state> <address|-> <changes> <changed_at> <reason>``."""
     lines = [f"STAT {h.key} {h.state} {h.address or '-'} {h.changes} {h.changed_at:.3f} "
-             f"{h.reason or '-'}\r\n" for h in table.statuses()]
+             f"{h.reason or '-'}\r\n" for h in table.statuses() if h.slot in slots]
     return ("".join(lines) + "END\r\n").encode()
 
 
@@ -79,7 +81,9 @@ def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
     return ("".join(f"STAT {k} {v}\r\n" for k, v in stats) + "END\r\n").encode()
 
 
-def router_stats(table: HostTable, block: MetricsBlock) -> dict[bytes, Callable[[], bytes]]:
-    """The ``stats <group>`` replies the router makes itself (RootRoute serves them)."""
-    return {b"servers": lambda: servers_reply(table),
+def router_stats(table: HostTable, block: MetricsBlock,
+                 slots: frozenset[int]) -> dict[bytes, Callable[[], bytes]]:
+    """The ``stats <group>`` replies the router makes itself (RootRoute serves
+    them); ``slots``: the running config's hosts."""
+    return {b"servers": lambda: servers_reply(table, slots),
             b"mcrouter": lambda: mcrouter_reply(table, block)}

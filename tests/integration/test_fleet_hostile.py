@@ -322,8 +322,6 @@ def test_dns_changes_racing_sighup_settle_on_one_membership_everywhere(memcached
                 assert owner.get_raw(key.decode()) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 16): hosts that left the config stay in the "
-                   "host table, so stats servers and healthy_hosts still list them")
 def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, zone):
     """A member DNS removed is no upstream any more; ``stats servers`` (and
     ``mcrouter hosts``, the healthy_hosts stat) listed it forever, "up"
