@@ -324,6 +324,10 @@ cdef class ClientConnection:
     cdef _set_reading(self, bint on):
         if on != self.reading:
             self.reading = on
+            if on:
+                # the time the router itself did not read is not the client's
+                # stall: the body timeout counts from now (stale)
+                self.last_read = self.loop.now
             self._register()
 
     cdef _set_want_write(self, bint on):
