@@ -98,3 +98,34 @@ def test_time_the_router_stopped_reading_is_not_a_stalled_body(memcached, router
     c.send(b"m\r\n")
     assert c.recv_until(b"END\r\n") == b"VALUE sm 0 1\r\nx\r\nEND\r\n"
     c.close()
+
+
+def test_clients_that_never_read_do_not_pin_the_body_budget(memcached, router):
+    """A partial body read while the client's output was within -b reserves
+    its announced size; once the output passes -b the router stops reading
+    the client, and the body timeout is suspended while it does not read
+    (stale), so the reservation lasts as long as the client keeps the socket
+    open without reading.  A few such clients pin the whole budget and every
+    other client's large set gets "out of memory" for good.  memcached never
+    parses a set behind replies it cannot write, so it holds nothing for it
+    and the other client's set is stored."""
+    m = memcached("-m", "128")
+    value = b"q" * 256_000
+    m.set("big", value)
+    r = router(pool_config([m]), extra=["--body-budget", "4m", "--body-timeout", "1s"])
+    hogs = []
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", r.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"get big\r\n" * 24 + b"set hold%d 0 0 1000000\r\nh" % i)
+        hogs.append(s)                              # never read, never closed (until the end)
+    time.sleep(3.0)                                 # three body timeouts
+    try:
+        with r.client() as c:
+            c.send(b"set fresh 0 0 1000000\r\n" + b"f" * 1000)
+            time.sleep(0.2)                         # the body arrives in two parts
+            c.send(b"f" * 999_000 + b"\r\n")
+            assert c.recv_until(b"\r\n") == b"STORED\r\n"
+    finally:
+        for s in hogs:
+            s.close()
