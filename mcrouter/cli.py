@@ -186,10 +186,11 @@ def run(
     except ConfigError as e:
         _die(str(e))
     setup_logging(log_level, log_format)
+    from mcrouter.health import TableFull
     from mcrouter.master import Master
     try:
         code = Master(settings, config, addr, metrics_addr, text).run()
-    except ListenError as e:
+    except (ListenError, TableFull) as e:
         _die(str(e))
     except OSError as e:
         _die(f"cannot listen on {addr}: {e.strerror or e}; choose another address with -l")

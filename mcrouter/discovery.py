@@ -37,14 +37,14 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import dns.exception
-import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 
 from mcrouter.config import DnsSource, HostAddr, Member
 from mcrouter.dns import literal
-from mcrouter.health import HostTable
+from mcrouter.health import DEFAULT_CAPACITY, HostTable
 
 log = logging.getLogger("mcrouter.discovery")
 
@@ -70,7 +70,10 @@ def make_resolver(source: DnsSource, timeout: float = LOOKUP_TIMEOUT) -> dns.res
     if source.resolver is not None:
         res = dns.resolver.Resolver(configure=False)
         found = literal(source.resolver.host)
-        ip = found[1] if found else socket.getaddrinfo(source.resolver.host, None)[0][4][0]
+        try:
+            ip = found[1] if found else socket.getaddrinfo(source.resolver.host, None)[0][4][0]
+        except OSError as e:        # gaierror: a name that does not resolve
+            raise DiscoveryError(f"resolver {source.resolver.host}: {e.strerror or e}") from None
         res.nameservers = [ip]
         res.port = source.resolver.port
     else:
@@ -83,8 +86,14 @@ def make_resolver(source: DnsSource, timeout: float = LOOKUP_TIMEOUT) -> dns.res
     return res
 
 
-def _query(res: dns.resolver.Resolver, name: str, rdtype: str) -> dns.resolver.Answer | None:
-    """The answer, or None when the name has no records of that type."""
+def _query(res: dns.resolver.Resolver, name: str, rdtype: str,
+           deadline: float) -> dns.resolver.Answer | None:
+    """The answer, or None when the name has no records of that type; every
+    query of one lookup shares ``deadline`` (time.monotonic)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DiscoveryError(f"{name} {rdtype}: no answer within {LOOKUP_TIMEOUT:g}s")
+    res.timeout = res.lifetime = left
     try:
         return res.resolve(dns.name.from_text(name), rdtype, search=False)
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
@@ -92,61 +101,86 @@ def _query(res: dns.resolver.Resolver, name: str, rdtype: str) -> dns.resolver.A
     except dns.resolver.NoNameservers as e:
         raise DiscoveryError(f"{name} {rdtype}: every server failed ({e.msg or e})") from None
     except dns.exception.Timeout:
-        raise DiscoveryError(f"{name} {rdtype}: no answer within {res.lifetime:g}s") from None
+        raise DiscoveryError(f"{name} {rdtype}: no answer within {LOOKUP_TIMEOUT:g}s") from None
     except dns.exception.DNSException as e:
         raise DiscoveryError(f"{name} {rdtype}: {e}") from None
 
 
-def _addresses(res: dns.resolver.Resolver, name: str,
-               extra: dns.message.Message | None) -> tuple[list[Address], float]:
-    """Every A and AAAA address of ``name`` (from ``extra``'s additional
-    section when the server sent them along), and the shortest TTL."""
+FAMILIES = ((dns.rdatatype.A, socket.AF_INET), (dns.rdatatype.AAAA, socket.AF_INET6))
+Sent = Mapping[tuple[dns.name.Name, int], dns.rrset.RRset]   # an answer's additional section
+
+
+def _addresses(res: dns.resolver.Resolver, name: str, sent: Sent, deadline: float,
+               one: bool = False) -> tuple[list[Address], float]:
+    """The A and AAAA addresses of ``name`` (those the server ``sent`` along
+    first), and the shortest TTL; with ``one``, no query once one is known
+    (an SRV target needs one address: a thousand targets, not two thousand
+    queries)."""
     found: list[Address] = []
     ttl = float("inf")
     target = dns.name.from_text(name)
-    for rdtype, family in ((dns.rdatatype.A, socket.AF_INET), (dns.rdatatype.AAAA, socket.AF_INET6)):
-        rrset = None
-        if extra is not None:
-            for rr in extra.additional:
-                if rr.name == target and rr.rdtype == rdtype:
-                    rrset = rr
+    missing = []
+    for rdtype, family in FAMILIES:
+        rrset = sent.get((target, rdtype))
         if rrset is None:
-            answer = _query(res, name, dns.rdatatype.to_text(rdtype))
-            rrset = answer.rrset if answer is not None else None
-        if rrset is not None:
+            missing.append((rdtype, family))
+        else:
             ttl = min(ttl, rrset.ttl)
             found.extend((family, r.address) for r in rrset)
+    for rdtype, family in missing:
+        if one and found:
+            break
+        answer = _query(res, name, dns.rdatatype.to_text(rdtype), deadline)
+        if answer is not None:
+            ttl = min(ttl, answer.rrset.ttl)
+            found.extend((family, r.address) for r in answer.rrset)
+    found.sort(key=lambda a: a[0] != socket.AF_INET)       # IPv4 first, as before
     return found, ttl
 
 
 def resolve(source: DnsSource, timeout: float = LOOKUP_TIMEOUT) -> Answer:
     """The servers ``source`` names now; DiscoveryError when there are none."""
     res = make_resolver(source, timeout)
+    deadline = time.monotonic() + timeout
     if source.kind == "dns":
-        found, ttl = _addresses(res, source.name, None)
+        found, ttl = _addresses(res, source.name, {}, deadline)
         if not found:
             raise DiscoveryError(f"{source.name} has no A or AAAA records")
         addrs = sorted(set(found), key=lambda a: (a[0], a[1]))
+        _bounded(len(addrs))
         members = tuple((ip, source.port, 1) for _, ip in addrs)
         return Answer(members, {str(HostAddr(ip, source.port)): (fam, ip) for fam, ip in addrs},
                       ttl)
-    answer = _query(res, source.name, "SRV")
-    if answer is None or not len(answer.rrset):
+    answer = _query(res, source.name, "SRV", deadline)
+    # RFC 2782: a target of "." says there is no such service; port 0 is none
+    records = [r for r in (answer.rrset if answer is not None else ())
+               if r.target != dns.name.root and r.port]
+    if not records:
         raise DiscoveryError(f"{source.name} has no SRV records")
     ttl = float(answer.rrset.ttl)
-    first = min(r.priority for r in answer.rrset)
+    first = min(r.priority for r in records)
     members: dict[tuple[str, int], int] = {}
-    for r in answer.rrset:
+    for r in records:
         target = r.target.to_text(omit_final_dot=True)
         if r.priority == first and target and (target, r.port) not in members:
             members[(target, r.port)] = r.weight
+    _bounded(len(members))
+    sent = {(rr.name, rr.rdtype): rr for rr in answer.response.additional}
     addresses: dict[str, Address] = {}
     for (target, port) in members:
-        found, attl = _addresses(res, target, answer.response)
+        found, attl = _addresses(res, target, sent, deadline, one=True)
         ttl = min(ttl, attl)
         if found:
             addresses[str(HostAddr(target, port))] = found[0]
     return Answer(tuple(sorted((t, p, w) for (t, p), w in members.items())), addresses, ttl)
+
+
+def _bounded(count: int) -> None:
+    """An answer with more servers than the host table holds can never be
+    applied: a failed answer, not a crash or a refused reload."""
+    if count > DEFAULT_CAPACITY:
+        raise DiscoveryError(f"{count} servers: more than {DEFAULT_CAPACITY}, the most a"
+                             " router holds")
 
 
 Report = Callable[[dict[str, tuple[Member, ...]], dict[str, Address]], None]

@@ -515,7 +515,8 @@ class Master:
         if not changes:
             return
         self.publish(self.file_config, self.config_text, {**self.members, **members},
-                     {**self.dns_addresses, **addresses}, "DNS: " + "; ".join(changes), "DNS change")
+                     {**self.table_addresses(), **addresses}, "DNS: " + "; ".join(changes),
+                     "DNS change")
 
     def drop_channel(self, pid: int) -> None:
         ch = self.sidecar_channels.pop(pid, None)
@@ -574,8 +575,20 @@ class Master:
                    if old_sources.get(name) == src}
         fresh, addresses = discovery.resolve_all(
             {n: src for n, src in file_config.dns_pools().items() if n not in members})
-        self.publish(file_config, text, {**members, **fresh}, {**self.dns_addresses, **addresses},
-                     f"reloading {path}", "reload")
+        self.publish(file_config, text, {**members, **fresh},
+                     {**self.table_addresses(), **addresses}, f"reloading {path}", "reload")
+
+    def table_addresses(self) -> dict[str, Address]:
+        """The addresses the DNS pools' members have now: the sidecar moves a
+        member that stays (its pod's new IP) in the table alone, so what the
+        master learnt at the last membership change may be old."""
+        found = {}
+        for key in self.dns_addresses:
+            slot = self.table.slot_of(key)
+            address = self.table.address(slot) if slot >= 0 else None
+            if address is not None:
+                found[key] = address
+        return found
 
     def refuse(self, e: Exception) -> None:
         note_reload(False)
@@ -595,13 +608,12 @@ class Master:
             if parse_config(text, path) != file_config:
                 self.refuse(ConfigError(f"{path} changed since start; reload it first"))
                 return
-        try:
-            added = [a for a in config.hosts() if a not in self.slots]
-            for a in added:
-                self.slots[a] = self.table.assign(str(a))
-        except TableFull as e:
-            self.refuse(e)
+        added = [a for a in config.hosts() if a not in self.slots]
+        if self.table.used + len(added) > self.table.capacity:    # refused whole: no slot taken
+            self.refuse(TableFull(f"more than {self.table.capacity} distinct hosts"))
             return
+        for a in added:
+            self.slots[a] = self.table.assign(str(a))
         keys = {str(HostAddr(h, p)) for ms in members.values() for h, p, _ in ms}
         self.dns_addresses = {k: addresses[k] for k in keys if k in addresses}
         self.resolve_hosts(added)

@@ -6,14 +6,17 @@ for, so what is written there must not outlive the outage by much: every
 expiry a request sets is capped at ``max_ttl`` seconds (a missing or zero
 expiry too).  The requests a cap touches: set, add, replace, cas (the
 exptime), touch, gat, gats (theirs), and the meta ms (T; added when
-absent), mg and ma (T, and ma's N).  append, prepend, incr, decr and delete
-do not set an expiry and go as they are.  Reads go to the gutter as they
+absent), mg and ma (T, and the N they vivify a missing item with).  A
+number is read as memcached reads it (``memcached_int``): "+0" and
+"-4294967296" are both "never" to it, so they must be to the cap.  append,
+prepend, incr, decr and delete do not set an expiry and go as they are.  Reads go to the gutter as they
 are: a client sees a miss there the first time, fills it, and hits it while
 the host is down.  When the host is back its keys go to it again; what the
 gutter holds expires within ``max_ttl``.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Sequence
 
@@ -28,7 +31,20 @@ EXPTIME_TOKEN = {CMD_SET: 3, CMD_ADD: 3, CMD_REPLACE: 3, CMD_CAS: 3, CMD_TOUCH: 
                  CMD_GAT: 1, CMD_GATS: 1}
 # meta commands: the token where flags start, and the flags that carry an expiry
 META_FLAGS_AT = {CMD_MS: 3, CMD_MG: 2, CMD_MA: 2}
-META_TTL_FLAGS = {CMD_MS: b"T", CMD_MG: b"T", CMD_MA: b"TN"}
+META_TTL_FLAGS = {CMD_MS: b"T", CMD_MG: b"TN", CMD_MA: b"TN"}
+_NUMBER = re.compile(rb"[+-]?[0-9]+")
+
+
+def memcached_int(token: bytes) -> int | None:
+    """``token`` as memcached's safe_strtol reads an expiry: a signed decimal
+    that fits a long, stored in an int32 (so it wraps); None when memcached
+    refuses it (and answers its own error)."""
+    if not _NUMBER.fullmatch(token):
+        return None
+    value = int(token)
+    if not -(1 << 63) <= value < (1 << 63):
+        return None                     # strtol's ERANGE
+    return (value + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
 def capped(exptime: int, max_ttl: int, now: float) -> int:
@@ -50,13 +66,15 @@ def cap_wire(cmd: int, wire: bytes, max_ttl: int, now: float) -> bytes:
     if end < 0:
         return wire
     cr = end > 0 and wire[end - 1] == 13
-    tokens = wire[:end - 1 if cr else end].split()
+    # memcached's tokens: split on spaces only (a tab is part of a key)
+    tokens = [t for t in wire[:end - 1 if cr else end].split(b" ") if t]
     if cmd in EXPTIME_TOKEN:
         at = EXPTIME_TOKEN[cmd]
-        if len(tokens) <= at or not tokens[at].lstrip(b"-").isdigit():
+        value = memcached_int(tokens[at]) if len(tokens) > at else None
+        if value is None:
             return wire                 # memcached answers it with its own error
-        new = capped(int(tokens[at]), max_ttl, now)
-        if new == int(tokens[at]):
+        new = capped(value, max_ttl, now)
+        if new == value:
             return wire
         tokens[at] = b"%d" % new
     elif cmd in META_FLAGS_AT:
@@ -64,11 +82,12 @@ def cap_wire(cmd: int, wire: bytes, max_ttl: int, now: float) -> bytes:
         changed = False
         seen_t = False
         for i in range(at, len(tokens)):
-            flag, value = tokens[i][:1], tokens[i][1:]
-            if flag and flag in letters and value.lstrip(b"-").isdigit():
+            flag = tokens[i][:1]
+            value = memcached_int(tokens[i][1:]) if flag and flag in letters else None
+            if value is not None:
                 seen_t |= flag == b"T"
-                new = capped(int(value), max_ttl, now)
-                if new != int(value):
+                new = capped(value, max_ttl, now)
+                if new != value:
                     tokens[i] = flag + b"%d" % new
                     changed = True
         if cmd == CMD_MS and not seen_t and len(tokens) >= at:

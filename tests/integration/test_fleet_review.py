@@ -1,0 +1,362 @@
+"""Hostile review of issue 16 (DNS pools, on_down, /healthz): each test is
+one finding, reproduced end to end or at the unit it lives in."""
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+
+from conftest import wait_until
+
+NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
+
+
+def policy_config(servers, on_down: str, extra_pools: str = "") -> str:
+    return ("health: {rise: 1, fail: 1}\npools:\n  main:\n"
+            f"    servers: [{', '.join(m.addr for m in servers)}]\n"
+            f"    hash: {{function: md5}}\n    on_down: {on_down}\n{extra_pools}"
+            "route: PoolRoute|main\n")
+
+
+@pytest.mark.parametrize("on_down", ["rehash", "{gutter: spare}"])
+def test_multi_key_get_over_a_policy_pool_with_every_host_up(memcached, router, on_down):
+    """A get of two keys over a pool with on_down rehash or gutter, every
+    host up: both values, in request order, as over a plain pool."""
+    pool = [memcached(), memcached()]
+    spare = memcached()
+    r = router(policy_config(pool, on_down, f"  spare:\n    servers: [{spare.addr}]\n"))
+    with r.client() as c:
+        for k in (b"a", b"b", b"c", b"d"):
+            assert c.request(b"set %s 0 0 1\r\n%s\r\n" % (k, k), b"STORED\r\n") == b"STORED\r\n"
+        want = b"".join(b"VALUE %s 0 1\r\n%s\r\n" % (k, k) for k in (b"d", b"a", b"c", b"b"))
+        want += b"END\r\n"
+        assert c.request(b"get d a c b\r\n", want) == want
+    assert "Traceback" not in r.stderr()
+
+
+@pytest.fixture
+def gutter_router(memcached, router):
+    """A pool of one host, down, whose requests go to a gutter with max_ttl 60."""
+    main, spare = memcached(), memcached()
+    r = router(policy_config([main], "{gutter: spare, max_ttl: 60}",
+                             f"  spare:\n    servers: [{spare.addr}]\n"), extra=["-H", "200ms"])
+    main.kill()
+    with r.client() as c:
+        assert wait_until(lambda: c.call(b"mg probe v\r\n") == b"EN\r\n", 10)
+    return r, spare
+
+
+# A write the gutter gets must end within max_ttl, whatever spelling of the
+# number memcached accepts: "+0" and "-4294967296" (int32: 0) mean "never"
+# to memcached 1.6.18 (probed); mg N vivifies an item with its own TTL.
+BYPASSES = [
+    (b"set k1 0 +0 1\r\nx\r\n", b"STORED\r\n", b"k1"),
+    (b"set k2 0 -4294967296 1\r\nx\r\n", b"STORED\r\n", b"k2"),
+    (b"set k3 0 +99999 1 noreply\r\nx\r\n", b"", b"k3"),
+    (b"mg k4 N+0\r\n", b"HD W\r\n", b"k4"),
+    (b"mg k5 N0 q\r\n", b"HD W\r\n", b"k5"),
+    (b"mg k6 N9999 v\r\n", b"VA 0 W\r\n\r\n", b"k6"),
+    (b"set k7 0 0 1\r\nx\r\ntouch k7 +0\r\n", b"STORED\r\nTOUCHED\r\n", b"k7"),
+    (b"ms k8 1\r\nx\r\nmg k8 T+0\r\n", b"HD\r\nHD\r\n", b"k8"),
+    (b"ma k9 N+0 J5\r\n", b"HD\r\n", b"k9"),
+]
+
+
+@pytest.mark.parametrize("request_, reply, key", BYPASSES, ids=[b[2].decode() for b in BYPASSES])
+def test_gutter_caps_every_spelling_of_an_expiry(gutter_router, request_, reply, key):
+    r, spare = gutter_router
+    with r.client() as c:
+        c.send(request_ + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == reply + b"MN\r\n"
+    with spare.client() as g:
+        got = g.call(b"mg %s t\r\n" % key)
+    ttl = re.match(rb"HD t(-?[0-9]+)", got)
+    assert ttl is not None and 0 < int(ttl[1]) <= 60, got
+
+
+def test_repeated_keys_over_a_rehash_pool_with_a_host_down_read_as_memcached_reads_them(
+        memcached, router):
+    """With a host down the keys are regrouped; a get's repeat is answered
+    again, a gat's repeat is asked again (its touch counts): the bytes a
+    single memcached gives for the same requests."""
+    pool = [memcached(), memcached(), memcached()]
+    ref = memcached()
+    r = router(policy_config(pool, "rehash"), extra=["-H", "200ms"])
+    pool[1].kill()
+    keys = [b"k%d" % i for i in range(12)]     # over both live hosts and the rehashed one
+    script = b"".join(b"set %s 0 0 2\r\n%s\r\n" % (k, k) for k in keys)
+    script += b"get " + b" ".join(keys + keys[:4]) + b"\r\n"
+    script += b"gat -1 " + b" ".join(keys[:6] + keys[:3]) + b"\r\n"
+    script += b"get " + b" ".join(keys) + b"\r\n"
+    with ref.client() as c:
+        c.send(script + b"mn\r\n")
+        want = c.recv_until(b"MN\r\n")
+    with r.client() as c:
+        assert wait_until(lambda: c.call(b"mg probe-%d v\r\n" % 1) == b"EN\r\n", 10)
+        assert wait_until(lambda: "down" in c.call(b"stats servers\r\n", b"END\r\n").decode(), 10)
+        c.send(script + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == want
+
+
+@pytest.mark.parametrize("request_, reply, key", [
+    (b"set a\tb 0 0 1\r\nx\r\n", b"STORED\r\n", b"a\tb"),
+    (b"ms d\t1 2\r\nxx\r\n", b"HD\r\n", b"d\t1"),
+    (b"set c  0  0  1\r\nx\r\n", b"STORED\r\n", b"c"),
+], ids=["tab-in-set-key", "tab-in-ms-key", "double-spaces"])
+def test_gutter_cap_splits_the_line_where_memcached_does(gutter_router, request_, reply, key):
+    """memcached splits a command line on spaces only: a tab is part of a
+    key.  The cap must rewrite the exptime, not the token a tab shifts into
+    its place (the gutter answered CLIENT_ERROR, then ERROR for the data
+    line: a protocol error that closed the gutter connection)."""
+    r, spare = gutter_router
+    with r.client() as c:
+        c.send(request_ + b"mn\r\n")
+        assert c.recv_until(b"MN\r\n") == reply + b"MN\r\n"
+    with spare.client() as g:
+        got = g.call(b"mg %s t\r\n" % key)
+    ttl = re.match(rb"HD t(-?[0-9]+)", got)
+    assert ttl is not None and 0 < int(ttl[1]) <= 60, got
+    assert "protocol error" not in r.stderr()
+
+
+# -- DNS answers are untrusted input ------------------------------------------
+
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import dns.rdatatype  # noqa: E402
+
+from dnszone import DnsZone  # noqa: E402
+from mcrouter import discovery  # noqa: E402
+from mcrouter.config import DnsSource, HostAddr  # noqa: E402
+
+SRV_NAME = "_memcache._tcp.mc.test"
+
+
+@pytest.fixture
+def zone():
+    z = DnsZone(ttl=30)
+    yield z
+    z.close()
+
+
+def srv_source(z: DnsZone) -> DnsSource:
+    host, port = z.addr.rsplit(":", 1)
+    return DnsSource("srv", SRV_NAME, 0, HostAddr(host, int(port)))
+
+
+def test_lookup_timeout_bounds_every_query_of_a_pool_together(zone):
+    """LOOKUP_TIMEOUT is "seconds one pool's lookups may take, all queries
+    together": a resolver that answers each address query in 0.3 s must not
+    hold the master (resolve_all at start or reload) or the discovery thread
+    for 2 queries x 8 targets x 0.3 s."""
+    zone.set("_memcache._tcp.mc.test", "SRV", [f"0 1 {11000 + i} t{i}.mc.test." for i in range(8)])
+    answer = zone._answer
+
+    def slow(query):
+        if query.question[0].rdtype != dns.rdatatype.SRV:
+            time.sleep(0.3)
+        return answer(query)
+
+    zone._answer = slow
+    began = time.monotonic()
+    with pytest.raises(discovery.DiscoveryError):
+        discovery.resolve(srv_source(zone), timeout=1.0)
+    assert time.monotonic() - began < 1.6
+
+
+def test_srv_root_target_and_port_zero_are_not_servers(zone):
+    """RFC 2782: target "." means "no service here"; port 0 is no port to
+    connect to.  Neither is a server (they became members ".:0" and "b:0")."""
+    zone.set_srv(SRV_NAME, [("a.mc.test", 11211, 1)], {"a.mc.test": "127.0.0.1"})
+    zone.set(SRV_NAME, "SRV", ["0 1 11211 a.mc.test.", "0 0 0 .", "0 5 0 b.mc.test."])
+    answer = discovery.resolve(srv_source(zone))
+    assert answer.members == (("a.mc.test", 11211, 1),)
+
+
+def test_a_resolver_name_that_does_not_resolve_is_a_discovery_error(monkeypatch):
+    """A resolver: host that does not resolve is the pool's failed answer
+    (logged once, the pool keeps its servers), not a socket.gaierror: at
+    start the CLI read that as "cannot listen on -l"; in the discovery
+    thread it was a traceback every -t."""
+    def no_such_host(*_args, **_kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    source = DnsSource("srv", SRV_NAME, 0, HostAddr("dns.nowhere.test", 53))
+    with pytest.raises(discovery.DiscoveryError, match="dns.nowhere.test"):
+        discovery.resolve(source)
+    assert discovery.resolve_all({"main": source}) == ({"main": ()}, {})
+
+
+def srv_many(z: DnsZone, first: int, count: int) -> None:
+    """``count`` SRV targets from ``first`` on, each at 127.0.0.1 on a port
+    where nothing listens (probes are refused at once)."""
+    z.set(SRV_NAME, "SRV", [f"0 1 {20000 + i} t{i}.mc.test." for i in range(first, first + count)])
+    with z.lock:
+        for key in [k for k in z.records if k[1] == "A"]:
+            del z.records[key]
+        for i in range(first, first + count):
+            z.records[(f"t{i}.mc.test", "A")] = ["127.0.0.1"]
+
+
+def dns_router(router, z: DnsZone, extra=()):
+    return router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {z.addr}\n"
+                  "route: PoolRoute|main\n", extra=["-H", "30s", "-t", "300ms", *extra])
+
+
+def test_an_answer_larger_than_the_host_table_is_one_line_not_a_crash(router, zone):
+    """1100 SRV records at start: the router crashed with a TableFull
+    traceback (a pod in CrashLoopBackOff because of a DNS answer).  It must
+    serve (the pool without servers) and say why in one line."""
+    srv_many(zone, 0, 1100)
+    r = dns_router(router, zone)
+    with r.client() as c:
+        assert c.request(b"get a\r\n", NO_HEALTHY) == NO_HEALTHY
+    log = r.stderr()
+    assert "Traceback" not in log and "more than 1024" in log, log[-2000:]
+
+
+def test_members_that_left_free_their_host_slots(router, zone):
+    """The host table has 1024 slots and never frees one.  A fleet whose
+    members are renamed (a new StatefulSet, pods re-IPed under dns:) fills
+    it: here 520 members replaced by 520 others, 520 in use at any time,
+    and the change is refused ("more than 1024 distinct hosts"); the
+    sidecar counts it as known, so it is never tried again and every later
+    reload is refused too."""
+    srv_many(zone, 0, 520)
+    r = dns_router(router, zone)
+    assert r.wait_log("pool main: srv: " + SRV_NAME)
+    assert r.wait_log("start: all 1 worker(s) run config generation 1")
+    srv_many(zone, 1000, 520)
+    assert wait_until(lambda: "generation 2" in r.stderr() or "refused" in r.stderr(), 20)
+    refused = [line for line in r.stderr().splitlines() if "refused" in line]
+    assert r.wait_log("all 1 worker(s) run config generation 2", timeout=15), refused
+
+
+def test_a_refused_membership_takes_no_slot(router, zone):
+    """A change the host table cannot hold is refused whole: it assigned
+    slots until the table was full (504 of them, never freed), and the
+    sidecar then wrote addresses into them for hosts no config has (504
+    "address none -> 127.0.0.1" lines)."""
+    srv_many(zone, 0, 520)
+    r = dns_router(router, zone)
+    assert r.wait_log("start: all 1 worker(s) run config generation 1")
+    srv_many(zone, 1000, 520)
+    assert r.wait_log("reload refused, still serving generation 1: more than 1024 distinct hosts",
+                      timeout=20)
+    time.sleep(1.0)                     # the sidecar's next passes (-t 300ms)
+    log = r.stderr()
+    assert log.count("address none ->") == 0, log.count("address none ->")
+    assert log.count("reload refused") == 1
+
+
+def test_a_flapping_membership_loses_no_request_and_closes_no_connection(memcached, router, zone):
+    """Records that flap several times a second (TTL 0) under pipelined
+    load: every flap is a generation and a sidecar restart; clients see hits
+    or misses, never an error or a closed connection, and the router never
+    logs a traceback."""
+    from test_discovery import Load, publish
+    zone.ttl = 0
+    ms = {0: memcached(), 1: memcached(), 2: memcached()}
+    publish(zone, {0: ms[0], 1: ms[1]})
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", workers=2, extra=["-t", "100ms", "-H", "200ms"])
+    assert r.wait_log("start: all 2 worker(s) run config generation 1")
+    load = Load(r.port, clients=2, depth=16)
+    try:
+        deadline = time.monotonic() + 5
+        flip = 0
+        while time.monotonic() < deadline:
+            flip += 1
+            publish(zone, {0: ms[0], 1: ms[1], 2: ms[2]} if flip % 2 else {0: ms[0], 1: ms[1]})
+            time.sleep(0.25)
+    finally:
+        load.finish()
+    log = r.stderr()
+    assert load.errors == [] and load.closed == 0, load.errors[:3]
+    assert load.batches > 10
+    assert log.count("DNS: pool main") >= 6
+    assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_dns_changes_racing_sighup_settle_on_one_membership_everywhere(memcached, router, zone):
+    """DNS flaps while SIGHUPs arrive: once DNS settles, every worker routes
+    over the membership DNS names last, on the last generation, and no
+    request failed meanwhile."""
+    import signal as _signal
+    from test_discovery import Load, publish
+    zone.ttl = 0
+    ms = {0: memcached(), 1: memcached(), 2: memcached()}
+    publish(zone, {0: ms[0], 1: ms[1]})
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", workers=2, extra=["-t", "100ms", "-H", "200ms"])
+    assert r.wait_log("start: all 2 worker(s) run config generation 1")
+    load = Load(r.port, clients=2, depth=16)
+    try:
+        for flip in range(12):
+            publish(zone, {0: ms[0], 1: ms[1], 2: ms[2]} if flip % 2 else {0: ms[1]})
+            time.sleep(0.15)
+            r.signal(_signal.SIGHUP)
+            time.sleep(0.1)
+        publish(zone, {0: ms[0], 2: ms[2]})
+        time.sleep(1.5)
+    finally:
+        load.finish()
+    assert load.errors == [] and load.closed == 0, load.errors[:3]
+    log = r.stderr()
+    last = max(int(g) for g in re.findall(r"generation (\d+):", log))
+    assert r.wait_log(f"all 2 worker(s) run config generation {last}", timeout=10)
+    from mcrouter._hash import Hasher, ketama_name
+    final = [(f"mc-{i}.mc.test", ms[i]) for i in (0, 2)]
+    ring = Hasher([ketama_name(t, m.port) for t, m in final], [1, 1])
+    for n in range(6):                  # connections land on both workers
+        with r.client() as c:
+            for k in range(8):
+                key = b"race-%d-%d" % (n, k)
+                assert c.request(b"set %s 0 0 1\r\nx\r\n" % key, b"STORED\r\n") == b"STORED\r\n"
+                owner = final[ring.index(key)][1]
+                assert owner.get_raw(key.decode()) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key
+
+
+def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, zone):
+    """A member DNS removed is no upstream any more; ``stats servers`` (and
+    ``mcrouter hosts``, the healthy_hosts stat) listed it forever, "up"
+    though nothing probes it and its memcached is gone."""
+    from test_discovery import publish
+    ms = {0: memcached(), 1: memcached()}
+    publish(zone, ms)
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", extra=["-t", "100ms", "-H", "200ms"])
+    publish(zone, {0: ms[0]})
+    assert r.wait_log("all 1 worker(s) run config generation 2")
+    ms[1].kill()
+    time.sleep(0.5)
+    with r.client() as c:
+        stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
+    assert f"mc-0.mc.test:{ms[0].port} up" in stats
+    assert "mc-1.mc.test" not in stats, stats
+
+
+def test_a_reload_keeps_the_address_a_member_moved_to(memcached, router, zone):
+    """An SRV member whose pod moved (same name, new address) is re-addressed
+    by the sidecar alone; a SIGHUP then wrote the master's old address back
+    into the table (traffic to the pod's old IP, which Kubernetes may give
+    to another pod) until the sidecar's next pass moved it again."""
+    from test_discovery import publish
+    zone.ttl = 30                           # the sidecar's next pass: -t 3s
+    ms = {0: memcached(), 2: memcached("-l", "::1")}
+    publish(zone, ms)
+    r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
+               "route: PoolRoute|main\n", extra=["-t", "3s", "-H", "200ms"])
+    publish(zone, ms, v6=frozenset({2}))
+    moved = f"host mc-2.mc.test:{ms[2].port}: address 127.0.0.1 -> ::1"
+    assert r.wait_log(moved)
+    r.signal(signal.SIGHUP)
+    assert r.wait_log("all 1 worker(s) run config generation 2")
+    with r.client() as c:
+        stats = c.call(b"stats servers\r\n", b"END\r\n").decode()
+    assert f"STAT mc-2.mc.test:{ms[2].port} up ::1 " in stats, stats
+    time.sleep(3.5)
+    assert r.stderr().count(moved) == 1
