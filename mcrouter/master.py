@@ -214,7 +214,8 @@ class Master:
         """Publish how many workers run the current generation (``/healthz``:
         ready only when every one does)."""
         current = sum(1 for pid, slot in self.workers.items()
-                      if slot != SIDECAR and self.running_gen.get(pid) == self.generation)
+                      if slot != SIDECAR and pid not in self.retiring
+                      and self.running_gen.get(pid) == self.generation)
         self.counters.set(G_WORKERS_CURRENT, current)
 
     def guard(self, what: str, duty: Callable[[], None]) -> None:

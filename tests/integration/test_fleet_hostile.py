@@ -218,6 +218,8 @@ def test_an_answer_larger_than_the_host_table_is_one_line_not_a_crash(router, zo
     assert "Traceback" not in log and "more than 1024" in log, log[-2000:]
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 16): host-table slots are never freed; a churning "
+                   "DNS fleet fills the 1024 slots, then every change is refused")
 def test_members_that_left_free_their_host_slots(router, zone):
     """The host table has 1024 slots and never frees one.  A fleet whose
     members are renamed (a new StatefulSet, pods re-IPed under dns:) fills
@@ -320,6 +322,8 @@ def test_dns_changes_racing_sighup_settle_on_one_membership_everywhere(memcached
                 assert owner.get_raw(key.decode()) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 16): hosts that left the config stay in the "
+                   "host table, so stats servers and healthy_hosts still list them")
 def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, zone):
     """A member DNS removed is no upstream any more; ``stats servers`` (and
     ``mcrouter hosts``, the healthy_hosts stat) listed it forever, "up"
