@@ -246,11 +246,15 @@ cdef class ClientConnection:
             self._queue(reply)
             return len(reply)
         blocks = dict(split_values(reply))
+        out = self.out
         for key in order:
             block = blocks.get(key)
             if block is not None:
-                self._queue(block)
+                # a part of its own, never coalesced: each repeat is one more
+                # reference to the same bytes, not one more copy of them
+                out.append(block)
                 total += len(block)
+        self.out_bytes += total
         self._queue(b"END\r\n")
         return total + 5
 
@@ -324,6 +328,10 @@ cdef class ClientConnection:
     cdef _set_reading(self, bint on):
         if on != self.reading:
             self.reading = on
+            if on:
+                # the time the router itself did not read is not the client's
+                # stall: the body timeout counts from now (stale)
+                self.last_read = self.loop.now
             self._register()
 
     cdef _set_want_write(self, bint on):

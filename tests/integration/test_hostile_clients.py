@@ -188,14 +188,26 @@ def test_the_idle_timeout_is_off_unless_asked(memcached, router):
 def test_past_max_conns_a_client_is_told_and_closed(memcached, router):
     m = memcached()
     r = router(pool_config([m]), extra=["-c", "3"])
-    held = [connect(r.port) for _ in range(3)]
-    for c in held:
-        assert c.request(b"version\r\n", b"VERSION 1.6.18\r\n") == b"VERSION 1.6.18\r\n"
+    held, early = [], [0]
+
+    def admitted() -> bool:
+        """The fixture's readiness probe counts until the worker sees it close."""
+        c = connect(r.port)
+        c.send(b"version\r\n")
+        if c.recv_until(b"\r\n") == b"VERSION 1.6.18\r\n":
+            held.append(c)
+            return True
+        c.close()
+        early[0] += 1
+        return False
+
+    for _ in range(3):
+        assert wait_until(admitted, 5.0)
     extra = connect(r.port)
     assert extra.recv_until(b"\r\n") == b"ERROR Too many open connections\r\n"
     assert extra.is_closed(5.0)
     held.pop().close()
-    refused, stats = [1], [b""]
+    refused, stats = [1 + early[0]], [b""]
 
     def served() -> bool:
         """A new client is served once the router has seen the close."""
