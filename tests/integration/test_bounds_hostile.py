@@ -1,5 +1,5 @@
-"""Review of issue 11 (bounded memory, windows, timeouts): hostile-client
-cases the merged change does not yet bound or answer as memcached does.
+"""Hostile review of issue 11 (bounded memory, windows, timeouts): each test
+is one finding; those marked xfail are still open.
 
 Each test runs one router worker beside real memcached 1.6.18 and asserts
 either memcached's exact bytes or a bound on the worker's RSS growth (from
@@ -10,12 +10,15 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from conftest import connect, pool_config
 from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
 
 MIB = 1024          # KiB
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 11): the forwarding window is sized from recent replies; after small ones a pipeline of large gets is forwarded whole")
 def test_a_client_switching_from_small_to_large_replies_stays_bounded(memcached, router):
     """The window's unit (reply_guess) decays to the size of small replies;
     a pipeline of large gets sent next is then forwarded whole (up to
@@ -42,6 +45,7 @@ def test_a_client_switching_from_small_to_large_replies_stays_bounded(memcached,
     assert held < 24 * MIB, f"worker grew by {held} KiB for a client that does not read"
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 11): a new client's first 16 requests are forwarded whatever their reply size (multi-key gets)")
 def test_a_new_client_pipelining_multi_key_gets_stays_bounded(memcached, router):
     """The first window is 16 requests whatever their size: 16 gets of 40
     distinct 256 KB keys each are 160 MB held for a client that never reads,
@@ -100,6 +104,7 @@ def test_time_the_router_stopped_reading_is_not_a_stalled_body(memcached, router
     c.close()
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 11): a body reserves its announced size at the header; a paused client never releases it")
 def test_clients_that_never_read_do_not_pin_the_body_budget(memcached, router):
     """A partial body read while the client's output was within -b reserves
     its announced size; once the output passes -b the router stops reading
