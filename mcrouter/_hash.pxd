@@ -17,5 +17,7 @@ cdef class Hasher:
     cdef _build_ketama(self, list names, list weights)
     cdef _build_rendezvous(self, list names, list weights)
     cdef uint32_t hash_part(self, bytes key)
+    cdef Py_ssize_t ketama_point(self, uint32_t h)
+    cdef double rendezvous_score(self, uint32_t h, int i)
     cpdef int index(self, bytes key)
     cpdef int index_up(self, bytes key, bytes up)

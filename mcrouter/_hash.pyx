@@ -384,26 +384,15 @@ cdef class Hasher:
     cpdef int index(self, bytes key):
         """The server index of ``key``."""
         cdef uint32_t h
-        cdef Py_ssize_t lo, hi, mid
         cdef int64_t b, j
         cdef uint64_t k
-        cdef double best, score, u
+        cdef double best, score
         cdef int i, win
         if self.size == 1:
             return 0            # as twemproxy: a one-server pool is not hashed
         h = self.hash_part(key) if len(key) else 0
         if self.dist == D_KETAMA:
-            lo = 0
-            hi = self.npoints
-            while lo < hi:
-                mid = lo + (hi - lo) // 2
-                if self.points[mid] < h:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if hi == self.npoints:
-                hi = 0
-            return self.owners[hi]
+            return self.owners[self.ketama_point(h) % self.npoints]
         if self.dist == D_JUMP:
             k = h
             b = -1
@@ -416,12 +405,27 @@ cdef class Hasher:
         win = 0
         best = -1.0
         for i in range(self.size):
-            u = ((mix64((<uint64_t>h) ^ self.seeds[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
-            score = -self.weights[i] / log(u)
+            score = self.rendezvous_score(h, i)
             if score > best:
                 best = score
                 win = i
         return win
+
+    cdef inline Py_ssize_t ketama_point(self, uint32_t h):
+        """The first continuum point at or after ``h`` (``npoints`` past the last)."""
+        cdef Py_ssize_t lo = 0, hi = self.npoints, mid
+        while lo < hi:
+            mid = lo + (hi - lo) // 2
+            if self.points[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return hi
+
+    cdef inline double rendezvous_score(self, uint32_t h, int i):
+        """Server ``i``'s weighted score for hash ``h``: the highest wins."""
+        cdef double u = ((mix64((<uint64_t>h) ^ self.seeds[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
+        return -self.weights[i] / log(u)
 
     cpdef int index_up(self, bytes key, bytes up):
         """Where ``key`` goes while some servers are down (``up[i]`` is 0 for a
@@ -431,9 +435,9 @@ cdef class Hasher:
         none is.  Jump has no next server: its own or -1."""
         cdef const unsigned char *u = <const unsigned char *>PyBytes_AS_STRING(up)
         cdef uint32_t h
-        cdef Py_ssize_t lo, hi, mid, step
+        cdef Py_ssize_t hi, step
         cdef uint32_t owner
-        cdef double best, score, x
+        cdef double best, score
         cdef int i, win
         if len(up) != self.size:
             raise ValueError("one up flag per server")
@@ -442,14 +446,7 @@ cdef class Hasher:
             return i if u[i] else -1
         h = self.hash_part(key) if len(key) else 0
         if self.dist == D_KETAMA:
-            lo = 0
-            hi = self.npoints
-            while lo < hi:
-                mid = lo + (hi - lo) // 2
-                if self.points[mid] < h:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            hi = self.ketama_point(h)
             for step in range(self.npoints):
                 owner = self.owners[(hi + step) % self.npoints]
                 if u[owner]:
@@ -460,8 +457,7 @@ cdef class Hasher:
         for i in range(self.size):
             if not u[i]:
                 continue
-            x = ((mix64((<uint64_t>h) ^ self.seeds[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
-            score = -self.weights[i] / log(x)
+            score = self.rendezvous_score(h, i)
             if score > best:
                 best = score
                 win = i
