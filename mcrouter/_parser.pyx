@@ -287,6 +287,13 @@ cdef class RequestParser:
         """Whether a line or a data block (kept or swallowed) is unfinished."""
         return len(self.buf) > 0 or self.swallow > 0
 
+    @property
+    def body_pending(self):
+        """Whether a data block holding a body-budget reservation is
+        unfinished: its connection is read on until it ends (or times out),
+        so a client that stops reading replies cannot pin the budget."""
+        return self.reserved > 0
+
     def release(self):
         """The connection is gone: give its body reservation back."""
         global body_held
