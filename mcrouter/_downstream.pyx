@@ -47,7 +47,7 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport Request, CMD_QUIT, ST_ERROR
+from mcrouter._parser cimport Request, CMD_QUIT, RK_GET, ST_ERROR
 from mcrouter._parser import RequestParser, split_values
 
 cdef int EV_IN = select.EPOLLIN
@@ -84,6 +84,7 @@ cdef class ClientConnection:
     cdef Py_ssize_t released_keys  # keys of the requests taken from queued so far
     cdef Py_ssize_t answered_keys  # keys of the requests answered so far
     cdef Py_ssize_t held_in        # wire bytes of the requests owed a reply
+    cdef Py_ssize_t head_streamed  # bytes of the oldest request's reply already queued
     cdef object out                # deque of parts (bytes, bytearray) ready to write
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
@@ -180,6 +181,8 @@ cdef class ClientConnection:
                 req.born_ns = now
                 if req.wire is not None:
                     self.held_in += len(req.wire)
+                    if req.rkind == RK_GET and req.order is None and req.override is None:
+                        req.stream = True       # see on_partial
                 pending.append(req)
                 queued.append(req)
             self.forward()
@@ -219,6 +222,21 @@ cdef class ClientConnection:
             if req.reply is None:
                 dispatch(req)
 
+    def on_partial(self, Request req, bytes part):
+        """Complete values of a large get reply still arriving: queued now
+        if every earlier reply is out (the request is the oldest owed one),
+        so the reply is not held whole; False leaves them with the ring."""
+        if self.closed:
+            return True         # nobody will read them
+        if not self.pending or self.pending[0] is not req:
+            return False
+        self._queue(part)
+        self.head_streamed += len(part)
+        if not self.dirty:
+            self.dirty = True
+            self.loop.dirty_clients.append(self)
+        return True
+
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
         cdef Request r
@@ -250,6 +268,9 @@ cdef class ClientConnection:
                 size = len(reply)
                 if size:
                     self._queue(reply)
+            if r.cursor:                # parts of it went out before (on_partial)
+                size += self.head_streamed
+                self.head_streamed = 0
             if size == 0:
                 continue
             # the window's unit: up at once to a larger reply, down slowly,

@@ -64,6 +64,9 @@ cdef class Request:
                                  # so one client's requests keep their order on a host
     cdef public list order       # a get's keys as asked when some repeat (keys and wire
                                  # then name each once; the client's reply is expanded)
+    cdef public bint stream      # a get whose owner takes its reply in parts
+                                 # (owner.on_partial), as complete VALUE blocks arrive
+    cdef public Py_ssize_t cursor  # keys of ``keys`` already passed by parts delivered
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)
@@ -75,3 +78,5 @@ cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
                            Py_ssize_t *skip_left, bint *last, Py_ssize_t *seen, bint *done)
 
 cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, int *status)
+cdef Py_ssize_t complete_values(const unsigned char *p, Py_ssize_t n, Request req,
+                                Py_ssize_t *cursor)

@@ -1142,6 +1142,8 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return block_end(p, le, n, field_number(p, 0, le, 1))
         return le
     if rkind == RK_GET:
+        cursor = req.cursor         # past the keys of parts already delivered
+        hit = cursor > 0
         while True:
             le = line_end(p, pos, n)
             if le < 0:
@@ -1202,6 +1204,25 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return le
         return -2
     return -2
+
+
+cdef Py_ssize_t complete_values(const unsigned char *p, Py_ssize_t n, Request req,
+                                Py_ssize_t *cursor):
+    """Length of the complete VALUE blocks at the start of p[0:n], a get
+    reply still arriving that scan_reply found sound so far; ``*cursor``
+    (starting at ``req.cursor``) moves past their keys.  Those blocks can go
+    to the client before the reply ends (streaming)."""
+    cdef Py_ssize_t pos = 0, le, end, at = req.cursor
+    cursor[0] = at
+    while True:
+        le = line_end(p, pos, n)
+        if le < 0 or not starts(p, pos, le, "VALUE ", 6):
+            return pos
+        end = block_end(p, le, n, value_line(p, pos, le, req, &at))
+        if end < 0:
+            return pos
+        cursor[0] = at
+        pos = end
 
 
 cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
