@@ -1,6 +1,45 @@
 """Type stubs for the wire protocol extension (see _parser.pyx)."""
 from typing import Any
 
+# the cpdef enum of _parser.pxd
+CMD_GET: int
+CMD_GETS: int
+CMD_GAT: int
+CMD_GATS: int
+CMD_SET: int
+CMD_ADD: int
+CMD_REPLACE: int
+CMD_APPEND: int
+CMD_PREPEND: int
+CMD_CAS: int
+CMD_DELETE: int
+CMD_INCR: int
+CMD_DECR: int
+CMD_TOUCH: int
+CMD_FLUSH_ALL: int
+CMD_VERSION: int
+CMD_VERBOSITY: int
+CMD_STATS: int
+CMD_QUIT: int
+CMD_MG: int
+CMD_MS: int
+CMD_MD: int
+CMD_MA: int
+CMD_MN: int
+CMD_ME: int
+CMD_LOCAL: int
+CMD_ADMIN: int
+CMD_LIMIT: int
+RK_NONE: int
+RK_GET: int
+RK_LINE: int
+RK_STATS: int
+RK_META: int
+RK_QUIET: int
+ST_OK: int
+ST_FAIL: int
+ST_ERROR: int
+
 class Request:
     cmd: int
     rkind: int
