@@ -1,5 +1,6 @@
 """Type stubs for the client connection extension (see _downstream.pyx)."""
 from typing import Any
+from typing_extensions import disjoint_base
 
 from mcrouter._parser import Request, RequestParser
 
@@ -8,7 +9,9 @@ MAX_GET_LINE: int
 REPLY_WINDOW: int
 COALESCE: int
 MAX_IOV: int
+LINGER: float
 
+@disjoint_base
 class ClientConnection:
     worker: Any
     fd: int

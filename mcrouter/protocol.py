@@ -17,10 +17,7 @@ from mcrouter._parser import (  # noqa: F401 (re-exported)
     RK_STATS, ST_ERROR, ST_FAIL, ST_OK,
 )
 
-# Limits (memcached.h and proto_text.c of memcached 1.6.18).
-KEY_MAX_LENGTH = 250
-LINE_LIMIT = 2048          # a request line with no \n in this many bytes closes the connection
-MEMCACHED_PROTOCOL_LEVEL = "1.6.18"
+MEMCACHED_PROTOCOL_LEVEL = "1.6.18"     # the memcached whose replies the router reproduces
 
 COMMAND_IDS: dict[str, int] = {
     "get": CMD_GET, "gets": CMD_GETS, "gat": CMD_GAT, "gats": CMD_GATS,

@@ -1,7 +1,7 @@
 """Ask a real twemproxy (nutcracker) where it puts keys.
 
-Shared by ``tests/integration/test_twemproxy_placement.py`` (live
-comparison) and ``tests/unit/vectors/make_ketama_vectors.py`` (which
+Shared by ``tests/integration/test_pool_route.py`` (live comparison,
+``test_same_servers_as_twemproxy``) and ``tests/unit/vectors/make_ketama_vectors.py`` (which
 records the answers in a vector file for the offline unit test).
 
 The method measures, it does not compute: store every key through
