@@ -45,7 +45,7 @@ def nutcracker(servers: Sequence[str], function: str, weights: Sequence[int] | N
     with tempfile.TemporaryDirectory() as tmp:
         for _attempt in range(3):
             port, stats = free_port(), free_port()
-            lines = [f"probe:", f"  listen: {HOST}:{port}", f"  hash: {function}",
+            lines = ["probe:", f"  listen: {HOST}:{port}", f"  hash: {function}",
                      "  distribution: ketama", "  auto_eject_hosts: false", "  timeout: 2000"]
             if hash_tag:
                 lines.append(f'  hash_tag: "{hash_tag}"')
