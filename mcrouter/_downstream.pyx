@@ -47,8 +47,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport Request, CMD_QUIT, RK_GET, ST_ERROR
-from mcrouter._parser import RequestParser, split_values
+from mcrouter._parser cimport Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR
+from mcrouter._parser import split_values
 
 cdef int EV_IN = select.EPOLLIN
 cdef int EV_OUT = select.EPOLLOUT

@@ -31,6 +31,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from mcrouter._metrics import local as local_counters
+from mcrouter import protocol
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, complete_values,
                                RK_LINE, RK_GET, RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL,
                                ST_ERROR)
@@ -50,7 +51,7 @@ cdef Py_ssize_t distinct_keys(Request req):
     return len(set(req.keys))
 
 
-cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
+cdef bytes REPLY_TOO_LARGE = protocol.REPLY_TOO_LARGE
 DEF FAULT_EXCERPT = 80      # bytes of a bad reply kept for the log line
 DEF STREAM_MIN = 65536      # a get reply this large so far is passed on in parts
 

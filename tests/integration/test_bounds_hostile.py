@@ -10,8 +10,6 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 from conftest import connect, pool_config
 from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
 
