@@ -1,0 +1,391 @@
+"""The worker's event loop: registration, dispatch, timers, end-of-turn flushes.
+
+Descriptor tests use a real epoll over socketpairs (the loop's contract is
+with the kernel's level-triggered epoll); timer tests replace the epoll and
+the clock with fakes, so that "not early" is checked exactly and nothing
+sleeps.  These pin what a rewrite of the loop turn (in Cython) must keep.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+
+import pytest
+
+from mcrouter import loop as loop_mod
+from mcrouter.loop import EV_IN, EV_OUT, IDLE_POLL, RECV_SIZE, TICK, Loop
+
+
+class Recorder:
+    """A handler that logs (name, mask) into a shared journal; ``then`` runs
+    inside on_event (to remove or close another descriptor)."""
+
+    def __init__(self, name: str, journal: list, then=None) -> None:
+        self.name = name
+        self.journal = journal
+        self.then = then
+
+    def on_event(self, mask: int) -> None:
+        self.journal.append((self.name, mask))
+        if self.then is not None:
+            self.then()
+
+
+class Flush:
+    """A Flushable that logs its flushes in a shared journal."""
+
+    def __init__(self, name: str, journal: list, then=None) -> None:
+        self.name = name
+        self.journal = journal
+        self.dirty = False
+        self.then = then
+
+    def flush(self) -> None:
+        self.journal.append((self.name, self.dirty))
+        if self.then is not None:
+            self.then()
+
+
+def mark(lst: list, f: Flush) -> None:
+    """How Host.send and ClientConnection mark themselves for the end of the turn."""
+    if not f.dirty:
+        f.dirty = True
+        lst.append(f)
+
+
+@pytest.fixture
+def loop():
+    lp = Loop()
+    lp.busy.add("in flight")      # an idle turn polls TICK, not a whole second
+    yield lp
+    lp.ep.close()
+
+
+@pytest.fixture
+def pairs():
+    """Socket pairs, closed at the end of the test."""
+    made: list[socket.socket] = []
+
+    def make() -> tuple[socket.socket, socket.socket]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        made.extend((a, b))
+        return a, b
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- registration and dispatch ---------------------------------------------
+
+def test_a_ready_descriptor_reaches_its_own_handler_with_the_kernel_mask(loop, pairs):
+    (a, peer_a), (b, _) = pairs(), pairs()
+    journal: list = []
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal))
+    loop.run_once()
+    assert journal == []                     # nothing readable: nobody called
+    peer_a.send(b"x")
+    loop.run_once()
+    assert journal == [("a", EV_IN)]
+    loop.run_once()                          # level-triggered: still unread, called again
+    assert journal == [("a", EV_IN), ("a", EV_IN)]
+    a.recv(1)
+    peer_a.close()                           # the peer hangs up: IN and HUP together
+    loop.run_once()
+    assert journal[2:] == [("a", EV_IN | select.EPOLLHUP)]
+
+
+def test_modify_changes_the_interest(loop, pairs):
+    a, _ = pairs()
+    journal: list = []
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal))
+    loop.run_once()
+    assert journal == []
+    loop.modify(a.fileno(), EV_IN | EV_OUT)  # an empty send buffer: writable at once
+    loop.run_once()
+    assert journal == [("a", EV_OUT)]
+    loop.modify(a.fileno(), EV_IN)
+    loop.run_once()
+    assert journal == [("a", EV_OUT)]
+
+
+def test_remove_stops_dispatch_and_tolerates_unknown_or_closed_descriptors(loop, pairs):
+    (a, peer_a), (b, peer_b) = pairs(), pairs()
+    journal: list = []
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal))
+    peer_a.send(b"x")
+    loop.remove(a.fileno())
+    loop.remove(a.fileno())                  # twice: a no-op
+    loop.remove(12345)                       # never added: a no-op
+    loop.run_once()
+    assert journal == [] and list(loop.handlers) == [b.fileno()]
+    fd = b.fileno()
+    b.close()                                # closed first (epoll forgot it): still fine
+    loop.remove(fd)
+    assert loop.handlers == {}
+
+
+def test_a_handler_removing_another_ready_descriptor_in_the_same_turn(loop, pairs):
+    """Both are ready in one poll; whichever runs first removes and closes
+    the other, which then must not be called with the stale event."""
+    (a, peer_a), (b, peer_b) = pairs(), pairs()
+    journal: list = []
+    socks = {"a": a, "b": b}
+
+    def drop(name: str):
+        def run() -> None:
+            sock = socks.pop(name, None)
+            if sock is not None:
+                loop.remove(sock.fileno())
+                sock.close()
+        return run
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal, drop("b")))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal, drop("a")))
+    peer_a.send(b"x")
+    peer_b.send(b"x")
+    loop.run_once()
+    assert journal in ([("a", EV_IN)], [("b", EV_IN)])
+    assert len(loop.handlers) == 1
+    loop.run_once()                          # the survivor is still served
+    assert len(journal) == 2 and journal[0] == journal[1]
+
+
+def test_a_handler_that_raises_is_dropped_and_aborted_and_the_turn_goes_on(loop, pairs,
+                                                                             caplog):
+    (a, peer_a), (b, peer_b), (c, peer_c) = pairs(), pairs(), pairs()
+    journal: list = []
+
+    class Broken(Recorder):
+        def on_event(self, mask: int) -> None:
+            super().on_event(mask)
+            raise ZeroDivisionError("bug")
+
+        def abort(self) -> None:
+            journal.append((self.name, "abort"))
+
+    class BrokenNoAbort(Broken):
+        abort = None            # type: ignore[assignment]
+
+    up = Flush("up", journal)
+    loop.add(a.fileno(), EV_IN, Broken("a", journal))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal, lambda: mark(loop.dirty_upstreams, up)))
+    loop.add(c.fileno(), EV_IN, BrokenNoAbort("c", journal))
+    for peer in (peer_a, peer_b, peer_c):
+        peer.send(b"x")
+    with caplog.at_level(logging.ERROR, logger="mcrouter.loop"):
+        loop.run_once()
+    assert len(journal) == 5 and set(journal[:-1]) == {("a", EV_IN), ("a", "abort"),
+                                                        ("b", EV_IN), ("c", EV_IN)}
+    assert journal.index(("a", EV_IN)) + 1 == journal.index(("a", "abort"))
+    assert journal[-1] == ("up", False)      # the turn's flush still happened
+    assert list(loop.handlers) == [b.fileno()]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing a connection after an internal error"] * 2
+    assert all(r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+def test_on_turn_runs_once_per_turn_after_the_poll_and_before_any_handler(loop, pairs):
+    (a, peer_a), (b, peer_b) = pairs(), pairs()
+    journal: list = []
+    loop.on_turn = lambda: journal.append(("turn", loop.now))
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal))
+    peer_a.send(b"x")
+    peer_b.send(b"x")
+    before = loop.now
+    loop.run_once()
+    assert journal[0][0] == "turn" and journal[0][1] > before   # now is this turn's
+    assert sorted(journal[1:]) == [("a", EV_IN), ("b", EV_IN)]
+    loop.remove(a.fileno())
+    loop.remove(b.fileno())
+    loop.run_once()                          # nothing ready: on_turn still runs
+    assert len(journal) == 4 and journal[3][0] == "turn" and journal[3][1] > journal[0][1]
+
+
+def test_the_receive_buffer_is_one_bytearray_kept_for_the_loop_life(loop, pairs):
+    a, peer = pairs()
+    buf = loop.recv_buf
+    assert type(buf) is bytearray and len(buf) == RECV_SIZE == 256 * 1024
+    got: list[bytes] = []
+
+    class Reader:
+        def on_event(self, mask: int) -> None:
+            n = a.recv_into(loop.recv_buf)
+            got.append(bytes(loop.recv_buf[:n]))
+    loop.add(a.fileno(), EV_IN, Reader())
+    for chunk in (b"first", b"2nd"):
+        peer.send(chunk)
+        loop.run_once()
+    assert got == [b"first", b"2nd"]
+    assert loop.recv_buf is buf and len(buf) == RECV_SIZE
+
+
+# -- end-of-turn flush -----------------------------------------------------
+
+def test_a_turn_flushes_once_after_every_handler_upstreams_first(loop, pairs):
+    """Two clients each queue to one upstream and reply: one upstream send,
+    after both handlers ran, then each client's reply."""
+    (a, peer_a), (b, peer_b) = pairs(), pairs()
+    journal: list = []
+    up = Flush("up", journal)
+    clients = {"a": Flush("client a", journal), "b": Flush("client b", journal)}
+
+    def read(name: str):
+        def run() -> None:
+            mark(loop.dirty_upstreams, up)
+            mark(loop.dirty_clients, clients[name])
+        return run
+    loop.add(a.fileno(), EV_IN, Recorder("a", journal, read("a")))
+    loop.add(b.fileno(), EV_IN, Recorder("b", journal, read("b")))
+    peer_a.send(b"x")
+    peer_b.send(b"x")
+    loop.run_once()
+    handlers, flushes = journal[:2], journal[2:]
+    assert sorted(handlers) == [("a", EV_IN), ("b", EV_IN)]
+    # dirty is cleared before flush is called (a flush may mark it again)
+    assert flushes == [("up", False)] + [("client " + name, False) for name, _ in handlers]
+    assert loop.dirty_upstreams == [] and loop.dirty_clients == []
+    assert not up.dirty and not any(c.dirty for c in clients.values())
+
+
+def test_an_upstream_dirtied_by_a_client_flush_goes_out_in_the_same_flush(loop):
+    """A client whose output drained forwards the requests it held back."""
+    journal: list = []
+    up = Flush("up", journal)
+    client = Flush("client", journal, lambda: mark(loop.dirty_upstreams, up))
+    mark(loop.dirty_clients, client)
+    loop.flush()
+    assert journal == [("client", False), ("up", False)]
+    assert loop.dirty_upstreams == [] and not up.dirty
+    loop.flush()                             # nothing dirty: nothing flushed
+    assert len(journal) == 2
+
+
+def test_each_dirty_item_is_flushed_once_in_the_order_marked(loop):
+    journal: list = []
+    ups = [Flush(f"up{i}", journal) for i in range(3)]
+    for u in (ups[2], ups[0], ups[2], ups[1], ups[0]):
+        mark(loop.dirty_upstreams, u)
+    loop.flush()
+    assert journal == [("up2", False), ("up0", False), ("up1", False)]
+
+
+# -- timers (fake clock, fake epoll) ----------------------------------------
+
+class FakeEpoll:
+    """Records each poll's timeout and advances the fake clock by it."""
+
+    def __init__(self, clock: "Clock") -> None:
+        self.clock = clock
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float) -> list:
+        self.timeouts.append(timeout)
+        self.clock.now += timeout
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """A loop on a fake clock and a fake epoll: a poll takes exactly its timeout."""
+    clock = Clock()
+    monkeypatch.setattr(loop_mod, "monotonic", clock)
+    lp = Loop()
+    lp.ep.close()
+    lp.ep = FakeEpoll(clock)      # type: ignore[assignment]
+    return lp, clock
+
+
+def test_timers_run_by_deadline_then_in_the_order_scheduled(timed):
+    loop, clock = timed
+    ran: list[str] = []
+    loop.call_later(0.3, lambda: ran.append("0.3"))
+    loop.call_later(0.1, lambda: ran.append("0.1 first"))
+    loop.call_later(0.2, lambda: ran.append("0.2"))
+    loop.call_later(0.1, lambda: ran.append("0.1 second"))
+    for _ in range(10):
+        loop.run_once()
+        if len(ran) == 4:
+            break
+    assert ran == ["0.1 first", "0.1 second", "0.2", "0.3"]
+    # each poll slept exactly until the next deadline
+    assert loop.ep.timeouts == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_no_timer_runs_before_its_deadline(timed):
+    loop, clock = timed
+    ran: list[float] = []
+    loop.call_later(0.25, lambda: ran.append(loop.now))
+    loop.busy.add(object())                  # requests in flight: the loop ticks every 10 ms
+    for _ in range(100):
+        loop.run_once()
+        if ran:
+            break
+    assert ran == [pytest.approx(500.25)]
+    assert all(t <= TICK for t in loop.ep.timeouts)
+    assert sum(loop.ep.timeouts) == pytest.approx(0.25)
+
+
+def test_a_timer_is_relative_to_the_turn_clock_not_the_call_time(timed):
+    """call_later(d) from a handler counts from the turn's ``now``: work done
+    during the turn does not push a reconnect further out."""
+    loop, clock = timed
+    loop.run_once()                          # idle: one IDLE_POLL
+    assert loop.ep.timeouts == [IDLE_POLL] and loop.now == 501.0
+    clock.now += 0.4                         # the turn's handlers took 0.4 s
+    ran: list[float] = []
+    loop.call_later(1.0, lambda: ran.append(clock.now))
+    assert loop.poll_timeout() == pytest.approx(0.6)
+    loop.run_once()
+    assert ran == [pytest.approx(502.0)]
+
+
+def test_poll_timeout_idle_busy_and_overdue(timed):
+    loop, clock = timed
+    assert loop.poll_timeout() == IDLE_POLL == 1.0
+    loop.busy.add(object())
+    assert loop.poll_timeout() == TICK == 0.01
+    loop.busy.clear()
+    loop.call_later(0.5, lambda: None)
+    assert loop.poll_timeout() == pytest.approx(0.5)
+    clock.now += 2.0
+    assert loop.poll_timeout() == 0.0        # overdue: never negative
+
+
+def test_what_a_timer_dirties_is_flushed_in_the_same_turn(timed):
+    loop, clock = timed
+    journal: list = []
+    up = Flush("up", journal)
+    loop.call_later(0.05, lambda: (journal.append("timer"), mark(loop.dirty_upstreams, up)))
+    loop.run_once()
+    assert journal == ["timer", ("up", False)] and loop.dirty_upstreams == []
+
+
+def test_timers_run_after_the_handlers_and_their_flush(timed, pairs):
+    loop, clock = timed
+    journal: list = []
+    up = Flush("up", journal)
+
+    class Events(FakeEpoll):
+        def poll(self, timeout: float) -> list:
+            super().poll(timeout)
+            return [(7, EV_IN)]
+    loop.ep = Events(clock)                  # type: ignore[assignment]
+    loop.handlers[7] = Recorder("h", journal, lambda: mark(loop.dirty_upstreams, up))
+    loop.call_later(0.0, lambda: journal.append("timer"))
+    loop.run_once()
+    assert journal == [("h", EV_IN), ("up", False), "timer"]

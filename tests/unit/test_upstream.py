@@ -1,0 +1,557 @@
+"""Upstream hosts and connections, over real loopback sockets and a real loop.
+
+The "memcached" here is a listening socket on 127.0.0.1 that the test
+drives by hand (accept, read the exact bytes, answer or hang up), so every
+byte the router writes and every reply a client gets is asserted exactly.
+Time is the loop's: ``Connection.expire`` is called with chosen instants,
+so no test sleeps for a timeout.  What these pin down is what a rewrite of
+the upstream path (in Cython) must keep.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable
+
+import pytest
+
+from mcrouter import _metrics
+from mcrouter import upstream as upstream_mod
+from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, H_CONNS, H_ERRORS
+from mcrouter._parser import RequestParser
+from mcrouter._ring import Ring
+from mcrouter.config import HostAddr
+from mcrouter.health import DOWN as HOST_DOWN, UP as HOST_UP, HostTable
+from mcrouter.loop import EV_IN, EV_OUT, Loop
+from mcrouter.metrics import MetricsBlock
+from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR,
+                               UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
+from mcrouter.upstream import BACKOFF_MAX, BACKOFF_MIN, CONNECTING, DOWN, UP, Host
+
+# the router's own replies, as the client reads them (and as protocol.py writes them)
+ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
+TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
+NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
+QUEUE_FULL = b"SERVER_ERROR mcrouter: upstream queue full\r\n"
+DEADLINE = 5.0          # generous: only ever waited out on failure
+
+
+def test_the_replies_are_protocol_py_s():
+    assert (ERROR, TIMEOUT, NO_HEALTHY, QUEUE_FULL) == (
+        UPSTREAM_ERROR, UPSTREAM_TIMEOUT, NO_HEALTHY_UPSTREAM, UPSTREAM_QUEUE_FULL)
+
+
+class Inbox:
+    """The requests' owner (a client connection in the router): every answer."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, bytes, int]] = []
+
+    def on_reply(self, req) -> None:
+        self.got.append((req.wire, req.reply, req.status))
+
+
+def requests(data: bytes, owner: Inbox, chan: int = 0) -> list:
+    reqs = RequestParser(chan=chan).feed(data)
+    for r in reqs:
+        r.owner = owner
+    return reqs
+
+
+@pytest.fixture
+def block():
+    """This process counts into slot 0 of a fresh metrics block."""
+    saved = _metrics.local()
+    b = MetricsBlock(workers=1, hosts=8)
+    b.use_slot(0)
+    _metrics.install(b.counters(0))
+    yield b
+    _metrics.install(saved)
+
+
+def errors(block: MetricsBlock, host: Host, kind: int) -> int:
+    return block.snapshot(8).host_value(host.slot, H_ERRORS + kind)
+
+
+def conns_gauge(block: MetricsBlock, host: Host) -> int:
+    return block.snapshot(8).host_gauge(host.slot, H_CONNS)
+
+
+@pytest.fixture
+def loop():
+    lp = Loop()
+    yield lp
+    lp.ep.close()
+
+
+@pytest.fixture
+def server():
+    """A listening socket on 127.0.0.1 (the memcached the host points at)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    s.settimeout(DEADLINE)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make_host(loop, block):
+    """Hosts on a fresh HostTable; closed at the end of the test."""
+    table = HostTable(capacity=8)
+    made: list[Host] = []
+
+    def make(port: int, connections: int = 1, timeout: float = 1.0, tko: int = 3,
+             connect_timeout: float = 10.0, address: str | None = "127.0.0.1") -> Host:
+        slot = table.assign(f"127.0.0.1:{port}")
+        if address is not None:
+            table.set_address(slot, socket.AF_INET, address)
+        h = Host(HostAddr("127.0.0.1", port), loop, table, slot, connections=connections,
+                 timeout=timeout, connect_timeout=connect_timeout, max_item_size=1 << 20,
+                 tko=tko)
+        made.append(h)
+        return h
+    yield make
+    for h in made:
+        h.close()
+
+
+def drive(loop: Loop, done: Callable[[], bool], what: str) -> None:
+    """Run loop turns until ``done()`` (bounded in time)."""
+    loop.busy.add("test")         # short polls
+    deadline = time.monotonic() + DEADLINE
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened: {what}")
+        loop.run_once()
+    loop.busy.discard("test")
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def connected(loop: Loop, host: Host, server: socket.socket) -> socket.socket:
+    """Start ``host`` (one connection) and return the server's side of it, up."""
+    host.start()
+    conn = host.conns[0]
+    assert conn.state == CONNECTING          # a loopback connect is still in progress
+    drive(loop, lambda: conn.state == UP, "connected")
+    peer, _ = server.accept()
+    peer.settimeout(DEADLINE)
+    return peer
+
+
+# -- Host.send: which connection -------------------------------------------
+
+def fake_up(host: Host) -> None:
+    """Every connection up without a socket (nothing is flushed in these tests)."""
+    for c in host.conns:
+        c.state = UP
+
+
+def test_send_queues_on_the_connection_of_the_client_channel(make_host, loop):
+    host = make_host(1, connections=3)
+    fake_up(host)
+    inbox = Inbox()
+    for chan in (4, 0, 5, 3, 1):
+        host.send(requests(f"get k{chan}\r\n".encode(), inbox, chan)[0])
+    # 4 % 3, 0 % 3, 5 % 3, 3 % 3, 1 % 3: each connection marked dirty once, in order
+    assert [c.ring.inflight for c in host.conns] == [2, 2, 1]
+    assert loop.dirty_upstreams == [host.conns[1], host.conns[0], host.conns[2]]
+    assert all(c.dirty for c in host.conns)
+    assert loop.busy == set(host.conns)
+    assert inbox.got == []
+
+
+def test_send_skips_a_connection_in_backoff_to_the_next_one(make_host):
+    host = make_host(1, connections=3)
+    fake_up(host)
+    host.conns[1].state = DOWN
+    inbox = Inbox()
+    host.send(requests(b"get a\r\n", inbox, chan=1)[0])
+    assert [c.ring.inflight for c in host.conns] == [0, 0, 1]
+    host.conns[2].state = DOWN
+    host.send(requests(b"get a\r\n", inbox, chan=1)[0])        # wraps around
+    assert [c.ring.inflight for c in host.conns] == [1, 0, 1]
+
+
+def test_a_request_sent_while_connecting_is_queued_not_marked_for_writing(make_host, loop):
+    host = make_host(1)
+    host.conns[0].state = CONNECTING
+    host.send(requests(b"get a\r\n", Inbox())[0])
+    assert host.conns[0].ring.inflight == 1 and host.conns[0].ring.pending == 7
+    assert not host.conns[0].dirty and loop.dirty_upstreams == []
+    assert loop.busy == {host.conns[0]}
+
+
+def test_every_connection_down_answers_at_once(make_host, loop, block):
+    """A healthy host whose connect fails right away: "upstream error"; a
+    host marked down: "no healthy upstream", without a connect attempt."""
+    inbox = Inbox()
+    host = make_host(1, connections=2, address=None, tko=100)
+    host.send(requests(b"get a\r\n", inbox)[0])
+    assert inbox.got == [(b"get a\r\n", ERROR, ST_ERROR)]
+    assert host.last_error == "no address for the host name"
+    assert errors(block, host, E_CONNECT) == 1
+    host.table.set_state(host.table.assign("127.0.0.1:2"), HOST_DOWN, "probe: down")
+    down = make_host(2, connections=2)
+    assert not down.healthy
+    down.send(requests(b"get b\r\n", inbox)[0])
+    assert inbox.got[1] == (b"get b\r\n", NO_HEALTHY, ST_ERROR)
+    assert all(c.sock is None and c.state == DOWN for c in down.conns)
+    assert errors(block, down, E_CONNECT) == 0
+
+
+def test_a_full_queue_refuses_the_request_with_queue_full(make_host, loop):
+    host = make_host(1)
+    fake_up(host)
+    conn = host.conns[0]
+    conn.ring = Ring(max_inflight=1, host=host.slot)
+    inbox = Inbox()
+    first, second = requests(b"get a\r\nget b\r\n", inbox)
+    host.send(first)
+    host.send(second)
+    assert inbox.got == [(b"get b\r\n", QUEUE_FULL, ST_ERROR)]
+    assert conn.ring.inflight == 1
+
+
+# -- connecting ------------------------------------------------------------
+
+def test_requests_queued_while_connecting_are_written_once_connected(make_host, loop, server,
+                                                                     block):
+    host = make_host(server.getsockname()[1], connections=1)
+    host.start()
+    conn = host.conns[0]
+    assert conn.state == CONNECTING and loop.busy == {conn}
+    inbox = Inbox()
+    sent = (requests(b"get a\r\n", inbox, chan=0) + requests(b"set b 0 0 1\r\nx\r\n", inbox, 1)
+            + requests(b"mg c v\r\n", inbox, 0))
+    for r in sent:
+        host.send(r)
+    peer, _ = server.accept()
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)                        # no turn has run: nothing written yet
+    peer.settimeout(DEADLINE)
+    drive(loop, lambda: conn.state == UP, "connected")
+    wire = b"get a\r\nset b 0 0 1\r\nx\r\nmg c v\r\n"
+    assert recv_exact(peer, len(wire)) == wire  # the turn that connected wrote them, in order
+    assert conns_gauge(block, host) == 1
+    peer.sendall(b"END\r\nSTORED\r\nVA 1\r\nC\r\n")
+    drive(loop, lambda: len(inbox.got) == 3, "three replies")
+    assert inbox.got == [(b"get a\r\n", b"END\r\n", ST_FAIL), (b"set b 0 0 1\r\nx\r\n", b"STORED\r\n",
+                                                         ST_OK),
+                         (b"mg c v\r\n", b"VA 1\r\nC\r\n", ST_OK)]
+    conn.expire(loop.now)                     # nothing owed: no longer busy
+    assert conn not in loop.busy and conn.state == UP
+    peer.close()
+
+
+def test_a_refused_connect_answers_queued_requests_and_marks_the_host_down(make_host, loop,
+                                                                            block):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))             # bound, never listening: refused
+    host = make_host(closed.getsockname()[1], connections=1)
+    host.start()
+    conn = host.conns[0]
+    assert conn.state == CONNECTING
+    inbox = Inbox()
+    for r in requests(b"get a\r\ndelete b\r\n", inbox):
+        host.send(r)
+    drive(loop, lambda: conn.state == DOWN, "refused")
+    assert inbox.got == [(b"get a\r\n", ERROR, ST_ERROR), (b"delete b\r\n", ERROR, ST_ERROR)]
+    # at once, not after tko: nobody is there
+    assert not host.healthy and host.failures == host.tko
+    assert host.table.state(host.slot) == HOST_DOWN
+    assert host.table.status(host.slot).reason == "connect: ECONNREFUSED"
+    assert errors(block, host, E_CONNECT) == 1 and errors(block, host, E_RESET) == 0
+    assert conn.sock is None and conn.fd == -1 and loop.handlers == {}
+    assert conn not in loop.busy and conns_gauge(block, host) == 0
+    # the reconnect timer fires while the host is down: no connect (no storm)
+    [(_, _, reconnect)] = loop._timers
+    reconnect()
+    assert conn.state == DOWN and conn.sock is None
+    host.send(requests(b"get c\r\n", inbox)[0])
+    assert inbox.got[2] == (b"get c\r\n", NO_HEALTHY, ST_ERROR)
+    # only the probes bring it back: then it connects at once, backoff reset
+    host.table.set_state(host.slot, HOST_UP, "probe: up")
+    host.sync()
+    assert host.healthy and host.failures == 0
+    assert conn.state == CONNECTING and conn.backoff == BACKOFF_MIN
+    closed.close()
+
+
+def test_reconnects_back_off_exponentially_with_jitter_up_to_the_cap(make_host, loop,
+                                                                     monkeypatch, server):
+    jitter: list[tuple[float, float]] = []
+
+    def uniform(a: float, b: float) -> float:
+        jitter.append((a, b))
+        return b
+    monkeypatch.setattr(upstream_mod.random, "uniform", uniform)
+    timers: list[tuple[float, Callable[[], None]]] = []
+    monkeypatch.setattr(loop, "call_later", lambda delay, fn: timers.append((delay, fn)))
+    host = make_host(server.getsockname()[1], address=None, tko=100)
+    conn = host.conns[0]
+    host.start()                              # no address yet: fails, not hard
+    for _ in range(8):
+        timers[-1][1]()
+    assert [d for d, _ in timers] == pytest.approx(
+        [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, BACKOFF_MAX, BACKOFF_MAX])
+    assert jitter == [(0.5, 1.0)] * 9
+    assert conn.backoff == BACKOFF_MAX == 5.0
+    assert host.healthy and host.failures == 9
+    # an address appears: the next try connects, and a connection that
+    # came up starts its backoff again from the minimum
+    host.table.set_address(host.slot, socket.AF_INET, "127.0.0.1")
+    timers[-1][1]()
+    drive(loop, lambda: conn.state == UP, "connected")
+    assert conn.backoff == BACKOFF_MIN
+    peer, _ = server.accept()
+    peer.close()
+    drive(loop, lambda: conn.state == DOWN, "closed by the server")
+    assert timers[-1][0] == pytest.approx(BACKOFF_MIN)
+    monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
+    conn.fail("again")                        # the low end of the jitter: half the backoff
+    assert timers[-1][0] == pytest.approx(BACKOFF_MIN)      # 2 * 0.05 * 0.5
+
+
+# -- a connection that breaks ------------------------------------------------
+
+def test_a_broken_connection_fails_everything_in_flight_exactly_once(make_host, loop, server,
+                                                                    block, monkeypatch):
+    monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
+    host = make_host(server.getsockname()[1], tko=3)
+    peer = connected(loop, host, server)
+    conn = host.conns[0]
+    inbox = Inbox()
+    sent = requests(b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\n", inbox)
+    for r in sent:
+        host.send(r)
+    wire = b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\nmn\r\n"
+    drive(loop, lambda: conn.ring.awaiting == 3, "written")
+    assert recv_exact(peer, len(wire)) == wire
+    peer.sendall(b"VALUE a 0 1\r\nA\r\nEND\r\n")
+    peer.close()                              # the rest never comes
+    drive(loop, lambda: conn.state == DOWN, "closed by the server")
+    assert inbox.got == [(b"get a\r\n", b"VALUE a 0 1\r\nA\r\nEND\r\n", ST_OK),
+                         (b"get b\r\n", ERROR, ST_ERROR),
+                         (b"set c 0 0 1 noreply\r\nx\r\nmn\r\n", ERROR, ST_ERROR)]
+    assert host.failures == 1 and host.healthy          # one failure, not one per request
+    assert host.last_error == "connection closed by server"
+    assert errors(block, host, E_RESET) == 1 and conns_gauge(block, host) == 0
+    assert conn.ring.inflight == 0 and conn not in loop.busy
+    conn.expire(loop.now + 100.0)             # nothing left to answer twice
+    assert len(inbox.got) == 3
+    # the reconnect comes after the backoff, and the connection serves again
+    drive(loop, lambda: conn.state == UP, "reconnected")
+    peer, _ = server.accept()
+    host.send(requests(b"get d\r\n", inbox)[0])
+    drive(loop, lambda: conn.ring.awaiting == 1, "written")
+    assert recv_exact(peer, 7) == b"get d\r\n"
+    peer.close()
+    host.close()
+    assert len(inbox.got) == 4 and inbox.got[3] == (b"get d\r\n", ERROR, ST_ERROR)
+    assert conns_gauge(block, host) == 0
+
+
+def test_a_reply_that_cannot_answer_its_request_closes_the_connection(make_host, loop, server,
+                                                                      block, caplog):
+    """A desynchronised pipeline: the good reply before the bad one is
+    delivered, nothing of the bad one nor what follows it."""
+    host = make_host(server.getsockname()[1], tko=3)
+    peer = connected(loop, host, server)
+    conn = host.conns[0]
+    inbox = Inbox()
+    for r in requests(b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n", inbox):
+        host.send(r)
+    drive(loop, lambda: conn.ring.awaiting == 3, "written")
+    assert recv_exact(peer, 30) == b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n"
+    caplog.set_level("WARNING", logger="mcrouter.upstream")
+    peer.sendall(b"END\r\nSTORED\r\nSTORED\r\n")   # get b answered with STORED
+    drive(loop, lambda: conn.state == DOWN, "dropped")
+    assert inbox.got == [(b"get a\r\n", b"END\r\n", ST_FAIL), (b"get b\r\n", ERROR, ST_ERROR),
+                         (b"set c 0 0 1\r\nx\r\n", ERROR, ST_ERROR)]
+    assert host.last_error == "protocol error (a reply to get that cannot answer it)"
+    assert errors(block, host, E_PARSE) == 1 and errors(block, host, E_RESET) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "host 127.0.0.1:%d: protocol error, connection closed: a reply to get that cannot "
+        "answer it: b'STORED\\r\\nSTORED\\r\\n'" % host.addr.port]
+    assert peer.recv(10) == b""               # the router hung up
+    assert len(loop._timers) == 1             # and will reconnect
+    peer.close()
+
+
+# -- timeouts ----------------------------------------------------------------
+
+def test_a_request_that_only_waited_in_the_queue_times_out_without_blame(make_host, loop,
+                                                                          server, block):
+    """Never written: the timeout reply, but neither a failure of the host
+    nor a timeout counted; the connect deadline is judged on its own."""
+    host = make_host(server.getsockname()[1], timeout=0.5, connect_timeout=3.0, tko=1)
+    host.start()
+    conn = host.conns[0]
+    assert conn.state == CONNECTING           # the loop never runs: it stays so
+    inbox = Inbox()
+    for r in requests(b"get a\r\nget b\r\n", inbox):
+        host.send(r)
+    start = loop.now
+    conn.expire(start + 0.49)
+    assert inbox.got == []
+    conn.expire(start + 0.5)
+    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR), (b"get b\r\n", TIMEOUT, ST_ERROR)]
+    assert host.failures == 0 and host.healthy
+    assert errors(block, host, E_TIMEOUT) == 0
+    assert conn.state == CONNECTING and conn in loop.busy
+    conn.expire(start + 3.01)                 # past the connect deadline
+    assert conn.state == DOWN and host.last_error == "connect timeout"
+    assert errors(block, host, E_CONNECT) == 1 and not host.healthy    # tko=1
+    assert len(inbox.got) == 2                # answered once only
+
+
+def test_written_requests_that_time_out_count_towards_tko(make_host, loop, server, block):
+    host = make_host(server.getsockname()[1], timeout=0.5, tko=2)
+    peer = connected(loop, host, server)
+    conn = host.conns[0]
+    inbox = Inbox()
+    for r in requests(b"get a\r\nget b\r\n", inbox):
+        host.send(r)
+    drive(loop, lambda: conn.ring.awaiting == 2, "written")
+    written = conn.ring.progress_at           # the turn clock of the write
+    conn.expire(written + 0.49)
+    assert inbox.got == []
+    conn.expire(written + 0.5)
+    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR), (b"get b\r\n", TIMEOUT, ST_ERROR)]
+    assert errors(block, host, E_TIMEOUT) == 2
+    assert host.failures == 2 and not host.healthy
+    assert host.table.status(host.slot).reason == "2 failures in a row, last: timeout"
+    assert conn.state == UP                   # kept: the late replies may still come
+    # the late replies are dropped (the slots were kept), and reply bytes
+    # clear the count of failures in a row
+    recv_exact(peer, 14)
+    peer.sendall(b"END\r\nEND\r\n")
+    drive(loop, lambda: conn.ring.inflight == 0, "late replies read")
+    assert len(inbox.got) == 2 and host.failures == 0
+    peer.close()
+
+
+def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, server, block):
+    host = make_host(server.getsockname()[1], timeout=0.5, tko=10)
+    peer = connected(loop, host, server)
+    conn = host.conns[0]
+    inbox = Inbox()
+    host.send(requests(b"get a\r\n", inbox)[0])
+    drive(loop, lambda: conn.ring.awaiting == 1, "written")
+    assert recv_exact(peer, 7) == b"get a\r\n"
+    written = conn.ring.progress_at
+    conn.expire(written + 1.0)                # answered, the connection kept
+    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)] and conn.state == UP
+    conn.expire(written + 1.01)
+    assert conn.state == DOWN
+    assert host.last_error == "no reply within twice the timeout"
+    assert errors(block, host, E_TIMEOUT) == 1 and errors(block, host, E_RESET) == 0
+    assert len(inbox.got) == 1 and host.failures == 2
+    assert peer.recv(10) == b""
+    peer.close()
+
+
+# -- the socket seam ---------------------------------------------------------
+
+class Seam:
+    """Wraps the connection's socket: takes at most ``chunk`` bytes a send,
+    and records which buffer each recv_into was given."""
+
+    def __init__(self, sock: socket.socket, chunk: int) -> None:
+        self.sock = sock
+        self.chunk = chunk
+        self.sends: list[bytes] = []
+        self.recv_buffers: list[object] = []
+
+    def send(self, data) -> int:
+        n = self.sock.send(bytes(data[:self.chunk]))
+        self.sends.append(bytes(data[:n]))
+        return n
+
+    def recv_into(self, buf) -> int:
+        self.recv_buffers.append(buf)
+        return self.sock.recv_into(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_write_interest_only_while_bytes_wait_and_reads_use_the_loop_buffer(make_host, loop,
+                                                                           server,
+                                                                           monkeypatch):
+    host = make_host(server.getsockname()[1])
+    peer = connected(loop, host, server)
+    conn = host.conns[0]
+    seam = Seam(conn.sock, chunk=6)
+    conn.sock = seam
+    modified: list[tuple[int, int]] = []
+    real_modify = loop.modify
+
+    def modify(fd: int, mask: int) -> None:
+        modified.append((fd, mask))
+        real_modify(fd, mask)
+    monkeypatch.setattr(loop, "modify", modify)
+    inbox = Inbox()
+    host.send(requests(b"get abcdefghij\r\n", inbox)[0])   # 16 bytes, 6 a send
+    drive(loop, lambda: conn.ring.pending == 0, "written")
+    assert seam.sends == [b"get ab", b"cdefgh", b"ij\r\n"]
+    assert modified == [(conn.fd, EV_IN | EV_OUT), (conn.fd, EV_IN)]
+    assert recv_exact(peer, 16) == b"get abcdefghij\r\n"
+    peer.sendall(b"END\r\n")
+    drive(loop, lambda: inbox.got != [], "reply")
+    assert inbox.got == [(b"get abcdefghij\r\n", b"END\r\n", ST_FAIL)]
+    assert seam.recv_buffers and all(b is loop.recv_buf for b in seam.recv_buffers)
+    assert len(modified) == 2                 # no epoll_ctl in a plain turn
+    peer.close()
+
+
+# -- a new address -------------------------------------------------------------
+
+def test_a_new_address_moves_new_requests_while_the_old_connection_finishes(make_host, loop,
+                                                                           server):
+    port = server.getsockname()[1]
+    other = socket.socket()
+    try:
+        other.bind(("127.0.0.2", port))
+    except OSError:
+        pytest.skip(f"127.0.0.2:{port} is taken")
+    other.listen(8)
+    other.settimeout(DEADLINE)
+    host = make_host(port)
+    peer = connected(loop, host, server)
+    old = host.conns[0]
+    inbox = Inbox()
+    host.send(requests(b"get a\r\n", inbox)[0])
+    drive(loop, lambda: old.ring.awaiting == 1, "written")
+    host.table.set_address(host.slot, socket.AF_INET, "127.0.0.2")
+    host.sync()
+    new = host.conns[0]
+    assert new is not old and host.retiring == [old] and old.state == UP
+    drive(loop, lambda: new.state == UP, "connected to the new address")
+    peer2, _ = other.accept()
+    peer2.settimeout(DEADLINE)
+    host.send(requests(b"get b\r\n", inbox)[0])
+    drive(loop, lambda: new.ring.awaiting == 1, "written")
+    assert recv_exact(peer2, 7) == b"get b\r\n"
+    assert recv_exact(peer, 7) == b"get a\r\n"
+    peer.sendall(b"END\r\n")
+    peer2.sendall(b"VALUE b 0 1\r\nB\r\nEND\r\n")
+    drive(loop, lambda: len(inbox.got) == 2, "both replies")
+    assert sorted(inbox.got) == [(b"get a\r\n", b"END\r\n", ST_FAIL),
+                                 (b"get b\r\n", b"VALUE b 0 1\r\nB\r\nEND\r\n", ST_OK)]
+    old.expire(loop.now)                      # idle now: closed, and no reconnect
+    assert host.retiring == [] and old.state == DOWN and old.closed
+    assert peer.recv(10) == b""
+    for s in (peer, peer2, other):
+        s.close()
