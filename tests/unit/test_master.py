@@ -4,21 +4,33 @@ What is checked: a worker that misses the confirmation of a generation
 (start or reload) is reported and the master carries on (it used to die on
 an UnboundLocalError, taking every worker with it); any exception raised by
 one of the loop's duties is logged with its traceback and the loop goes on,
-without spinning.
+without spinning.  With a fake ``os`` (fork, waitpid, kill) and ``time``, as
+gunicorn's tests/test_arbiter.py does: a dead worker is respawned in its
+slot after a growing backoff, the sidecar apart from the workers, a worker
+that cannot boot stops the master; TERM drains (and kills stragglers after
+the grace), QUIT stops now; HUP sends the new config with the next
+generation number and a refused reload keeps the old one; TTIN/TTOU.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import time
 
 import pytest
 
 from mcrouter import master as master_mod
-from mcrouter._metrics import install, local
+from mcrouter._metrics import (G_GENERATION, G_RELOADS_FAILED, G_RELOADS_OK,
+                               G_SIDECAR_RESTARTS, G_WORKER_RESTARTS, G_WORKERS,
+                               G_WORKERS_CURRENT, install, local)
 from mcrouter.config import parse_config
+from mcrouter.control import Channel
 from mcrouter.listen import parse_listen
-from mcrouter.master import ERROR_PAUSE, SIDECAR, Master
+from mcrouter.master import ERROR_PAUSE, SIDECAR, STABLE_AFTER, Master
 from mcrouter.settings import Settings
+from mcrouter.worker import EXIT_BOOT_FAILED
 
 CONFIG = "orderedPool: [127.0.0.1:11211]\nroute: {type: DefaultRoute}\n"
 
@@ -202,3 +214,342 @@ def test_a_failed_fork_is_retried_later(master, monkeypatch):
     master.clock.now = master.respawn_at[1]
     master.manage_workers()
     assert spawned == [1, 1] and master.respawn_at == {}
+
+
+# -- supervision with a fake ``os`` and ``time``: fork, reap, respawn, signals, reload ----
+
+class FakeOS:
+    """What master.py sees of ``os``: fork, waitpid and kill are fakes (a
+    child "exits" when told to, unless it ignores SIGTERM); the rest is real."""
+
+    def __init__(self) -> None:
+        self.next_pid = 200
+        self.killed: list[tuple[int, int]] = []
+        self.exits: list[tuple[int, int]] = []       # (pid, wait status), reaped in order
+        self.stubborn: set[int] = set()              # pids that ignore SIGTERM
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def fork(self) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    def exit(self, pid: int, code: int = 0, sig: int = 0) -> None:
+        self.exits.append((pid, sig if sig else code << 8))
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.killed.append((pid, sig))
+        if sig == signal.SIGKILL or pid not in self.stubborn:
+            self.exit(pid, sig=sig)
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        if pid != -1:
+            found = [e for e in self.exits if e[0] == pid]
+            self.exits = [e for e in self.exits if e[0] != pid]
+            return found[0] if found else (pid, 0)
+        return self.exits.pop(0) if self.exits else (0, 0)
+
+
+class FakeTime:
+    """master.py's ``time``: sleep moves the monotonic clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+        self.slept = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+    def time(self) -> float:
+        return time.time()
+
+
+class Worker:
+    """The worker's end of a control channel."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+
+    def messages(self) -> list[dict]:
+        return self.channel.receive()
+
+
+@pytest.fixture
+def fake_os(monkeypatch) -> FakeOS:
+    fake = FakeOS()
+    monkeypatch.setattr(master_mod, "os", fake)
+    monkeypatch.setattr(master_mod, "time", FakeTime())
+    monkeypatch.setattr(master_mod.sdnotify, "stopping", lambda: True)
+    return fake
+
+
+@pytest.fixture
+def supervised(tmp_path, fake_os, notified):
+    """A Master on a config file, with workers 101 (slot 0) and 102 (slot 1),
+    each with a real control channel, and the sidecar 103; its counters are
+    this process's (reloads count there) until the test ends."""
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG)
+    before = local()
+    m = Master(Settings(config_path=str(path), workers=2, confirm_timeout=10.0,
+                        graceful_timeout=3.0),
+               parse_config(CONFIG, str(path)), parse_listen("127.0.0.1:1"), config_text=CONFIG)
+    m.clock = Clock()
+    m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.started = {0: m.clock(), 1: m.clock(), SIDECAR: m.clock()}
+    m.peers = {}                    # type: ignore[attr-defined]
+    for pid in (101, 102):
+        mine, theirs = Channel.pair()
+        m.channels[pid] = mine
+        m.peers[pid] = Worker(theirs)
+    yield m
+    install(before)
+    for ch in [*m.channels.values(), *m.sidecar_channels.values()]:
+        ch.close()
+    for w in m.peers.values():
+        w.channel.close()
+
+
+def gauge(m: Master, word: int) -> int:
+    return m.metrics.snapshot(0).value(word)
+
+
+def test_a_worker_that_exits_is_respawned_in_its_slot_after_a_growing_backoff(supervised,
+                                                                           fake_os, caplog):
+    m = supervised
+    fake_os.exit(101, code=1)
+    with caplog.at_level(logging.WARNING, logger="mcrouter.master"):
+        m.reap_workers()
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker 0 (pid 101) exited with 1; restarting in 0.2s"]
+    assert 101 not in m.workers and 101 not in m.channels
+    assert m.respawn_at == {0: pytest.approx(1000.2)}
+    m.manage_workers()
+    assert fake_os.next_pid == 200                    # not yet: no fork before the backoff
+    delays = []
+    for _ in range(8):                                # each dies as soon as it is up
+        m.clock.now = m.respawn_at[0]
+        m.manage_workers()
+        pid = fake_os.next_pid
+        assert m.workers[pid] == 0 and pid in m.channels and m.respawn_at == {}
+        fake_os.exit(pid, sig=signal.SIGSEGV)
+        m.reap_workers()
+        delays.append(round(m.respawn_at[0] - m.clock(), 6))
+    assert delays == [0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
+    assert gauge(m, G_WORKER_RESTARTS) == 9 and gauge(m, G_SIDECAR_RESTARTS) == 0
+    # one that lived past STABLE_AFTER is restarted at once, and its backoff starts over
+    m.clock.now = m.respawn_at[0]
+    m.manage_workers()
+    m.clock.now += STABLE_AFTER + 0.1
+    fake_os.exit(fake_os.next_pid, code=0)
+    m.reap_workers()
+    assert m.respawn_at == {0: m.clock()} and m.failures[0] == 0
+    m.manage_workers()
+    fake_os.exit(fake_os.next_pid, code=0)
+    m.reap_workers()
+    assert m.respawn_at == {0: pytest.approx(m.clock() + 0.2)}
+    assert list(m.workers.values()).count(0) == 0 and m.workers[102] == 1   # slot 1 untouched
+
+
+def test_the_sidecar_is_respawned_as_a_sidecar_and_counted_apart(supervised, fake_os, caplog):
+    m = supervised
+    fake_os.exit(103, code=EXIT_BOOT_FAILED)          # the boot code stops nothing for it
+    with caplog.at_level(logging.WARNING, logger="mcrouter.master"):
+        m.reap_workers()
+    assert [r.getMessage() for r in caplog.records] == [
+        "sidecar (pid 103) exited with 3; restarting in 0.2s"]
+    assert m.exit_code is None and m.respawn_at == {SIDECAR: pytest.approx(1000.2)}
+    assert gauge(m, G_SIDECAR_RESTARTS) == 1 and gauge(m, G_WORKER_RESTARTS) == 0
+    m.clock.now += 0.2
+    m.manage_workers()
+    pid = fake_os.next_pid
+    assert m.workers == {101: 0, 102: 1, pid: SIDECAR}
+    assert pid in m.sidecar_channels and pid not in m.channels   # no config channel
+    assert m.respawn_at == {}
+
+
+def test_a_worker_that_cannot_boot_stops_the_master(supervised, fake_os, caplog):
+    m = supervised
+    fake_os.exit(102, code=EXIT_BOOT_FAILED)
+    fake_os.exit(101, code=1)                         # reaped after the stop: not respawned
+    with caplog.at_level(logging.ERROR, logger="mcrouter.master"):
+        m.reap_workers()
+    assert m.exit_code == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker 1 could not start; stopping (see the error above)"]
+    assert fake_os.killed == [(101, signal.SIGTERM), (103, signal.SIGTERM)]
+    assert m.workers == {} and m.channels == {} and m.respawn_at == {}
+
+
+def test_sigterm_drains_every_child_and_stops_accepting(supervised, fake_os):
+    m = supervised
+    listener = socket.socket()
+    m.listeners = [listener]
+    m.sleep = lambda: None                            # type: ignore[method-assign]
+    m.sig_queue = [signal.SIGTERM, signal.SIGHUP]     # nothing after the stop is handled
+    m.turn()
+    assert m.exit_code == 0
+    assert fake_os.killed == [(101, signal.SIGTERM), (102, signal.SIGTERM),
+                              (103, signal.SIGTERM)]
+    assert listener.fileno() == -1 and m.listeners == []
+    assert m.workers == {} and m.channels == {} and m.generation == 1
+    assert m.sig_queue == [signal.SIGHUP]
+    assert master_mod.time.slept < 0.1                # nobody waited for the grace
+
+
+def test_sigterm_kills_a_straggler_after_the_grace(supervised, fake_os):
+    m = supervised
+    fake_os.stubborn.add(102)
+    m.sig_queue = [signal.SIGTERM]
+    m.sleep = lambda: None                            # type: ignore[method-assign]
+    m.turn()
+    assert fake_os.killed == [(101, signal.SIGTERM), (102, signal.SIGTERM),
+                              (103, signal.SIGTERM), (102, signal.SIGKILL)]
+    # the straggler had the whole grace (--graceful-timeout 3, plus 1 s) first
+    assert master_mod.time.slept == pytest.approx(4.0, abs=0.05)
+    assert m.workers == {} and m.exit_code == 0
+
+
+def test_sigquit_stops_now(supervised, fake_os):
+    m = supervised
+    m.sig_queue = [signal.SIGQUIT]
+    m.sleep = lambda: None                            # type: ignore[method-assign]
+    m.turn()
+    assert fake_os.killed == [(101, signal.SIGQUIT), (102, signal.SIGQUIT),
+                              (103, signal.SIGQUIT)]
+    assert m.exit_code == 0 and m.workers == {}
+
+
+RELOADED = "orderedPool: [127.0.0.1:11211, 127.0.0.1:11212]\nroute: {type: DefaultRoute}\n"
+
+
+def test_sighup_sends_the_new_config_with_the_next_generation(supervised, fake_os, notified,
+                                                              caplog):
+    m = supervised
+    path = m.settings.config_path
+    with open(path, "w") as f:
+        f.write(RELOADED)
+    m.sig_queue = [signal.SIGHUP]
+    m.sleep = lambda: None                            # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="mcrouter.master"):
+        m.turn()
+    assert m.generation == 2 and gauge(m, G_GENERATION) == 2
+    assert gauge(m, G_RELOADS_OK) == 1 and gauge(m, G_RELOADS_FAILED) == 0
+    sent = {"config": RELOADED, "path": path, "generation": 2, "members": {}}
+    assert m.peers[101].messages() == [sent] and m.peers[102].messages() == [sent]
+    # a new host: it has a slot, and a new sidecar probes it; the old one is
+    # told to stop, and its exit (reaped in the same turn) is no restart
+    assert [r.getMessage() for r in caplog.records] == [
+        f"SIGHUP: reloading {path}",
+        f"reloading {path}: generation 2: DefaultRoute, 2 host(s) (1 added, 0 removed); the "
+        "listen address and other flags are restart-level and keep their values",
+        "sidecar (pid 103) retired; 2 worker(s)"]
+    assert m.table.slot_of("127.0.0.1:11212") == 1
+    assert m.workers == {101: 0, 102: 1, fake_os.next_pid: SIDECAR}
+    assert fake_os.killed == [(103, signal.SIGTERM)]
+    assert m.respawn_at == {} and m.retiring == set() and gauge(m, G_SIDECAR_RESTARTS) == 0
+    # READY=1 once both workers confirm generation 2, not before
+    assert gauge(m, G_WORKERS_CURRENT) == 0
+    m.peers[101].channel.send({"applied": 2})
+    m.read_channel(101)
+    m.check_confirmed()
+    assert notified == []
+    m.peers[102].channel.send({"applied": 2})
+    m.read_channel(102)
+    m.check_confirmed()
+    m.count_current()
+    assert notified == ["2 worker(s), config generation 2"]
+    assert gauge(m, G_WORKERS_CURRENT) == 2
+
+
+def test_a_reload_with_the_same_hosts_keeps_the_sidecar(supervised, fake_os):
+    m = supervised
+    text = CONFIG.replace("DefaultRoute", "NullRoute")
+    with open(m.settings.config_path, "w") as f:
+        f.write(text)
+    m.handle_hup()
+    assert m.generation == 2 and m.peers[101].messages()[0]["config"] == text
+    assert fake_os.next_pid == 200 and fake_os.killed == [] and m.retiring == set()
+
+
+def test_a_refused_reload_keeps_the_generation_and_tells_no_worker(supervised, fake_os,
+                                                                   notified, caplog):
+    m = supervised
+    path = m.settings.config_path
+    with open(path, "w") as f:
+        f.write("orderedPool: [127.0.0.1:11211]\nroute: {type: NoSuchRoute}\n")
+    config = m.config
+    with caplog.at_level(logging.ERROR, logger="mcrouter.master"):
+        m.handle_hup()
+    assert m.generation == 1 and gauge(m, G_GENERATION) == 1 and m.config is config
+    assert gauge(m, G_RELOADS_FAILED) == 1 and gauge(m, G_RELOADS_OK) == 0
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        f"reload refused, still serving generation 1: {path}:2:15: unknown route type "
+        "'NoSuchRoute'; valid: ")
+    error = record.getMessage().removeprefix("reload refused, still serving generation 1: ")
+    assert notified == [f"reload refused: {error}"]
+    assert m.peers[101].messages() == [] and m.peers[102].messages() == []
+    assert fake_os.next_pid == 200 and fake_os.killed == []
+    # the next good reload takes the next number: nothing was used up
+    with open(path, "w") as f:
+        f.write(RELOADED)
+    m.handle_hup()
+    assert m.generation == 2 and m.peers[101].messages()[0]["generation"] == 2
+
+
+def test_a_worker_rejecting_a_generation_is_restarted(supervised, fake_os, caplog):
+    m = supervised
+    m.peers[102].channel.send({"rejected": 2, "error": "pool p: no servers"})
+    with caplog.at_level(logging.ERROR, logger="mcrouter.master"):
+        m.read_channel(102)
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker 1 refused generation 2: pool p: no servers; restarting it"]
+    assert fake_os.killed == [(102, signal.SIGTERM)]
+    m.reap_workers()                                  # and its respawn boots on the current one
+    assert m.respawn_at == {1: pytest.approx(1000.2)}
+
+
+def test_signals_are_queued_by_the_handler_and_handled_in_order_by_the_loop(supervised):
+    m = supervised
+    m.wake_r, m.wake_w = os.pipe()
+    for fd in (m.wake_r, m.wake_w):
+        os.set_blocking(fd, False)
+    try:
+        duties = Duties(m, {})
+        for sig in [signal.SIGTTIN, signal.SIGHUP] * 10:
+            m.queue_signal(sig, None)
+        assert len(m.sig_queue) == 16                 # bounded; each one woke the loop
+        assert duties.ran == []                       # the handler only queues
+        m.sleep = Master.sleep.__get__(m)             # type: ignore[method-assign]
+        m.turn()
+        assert duties.ran[:16] == ["handle_ttin", "handle_hup"] * 8
+        assert m.sig_queue == []
+        with pytest.raises(BlockingIOError):
+            os.read(m.wake_r, 1)                      # the wake-up bytes were drained
+    finally:
+        os.close(m.wake_r)
+        os.close(m.wake_w)
+
+
+def test_ttin_adds_a_worker_and_ttou_retires_the_highest_slot(supervised, fake_os):
+    m = supervised
+    m.handle_ttin()
+    pid = fake_os.next_pid
+    assert m.num_workers == 3 and m.workers[pid] == 2 and gauge(m, G_WORKERS) == 3
+    m.handle_ttou()
+    assert m.num_workers == 2 and m.retiring == {pid}
+    assert fake_os.killed == [(pid, signal.SIGTERM)]
+    m.reap_workers()                                  # retired: not respawned
+    assert pid not in m.workers and m.respawn_at == {} and m.retiring == set()
+    fake_os.exit(102, code=1)                         # slot 1 dead, waiting for its respawn
+    m.reap_workers()
+    m.handle_ttou()                                   # then that slot is simply not refilled
+    assert m.num_workers == 1 and m.respawn_at == {}
+    m.handle_ttou()
+    assert m.num_workers == 1 and m.workers == {101: 0, 103: SIDECAR}

@@ -9,6 +9,7 @@ the upstream path (in Cython) must keep.
 """
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from typing import Callable
@@ -36,7 +37,7 @@ QUEUE_FULL = b"SERVER_ERROR mcrouter: upstream queue full\r\n"
 DEADLINE = 5.0          # generous: only ever waited out on failure
 
 
-def test_the_replies_are_protocol_py_s():
+def test_the_router_replies_expected_here_are_protocol_py_s():
     assert (ERROR, TIMEOUT, NO_HEALTHY, QUEUE_FULL) == (
         UPSTREAM_ERROR, UPSTREAM_TIMEOUT, NO_HEALTHY_UPSTREAM, UPSTREAM_QUEUE_FULL)
 
@@ -555,3 +556,33 @@ def test_a_new_address_moves_new_requests_while_the_old_connection_finishes(make
     assert peer.recv(10) == b""
     for s in (peer, peer2, other):
         s.close()
+
+
+# -- a descriptor shortage -----------------------------------------------------
+
+class NoDescriptors:
+    """upstream.py's ``socket`` when the process is out of descriptors."""
+
+    def __getattr__(self, name: str):
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+@pytest.mark.xfail(strict=True, raises=OSError, reason=(
+    "Connection.connect lets socket()'s OSError (EMFILE) escape; from the reconnect "
+    "timer it leaves Loop.run_once (timers are not guarded as handlers are) and "
+    "ends the worker with every client on it"))
+def test_running_out_of_descriptors_at_a_reconnect_is_a_connect_failure(make_host, loop,
+                                                                         monkeypatch, block):
+    monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
+    host = make_host(1, address=None, tko=100)
+    host.start()                              # no address yet: a reconnect is due
+    assert errors(block, host, E_CONNECT) == 1 and len(loop._timers) == 1
+    host.table.set_address(host.slot, socket.AF_INET, "127.0.0.1")
+    monkeypatch.setattr(upstream_mod, "socket", NoDescriptors())
+    drive(loop, lambda: errors(block, host, E_CONNECT) == 2, "the retry failing")
+    conn = host.conns[0]
+    assert conn.state == DOWN and conn.sock is None and len(loop._timers) == 1
