@@ -77,6 +77,18 @@ def pairs():
         s.close()
 
 
+def readable(loop: Loop, pairs, journal: list, **then) -> dict[str, socket.socket]:
+    """One socket per name, registered for EV_IN with a Recorder that runs
+    ``then[name]``, and made readable: all are ready at the next poll."""
+    socks = {}
+    for name, fn in then.items():
+        sock, peer = pairs()
+        loop.add(sock.fileno(), EV_IN, Recorder(name, journal, fn))
+        peer.send(b"x")
+        socks[name] = sock
+    return socks
+
+
 # -- registration and dispatch ---------------------------------------------
 
 def test_a_ready_descriptor_reaches_its_own_handler_with_the_kernel_mask(loop, pairs):
@@ -131,9 +143,7 @@ def test_remove_stops_dispatch_and_tolerates_unknown_or_closed_descriptors(loop,
 def test_a_handler_removing_another_ready_descriptor_in_the_same_turn(loop, pairs):
     """Both are ready in one poll; whichever runs first removes and closes
     the other, which then must not be called with the stale event."""
-    (a, peer_a), (b, peer_b) = pairs(), pairs()
     journal: list = []
-    socks = {"a": a, "b": b}
 
     def drop(name: str):
         def run() -> None:
@@ -142,10 +152,7 @@ def test_a_handler_removing_another_ready_descriptor_in_the_same_turn(loop, pair
                 loop.remove(sock.fileno())
                 sock.close()
         return run
-    loop.add(a.fileno(), EV_IN, Recorder("a", journal, drop("b")))
-    loop.add(b.fileno(), EV_IN, Recorder("b", journal, drop("a")))
-    peer_a.send(b"x")
-    peer_b.send(b"x")
+    socks = readable(loop, pairs, journal, a=drop("b"), b=drop("a"))
     loop.run_once()
     assert journal in ([("a", EV_IN)], [("b", EV_IN)])
     assert len(loop.handlers) == 1
@@ -158,9 +165,7 @@ def test_a_handler_removing_another_ready_descriptor_in_the_same_turn(loop, pair
     "(a new upstream connect) in the same turn gets the old one's event; a Connection "
     "still CONNECTING then reads SO_ERROR 0 and takes itself for connected"))
 def test_a_reused_descriptor_number_does_not_get_the_stale_event(loop, pairs):
-    (a, peer_a), (b, peer_b) = pairs(), pairs()
     journal: list = []
-    socks = {"a": a, "b": b}
     fresh: list[socket.socket] = []
 
     def replace(name: str):
@@ -178,10 +183,7 @@ def test_a_reused_descriptor_number_does_not_get_the_stale_event(loop, pairs):
                 pytest.skip("the kernel did not reuse the descriptor number")
             loop.add(new.fileno(), EV_IN, Recorder("new", journal))   # nothing to read
         return run
-    loop.add(a.fileno(), EV_IN, Recorder("a", journal, replace("b")))
-    loop.add(b.fileno(), EV_IN, Recorder("b", journal, replace("a")))
-    peer_a.send(b"x")
-    peer_b.send(b"x")
+    socks = readable(loop, pairs, journal, a=replace("b"), b=replace("a"))
     try:
         loop.run_once()
         assert [name for name, _ in journal] in (["a"], ["b"])
@@ -225,19 +227,15 @@ def test_a_handler_that_raises_is_dropped_and_aborted_and_the_turn_goes_on(loop,
 
 
 def test_on_turn_runs_once_per_turn_after_the_poll_and_before_any_handler(loop, pairs):
-    (a, peer_a), (b, peer_b) = pairs(), pairs()
     journal: list = []
     loop.on_turn = lambda: journal.append(("turn", loop.now))
-    loop.add(a.fileno(), EV_IN, Recorder("a", journal))
-    loop.add(b.fileno(), EV_IN, Recorder("b", journal))
-    peer_a.send(b"x")
-    peer_b.send(b"x")
+    socks = readable(loop, pairs, journal, a=None, b=None)
     before = loop.now
     loop.run_once()
     assert journal[0][0] == "turn" and journal[0][1] > before   # now is this turn's
     assert sorted(journal[1:]) == [("a", EV_IN), ("b", EV_IN)]
-    loop.remove(a.fileno())
-    loop.remove(b.fileno())
+    for sock in socks.values():
+        loop.remove(sock.fileno())
     loop.run_once()                          # nothing ready: on_turn still runs
     assert len(journal) == 4 and journal[3][0] == "turn" and journal[3][1] > journal[0][1]
 
@@ -265,7 +263,6 @@ def test_the_receive_buffer_is_one_bytearray_kept_for_the_loop_life(loop, pairs)
 def test_a_turn_flushes_once_after_every_handler_upstreams_first(loop, pairs):
     """Two clients each queue to one upstream and reply: one upstream send,
     after both handlers ran, then each client's reply."""
-    (a, peer_a), (b, peer_b) = pairs(), pairs()
     journal: list = []
     up = Flush("up", journal)
     clients = {"a": Flush("client a", journal), "b": Flush("client b", journal)}
@@ -275,10 +272,7 @@ def test_a_turn_flushes_once_after_every_handler_upstreams_first(loop, pairs):
             mark(loop.dirty_upstreams, up)
             mark(loop.dirty_clients, clients[name])
         return run
-    loop.add(a.fileno(), EV_IN, Recorder("a", journal, read("a")))
-    loop.add(b.fileno(), EV_IN, Recorder("b", journal, read("b")))
-    peer_a.send(b"x")
-    peer_b.send(b"x")
+    readable(loop, pairs, journal, a=read("a"), b=read("b"))
     loop.run_once()
     handlers, flushes = journal[:2], journal[2:]
     assert sorted(handlers) == [("a", EV_IN), ("b", EV_IN)]

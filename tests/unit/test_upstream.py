@@ -27,7 +27,7 @@ from mcrouter.loop import EV_IN, EV_OUT, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
-from mcrouter.upstream import BACKOFF_MAX, BACKOFF_MIN, CONNECTING, DOWN, UP, Host
+from mcrouter.upstream import BACKOFF_MAX, BACKOFF_MIN, CONNECTING, DOWN, UP, Connection, Host
 
 # the router's own replies, as the client reads them (and as protocol.py writes them)
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -138,15 +138,26 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def connected(loop: Loop, host: Host, server: socket.socket) -> socket.socket:
-    """Start ``host`` (one connection) and return the server's side of it, up."""
+def connected(loop: Loop, host: Host, server: socket.socket) -> tuple[socket.socket, Connection]:
+    """Start ``host`` (one connection); return the server's side and the
+    router's, up."""
     host.start()
     conn = host.conns[0]
     assert conn.state == CONNECTING          # a loopback connect is still in progress
     drive(loop, lambda: conn.state == UP, "connected")
     peer, _ = server.accept()
     peer.settimeout(DEADLINE)
-    return peer
+    return peer, conn
+
+
+def written(loop: Loop, host: Host, peer: socket.socket, data: bytes, inbox: Inbox) -> bytes:
+    """Send the requests of ``data`` through ``host`` (one connection, up),
+    run the loop until they are written; return what the server read."""
+    reqs = requests(data, inbox)
+    for r in reqs:
+        host.send(r)
+    drive(loop, lambda: host.conns[0].ring.pending == 0, "written")
+    return recv_exact(peer, sum(len(r.wire) for r in reqs))
 
 
 # -- Host.send: which connection -------------------------------------------
@@ -247,8 +258,8 @@ def test_requests_queued_while_connecting_are_written_once_connected(make_host, 
     assert conns_gauge(block, host) == 1
     peer.sendall(b"END\r\nSTORED\r\nVA 1\r\nC\r\n")
     drive(loop, lambda: len(inbox.got) == 3, "three replies")
-    assert inbox.got == [(b"get a\r\n", b"END\r\n", ST_FAIL), (b"set b 0 0 1\r\nx\r\n", b"STORED\r\n",
-                                                         ST_OK),
+    assert inbox.got == [(b"get a\r\n", b"END\r\n", ST_FAIL),
+                         (b"set b 0 0 1\r\nx\r\n", b"STORED\r\n", ST_OK),
                          (b"mg c v\r\n", b"VA 1\r\nC\r\n", ST_OK)]
     conn.expire(loop.now)                     # nothing owed: no longer busy
     assert conn not in loop.busy and conn.state == UP
@@ -330,15 +341,10 @@ def test_a_broken_connection_fails_everything_in_flight_exactly_once(make_host, 
                                                                     block, monkeypatch):
     monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
     host = make_host(server.getsockname()[1], tko=3)
-    peer = connected(loop, host, server)
-    conn = host.conns[0]
+    peer, conn = connected(loop, host, server)
     inbox = Inbox()
-    sent = requests(b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\n", inbox)
-    for r in sent:
-        host.send(r)
-    wire = b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\nmn\r\n"
-    drive(loop, lambda: conn.ring.awaiting == 3, "written")
-    assert recv_exact(peer, len(wire)) == wire
+    assert written(loop, host, peer, b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\n",
+                   inbox) == b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\nmn\r\n"
     peer.sendall(b"VALUE a 0 1\r\nA\r\nEND\r\n")
     peer.close()                              # the rest never comes
     drive(loop, lambda: conn.state == DOWN, "closed by the server")
@@ -354,9 +360,8 @@ def test_a_broken_connection_fails_everything_in_flight_exactly_once(make_host, 
     # the reconnect comes after the backoff, and the connection serves again
     drive(loop, lambda: conn.state == UP, "reconnected")
     peer, _ = server.accept()
-    host.send(requests(b"get d\r\n", inbox)[0])
-    drive(loop, lambda: conn.ring.awaiting == 1, "written")
-    assert recv_exact(peer, 7) == b"get d\r\n"
+    peer.settimeout(DEADLINE)
+    assert written(loop, host, peer, b"get d\r\n", inbox) == b"get d\r\n"
     peer.close()
     host.close()
     assert len(inbox.got) == 4 and inbox.got[3] == (b"get d\r\n", ERROR, ST_ERROR)
@@ -368,13 +373,10 @@ def test_a_reply_that_cannot_answer_its_request_closes_the_connection(make_host,
     """A desynchronised pipeline: the good reply before the bad one is
     delivered, nothing of the bad one nor what follows it."""
     host = make_host(server.getsockname()[1], tko=3)
-    peer = connected(loop, host, server)
-    conn = host.conns[0]
+    peer, conn = connected(loop, host, server)
     inbox = Inbox()
-    for r in requests(b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n", inbox):
-        host.send(r)
-    drive(loop, lambda: conn.ring.awaiting == 3, "written")
-    assert recv_exact(peer, 30) == b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n"
+    data = b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n"
+    assert written(loop, host, peer, data, inbox) == data
     caplog.set_level("WARNING", logger="mcrouter.upstream")
     peer.sendall(b"END\r\nSTORED\r\nSTORED\r\n")   # get b answered with STORED
     drive(loop, lambda: conn.state == DOWN, "dropped")
@@ -419,16 +421,13 @@ def test_a_request_that_only_waited_in_the_queue_times_out_without_blame(make_ho
 
 def test_written_requests_that_time_out_count_towards_tko(make_host, loop, server, block):
     host = make_host(server.getsockname()[1], timeout=0.5, tko=2)
-    peer = connected(loop, host, server)
-    conn = host.conns[0]
+    peer, conn = connected(loop, host, server)
     inbox = Inbox()
-    for r in requests(b"get a\r\nget b\r\n", inbox):
-        host.send(r)
-    drive(loop, lambda: conn.ring.awaiting == 2, "written")
-    written = conn.ring.progress_at           # the turn clock of the write
-    conn.expire(written + 0.49)
+    assert written(loop, host, peer, b"get a\r\nget b\r\n", inbox) == b"get a\r\nget b\r\n"
+    at = conn.ring.progress_at                # the turn clock of the write
+    conn.expire(at + 0.49)
     assert inbox.got == []
-    conn.expire(written + 0.5)
+    conn.expire(at + 0.5)
     assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR), (b"get b\r\n", TIMEOUT, ST_ERROR)]
     assert errors(block, host, E_TIMEOUT) == 2
     assert host.failures == 2 and not host.healthy
@@ -436,7 +435,6 @@ def test_written_requests_that_time_out_count_towards_tko(make_host, loop, serve
     assert conn.state == UP                   # kept: the late replies may still come
     # the late replies are dropped (the slots were kept), and reply bytes
     # clear the count of failures in a row
-    recv_exact(peer, 14)
     peer.sendall(b"END\r\nEND\r\n")
     drive(loop, lambda: conn.ring.inflight == 0, "late replies read")
     assert len(inbox.got) == 2 and host.failures == 0
@@ -445,16 +443,13 @@ def test_written_requests_that_time_out_count_towards_tko(make_host, loop, serve
 
 def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, server, block):
     host = make_host(server.getsockname()[1], timeout=0.5, tko=10)
-    peer = connected(loop, host, server)
-    conn = host.conns[0]
+    peer, conn = connected(loop, host, server)
     inbox = Inbox()
-    host.send(requests(b"get a\r\n", inbox)[0])
-    drive(loop, lambda: conn.ring.awaiting == 1, "written")
-    assert recv_exact(peer, 7) == b"get a\r\n"
-    written = conn.ring.progress_at
-    conn.expire(written + 1.0)                # answered, the connection kept
+    assert written(loop, host, peer, b"get a\r\n", inbox) == b"get a\r\n"
+    at = conn.ring.progress_at
+    conn.expire(at + 1.0)                     # answered, the connection kept
     assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)] and conn.state == UP
-    conn.expire(written + 1.01)
+    conn.expire(at + 1.01)
     assert conn.state == DOWN
     assert host.last_error == "no reply within twice the timeout"
     assert errors(block, host, E_TIMEOUT) == 1 and errors(block, host, E_RESET) == 0
@@ -492,8 +487,7 @@ def test_write_interest_only_while_bytes_wait_and_reads_use_the_loop_buffer(make
                                                                            server,
                                                                            monkeypatch):
     host = make_host(server.getsockname()[1])
-    peer = connected(loop, host, server)
-    conn = host.conns[0]
+    peer, conn = connected(loop, host, server)
     seam = Seam(conn.sock, chunk=6)
     conn.sock = seam
     modified: list[tuple[int, int]] = []
@@ -530,8 +524,7 @@ def test_a_new_address_moves_new_requests_while_the_old_connection_finishes(make
     other.listen(8)
     other.settimeout(DEADLINE)
     host = make_host(port)
-    peer = connected(loop, host, server)
-    old = host.conns[0]
+    peer, old = connected(loop, host, server)
     inbox = Inbox()
     host.send(requests(b"get a\r\n", inbox)[0])
     drive(loop, lambda: old.ring.awaiting == 1, "written")
