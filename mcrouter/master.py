@@ -142,9 +142,10 @@ class Master:
         self.holds: dict[int, int] = {}              # pid → oldest generation it may still use
         self.gen_hosts = {self.generation: frozenset(hosts)}    # generations anyone may hold
         self.slots_dirty = False                     # a hold moved: free_slots has work
-        # the membership the sidecar reported last (self.members: the one applied)
+        # the membership the sidecar reported last (self.members: the one applied),
+        # and the addresses its reports gave that no applied change has used yet
         self.dns_wanted = dict(self.members)
-        self.dns_wanted_addresses = dict(self.dns_addresses)
+        self.dns_wanted_addresses: dict[str, Address] = {}
         self.metrics = MetricsBlock(max(2 * settings.workers, 16), self.table.capacity)
         self.counters = self.metrics.counters(self.metrics.master_slot)
         install(self.counters)
@@ -258,7 +259,7 @@ class Master:
         log.info("freed the host slots of %d host(s) that no running generation names "
                  "(%d of %d slots in use)", len(gone), len(self.slots), self.table.capacity)
         if self.dns_pending():
-            self.apply_dns()
+            self.apply_dns(retry=True)
 
     def hold(self, pid: int, generation: int) -> None:
         """Child ``pid`` may still use the hosts of ``generation`` and later."""
@@ -571,7 +572,10 @@ class Master:
         """A membership the sidecar reported is not the one applied."""
         return any(ms != self.members.get(name, ()) for name, ms in self.dns_wanted.items())
 
-    def apply_dns(self) -> None:
+    def apply_dns(self, retry: bool = False) -> None:
+        """Apply the membership wanted, with the addresses the reports gave;
+        on a ``retry`` the table's are newer for members that stay (the
+        sidecar moves those in the table alone)."""
         changes = []
         for name, found in self.dns_wanted.items():
             known = self.members.get(name, ())
@@ -584,9 +588,10 @@ class Master:
                            f" -{' -'.join(sorted(str(HostAddr(*a)) for a in old - new)) or '0'})")
         if not changes:
             return
+        addresses = ({**self.dns_wanted_addresses, **self.table_addresses()} if retry else
+                     {**self.table_addresses(), **self.dns_wanted_addresses})
         self.publish(self.file_config, self.config_text, {**self.members, **self.dns_wanted},
-                     {**self.table_addresses(), **self.dns_wanted_addresses},
-                     "DNS: " + "; ".join(changes), "DNS change")
+                     addresses, "DNS: " + "; ".join(changes), "DNS change")
 
     def drop_channel(self, pid: int) -> None:
         ch = self.sidecar_channels.pop(pid, None)
@@ -648,7 +653,7 @@ class Master:
         fresh, addresses = discovery.resolve_all(
             {n: src for n, src in file_config.dns_pools().items() if n not in members})
         self.publish(file_config, text, {**members, **fresh},
-                     {**self.table_addresses(), **self.dns_wanted_addresses, **addresses},
+                     {**self.dns_wanted_addresses, **self.table_addresses(), **addresses},
                      f"reloading {path}", "reload")
 
     def table_addresses(self) -> dict[str, Address]:
@@ -714,7 +719,7 @@ class Master:
         self.config, self.file_config, self.config_text = config, file_config, text
         self.members = members
         self.dns_wanted = {name: members.get(name, ()) for name in file_config.dns_pools()}
-        self.dns_wanted_addresses = dict(self.dns_addresses)
+        self.dns_wanted_addresses = {}
         self.generation += 1
         self.gen_hosts[self.generation] = frozenset(hosts)
         if not restart_sidecar:         # the sidecar's hosts are this generation's too
