@@ -28,6 +28,14 @@ is written straight into the HostTable, like any re-resolved host name.
 An empty or failed answer keeps the last good membership, logged once
 until the name answers again.
 
+A member whose ``host:port`` is also a listed server, or a member of
+another pool, is the same upstream host, as a server listed in two pools
+is: one HostTable slot, one set of connections, one health verdict.  While
+a DNS pool names it, the address is the answer's (the sidecar keeps it out
+of the host-name cache); once no pool names it, the host-name cache takes
+it over, starting from that address.  Two slots for one ``host:port``
+would mean two verdicts for one server and double the connections to it.
+
 dnspython is the DNS client: the system resolver (getaddrinfo) can neither
 read SRV records nor say how long an answer may be kept.
 """

@@ -40,7 +40,7 @@ class Client(Protocol):
 
 
 class _Retirement:
-    __slots__ = ("hosts", "marks", "generation")
+    __slots__ = ("generation", "hosts", "marks")
 
     def __init__(self, hosts: list[Host], marks: list[tuple[Client, int]],
                  generation: int) -> None:

@@ -219,12 +219,13 @@ def test_an_answer_larger_than_the_host_table_is_one_line_not_a_crash(router, zo
 
 
 def test_members_that_left_free_their_host_slots(router, zone):
-    """The host table has 1024 slots and never frees one.  A fleet whose
-    members are renamed (a new StatefulSet, pods re-IPed under dns:) fills
+    """The host table had 1024 slots and never freed one.  A fleet whose
+    members are renamed (a new StatefulSet, pods re-IPed under dns:) filled
     it: here 520 members replaced by 520 others, 520 in use at any time,
-    and the change is refused ("more than 1024 distinct hosts"); the
-    sidecar counts it as known, so it is never tried again and every later
-    reload is refused too."""
+    and the change was refused ("more than 1024 distinct hosts"); the
+    sidecar counted it as known, so it was never tried again and every later
+    reload was refused too.  Now a config names at most 1024 hosts in a
+    table of 2048, so the old 520 fit while they drain, then are freed."""
     srv_many(zone, 0, 520)
     r = dns_router(router, zone)
     assert r.wait_log("pool main: srv: " + SRV_NAME)
@@ -233,6 +234,7 @@ def test_members_that_left_free_their_host_slots(router, zone):
     assert wait_until(lambda: "generation 2" in r.stderr() or "refused" in r.stderr(), 20)
     refused = [line for line in r.stderr().splitlines() if "refused" in line]
     assert r.wait_log("all 1 worker(s) run config generation 2", timeout=15), refused
+    assert r.wait_log("freed the host slots of 520 host(s)", timeout=10)
 
 
 def srv_named(z: DnsZone, members: dict[str, int]) -> None:
@@ -317,8 +319,9 @@ def test_a_churning_fleet_goes_through_many_more_hosts_than_the_table_holds(memc
     read through the router and lives where ketama over that change's names
     puts it; the operator's views name only the last members, and the
     totals of stats mcrouter keep what the freed hosts counted."""
-    from mcrouter._hash import Hasher, ketama_name
     from test_discovery import Load
+
+    from mcrouter._hash import Hasher, ketama_name
     ms = [memcached() for _ in range(3)]
     srv_named(zone, {f"r0-m{j}": m.port for j, m in enumerate(ms)})
     r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"

@@ -307,11 +307,11 @@ def test_a_change_the_table_cannot_hold_is_refused_whole_in_one_line(small, capl
         publish(m, 5, 6, 7, 8)                          # 4 more: 3 free
         assert m.generation == 2 and m.table.used == 5
     assert [r.getMessage() for r in caplog.records] == [
-        "reload refused, still serving generation 1: more than 4 distinct hosts (5 named); "
-        "a config may name at most 4",
-        "reload refused, still serving generation 2: more than 8 distinct hosts (4 new, 5 in use "
-        "by generations 1..2, older ones still draining); send SIGHUP again once they have "
-        "drained (within -r and --graceful-timeout)"]
+        ("reload refused, still serving generation 1: more than 4 distinct hosts (5 named); "
+         "a config may name at most 4"),
+        ("reload refused, still serving generation 2: more than 8 distinct hosts (4 new, 5 in use "
+         "by generations 1..2, older ones still draining); send SIGHUP again once they have "
+         "drained (within -r and --graceful-timeout)")]
     for pid in (101, 102, 103):
         m.hold(pid, 2)
     m.free_slots()

@@ -1,17 +1,19 @@
 """The shared metrics block in one process: slots, sums, histograms, gauges."""
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
 
 from mcrouter import _metrics
-from mcrouter._metrics import (E_TIMEOUT, G_BYTES_IN, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
-                               G_RELOADS_OK, H_CONNS, H_ERRORS, H_HITS, H_MISSES, R_FANOUT,
-                               G_ROUTES, Counters)
+from mcrouter._metrics import (E_TIMEOUT, G_BYTES_IN, G_LEFT_ERRORS, G_LEFT_HITS,
+                               G_LEFT_MISSES, G_LEFT_SENT, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
+                               G_RELOADS_OK, H_CONNS, H_ERRORS, H_HITS, H_MISSES, H_SENT,
+                               HOST_WORDS, HOSTS_AT, R_FANOUT, G_ROUTES, Counters)
 from mcrouter._parser import RequestParser
 from mcrouter._ring import Ring
-from mcrouter.metrics import MetricsBlock, note_reload
+from mcrouter.metrics import HEADER_BYTES, MetricsBlock, note_reload
 
 
 class Inbox:
@@ -139,11 +141,6 @@ def test_a_freed_host_slot_starts_from_zero_and_the_totals_keep_its_counts(block
     """The master frees HostTable slot 3 (no process counts into it now):
     the next host of that slot starts from zero; stats mcrouter's totals,
     summed over hosts, must not go backwards."""
-    import struct
-    from mcrouter._metrics import (G_LEFT_ERRORS, G_LEFT_HITS, G_LEFT_MISSES, G_LEFT_SENT,
-                                   H_SENT, HOST_WORDS, HOSTS_AT)
-    from mcrouter.metrics import HEADER_BYTES
-
     def poke(slot: int, host: int, word: int, value: int) -> None:
         at = HEADER_BYTES + (slot * block.slot_words + HOSTS_AT + host * HOST_WORDS + word) * 8
         struct.pack_into("=Q", block.mm, at, value)
