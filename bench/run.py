@@ -301,7 +301,7 @@ def run_loadgen(args, exe, port, workload, depth, pids, procs):
         return {"failed": "loadgen timed out"}
     finally:
         procs.started = [x for x in procs.started if x[1] is not p]
-    lines = [l for l in out.splitlines() if l.startswith("{")]
+    lines = [line for line in out.splitlines() if line.startswith("{")]
     if p.returncode not in (0, 3) or not lines:
         return {"failed": f"loadgen exit {p.returncode}: {err.strip()[-500:]}"}
     res = json.loads(lines[-1])

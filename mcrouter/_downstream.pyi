@@ -1,14 +1,18 @@
 """Type stubs for the client connection extension (see _downstream.pyx)."""
 from typing import Any
+from typing_extensions import disjoint_base
 
 from mcrouter._parser import Request, RequestParser
 
 MAX_PENDING: int
 MAX_GET_LINE: int
 REPLY_WINDOW: int
+MAX_WINDOW_KEYS: int
 COALESCE: int
 MAX_IOV: int
+LINGER: float
 
+@disjoint_base
 class ClientConnection:
     worker: Any
     fd: int
@@ -20,6 +24,7 @@ class ClientConnection:
     last_read: float
     def __init__(self, worker: Any, sock: Any) -> None: ...
     def on_event(self, mask: int) -> None: ...
+    def on_partial(self, req: Request, part: bytes) -> bool: ...
     def on_reply(self, req: Request) -> None: ...
     def flush(self) -> None: ...
     def drain(self) -> None: ...

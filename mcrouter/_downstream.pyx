@@ -8,13 +8,22 @@ may complete in any order; the client sees them in its own order.
 
 Bounded: at most ``MAX_PENDING`` requests of one client are owed a reply at
 any time (more stay unparsed in its buffer), and reading pauses while more
-than ``out_limit`` (``-b``) bytes wait to be written.  Requests are forwarded
-in a window sized by bytes, not by count: while the unwritten output plus the
-replies expected for the requests in flight (each estimated by the largest
-recent reply size of this client) would pass ``out_limit``, further requests
-wait, parsed, in ``queued``; none is forwarded while the output alone is above
-it.  So a client that never reads holds about ``-b`` plus the replies in
-flight when its output filled up, however many requests it pipelined.
+than ``out_limit`` (``-b``) bytes wait to be written or more than that many
+bytes of its requests wait for their replies.  Requests are forwarded in a
+window sized by bytes, not by count: while the unwritten output plus the
+replies expected for the requests in flight would pass ``out_limit``, further
+requests wait, parsed, in ``queued``; none is forwarded while the output
+alone is above it.  A reply is expected per key asked (a 40-key get counts
+40), each the size of this client's recent replies per key, but never less
+than ``out_limit / MAX_WINDOW_KEYS``: however small its replies were, a
+client has at most MAX_WINDOW_KEYS keys in flight beyond its first request.
+So a client that never reads holds at most ``-b`` plus the replies in flight
+when its output filled up: one request's, or MAX_WINDOW_KEYS values.
+
+A data block that holds a share of the body budget is read to its end even
+while reading is paused for the bounds above (it is already counted), so a
+client that stops reading its replies cannot pin the budget: it finishes the
+block or meets the body timeout.
 
 Output is a queue of parts, written with one ``send``/``sendmsg`` per turn:
 small replies are coalesced into a bytearray, a large reply is queued as the
@@ -38,8 +47,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport Request, CMD_QUIT, ST_ERROR
-from mcrouter._parser import RequestParser, split_values
+from mcrouter._parser cimport Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR
+from mcrouter._parser import split_values
 
 cdef int EV_IN = select.EPOLLIN
 cdef int EV_OUT = select.EPOLLOUT
@@ -48,11 +57,17 @@ cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
 MAX_PENDING = 1024
 LINGER = 2.0                 # seconds a hung-up client gets to close its side
 MAX_GET_LINE = 1 << 20       # a multiget line may run this long (or -b, if larger)
-REPLY_WINDOW = 16            # a new client's first window: this many requests in flight
+REPLY_WINDOW = 16            # a new client's first window: this many keys in flight
+MAX_WINDOW_KEYS = 32         # the most keys in flight beyond the first request
 COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
 MAX_IOV = 64                 # parts one sendmsg takes
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
+
+
+cdef inline Py_ssize_t reply_keys(Request req):
+    """Replies a request's window share counts: one per key asked."""
+    return max(1, len(req.keys)) if req.keys is not None else 1
 
 
 cdef class ClientConnection:
@@ -64,7 +79,12 @@ cdef class ClientConnection:
     cdef object pending            # deque of Request, oldest first
     cdef object queued             # the tail of pending not yet forwarded, oldest first
     cdef Py_ssize_t released       # requests taken from queued so far
-    cdef Py_ssize_t reply_guess    # expected size of one reply (the window's unit)
+    cdef Py_ssize_t reply_guess    # expected reply size per key (the window's unit)
+    cdef Py_ssize_t guess_floor    # reply_guess never decays below this
+    cdef Py_ssize_t released_keys  # keys of the requests taken from queued so far
+    cdef Py_ssize_t answered_keys  # keys of the requests answered so far
+    cdef Py_ssize_t held_in        # wire bytes of the requests owed a reply
+    cdef Py_ssize_t head_streamed  # bytes of the oldest request's reply already queued
     cdef object out                # deque of parts (bytes, bytearray) ready to write
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
@@ -98,6 +118,7 @@ cdef class ClientConnection:
         self.recv_size = min(s.buffer_size, 256 * 1024)
         self.out_limit = max(s.buffer_size, 64 * 1024)
         self.reply_guess = self.out_limit // REPLY_WINDOW
+        self.guess_floor = self.out_limit // MAX_WINDOW_KEYS
         self.counters = local_counters()
         self.counters.add(G_CLIENTS, 1)
         self.counters.add(G_CLIENTS_TOTAL, 1)
@@ -148,6 +169,8 @@ cdef class ClientConnection:
         cdef Request req
         cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
         cdef unsigned long long now = self.counters.tick()
+        if self.out_bytes > self.out_limit or self.held_in > self.out_limit:
+            room = min(room, 1)     # read on only to finish a reserved data block
         self.counters.add(G_BYTES_IN, n)
         reqs = self.parser.feed(data, n, room)
         if reqs:
@@ -156,39 +179,68 @@ cdef class ClientConnection:
             for req in reqs:
                 req.owner = self
                 req.born_ns = now
+                if req.wire is not None:
+                    self.held_in += len(req.wire)
+                    if req.rkind == RK_GET and req.order is None and req.override is None:
+                        req.stream = True       # see on_partial
                 pending.append(req)
                 queued.append(req)
             self.forward()
             if pending and (<Request>pending[0]).reply is not None:
                 self.on_reply(pending[0])
-        if self.parser.closing or len(reqs) >= room or self.out_bytes > self.out_limit:
+        if self.parser.closing or len(reqs) >= room or self.over_limit():
             self._set_reading(False)
+
+    cdef inline bint over_limit(self):
+        """Whether the bytes held for this client pass -b (its output, or its
+        requests owed a reply), unless a reserved data block is still
+        arriving (see the module docstring)."""
+        return (self.out_bytes > self.out_limit or self.held_in > self.out_limit) \
+            and not self.parser.body_pending
 
     cdef forward(self):
         """Route queued requests, in order, while the window has room: the
-        output waiting plus one expected reply per request in flight stays
+        output waiting plus one expected reply per key in flight stays
         within out_limit (at least one request is in flight while the output
         is within it, so every client makes progress)."""
         cdef Request req
-        cdef Py_ssize_t inflight
+        cdef Py_ssize_t keys
         queued = self.queued
         dispatch = self.worker.route.dispatch
         while queued:
             if self.out_bytes > self.out_limit:
                 return
-            inflight = self.released - self.answered
-            if inflight > 0 and self.out_bytes + (inflight + 1) * self.reply_guess \
+            req = <Request>queued[0]
+            keys = reply_keys(req)
+            if self.released > self.answered and self.out_bytes + (
+                    self.released_keys - self.answered_keys + keys) * self.reply_guess \
                     > self.out_limit:
                 return
-            req = <Request>queued.popleft()
+            queued.popleft()
             self.released += 1
+            self.released_keys += keys
             if req.reply is None:
                 dispatch(req)
+
+    def on_partial(self, Request req, bytes part):
+        """Complete values of a large get reply still arriving: queued now
+        if every earlier reply is out (the request is the oldest owed one),
+        so the reply is not held whole; False leaves them with the ring."""
+        if self.closed:
+            return True         # nobody will read them
+        if not self.pending or self.pending[0] is not req:
+            return False
+        self._queue(part)
+        self.head_streamed += len(part)
+        if not self.dirty:
+            self.dirty = True
+            self.loop.dirty_clients.append(self)
+        return True
 
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
         cdef Request r
-        cdef Py_ssize_t size
+        cdef Py_ssize_t size, keys
         if self.closed:
             return
         pending = self.pending
@@ -199,6 +251,10 @@ cdef class ClientConnection:
                 break
             pending.popleft()
             self.answered += 1
+            keys = reply_keys(r)
+            self.answered_keys += keys
+            if r.wire is not None:
+                self.held_in -= len(r.wire)
             self.counters.request_done(r)
             if r.cmd == CMD_QUIT:
                 self.quitting = True
@@ -212,13 +268,19 @@ cdef class ClientConnection:
                 size = len(reply)
                 if size:
                     self._queue(reply)
+            if r.cursor:                # parts of it went out before (on_partial)
+                size += self.head_streamed
+                self.head_streamed = 0
             if size == 0:
                 continue
-            # the window's unit: up at once to a larger reply, down slowly
+            # the window's unit: up at once to a larger reply, down slowly,
+            # never below the floor
+            size //= keys
             if size > self.reply_guess:
                 self.reply_guess = size
-            else:
-                self.reply_guess -= (self.reply_guess - size) >> 3
+            elif self.reply_guess > self.guess_floor:
+                self.reply_guess = max(self.guess_floor,
+                                       self.reply_guess - ((self.reply_guess - size) >> 3))
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
@@ -312,11 +374,12 @@ cdef class ClientConnection:
             return
         if not self.reading:
             if not self.parser.closing and self.out_bytes <= self.out_limit // 2 \
+                    and self.held_in <= self.out_limit // 2 \
                     and len(self.pending) <= C_MAX_PENDING // 2:
                 self._set_reading(True)
                 if self.parser.buffered:
                     self.take(b"", 0)   # requests read earlier, held back by the bound
-        elif self.out_bytes > self.out_limit:
+        elif self.over_limit():
             self._set_reading(False)
         self._set_want_write(self.out_bytes > 0)
 

@@ -1,4 +1,5 @@
 """Type stubs for the hashing extension (see _hash.pyx)."""
+from typing_extensions import disjoint_base
 
 FUNCTIONS: tuple[str, ...]
 DISTRIBUTIONS: tuple[str, ...]
@@ -7,6 +8,7 @@ def hash_key(function: str, key: bytes) -> int: ...
 def md5_digest(data: bytes) -> bytes: ...
 def ketama_name(host: str, port: int) -> str: ...
 
+@disjoint_base
 class Hasher:
     size: int
     def __init__(self, names: list[str] | list[bytes], weights: list[int] | list[float] | None = ...,

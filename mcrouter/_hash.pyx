@@ -17,7 +17,8 @@ Distributions:
   or after its hash, wrapping.  A server's name is ``host:port``, or just
   ``host`` when the port is 11211 (libmemcached's convention, kept by
   twemproxy).  Checked against a real nutcracker by
-  ``tests/integration/test_twemproxy_placement.py``.
+  ``test_same_servers_as_twemproxy`` in ``tests/integration/test_pool_route.py``,
+  and offline against its recorded answers by ``tests/unit/test_hash.py``.
 * ``jump``: Lamping and Veach's jump consistent hash of the key hash.
 * ``rendezvous``: weighted highest-random-weight: each server scores
   ``-weight / ln(u)``, ``u`` a uniform number from the key hash and the

@@ -6,7 +6,7 @@ from libc.stdint cimport uint64_t
 from mcrouter._parser cimport Request
 
 cpdef enum:
-    NCMD = 32               # command ids (protocol.py) are < NCMD
+    NCMD = 32               # command ids are < CMD_LIMIT <= NCMD (checked at load)
     NBUCKETS = 17           # 16 finite bounds (seconds) + Inf
     HIST_WORDS = 18         # [sum in ns, NBUCKETS non-cumulative bucket counts]
     NREPLY = 16             # reasons of replies the router made itself

@@ -1,6 +1,7 @@
 """Type stubs for the metrics counting extension (see _metrics.pyx)."""
 from array import array
 from typing import Any
+from typing_extensions import disjoint_base
 
 NCMD: int
 NBUCKETS: int
@@ -51,6 +52,7 @@ REPLY_REASONS: tuple[str, ...]
 ERROR_REASONS: tuple[str, ...]
 ROUTE_DECISIONS: tuple[str, ...]
 
+@disjoint_base
 class Counters:
     on: bool
     hosts: int

@@ -24,7 +24,7 @@ from libc.stdint cimport uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from mcrouter._parser cimport (Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_MG,
-                               CMD_LOCAL, ST_OK, ST_FAIL, ST_ERROR)
+                               CMD_LIMIT, CMD_LOCAL, ST_OK, ST_FAIL, ST_ERROR)
 from mcrouter import protocol
 
 # Upper bounds of the duration buckets, in seconds (Prometheus ``le``); the
@@ -37,16 +37,25 @@ for _i, _b in enumerate(BOUNDS):
 assert len(BOUNDS) + 1 == NBUCKETS
 assert G_REQUESTS + NCMD * HIST_WORDS <= G_LEFT_SENT and G_LEFT_ERRORS + NERROR <= HOSTS_AT
 
-# Why the router answered a request itself; indices of G_REPLIES.
-REPLY_REASONS = ("no_healthy_upstream", "upstream_timeout", "upstream_error",
-                 "upstream_queue_full", "reply_too_large", "not_handled_locally",
-                 "not_supported", "shutting_down", "bad_request")
-cdef Py_ssize_t BAD_REQUEST = 8
-cdef dict REASON_OF = {
-    protocol.NO_HEALTHY_UPSTREAM: 0, protocol.UPSTREAM_TIMEOUT: 1, protocol.UPSTREAM_ERROR: 2,
-    protocol.UPSTREAM_QUEUE_FULL: 3, protocol.REPLY_TOO_LARGE: 4,
-    protocol.NOT_HANDLED_LOCALLY: 5, protocol.NOT_SUPPORTED: 6, protocol.SHUTTING_DOWN: 7,
-}
+# Why the router answered a request itself, one row per reason (its index is
+# its word after G_REPLIES): the reason's name and the router's reply that
+# says it.  Any other reply to an error or a CMD_LOCAL request is a bad
+# request the parser answered (the last row).
+_REASON_ROWS = (
+    ("no_healthy_upstream", protocol.NO_HEALTHY_UPSTREAM),
+    ("upstream_timeout", protocol.UPSTREAM_TIMEOUT),
+    ("upstream_error", protocol.UPSTREAM_ERROR),
+    ("upstream_queue_full", protocol.UPSTREAM_QUEUE_FULL),
+    ("reply_too_large", protocol.REPLY_TOO_LARGE),
+    ("not_handled_locally", protocol.NOT_HANDLED_LOCALLY),
+    ("not_supported", protocol.NOT_SUPPORTED),
+    ("shutting_down", protocol.SHUTTING_DOWN),
+    ("bad_request", None),
+)
+REPLY_REASONS = tuple(name for name, _ in _REASON_ROWS)
+cdef Py_ssize_t BAD_REQUEST = len(_REASON_ROWS) - 1
+cdef dict REASON_OF = {reply: i for i, (_, reply) in enumerate(_REASON_ROWS) if reply is not None}
+assert len(REPLY_REASONS) <= NREPLY and <int>CMD_LIMIT <= <int>NCMD
 ERROR_REASONS = ("timeout", "connect", "reset", "parse")        # H_ERRORS + E_*
 ROUTE_DECISIONS = ("failover", "miss_failover", "fanout")        # G_ROUTES + R_*
 

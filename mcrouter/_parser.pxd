@@ -1,9 +1,11 @@
-# The wire protocol's hot objects. protocol.py holds the same numbers for the
-# Python layer; tests/unit/test_parser.py checks that the two agree.
+# The wire protocol's hot objects, and the numbers both sides of the
+# protocol share.  The enum below is the one definition of command ids,
+# reply kinds and statuses: Cython modules cimport it, and protocol.py
+# re-exports the same names (cpdef) for the Python layer.
 
 from libc.stdint cimport uint64_t
 
-cdef enum:
+cpdef enum:
     CMD_GET = 1
     CMD_GETS = 2
     CMD_GAT = 3
@@ -29,8 +31,9 @@ cdef enum:
     CMD_MA = 23
     CMD_MN = 24
     CMD_ME = 25
-    CMD_LOCAL = 26
+    CMD_LOCAL = 26  # not a command: a reply the parser made itself (an error)
     CMD_ADMIN = 27  # a memcached admin command (cache_memlimit, lru, ...): RootRoute's admin policy
+    CMD_LIMIT = 28  # every command id is below this: the size of tables by command id
 
     RK_NONE = 0     # answered by the router itself
     RK_GET = 1      # VALUE ... <data> ... END
@@ -42,6 +45,9 @@ cdef enum:
     ST_OK = 0
     ST_FAIL = 1
     ST_ERROR = 2
+
+cdef enum:
+    MAX_TOKENS = 24     # memcached's MAX_TOKENS: the parser's token table
 
 
 cdef class Request:
@@ -64,9 +70,66 @@ cdef class Request:
                                  # so one client's requests keep their order on a host
     cdef public list order       # a get's keys as asked when some repeat (keys and wire
                                  # then name each once; the client's reply is expanded)
+    cdef public bint stream      # a get whose owner takes its reply in parts
+                                 # (owner.on_partial), as complete VALUE blocks arrive
+    cdef public Py_ssize_t cursor  # keys of ``keys`` already passed by parts delivered
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)
+
+
+cdef class RequestParser:
+    # One client connection's request framing; ``feed`` (def) is the way in.
+    cdef bytearray buf
+    cdef Py_ssize_t swallow
+    cdef Py_ssize_t max_item_size
+    cdef Py_ssize_t max_line
+    cdef public bint closing
+    cdef bint started        # a first byte has been seen (binary is judged on it alone)
+    cdef public int chan
+
+    # token table of the current line: (start, length) relative to the buffer
+    cdef Py_ssize_t ts[MAX_TOKENS]
+    cdef Py_ssize_t tl[MAX_TOKENS]
+    cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
+    cdef int more        # 1 if the line had more tokens than were stored
+    cdef long scratch
+    cdef bytes route_key     # the current line's decoded base64 key, if any
+    cdef Py_ssize_t limit    # most requests one feed may return
+    cdef Py_ssize_t reserved # this connection's share of body_held
+
+    cdef Py_ssize_t parse(self, const unsigned char *p, Py_ssize_t n, list out) except -1
+    cdef void close(self, list out)
+    cdef bint is_large_get(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t n)
+    cdef void tokenize(self, const unsigned char *p, Py_ssize_t s, Py_ssize_t e)
+    cdef inline int mc_ntokens(self):
+        # memcached's ntokens: stored tokens plus its terminal token
+        return self.ntok + 1
+    cdef bytes token(self, const unsigned char *p, int i)
+    cdef bint last_is(self, const unsigned char *p, const char *word, Py_ssize_t wl)
+    cdef Request forward(self, const unsigned char *p, int cmd, int rkind, bint quiet,
+                         Py_ssize_t start, Py_ssize_t end, int keytok)
+    cdef Py_ssize_t command(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
+                            Py_ssize_t nxt, Py_ssize_t n, list out) except -2
+    cdef Py_ssize_t retrieval(self, const unsigned char *p, int cmd, Py_ssize_t pos,
+                              Py_ssize_t el, Py_ssize_t nxt, list out) except -2
+    cdef Request keys_request(self, int cmd, list keys)
+    cdef Py_ssize_t storage(self, const unsigned char *p, int cmd, Py_ssize_t pos,
+                            Py_ssize_t nxt, Py_ssize_t n, list out) except -2
+    cdef bint reserve(self, Py_ssize_t size, Py_ssize_t have)
+    cdef void too_large(self, const unsigned char *p, int cmd, bint quiet, bint drop_old,
+                        bytes drop_fmt, list out, bytes error)
+    cdef Py_ssize_t data_block(self, const unsigned char *p, int cmd, int rkind, bint quiet,
+                               Py_ssize_t pos, Py_ssize_t nxt, Py_ssize_t n, long vlen,
+                               list out) except -2
+    cdef Py_ssize_t keyed(self, const unsigned char *p, int cmd, bint ntokens_ok,
+                          Py_ssize_t pos, Py_ssize_t nxt, list out) except -2
+    cdef Py_ssize_t keyless(self, const unsigned char *p, int cmd, int rkind, bint ntokens_ok,
+                            Py_ssize_t pos, Py_ssize_t nxt, list out) except -2
+    cdef bytes ms_flag_error(self, const unsigned char *p)
+    cdef bytes decoded_key(self, const unsigned char *p)
+    cdef Py_ssize_t meta(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t el,
+                         Py_ssize_t nxt, Py_ssize_t n, list out) except -2
 
 
 cdef void append_bytes(bytearray dst, const unsigned char *src, Py_ssize_t n) except *
@@ -75,3 +138,5 @@ cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
                            Py_ssize_t *skip_left, bint *last, Py_ssize_t *seen, bint *done)
 
 cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, int *status)
+cdef Py_ssize_t complete_values(const unsigned char *p, Py_ssize_t n, Request req,
+                                Py_ssize_t *cursor)

@@ -1,6 +1,47 @@
 """Type stubs for the wire protocol extension (see _parser.pyx)."""
 from typing import Any
+from typing_extensions import disjoint_base
 
+# the cpdef enum of _parser.pxd
+CMD_GET: int
+CMD_GETS: int
+CMD_GAT: int
+CMD_GATS: int
+CMD_SET: int
+CMD_ADD: int
+CMD_REPLACE: int
+CMD_APPEND: int
+CMD_PREPEND: int
+CMD_CAS: int
+CMD_DELETE: int
+CMD_INCR: int
+CMD_DECR: int
+CMD_TOUCH: int
+CMD_FLUSH_ALL: int
+CMD_VERSION: int
+CMD_VERBOSITY: int
+CMD_STATS: int
+CMD_QUIT: int
+CMD_MG: int
+CMD_MS: int
+CMD_MD: int
+CMD_MA: int
+CMD_MN: int
+CMD_ME: int
+CMD_LOCAL: int
+CMD_ADMIN: int
+CMD_LIMIT: int
+RK_NONE: int
+RK_GET: int
+RK_LINE: int
+RK_STATS: int
+RK_META: int
+RK_QUIET: int
+ST_OK: int
+ST_FAIL: int
+ST_ERROR: int
+
+@disjoint_base
 class Request:
     cmd: int
     rkind: int
@@ -17,9 +58,12 @@ class Request:
     override: bytes | None
     chan: int
     order: list[bytes] | None
+    stream: bool
+    cursor: int
     def finish(self, reply: bytes, status: int) -> None: ...
     def child(self, owner: Any) -> Request: ...
 
+@disjoint_base
 class RequestParser:
     closing: bool
     chan: int
@@ -28,10 +72,14 @@ class RequestParser:
     def buffered(self) -> int: ...
     @property
     def midway(self) -> bool: ...
+    @property
+    def body_pending(self) -> bool: ...
     def release(self) -> None: ...
     def discard(self) -> None: ...
-    def feed(self, data: bytes | bytearray | memoryview, n: int = ...) -> list[Request]: ...
+    def feed(self, data: bytes | bytearray | memoryview = ..., n: int = ...,
+             limit: int = ...) -> list[Request]: ...
 
+def base64_key(token: bytes) -> bytes | None: ...
 def set_body_budget(budget: int) -> None: ...
 def body_bytes_held() -> int: ...
 def scan(data: bytes | bytearray | memoryview, request: Request | bytes) -> tuple[int, int]: ...

@@ -40,7 +40,6 @@ cdef extern from *:
     void mcr_clear_errno() nogil
     bint mcr_erange() nogil
 
-DEF MAX_TOKENS = 24          # memcached's MAX_TOKENS
 DEF KEY_MAX = 250
 DEF LINE_LIMIT = 2048
 DEF BINARY_MAGIC = 0x80      # first byte of every binary-protocol request
@@ -58,7 +57,6 @@ cdef bytes R_BAD_DELETE = b"CLIENT_ERROR bad command line format.  Usage: delete
 cdef bytes R_END = b"END\r\n"
 cdef bytes R_BAD_TOKEN = b"CLIENT_ERROR bad token in command line format\r\n"
 DEF META_MAX_NTOKENS = 20    # memcached's MFLAG_MAX_OPT_LENGTH
-cdef bytes R_NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 cdef bytes R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 
 # Bytes this worker process holds for request bodies that have not fully
@@ -253,23 +251,7 @@ cdef class RequestParser:
     bytes of a rejected data block are still to be swallowed.  Once
     ``closing`` is set the parser accepts nothing more.
     """
-    cdef bytearray buf
-    cdef Py_ssize_t swallow
-    cdef Py_ssize_t max_item_size
-    cdef Py_ssize_t max_line
-    cdef public bint closing
-    cdef bint started        # a first byte has been seen (binary is judged on it alone)
-    cdef public int chan
-
-    # token table of the current line: (start, length) relative to the buffer
-    cdef Py_ssize_t ts[MAX_TOKENS]
-    cdef Py_ssize_t tl[MAX_TOKENS]
-    cdef int ntok        # tokens stored (at most MAX_TOKENS - 1)
-    cdef int more        # 1 if the line had more tokens than were stored
-    cdef long scratch
-    cdef bytes route_key     # the current line's decoded base64 key, if any
-    cdef Py_ssize_t limit    # most requests one feed may return
-    cdef Py_ssize_t reserved # this connection's share of body_held
+    # attributes and C methods: _parser.pxd
 
     def __init__(self, Py_ssize_t max_item_size=1048576, Py_ssize_t max_line=1048576,
                  int chan=0):
@@ -286,6 +268,13 @@ cdef class RequestParser:
     def midway(self):
         """Whether a line or a data block (kept or swallowed) is unfinished."""
         return len(self.buf) > 0 or self.swallow > 0
+
+    @property
+    def body_pending(self):
+        """Whether a data block holding a body-budget reservation is
+        unfinished: its connection is read on until it ends (or times out),
+        so a client that stops reading replies cannot pin the budget."""
+        return self.reserved > 0
 
     def release(self):
         """The connection is gone: give its body reservation back."""
@@ -417,10 +406,6 @@ cdef class RequestParser:
             self.ts[self.ntok] = start
             self.tl[self.ntok] = i - start
             self.ntok += 1
-
-    cdef inline int mc_ntokens(self):
-        # memcached's ntokens: stored tokens plus its terminal token
-        return self.ntok + 1
 
     cdef bytes token(self, const unsigned char *p, int i):
         return PyBytes_FromStringAndSize(<const char *>p + self.ts[i], self.tl[i])
@@ -1135,6 +1120,8 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return block_end(p, le, n, field_number(p, 0, le, 1))
         return le
     if rkind == RK_GET:
+        cursor = req.cursor         # past the keys of parts already delivered
+        hit = cursor > 0
         while True:
             le = line_end(p, pos, n)
             if le < 0:
@@ -1195,6 +1182,25 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return le
         return -2
     return -2
+
+
+cdef Py_ssize_t complete_values(const unsigned char *p, Py_ssize_t n, Request req,
+                                Py_ssize_t *cursor):
+    """Length of the complete VALUE blocks at the start of p[0:n], a get
+    reply still arriving that scan_reply found sound so far; ``*cursor``
+    (starting at ``req.cursor``) moves past their keys.  Those blocks can go
+    to the client before the reply ends (streaming)."""
+    cdef Py_ssize_t pos = 0, le, end, at = req.cursor
+    cursor[0] = at
+    while True:
+        le = line_end(p, pos, n)
+        if le < 0 or not starts(p, pos, le, "VALUE ", 6):
+            return pos
+        end = block_end(p, le, n, value_line(p, pos, le, req, &at))
+        if end < 0:
+            return pos
+        cursor[0] = at
+        pos = end
 
 
 cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,

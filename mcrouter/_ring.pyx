@@ -13,6 +13,11 @@ requests or ``max_out`` unwritten bytes.  A value reply larger than
 ``max_reply`` per distinct key asked is walked past without being held, and
 its request alone is answered with the router's "reply too large" error.
 
+A large ``get`` reply is not held to its end when its client can take it:
+once STREAM_MIN bytes of it are here, its complete VALUE blocks are passed
+to the request's owner (``on_partial``), which takes them only if every
+earlier reply of that client is already out; the rest follows as usual.
+
 Two clocks, so that a host is judged by its own behaviour: a request's reply
 is due ``timeout`` after its last byte was written to the socket, and the
 oldest request owed a reply gets a full ``timeout`` again whenever reply
@@ -26,8 +31,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, RK_LINE,
-                               RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL, ST_ERROR)
+from mcrouter import protocol
+from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, complete_values,
+                               RK_LINE, RK_GET, RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL,
+                               ST_ERROR)
 
 cdef inline double monotonic_now():
     """time.monotonic(), in C."""
@@ -44,8 +51,9 @@ cdef Py_ssize_t distinct_keys(Request req):
     return len(set(req.keys))
 
 
-cdef bytes REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
+cdef bytes REPLY_TOO_LARGE = protocol.REPLY_TOO_LARGE
 DEF FAULT_EXCERPT = 80      # bytes of a bad reply kept for the log line
+DEF STREAM_MIN = 65536      # a get reply this large so far is passed on in parts
 
 
 cdef class Ring:
@@ -141,7 +149,7 @@ cdef class Ring:
         only an unfinished tail is copied."""
         cdef const unsigned char[::1] view = data
         cdef int status = 0
-        cdef Py_ssize_t pos = 0, r, end
+        cdef Py_ssize_t pos = 0, r, end, cursor
         cdef const unsigned char *p
         cdef bytearray held = None
         cdef Request req
@@ -176,6 +184,17 @@ cdef class Ring:
                 req.finish(REPLY_TOO_LARGE, ST_ERROR)
                 continue
             r = scan_reply(p + pos, n - pos, req, &status)
+            if r == -1 and req.stream and n - pos >= STREAM_MIN and req.reply is None:
+                # a large get reply still arriving: its complete values go
+                # to the client now if it takes them (every earlier reply of
+                # that client is out), rather than being held to the end
+                r = complete_values(p + pos, n - pos, req, &cursor)
+                if r > 0 and req.owner.on_partial(
+                        req, PyBytes_FromStringAndSize(<const char *>p + pos, r)):
+                    req.cursor = cursor
+                    pos += r
+                    continue
+                r = -1
             if r == -1:
                 # a multiget may carry one item per key
                 if n - pos > self.max_reply and n - pos > self.max_reply * distinct_keys(req):
@@ -185,7 +204,7 @@ cdef class Ring:
                     self.dropping = True
                     self.skip_left = 0
                     self.skip_last = False
-                    self.skip_seen = 0
+                    self.skip_seen = req.cursor if req.rkind == RK_GET else 0
                     done = False
                     continue
                 break

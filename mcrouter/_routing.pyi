@@ -1,5 +1,6 @@
 """Type stubs for the route tree's hot steps (see _routing.pyx)."""
 from typing import Any, Callable
+from typing_extensions import disjoint_base
 
 from mcrouter._hash import Hasher
 from mcrouter._parser import Request
@@ -7,6 +8,7 @@ from mcrouter._parser import Request
 def retrieval_prefix(req: Request) -> bytes: ...
 def for_keys(parent: Request, owner: Any, prefix: bytes, keys: list[bytes]) -> Request: ...
 
+@disjoint_base
 class Gather:
     parent: Request
     keys: list[bytes]
@@ -19,6 +21,7 @@ class Gather:
     def missing(self) -> list[bytes]: ...
     def finish(self) -> None: ...
 
+@disjoint_base
 class Shards(Gather):
     left: int
     def on_reply(self, sub: Request) -> None: ...
@@ -28,14 +31,17 @@ def group_keys(req: Request, hasher: Hasher | None,
 def split(req: Request, routes: list[Any],
           grouping: tuple[dict[int, list[bytes]], list[int] | None]) -> None: ...
 
+@disjoint_base
 class TableDispatch:
     table: list[Any]
     def dispatch(self, req: Request) -> None: ...
 
+@disjoint_base
 class HostDispatch:
     host: Any
     def dispatch(self, req: Request) -> None: ...
 
+@disjoint_base
 class ServiceDispatch:
     """Subclasses define ``serve`` (reserved keys), ``serve_stats`` (stats) and
     ``serve_admin`` (commands whose bit is set in ``gated``)."""
@@ -43,12 +49,14 @@ class ServiceDispatch:
     gated: int
     def dispatch(self, req: Request) -> None: ...
 
+@disjoint_base
 class HashDispatch:
     children: list[Any]
     hasher: Hasher
     keyless: list[Any]
     def dispatch(self, req: Request) -> None: ...
 
+@disjoint_base
 class PolicyDispatch(HashDispatch):
     rehash: bool
     routes: list[Any]

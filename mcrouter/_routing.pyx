@@ -30,11 +30,11 @@ from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
 from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS, ST_OK, ST_FAIL, ST_ERROR
-from mcrouter.protocol import NO_HEALTHY_UPSTREAM, UPSTREAM_ERROR
+from mcrouter import protocol
 
 cdef bytes END = b"END\r\n"
-cdef bytes R_NO_HEALTHY = NO_HEALTHY_UPSTREAM
-cdef bytes R_UPSTREAM_ERROR = UPSTREAM_ERROR
+cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
+cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 
 
 cdef class TableDispatch:

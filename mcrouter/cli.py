@@ -173,7 +173,7 @@ def run(
         metrics_addr = parse_metrics_listen(metrics_listen_addr)
     except ListenError as e:
         _die(str(e))
-    settings = Settings(config_path=router_config, listen=listen, workers=server_event_loops,
+    settings = Settings(config_path=router_config, workers=server_event_loops,
                         upstream_connections=upstream_connections, timeout_ms=timeout_ms,
                         connect_timeout_ms=connect_timeout_ms,
                         healthcheck_interval=durations["-H/--healthcheck-interval"],
@@ -183,9 +183,7 @@ def run(
                         body_timeout=durations["--body-timeout"],
                         idle_timeout=durations["--idle-timeout"],
                         graceful_timeout=graceful_timeout, watch_config=watch_config,
-                        log_level=log_level, log_format=log_format,
-                        metrics_listen=metrics_listen_addr, confirm_timeout=confirm_timeout,
-                        host_slots=host_slots,
+                        confirm_timeout=confirm_timeout, host_slots=host_slots,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
     from mcrouter.reload import load
     try:

@@ -26,7 +26,7 @@ plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms) and
 an optional ``admin:`` mapping (``allow:``, the commands that change or
 expose a backend which clients may send; see ``ADMIN_COMMANDS``).
 
-What each route accepts is one table, ``ROUTE_OPTIONS``.  Unlike
+What each route accepts is one table, ``ROUTE_TYPES``.  Unlike
 gomcrouter, anything unknown is refused.  Every error is one line,
 ``file:line:column: what is wrong; how to fix it``, raised as ConfigError.
 """
@@ -41,41 +41,48 @@ import yaml
 from mcrouter._hash import DISTRIBUTIONS, FUNCTIONS
 from mcrouter.protocol import COMMAND_IDS
 
-# route type → {option: kind}; the kinds are parsed by _Checker.<kind>
-ROUTE_OPTIONS: dict[str, dict[str, str]] = {
-    "OperationSelectorRoute": {"operationPolicies": "operations", "operation_policies": "operations",
-                               "default_policy": "route"},
-    "DefaultRoute": {"pool": "pool_name"},
-    "AllFastestRoute": {"pool": "pool_name"},
-    "MissFailoverRoute": {"pool": "pool_name"},
-    "LocalRoute": {},
-    "PoolRoute": {"pool": "pool_name"},
-    "HashRoute": {"children": "routes", "hash": "hash"},
-    "FailoverRoute": {"children": "routes", "failover_errors": "errors", "max_tries": "count",
-                      "order": "order"},
-    "AllSyncRoute": {"children": "routes"},
-    "AllAsyncRoute": {"children": "routes"},
-    "AllInitialRoute": {"children": "routes"},
-    "AllMajorityRoute": {"children": "routes"},
-    "RandomRoute": {"children": "routes"},
-    "LatestRoute": {"children": "routes", "failover_count": "count", "failover_errors": "errors"},
-    "PrefixSelectorRoute": {"policies": "prefixes", "wildcard": "route"},
-    "ShadowRoute": {"child": "route", "shadow": "route", "key_fraction_range": "fraction_range",
-                    "request_fraction": "fraction"},
-    "WarmUpRoute": {"cold": "route", "warm": "route", "exptime": "exptime"},
-    "NullRoute": {},
-    "ErrorRoute": {"response": "text"},
+
+@dataclass(frozen=True)
+class RouteType:
+    """What one route type accepts in router.yaml.  ``routes/__init__.py``
+    builds each type from its class of the same ``name``."""
+    options: Mapping[str, str]          # option → kind, parsed by _Checker.<kind>
+    required: tuple[str, ...] = ()
+    short: str = ""                     # the option the short form "Type|argument" sets
+    ordered_pool: bool = False          # without a pool: over gomcrouter's orderedPool
+
+
+_POOL = {"pool": "pool_name"}
+_CHILDREN = {"children": "routes"}
+# One row per route type: everything the config knows about it.
+ROUTE_TYPES: dict[str, RouteType] = {
+    "OperationSelectorRoute": RouteType({"operationPolicies": "operations",
+                                         "operation_policies": "operations",
+                                         "default_policy": "route"}),
+    "DefaultRoute": RouteType(_POOL, short="pool", ordered_pool=True),
+    "AllFastestRoute": RouteType(_POOL, short="pool", ordered_pool=True),
+    "MissFailoverRoute": RouteType(_POOL, short="pool", ordered_pool=True),
+    "LocalRoute": RouteType({}),
+    "PoolRoute": RouteType(_POOL, required=("pool",), short="pool"),
+    "HashRoute": RouteType({**_CHILDREN, "hash": "hash"}, required=("children",)),
+    "FailoverRoute": RouteType({**_CHILDREN, "failover_errors": "errors", "max_tries": "count",
+                                "order": "order"}, required=("children",)),
+    "AllSyncRoute": RouteType(_CHILDREN, required=("children",)),
+    "AllAsyncRoute": RouteType(_CHILDREN, required=("children",)),
+    "AllInitialRoute": RouteType(_CHILDREN, required=("children",)),
+    "AllMajorityRoute": RouteType(_CHILDREN, required=("children",)),
+    "RandomRoute": RouteType(_CHILDREN, required=("children",)),
+    "LatestRoute": RouteType({**_CHILDREN, "failover_count": "count", "failover_errors": "errors"},
+                             required=("children",)),
+    "PrefixSelectorRoute": RouteType({"policies": "prefixes", "wildcard": "route"}),
+    "ShadowRoute": RouteType({"child": "route", "shadow": "route",
+                              "key_fraction_range": "fraction_range", "request_fraction": "fraction"},
+                             required=("child", "shadow")),
+    "WarmUpRoute": RouteType({"cold": "route", "warm": "route", "exptime": "exptime"},
+                             required=("cold", "warm")),
+    "NullRoute": RouteType({}),
+    "ErrorRoute": RouteType({"response": "text"}, short="response"),
 }
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "PoolRoute": ("pool",), "ShadowRoute": ("child", "shadow"), "WarmUpRoute": ("cold", "warm"),
-    **{t: ("children",) for t, opts in ROUTE_OPTIONS.items() if "children" in opts},
-}
-# what the argument of the short form "Type|argument" sets
-SHORT_ARGUMENT = {"PoolRoute": "pool", "DefaultRoute": "pool", "AllFastestRoute": "pool",
-                  "MissFailoverRoute": "pool", "ErrorRoute": "response"}
-# routes over the hosts of a pool, by default gomcrouter's orderedPool
-ORDERED_POOL_ROUTES = ("DefaultRoute", "AllFastestRoute", "MissFailoverRoute")
-ROUTE_TYPES = tuple(ROUTE_OPTIONS)
 
 # Every command a client may send; quit only as gomcrouter's README writes it
 # (``quit: LocalRoute``): the client connection answers it by closing, so any
@@ -188,13 +195,14 @@ class PoolConfig:
 @dataclass(frozen=True)
 class RouteConfig:
     """One node of the route tree: its type and its validated options
-    (child routes are RouteConfig too; see ROUTE_OPTIONS)."""
+    (child routes are RouteConfig too; see ROUTE_TYPES)."""
 
     type: str
     options: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
-        arg = self.options.get(SHORT_ARGUMENT.get(self.type, ""))
+        row = ROUTE_TYPES.get(self.type)
+        arg = self.options.get(row.short) if row and row.short else None
         return f"{self.type}|{arg}" if arg else self.type
 
 
@@ -515,8 +523,8 @@ class _Checker:
         types = [v for k, v in items if self.scalar(k, "a route key") == "type"]
         if not types:
             raise self.fail(node, "route has no type", "valid types: " + ", ".join(ROUTE_TYPES))
-        rtype = self.choice(types[0], "route type", ROUTE_TYPES)
-        kinds = ROUTE_OPTIONS[rtype]
+        rtype = self.choice(types[0], "route type", tuple(ROUTE_TYPES))
+        kinds = ROUTE_TYPES[rtype].options
         options: dict[str, Any] = {}
         for k, v in items:
             key = self.scalar(k, "a route key")
@@ -537,27 +545,28 @@ class _Checker:
         """``Type`` or ``Type|argument``, e.g. ``PoolRoute|main``."""
         text = self.scalar(node, "a route")
         rtype, bar, arg = text.partition("|")
-        if rtype not in ROUTE_OPTIONS:
+        if rtype not in ROUTE_TYPES:
             raise self.fail(node, f"unknown route type {rtype!r}", "valid: " + ", ".join(ROUTE_TYPES))
         options: dict[str, Any] = {}
+        short = ROUTE_TYPES[rtype].short
         if bar:
-            if rtype not in SHORT_ARGUMENT or not arg:
+            if not short or not arg:
                 raise self.fail(node, f"{rtype} takes no '|argument'",
                                 "short forms with an argument: " + ", ".join(
-                                    f"{t}|{a}" for t, a in SHORT_ARGUMENT.items()))
-            options[SHORT_ARGUMENT[rtype]] = arg if SHORT_ARGUMENT[rtype] != "pool" \
-                else self.pool_ref(node, arg)
+                                    f"{t}|{r.short}" for t, r in ROUTE_TYPES.items() if r.short))
+            options[short] = arg if short != "pool" else self.pool_ref(node, arg)
         return self.finish_route(node, rtype, options)
 
     def finish_route(self, node: yaml.Node, rtype: str, options: dict[str, Any]) -> RouteConfig:
-        for need in REQUIRED.get(rtype, ()):
+        row = ROUTE_TYPES[rtype]
+        for need in row.required:
             if need not in options:
                 raise self.fail(node, f"{rtype} needs {need}",
                                 f"add {need}: ... (see the route reference in README.md)")
         if rtype == "PrefixSelectorRoute" and "policies" not in options and "wildcard" not in options:
             raise self.fail(node, "PrefixSelectorRoute needs policies or a wildcard",
                             "add policies: {prefix: route} and/or wildcard: route")
-        if rtype in ORDERED_POOL_ROUTES and "pool" not in options:
+        if row.ordered_pool and "pool" not in options:
             self.ordered_users.append((node, rtype))
         if rtype == "OperationSelectorRoute" and "default_policy" not in options:
             self.ordered_users.append((node, rtype))      # unlisted commands → DefaultRoute
@@ -567,7 +576,7 @@ class _Checker:
         self.pool_refs.append((node, name))
         return name
 
-    # option kinds (ROUTE_OPTIONS values)
+    # option kinds (RouteType.options values)
 
     def pool_name(self, node: yaml.Node) -> str:
         return self.pool_ref(node, self.scalar(node, "a pool name"))

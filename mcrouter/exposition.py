@@ -165,7 +165,7 @@ def _by_label(name: str, doc: str, label: str, words: list[tuple[str, int]],
 
 def registry_for(block: MetricsBlock, table: HostTable) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(block, table))       # type: ignore[arg-type]
+    registry.register(RouterCollector(block, table))
     return registry
 
 

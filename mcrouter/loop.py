@@ -141,6 +141,3 @@ class Loop:
                 for u in batch:
                     u.dirty = False
                     u.flush()
-
-    def close(self) -> None:
-        self.ep.close()

@@ -83,7 +83,8 @@ PR_SET_NAME = 15
 
 
 def set_process_name(name: str) -> None:
-    """Name a child in ps/top (/proc/PID/comm): mcr-master, mcr-worker, mcr-sidecar."""
+    """Name a child in ps/top (/proc/PID/comm): mcr-worker, mcr-sidecar.  The
+    master keeps the name it was started under (``mcrouter``), as pgrep expects."""
     try:
         ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):

@@ -1,25 +1,23 @@
-"""Wire constants in one place: command ids, reply kinds, limits, the router's own replies.
+"""Wire constants for the Python layer: command ids, reply kinds, the router's own replies.
 
-The numbers here are mirrored as C enums in ``_parser.pxd``; keep both in step
-(``tests/unit/test_parser.py`` checks that they agree).
+Command ids, reply kinds and statuses are defined once, as a ``cpdef enum``
+in ``_parser.pxd`` (the parser and the other Cython modules use them as C
+constants); this module re-exports them.  The router's own replies are
+defined here only: the Cython modules that send one (``_ring``,
+``_routing``) or count one (``_metrics``) import it from here at load.
+``tests/unit/test_parser.py`` fails if a copy appears anywhere else.
 """
 from __future__ import annotations
 
-# Limits (memcached.h and proto_text.c of memcached 1.6.18).
-KEY_MAX_LENGTH = 250
-LINE_LIMIT = 2048          # a request line with no \n in this many bytes closes the connection
-MEMCACHED_PROTOCOL_LEVEL = "1.6.18"
+from mcrouter._parser import (  # noqa: F401 (re-exported)
+    CMD_ADD, CMD_ADMIN, CMD_APPEND, CMD_CAS, CMD_DECR, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT,
+    CMD_GATS, CMD_GET, CMD_GETS, CMD_INCR, CMD_LIMIT, CMD_LOCAL, CMD_MA, CMD_MD, CMD_ME,
+    CMD_MG, CMD_MN, CMD_MS, CMD_PREPEND, CMD_QUIT, CMD_REPLACE, CMD_SET, CMD_STATS,
+    CMD_TOUCH, CMD_VERBOSITY, CMD_VERSION, RK_GET, RK_LINE, RK_META, RK_NONE, RK_QUIET,
+    RK_STATS, ST_ERROR, ST_FAIL, ST_OK,
+)
 
-# Command ids: what the parser tells the routes.
-CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS = 1, 2, 3, 4
-CMD_SET, CMD_ADD, CMD_REPLACE, CMD_APPEND, CMD_PREPEND, CMD_CAS = 5, 6, 7, 8, 9, 10
-CMD_DELETE, CMD_INCR, CMD_DECR, CMD_TOUCH = 11, 12, 13, 14
-CMD_FLUSH_ALL, CMD_VERSION, CMD_VERBOSITY, CMD_STATS, CMD_QUIT = 15, 16, 17, 18, 19
-CMD_MG, CMD_MS, CMD_MD, CMD_MA, CMD_MN, CMD_ME = 20, 21, 22, 23, 24, 25
-CMD_LOCAL = 26             # not a command: a reply the parser made itself (an error)
-CMD_ADMIN = 27             # memcached's admin commands (cache_memlimit, slabs, lru, ...), one id:
-                           # RootRoute lets through only those the config's admin: section allows
-CMD_LIMIT = 28             # every command id is below this: the size of tables by command id
+MEMCACHED_PROTOCOL_LEVEL = "1.6.18"     # the memcached whose replies the router reproduces
 
 COMMAND_IDS: dict[str, int] = {
     "get": CMD_GET, "gets": CMD_GETS, "gat": CMD_GAT, "gats": CMD_GATS,
@@ -35,18 +33,12 @@ COMMAND_NAMES: dict[int, str] = {**{v: k for k, v in COMMAND_IDS.items()}, CMD_A
 # A meta command with no policy of its own follows the policy of its text twin.
 META_TWIN: dict[str, str] = {"mg": "get", "ms": "set", "md": "delete", "ma": "incr"}
 
-# Reply kinds: how the upstream reader finds the end of one reply.
-RK_NONE, RK_GET, RK_LINE, RK_STATS, RK_META, RK_QUIET = 0, 1, 2, 3, 4, 5
-
-# Reply status, judged on the first token of the reply (ROUTES.md).
-ST_OK, ST_FAIL, ST_ERROR = 0, 1, 2
-
 # Replies the router makes itself.
 NO_HEALTHY_UPSTREAM = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 UPSTREAM_TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 UPSTREAM_QUEUE_FULL = b"SERVER_ERROR mcrouter: upstream queue full\r\n"
-REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"       # mirrored in _ring.pyx
+REPLY_TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
 NOT_HANDLED_LOCALLY = b"SERVER_ERROR mcrouter: command not handled locally\r\n"
 NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 SHUTTING_DOWN = b"SERVER_ERROR mcrouter: shutting down\r\n"

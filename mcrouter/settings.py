@@ -1,4 +1,9 @@
-"""The run-time settings the command line produces, in one typed object."""
+"""The run-time settings the command line produces, parsed, in one typed object.
+
+Only what the master and its children read after start-up: the listen
+addresses go to ``Master`` as parsed ``ListenAddr``s, and the log level and
+format to ``logs.setup_logging``, so none is carried twice.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +14,6 @@ from mcrouter.health import DEFAULT_CAPACITY
 @dataclass(frozen=True)
 class Settings:
     config_path: str = "router.yaml"
-    listen: str = "tcp://:8080"
     workers: int = 1                    # -n/--server-event-loops
     upstream_connections: int = 2       # -C, per host per worker
     timeout_ms: int = 1000              # -r, per upstream request
@@ -25,9 +29,6 @@ class Settings:
     reuseport: bool = False
     graceful_timeout: float = 10.0
     watch_config: bool = False          # reload when the config file changes
-    log_level: str = "info"
-    log_format: str = "text"            # --log-format: text or json
-    metrics_listen: str = ":9090"       # -L/--metrics-listen-addr, "off" for none
     count_metrics: bool = True          # False only to measure what counting costs
     confirm_timeout: float = 10.0       # workers confirm a config generation within this
                                         # (hidden --confirm-timeout: tests shorten it)

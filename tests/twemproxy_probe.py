@@ -1,7 +1,7 @@
 """Ask a real twemproxy (nutcracker) where it puts keys.
 
-Shared by ``tests/integration/test_twemproxy_placement.py`` (live
-comparison) and ``tests/unit/vectors/make_ketama_vectors.py`` (which
+Shared by ``tests/integration/test_pool_route.py`` (live comparison,
+``test_same_servers_as_twemproxy``) and ``tests/unit/vectors/make_ketama_vectors.py`` (which
 records the answers in a vector file for the offline unit test).
 
 The method measures, it does not compute: store every key through
@@ -45,7 +45,7 @@ def nutcracker(servers: Sequence[str], function: str, weights: Sequence[int] | N
     with tempfile.TemporaryDirectory() as tmp:
         for _attempt in range(3):
             port, stats = free_port(), free_port()
-            lines = [f"probe:", f"  listen: {HOST}:{port}", f"  hash: {function}",
+            lines = ["probe:", f"  listen: {HOST}:{port}", f"  hash: {function}",
                      "  distribution: ketama", "  auto_eject_hosts: false", "  timeout: 2000"]
             if hash_tag:
                 lines.append(f'  hash_tag: "{hash_tag}"')

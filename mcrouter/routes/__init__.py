@@ -2,7 +2,8 @@
 
 ``build_route(config, hosts)`` turns the validated tree into handles; the
 hosts are given by address (one Host per distinct server, however many
-pools list it), so routes never create hosts.  Routes over the same pool
+pools list it), so routes never create hosts.  ``config.ROUTE_TYPES`` says
+what each route type accepts; ``_ROWS`` here says which class builds it.  Routes over the same pool
 share one PoolRoute (and one continuum).
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from mcrouter._hash import Hasher, ketama_name
-from mcrouter.config import HashConfig, HostAddr, RouteConfig, RouterConfig
+from mcrouter.config import ROUTE_TYPES, HashConfig, HostAddr, RouteConfig, RouterConfig
 from mcrouter.protocol import CMD_LIMIT, COMMAND_IDS, META_TWIN
 from mcrouter.routes.base import HostRoute, Route, Trace, Upstream
 from mcrouter.routes.failover import FailoverRoute, LatestRoute, MissFailoverRoute
@@ -33,42 +34,17 @@ def hasher(names: Sequence[str], weights: Sequence[int] | None, h: HashConfig) -
 
 
 class _Builder:
+    """Turns RouteConfig nodes into handles; each recipe below builds route
+    class ``cls`` from one node's validated options."""
+
     def __init__(self, config: RouterConfig, hosts: Mapping[HostAddr, Upstream]) -> None:
         self.config = config
         self.hosts = hosts
         self.pool_routes: dict[str, Route] = {}
-        self.kinds: dict[str, Callable[[dict], Route]] = {
-            "OperationSelectorRoute": self.operation_selector,
-            "DefaultRoute": lambda o: DefaultRoute(self.host_list(o)),
-            "AllFastestRoute": lambda o: AllFastestRoute(self.host_list(o)),
-            "MissFailoverRoute": lambda o: MissFailoverRoute(self.host_list(o)),
-            "LocalRoute": lambda o: LocalRoute(),
-            "PoolRoute": lambda o: self.pool_route(o["pool"]),
-            "HashRoute": self.hash_route,
-            "FailoverRoute": lambda o: FailoverRoute(
-                self.all(o["children"]), o.get("failover_errors"), o.get("max_tries", 0),
-                o.get("order", "in_order")),
-            "LatestRoute": lambda o: LatestRoute(
-                self.all(o["children"]), o.get("failover_count", 5), o.get("failover_errors")),
-            "AllSyncRoute": lambda o: AllSyncRoute(self.all(o["children"])),
-            "AllAsyncRoute": lambda o: AllAsyncRoute(self.all(o["children"])),
-            "AllInitialRoute": lambda o: AllInitialRoute(self.all(o["children"])),
-            "AllMajorityRoute": lambda o: AllMajorityRoute(self.all(o["children"])),
-            "RandomRoute": lambda o: RandomRoute(self.all(o["children"])),
-            "PrefixSelectorRoute": lambda o: PrefixSelectorRoute(
-                {p.encode(): self.build(r) for p, r in o.get("policies", {}).items()},
-                self.build(o["wildcard"]) if "wildcard" in o else NullRoute()),
-            "ShadowRoute": lambda o: ShadowRoute(
-                self.build(o["child"]), self.build(o["shadow"]), o.get("key_fraction_range"),
-                o.get("request_fraction")),
-            "WarmUpRoute": lambda o: WarmUpRoute(
-                self.build(o["cold"]), self.build(o["warm"]), o.get("exptime", 0)),
-            "NullRoute": lambda o: NullRoute(),
-            "ErrorRoute": lambda o: ErrorRoute(o.get("response", "")),
-        }
 
     def build(self, cfg: RouteConfig) -> Route:
-        return self.kinds[cfg.type](cfg.options)
+        cls, recipe = _RECIPES[cfg.type]
+        return recipe(self, cls, cfg.options)
 
     def all(self, cfgs: Sequence[RouteConfig]) -> list[Route]:
         return [self.build(c) for c in cfgs]
@@ -78,6 +54,41 @@ class _Builder:
         pool = options.get("pool")
         addrs = self.config.pools[pool].servers if pool else self.config.ordered_pool
         return [self.hosts[a] for a in addrs]
+
+    # recipes: (builder, route class, options) → route
+
+    def bare(self, cls: type, options: dict) -> Route:
+        return cls()
+
+    def over_hosts(self, cls: type, options: dict) -> Route:
+        return cls(self.host_list(options))
+
+    def over_children(self, cls: type, options: dict) -> Route:
+        return cls(self.all(options["children"]))
+
+    def pool(self, cls: type, options: dict) -> Route:
+        return self.pool_route(options["pool"])
+
+    def failover(self, cls: type, o: dict) -> Route:
+        return cls(self.all(o["children"]), o.get("failover_errors"), o.get("max_tries", 0),
+                   o.get("order", "in_order"))
+
+    def latest(self, cls: type, o: dict) -> Route:
+        return cls(self.all(o["children"]), o.get("failover_count", 5), o.get("failover_errors"))
+
+    def prefix_selector(self, cls: type, o: dict) -> Route:
+        return cls({p.encode(): self.build(r) for p, r in o.get("policies", {}).items()},
+                   self.build(o["wildcard"]) if "wildcard" in o else NullRoute())
+
+    def shadow(self, cls: type, o: dict) -> Route:
+        return cls(self.build(o["child"]), self.build(o["shadow"]), o.get("key_fraction_range"),
+                   o.get("request_fraction"))
+
+    def warm_up(self, cls: type, o: dict) -> Route:
+        return cls(self.build(o["cold"]), self.build(o["warm"]), o.get("exptime", 0))
+
+    def error(self, cls: type, o: dict) -> Route:
+        return cls(o.get("response", ""))
 
     def pool_route(self, name: str) -> Route:
         """The one route of pool ``name``: consistent hashing over its hosts,
@@ -102,13 +113,13 @@ class _Builder:
                 self.pool_routes[name] = PolicyPoolRoute(children, ring, title, gutter)
         return self.pool_routes[name]
 
-    def hash_route(self, options: dict) -> Route:
+    def hash_route(self, cls: type, options: dict) -> Route:
         cfgs = options["children"]
         labels = [c.label() for c in cfgs]
         names = [lab if labels.count(lab) == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
-        return HashRoute(self.all(cfgs), hasher(names, None, options.get("hash", HashConfig())))
+        return cls(self.all(cfgs), hasher(names, None, options.get("hash", HashConfig())))
 
-    def operation_selector(self, options: dict) -> Route:
+    def operation_selector(self, cls: type, options: dict) -> Route:
         policies: dict[str, RouteConfig] = options.get("operation_policies", {})
         built: dict[str, Route] = {}
 
@@ -126,7 +137,38 @@ class _Builder:
         table: list[Route] = [default] * CMD_LIMIT       # admin commands: the default
         for name, cmd in COMMAND_IDS.items():
             table[cmd] = route_for(name) or default
-        return OperationSelectorRoute(table)
+        return cls(table)
+
+
+Recipe = Callable[[_Builder, type, dict], Route]
+# One row per route type of config.ROUTE_TYPES (what it accepts): its class,
+# whose ``name`` is the type, and how its options become the class's arguments.
+_ROWS: tuple[tuple[type[Route], Recipe], ...] = (
+    (OperationSelectorRoute, _Builder.operation_selector),
+    (DefaultRoute, _Builder.over_hosts),
+    (AllFastestRoute, _Builder.over_hosts),
+    (MissFailoverRoute, _Builder.over_hosts),
+    (LocalRoute, _Builder.bare),
+    (PoolRoute, _Builder.pool),
+    (HashRoute, _Builder.hash_route),
+    (FailoverRoute, _Builder.failover),
+    (AllSyncRoute, _Builder.over_children),
+    (AllAsyncRoute, _Builder.over_children),
+    (AllInitialRoute, _Builder.over_children),
+    (AllMajorityRoute, _Builder.over_children),
+    (RandomRoute, _Builder.over_children),
+    (LatestRoute, _Builder.latest),
+    (PrefixSelectorRoute, _Builder.prefix_selector),
+    (ShadowRoute, _Builder.shadow),
+    (WarmUpRoute, _Builder.warm_up),
+    (NullRoute, _Builder.bare),
+    (ErrorRoute, _Builder.error),
+)
+_RECIPES: dict[str, tuple[type[Route], Recipe]] = {cls.name: (cls, recipe) for cls, recipe in _ROWS}
+if _RECIPES.keys() != ROUTE_TYPES.keys():     # the schema and the classes must name the same types
+    raise ImportError("route types without a class: "
+                      f"{sorted(ROUTE_TYPES.keys() - _RECIPES.keys())}; classes without a type: "
+                      f"{sorted(_RECIPES.keys() - ROUTE_TYPES.keys())}")
 
 
 def build_route(config: RouterConfig, hosts: Mapping[HostAddr, Upstream],

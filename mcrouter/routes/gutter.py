@@ -109,7 +109,7 @@ class _Forward:
         self.parent = parent
 
     def on_reply(self, sub: Request) -> None:
-        self.parent.finish(sub.reply, sub.status)
+        self.parent.finish(sub.reply or b"", sub.status)
 
 
 class GutterRoute(Route):

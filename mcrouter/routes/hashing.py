@@ -13,7 +13,7 @@ commands a config allows (``cache_memlimit``, ``lru``, ...) go to every
 destination and get one reply (the worst, as AllSyncRoute); ``stats`` goes
 to the first destination that answers (FailoverRoute); ``version`` and
 ``mn`` are answered by the router.  A multi-key get is split by
-destination (``multiget.split``).
+destination (``_routing.split``).
 """
 from __future__ import annotations
 

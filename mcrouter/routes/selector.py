@@ -4,7 +4,7 @@
 * PrefixSelectorRoute: by the longest key prefix listed in ``policies``;
   keys matching none go to ``wildcard`` (NullRoute if there is none).  A
   multi-key get whose keys pick different children is split by child
-  (``multiget.split``).
+  (``_routing.split``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import REPO, wait_until
-from mcrouter.config import ROUTE_OPTIONS, load_config
+from mcrouter.config import ROUTE_TYPES, load_config
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 HIT = b"VALUE user:1 0 5\r\nhello\r\nEND\r\n"
@@ -26,7 +26,7 @@ def test_every_route_has_an_example():
     used = set()
     for path in EXAMPLES:
         used |= set(re.findall(r"\b([A-Za-z]+Route)\b", path.read_text()))
-    assert set(ROUTE_OPTIONS) <= used, set(ROUTE_OPTIONS) - used
+    assert set(ROUTE_TYPES) <= used, set(ROUTE_TYPES) - used
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

@@ -11,8 +11,6 @@ import signal
 import threading
 import time
 
-import pytest
-
 from conftest import Client, wait_until
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from mcrouter.config import (ROUTE_OPTIONS, ConfigError, HashConfig, HostAddr, RouteConfig,
+from mcrouter.config import (ROUTE_TYPES, ConfigError, HashConfig, HostAddr, RouteConfig,
                              parse_config)
 from mcrouter.protocol import COMMAND_IDS
 from mcrouter.routes.service import COMMANDS
@@ -59,7 +59,7 @@ route:
 
 
 def test_every_route_type_has_a_schema_and_every_command_a_probe():
-    assert set(ROUTE_OPTIONS) >= {
+    assert set(ROUTE_TYPES) >= {
         "PoolRoute", "HashRoute", "FailoverRoute", "AllSyncRoute", "AllAsyncRoute",
         "AllInitialRoute", "AllMajorityRoute", "PrefixSelectorRoute", "ShadowRoute",
         "WarmUpRoute", "RandomRoute", "LatestRoute", "NullRoute", "ErrorRoute"}

@@ -1,6 +1,9 @@
 """The client-side parser against the request corpus, whole and byte by byte."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from mcrouter import protocol
@@ -90,3 +93,26 @@ def test_protocol_constants_match_the_extension():
     assert RequestParser().feed(b"delete k\r\n")[0].rkind == protocol.RK_LINE
     assert RequestParser().feed(b"cache_memlimit 8\r\n")[0].cmd == protocol.CMD_ADMIN
     assert _parser.scan(b"END\r\n", b"get k\r\n") == (5, protocol.ST_FAIL)
+
+
+PACKAGE = Path(protocol.__file__).parent
+
+
+def test_shared_constants_are_defined_once():
+    """The cpdef enum of _parser.pxd is the only definition of command ids,
+    reply kinds and statuses, and protocol.py the only one of the router's
+    own replies: a copy anywhere else fails here."""
+    pxd = (PACKAGE / "_parser.pxd").read_text()
+    enum = pxd[pxd.index("cpdef enum:"):pxd.index("\ncdef ")]
+    shared = dict(re.findall(r"^    ((?:CMD|RK|ST)_[A-Z_]+) = (\d+)", enum, re.M))
+    assert {"CMD_GET", "CMD_ADMIN", "CMD_LIMIT", "RK_QUIET", "ST_ERROR"} <= shared.keys()
+    for name, value in shared.items():
+        assert getattr(protocol, name) == getattr(_parser, name) == int(value), name
+    # protocol.py re-exports them and assigns none itself
+    assigned = re.findall(r"^((?:CMD|RK|ST)_\w+)\s*[,=]", (PACKAGE / "protocol.py").read_text(), re.M)
+    assert assigned == []
+    copies = [f"{path.name}:{n}" for path in sorted(PACKAGE.rglob("*"))
+              if path.suffix in (".py", ".pyx", ".pxd") and path.name != "protocol.py"
+              for n, line in enumerate(path.read_text().splitlines(), 1)
+              if re.search(r"""b["']SERVER_ERROR mcrouter:""", line)]
+    assert copies == []
