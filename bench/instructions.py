@@ -11,6 +11,7 @@ requests cancels out.  Modes: ``on`` (as deployed) and ``off``
 (``MCROUTER_METRICS=off -L off``).  About 2 minutes per run.
 
 Usage: python3 bench/instructions.py [--small 3000] [--large 23000]
+       [--workload get90|multiget10|set1k] [--depth N] [--modes on,off]
 """
 import argparse
 import glob
@@ -40,7 +41,8 @@ def worker_ir(out_dir: str, mode: str) -> int:
     return max(totals)
 
 
-def one_run(loadgen: str, mode: str, requests: int, tmp: str) -> int:
+def one_run(loadgen: str, mode: str, requests: int, tmp: str, workload: str = "get90",
+            depth: int = 1) -> int:
     out_dir = tempfile.mkdtemp(dir=tmp)
     mc_port, port = free_port(), free_port()
     mc = subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(mc_port),
@@ -59,8 +61,9 @@ def one_run(loadgen: str, mode: str, requests: int, tmp: str) -> int:
         if not wait_ready(port, router, timeout=300):
             sys.exit(f"the router did not start under valgrind ({mode})")
         time.sleep(2)
-        subprocess.run([loadgen, "-p", str(port), "-c", "10", "-w", "get90", "-k", "1000",
-                        "-t", "600", "-W", "0", "-s", "7", "-n", str(requests)],
+        subprocess.run([loadgen, "-p", str(port), "-c", "10", "-w", workload, "-k", "1000",
+                        "-d", str(depth), "-t", "600", "-W", "0", "-s", "7",
+                        "-n", str(requests)],
                        check=True, stdout=subprocess.DEVNULL)
     finally:
         router.send_signal(signal.SIGTERM)
@@ -75,17 +78,23 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", type=int, default=3000)
     ap.add_argument("--large", type=int, default=23000)
+    ap.add_argument("--workload", default="get90", help="loadgen workload (get90, multiget10, set1k)")
+    ap.add_argument("--depth", type=int, default=1, help="pipeline depth per connection")
+    ap.add_argument("--modes", default="on,off", help="on (as deployed), off (no metrics), or both")
     args = ap.parse_args()
+    modes = args.modes.split(",")
     tmp = tempfile.mkdtemp(prefix="mcinstr-")
     loadgen = build_loadgen(tmp)
     per_request = {}
-    for mode in ("on", "off"):
-        small = one_run(loadgen, mode, args.small, tmp)
-        large = one_run(loadgen, mode, args.large, tmp)
+    for mode in modes:
+        small = one_run(loadgen, mode, args.small, tmp, args.workload, args.depth)
+        large = one_run(loadgen, mode, args.large, tmp, args.workload, args.depth)
         per_request[mode] = (large - small) / (args.large - args.small)
         print(f"metrics {mode:<3} {per_request[mode]:9.0f} instructions per request "
               f"(worker: {small:,} at {args.small}, {large:,} at {args.large})", flush=True)
-    print(f"metrics on/off: {per_request['on'] / per_request['off']:.4f}x instructions per request")
+    if len(per_request) == 2:
+        print(f"metrics on/off: {per_request['on'] / per_request['off']:.4f}x "
+              "instructions per request")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -32,6 +32,12 @@ cpdef enum:
     G_REPLIES = 16          # NREPLY counters, by reason
     G_ROUTES = 32           # NROUTE counters, by decision
     G_REQUESTS = 64         # NCMD histograms of client request duration, by command
+    # what the hosts whose HostTable slots were freed had counted (master only), so that
+    # totals summed over hosts never go backwards when a slot is reset for another host
+    G_LEFT_SENT = 640       # requests queued to them, all commands
+    G_LEFT_HITS = 641
+    G_LEFT_MISSES = 642
+    G_LEFT_ERRORS = 644     # NERROR counters, by reason
     HOSTS_AT = 1024         # where the per-host part of a slot starts
 
     # words of one host's part (HOST_WORDS each, indexed by HostTable slot)

@@ -27,6 +27,10 @@ G_WORKERS_CURRENT: int
 G_REPLIES: int
 G_ROUTES: int
 G_REQUESTS: int
+G_LEFT_SENT: int
+G_LEFT_HITS: int
+G_LEFT_MISSES: int
+G_LEFT_ERRORS: int
 HOSTS_AT: int
 H_CONNS: int
 H_HITS: int

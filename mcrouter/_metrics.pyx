@@ -35,6 +35,7 @@ cdef uint64_t BOUNDS_NS[16]
 for _i, _b in enumerate(BOUNDS):
     BOUNDS_NS[_i] = <uint64_t>(_b * 1e9 + 0.5)
 assert len(BOUNDS) + 1 == NBUCKETS
+assert G_REQUESTS + NCMD * HIST_WORDS <= G_LEFT_SENT and G_LEFT_ERRORS + NERROR <= HOSTS_AT
 
 # Why the router answered a request itself, one row per reason (its index is
 # its word after G_REPLIES): the reason's name and the router's reply that

@@ -15,6 +15,7 @@ import typer
 
 from mcrouter import __version__
 from mcrouter.config import ConfigError, HostAddr, load_config
+from mcrouter.health import DEFAULT_CAPACITY
 from mcrouter.listen import ListenAddr, ListenError, parse_listen
 from mcrouter.logs import LOG_FORMATS, setup_logging
 from mcrouter.settings import Settings
@@ -119,6 +120,9 @@ def run(
     confirm_timeout: float = typer.Option(10.0, "--confirm-timeout", hidden=True,
                                           help="Seconds workers have to confirm a config "
                                                "generation (tests shorten it)."),
+    host_slots: int = typer.Option(DEFAULT_CAPACITY, "--host-slots", hidden=True,
+                                   help="Slots of the shared host table; a config may name at "
+                                        "most half of them (tests shrink it)."),
 ) -> None:
     """Run the router (the default command)."""
     if log_level not in LOG_LEVELS:
@@ -134,6 +138,8 @@ def run(
             _die(f"{flag} must be at least 1 (got {value})")
     if not 0.1 <= confirm_timeout <= 3600:
         _die(f"--confirm-timeout must be from 0.1 to 3600 seconds (got {confirm_timeout})")
+    if not 4 <= host_slots <= 65536:
+        _die(f"--host-slots must be from 4 to 65536 (got {host_slots})")
     try:
         item_size = parse_size(max_item_size)
     except ValueError:
@@ -177,7 +183,7 @@ def run(
                         body_timeout=durations["--body-timeout"],
                         idle_timeout=durations["--idle-timeout"],
                         graceful_timeout=graceful_timeout, watch_config=watch_config,
-                        confirm_timeout=confirm_timeout,
+                        confirm_timeout=confirm_timeout, host_slots=host_slots,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
     from mcrouter.reload import load
     try:

@@ -6,8 +6,11 @@ JSON objects framed by a 4-byte big-endian length, in both directions:
   master → worker  {"config": <text of router.yaml>, "path": ..., "generation": n,
                     "members": {pool: [[host, port, weight], ...]}}   (DNS pools)
   sidecar → master {"members": {pool: [...]}, "addresses": {"host:port": [family, ip]}}
-  worker → master  {"ready": n}     booted on generation n, listening
-                   {"applied": n}   now routing new requests with generation n
+  worker → master  {"ready": n, "holds": n}   booted on generation n, listening
+                   {"applied": n, "holds": h}  now routing new requests with generation n;
+                                               still holding hosts of generation h and later
+                   {"holds": h}     the oldest generation whose hosts it holds moved to h
+                                    (the master frees the slots no generation held names)
                    {"rejected": n, "error": "<one line>"}
 
 Both ends are non-blocking and bounded: a frame may be at most

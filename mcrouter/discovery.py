@@ -16,13 +16,25 @@ IP is a new server and its keys move.  Prefer ``srv:`` for a StatefulSet.
 
 The master resolves every DNS pool once before it forks; afterwards the
 sidecar resolves each one every ``-t`` or when the answer's TTL runs out,
-whichever comes first, on a thread of its own (``Discovery``).  A change of
+whichever comes first, on a thread of its own (``Discovery``).  A TTL under
+one second (Kubernetes' DNS may answer with TTL 0) counts as one second, so
+that records nobody may cache do not make the sidecar ask without pause and
+a new generation per flap; a shorter ``-t`` is the operator's choice and
+is honoured (down to 100 ms).  A change of
 membership goes to the master, which applies it as a config reload: a new
 generation, the same hosts kept, ketama moving only the changed hosts'
 keys.  A new address for a member that stays (an SRV target whose pod moved)
 is written straight into the HostTable, like any re-resolved host name.
 An empty or failed answer keeps the last good membership, logged once
 until the name answers again.
+
+A member whose ``host:port`` is also a listed server, or a member of
+another pool, is the same upstream host, as a server listed in two pools
+is: one HostTable slot, one set of connections, one health verdict.  While
+a DNS pool names it, the address is the answer's (the sidecar keeps it out
+of the host-name cache); once no pool names it, the host-name cache takes
+it over, starting from that address.  Two slots for one ``host:port``
+would mean two verdicts for one server and double the connections to it.
 
 dnspython is the DNS client: the system resolver (getaddrinfo) can neither
 read SRV records nor say how long an answer may be kept.
@@ -44,12 +56,13 @@ import dns.rrset
 
 from mcrouter.config import DnsSource, HostAddr, Member
 from mcrouter.dns import literal
-from mcrouter.health import DEFAULT_CAPACITY, HostTable
+from mcrouter.health import MAX_HOSTS, HostTable
 
 log = logging.getLogger("mcrouter.discovery")
 
 LOOKUP_TIMEOUT = 2.0        # seconds one pool's lookups may take, all queries together
-MIN_INTERVAL = 0.1          # never ask more often than this, whatever the TTL says
+MIN_INTERVAL = 0.1          # never ask more often than this, whatever -t says
+TTL_FLOOR = 1.0             # a TTL shorter than this (0: "do not cache") counts as this
 
 Address = tuple[int, str]   # (family, ip), as the HostTable keeps it
 
@@ -178,8 +191,8 @@ def resolve(source: DnsSource, timeout: float = LOOKUP_TIMEOUT) -> Answer:
 def _bounded(count: int) -> None:
     """An answer with more servers than the host table holds can never be
     applied: a failed answer, not a crash or a refused reload."""
-    if count > DEFAULT_CAPACITY:
-        raise DiscoveryError(f"{count} servers: more than {DEFAULT_CAPACITY}, the most a"
+    if count > MAX_HOSTS:
+        raise DiscoveryError(f"{count} servers: more than {MAX_HOSTS}, the most a"
                              " router holds")
 
 
@@ -216,7 +229,7 @@ class Discovery:
             except DiscoveryError as e:
                 self._failed(name, source, str(e))
                 continue
-            self.due[name] = now + max(MIN_INTERVAL, min(self.interval, answer.ttl))
+            self.due[name] = now + max(MIN_INTERVAL, min(self.interval, max(TTL_FLOOR, answer.ttl)))
             if name in self.failing:
                 del self.failing[name]
                 log.info("pool %s: %s answers again", name, source)

@@ -62,9 +62,8 @@ class RouterCollector:
         self.table = table
 
     def collect(self) -> Iterator[Metric]:
-        hosts = self.table.statuses()
-        snap = self.block.snapshot(len(hosts))
-        hosts = hosts[:snap.used]
+        snap = self.block.snapshot(self.table.used)
+        hosts = [h for h in self.table.statuses() if h.slot < snap.used]     # free slots: none
 
         info = GaugeMetricFamily("mcrouter_build_info", "The router's version.",
                                  labels=["version", "python"])

@@ -4,7 +4,8 @@ The master creates a ``HostTable`` in an anonymous shared mapping before it
 forks, so the workers and the sidecar all see the same bytes.  Who writes:
 
 * the master assigns a slot per host address (at boot and at reload) and
-  writes its first resolved address;
+  writes its first resolved address; it frees the slot of a host no
+  process can still refer to (see "Slots" below);
 * the sidecar writes probe verdicts (up or down), refreshed addresses and
   the version each host's probe reported;
 * a worker writes ``down`` when its data path sees a host fail (TKO).
@@ -14,11 +15,30 @@ slice of the mapping per loop turn (``HostTable.signature``) and acts only
 when it changed, so a state change reaches every worker within one turn at
 the cost of one ``memcmp``.
 
+Slots.  A config may name at most ``capacity // 2`` distinct hosts (1024 by
+default): the other half is room for the hosts of the generations that
+processes still run while they move to the new one, so that a whole fleet
+can be replaced by another in one change (every member of a DNS pool
+renamed).  A host keeps its slot for as long as any process may refer to
+it: the master frees it only once no worker (draining ones included) and
+no sidecar holds a generation that names it (``Master.free_slots``), so a
+host that leaves and comes back before then keeps its slot, its state and
+every worker's connections.  A freed slot is reset (no key, state
+``unused``, no address, no changes, no version) and goes on a free list
+that later assignments take from first; ``slot_of`` never finds it, and
+the operator's views (``statuses``) skip it.  ``used`` is the high-water
+mark: slots at or past it were never assigned.
+
+Each process keeps an index of key -> slot.  The master bumps ``epoch``
+once an assignment or a free is complete; a reader whose index is of an
+older epoch reads the keys again (a few KiB) before it answers "none".
+
 Layout (all little-endian, offsets in bytes)::
 
-    0    header   magic u32, layout version u32, capacity u32, used u32
-    16   status   capacity x 2 bytes: [state u8, address generation u8]
-    R    records  capacity x 272 bytes, R = 16 + 2 * capacity rounded up to 64
+    0    header   magic u32, layout version u32, capacity u32, used u32,
+                  epoch u32, 12 bytes of padding
+    32   status   capacity x 2 bytes: [state u8, address generation u8]
+    R    records  capacity x 272 bytes, R = 32 + 2 * capacity rounded up to 64
          record:  0   key         64s  "host:port" as written in the config (stored_key)
                   64  family      u16  AF_INET / AF_INET6, 0 = no address yet
                   66  (pad)
@@ -34,11 +54,13 @@ single writer (master at boot, then the sidecar) is writing, even when done;
 a reader that sees an odd or a moved generation tries again next turn.  The
 version has a seqlock byte of its own (writer: the sidecar; readers: a
 worker answering ``version`` itself, LocalRoute), so a reader never takes a
-half-written version for a real one.  Layout version 2 added it.
+half-written version for a real one.  Layout version 2 added it; version
+3 the epoch and free slots (state ``unused`` below ``used``).
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import mmap
 import re
 import socket
@@ -48,8 +70,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 MAGIC = 0x4D435254          # "MCRT"
-LAYOUT_VERSION = 2
-HEADER = struct.Struct("<IIII")
+LAYOUT_VERSION = 3
+HEADER = struct.Struct("<IIIII12x")
+STATUS_AT = HEADER.size                     # 32: [state, address generation] per slot
 RECORD_SIZE = 272
 REC_KEY = struct.Struct("<64s")
 REC_ADDR = struct.Struct("<H2x48s")          # at offset 64
@@ -60,7 +83,8 @@ VERSION_SIZE = 15
 # nothing else.  A probe reply that is not exactly this (a hostile or broken
 # backend) is never stored, so it can never reach a client.
 STRICT_VERSION = re.compile(rb"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}")
-DEFAULT_CAPACITY = 1024
+MAX_HOSTS = 1024                 # distinct hosts one config may name (by default)
+DEFAULT_CAPACITY = 2 * MAX_HOSTS   # and as many again for the generations still draining
 KEY_SIZE = 64
 
 UNUSED, UP, DOWN = 0, 1, 2
@@ -100,37 +124,97 @@ def _text(raw: bytes) -> str:
 class HostTable:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
-        self.records_at = (16 + 2 * capacity + 63) // 64 * 64
+        self.records_at = (STATUS_AT + 2 * capacity + 63) // 64 * 64
         self.mm = mmap.mmap(-1, self.records_at + capacity * RECORD_SIZE)
-        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, capacity, 0)
+        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, capacity, 0, 0)
         self._used = memoryview(self.mm)[12:16].cast("I")     # read every loop turn: no unpack
+        self._epoch = memoryview(self.mm)[16:20].cast("I")
+        self._free: list[int] = []              # the master's: freed slots, lowest first
+        self._index: dict[bytes, int] = {}      # this process's: stored key → slot
+        self._index_epoch = 0
 
     # -- slots (the master) --------------------------------------------------
 
     @property
     def used(self) -> int:
+        """Slots ever assigned (the high-water mark; free ones among them)."""
         return self._used[0]
 
+    @property
+    def max_hosts(self) -> int:
+        """Distinct hosts one config may name: half the table (see "Slots")."""
+        return self.capacity // 2
+
+    @property
+    def available(self) -> int:
+        """Slots ``assign`` can still make (the master's count)."""
+        return self.capacity - self.used + len(self._free)
+
     def assign(self, key: str) -> int:
-        """The slot of host ``key``, made (up, no address) if it is new."""
+        """The slot of host ``key``, made (up, no address) if it is new: a
+        freed slot if there is one, else the next never used."""
         slot = self.slot_of(key)
         if slot >= 0:
             return slot
-        slot = self.used
-        if slot >= self.capacity:
+        raw = stored_key(key)
+        if self._free:
+            slot = heapq.heappop(self._free)
+        elif self.used < self.capacity:
+            slot = self.used
+        else:
             raise TableFull(f"more than {self.capacity} distinct hosts")
-        REC_KEY.pack_into(self.mm, self._rec(slot), stored_key(key))
-        self.mm[16 + 2 * slot] = UP
-        HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, self.capacity, slot + 1)
+        REC_KEY.pack_into(self.mm, self._rec(slot), raw)
+        self.mm[STATUS_AT + 2 * slot] = UP          # last: slot_of skips an unused slot
+        if slot == self.used:
+            self._used[0] = slot + 1
+        self._index[raw] = slot
+        self._bump()
         return slot
 
+    def free(self, slot: int) -> None:
+        """Give back the slot of a host no process refers to any more (the
+        master's call, see "Slots"): reset, then on the free list."""
+        at = self._rec(slot)
+        self._index.pop(self.mm[at:at + KEY_SIZE].rstrip(b"\0"), None)
+        self.mm[STATUS_AT + 2 * slot] = UNUSED      # first: nobody finds it from now on
+        self.mm[at:at + KEY_SIZE] = bytes(KEY_SIZE)
+        self.set_address(slot, 0, "")
+        REC_CHANGE.pack_into(self.mm, at + 116, 0, 0.0, b"")
+        self.set_version(slot, b"")
+        heapq.heappush(self._free, slot)
+        self._bump()
+
+    def _bump(self) -> None:
+        self._epoch[0] = (self._epoch[0] + 1) & 0xFFFFFFFF
+        self._index_epoch = self._epoch[0]          # the master's index is current
+
     def slot_of(self, key: str) -> int:
+        """The slot of ``key``, or -1; from this process's index, read again
+        from the table when the master has assigned or freed since."""
         raw = stored_key(key)
-        for slot in range(self.used):
-            at = self._rec(slot)
-            if self.mm[at:at + 64].rstrip(b"\0") == raw:
+        slot = self._index.get(raw, -1)
+        if slot >= 0 and self._holds(slot, raw):
+            return slot
+        if self._index_epoch != self._epoch[0]:
+            self._reindex()
+            slot = self._index.get(raw, -1)
+            if slot >= 0 and self._holds(slot, raw):
                 return slot
         return -1
+
+    def _holds(self, slot: int, raw: bytes) -> bool:
+        at = self._rec(slot)
+        return (self.mm[STATUS_AT + 2 * slot] != UNUSED
+                and self.mm[at:at + KEY_SIZE].rstrip(b"\0") == raw)
+
+    def _reindex(self) -> None:
+        epoch = self._epoch[0]                  # read first: a change meanwhile reindexes again
+        index = {}
+        for slot in range(self.used):
+            if self.mm[STATUS_AT + 2 * slot] != UNUSED:
+                at = self._rec(slot)
+                index[self.mm[at:at + KEY_SIZE].rstrip(b"\0")] = slot
+        self._index, self._index_epoch = index, epoch
 
     def _rec(self, slot: int) -> int:
         return self.records_at + slot * RECORD_SIZE
@@ -139,10 +223,10 @@ class HostTable:
 
     def signature(self) -> bytes:
         """The bytes that change whenever any host's state or address does."""
-        return self.mm[16:16 + 2 * self._used[0]]
+        return self.mm[STATUS_AT:STATUS_AT + 2 * self._used[0]]
 
     def state(self, slot: int) -> int:
-        return self.mm[16 + 2 * slot]
+        return self.mm[STATUS_AT + 2 * slot]
 
     def set_state(self, slot: int, state: int, reason: str) -> bool:
         """Record a verdict; True when it changed the state (so the caller logs it)."""
@@ -152,19 +236,19 @@ class HostTable:
         changes = struct.unpack_from("<I", self.mm, at)[0]
         REC_CHANGE.pack_into(self.mm, at, (changes + 1) & 0xFFFFFFFF, time.time(),
                              reason.encode()[:127])
-        self.mm[16 + 2 * slot] = state          # last: readers act on this byte
+        self.mm[STATUS_AT + 2 * slot] = state          # last: readers act on this byte
         return True
 
     # -- addresses (master at boot, then the sidecar's resolver) --------------
 
     def generation(self, slot: int) -> int:
-        return self.mm[17 + 2 * slot]
+        return self.mm[STATUS_AT + 1 + 2 * slot]
 
     def set_address(self, slot: int, family: int, ip: str) -> None:
-        gen = self.mm[17 + 2 * slot]
-        self.mm[17 + 2 * slot] = (gen + 1) & 0xFF | 1          # odd: being written
+        gen = self.mm[STATUS_AT + 1 + 2 * slot]
+        self.mm[STATUS_AT + 1 + 2 * slot] = (gen + 1) & 0xFF | 1          # odd: being written
         REC_ADDR.pack_into(self.mm, self._rec(slot) + 64, family, ip.encode())
-        self.mm[17 + 2 * slot] = (gen + 2) & 0xFE               # even: done
+        self.mm[STATUS_AT + 1 + 2 * slot] = (gen + 2) & 0xFE               # even: done
 
     def note(self, slot: int, reason: str) -> None:
         """Set the reason without changing the state (e.g. a DNS failure)."""
@@ -173,11 +257,11 @@ class HostTable:
 
     def address(self, slot: int) -> tuple[int, str] | None:
         """(family, ip), or None while none is known or it is being rewritten."""
-        gen = self.mm[17 + 2 * slot]
+        gen = self.mm[STATUS_AT + 1 + 2 * slot]
         if gen & 1:
             return None
         family, ip = REC_ADDR.unpack_from(self.mm, self._rec(slot) + 64)
-        if self.mm[17 + 2 * slot] != gen or not family:
+        if self.mm[STATUS_AT + 1 + 2 * slot] != gen or not family:
             return None
         return family, _text(ip)
 
@@ -223,7 +307,12 @@ class HostTable:
                           addr[1] if addr else "", changes, changed_at, _text(reason))
 
     def statuses(self) -> list[HostStatus]:
-        return [self.status(slot) for slot in range(self.used)]
+        """Every host with a slot (free slots are no host)."""
+        return [self.status(slot) for slot in self.live_slots()]
+
+    def live_slots(self) -> list[int]:
+        """The slots assigned to a host now, lowest first."""
+        return [slot for slot in range(self.used) if self.mm[STATUS_AT + 2 * slot] != UNUSED]
 
 
 def sockaddr(family: int, ip: str, port: int) -> tuple:

@@ -17,6 +17,11 @@ AllFastestRoute's losers, are waited for too).  Requests in flight keep
 their route objects alive by reference, so the old tree needs no bookkeeping
 of its own.  Every request ends within its timeouts, so every retirement
 ends.
+
+A retirement remembers the config generation its hosts came from, so the
+worker can tell the master the oldest generation whose hosts it still holds
+(``oldest``): the master frees a host's shared slot only once no process
+holds a generation that names it.
 """
 from __future__ import annotations
 
@@ -35,11 +40,13 @@ class Client(Protocol):
 
 
 class _Retirement:
-    __slots__ = ("hosts", "marks")
+    __slots__ = ("generation", "hosts", "marks")
 
-    def __init__(self, hosts: list[Host], marks: list[tuple[Client, int]]) -> None:
+    def __init__(self, hosts: list[Host], marks: list[tuple[Client, int]],
+                 generation: int) -> None:
         self.hosts = hosts
         self.marks = marks          # (client, answered count it must reach)
+        self.generation = generation    # the config generation these hosts were live in
 
     def done(self) -> bool:
         self.marks = [(c, m) for c, m in self.marks if not c.closed and c.answered < m]
@@ -53,9 +60,11 @@ class HostSet:
         self.live: dict[HostAddr, Host] = {}
         self.retiring: list[_Retirement] = []
 
-    def use(self, pool: Sequence[HostAddr], clients: Iterable[Client]) -> list[Host]:
+    def use(self, pool: Sequence[HostAddr], clients: Iterable[Client],
+            generation: int = 0) -> list[Host]:
         """The hosts for ``pool``, in its order: kept, revived from retirement or new.
-        Hosts no longer in the pool are retired (see the module docstring)."""
+        Hosts no longer in the pool are retired (see the module docstring);
+        ``generation``: the one they were live in until now."""
         wanted = dict.fromkeys(pool)
         hosts: dict[HostAddr, Host] = {}
         for addr in wanted:
@@ -68,8 +77,13 @@ class HostSet:
         self.live = hosts
         if leaving:
             owing = [(c, c.reply_mark()) for c in clients]
-            self.retiring.append(_Retirement(leaving, [(c, m) for c, m in owing if m > c.answered]))
+            self.retiring.append(_Retirement(leaving, [(c, m) for c, m in owing if m > c.answered],
+                                             generation))
         return [hosts[a] for a in pool]
+
+    def oldest(self, current: int) -> int:
+        """The oldest generation whose hosts this set still holds open."""
+        return min((r.generation for r in self.retiring), default=current)
 
     def all(self) -> Iterator[Host]:
         """Every open host, live or retiring."""

@@ -19,7 +19,14 @@ Besides the workers the master forks one sidecar (health probes, DNS,
 ``/metrics``) and respawns it when it dies.  Before forking anything it makes
 the shared HostTable and writes every host's first address into it; a reload
 that brings new hosts adds them to the table before any worker hears of
-them, and restarts the sidecar so that it probes the new set.  It also makes
+them, and restarts the sidecar so that it probes the new set.  A host that
+left frees its slot once no child can still refer to it (``free_slots``):
+every child says which is the oldest generation whose hosts it may still
+use (a worker: ``holds``, see worker.py; the sidecar: the generation it was
+forked on, or the latest one that kept its hosts), and a slot is freed once
+no generation from the oldest held to the current one names its host.  A
+child that exits holds nothing.  A DNS change refused for want of free
+slots is applied as soon as enough are freed.  It also makes
 the shared MetricsBlock (counting restarts and reloads in its own slot) and
 binds the metrics socket, which it keeps: a restarted sidecar serves on it
 at once.
@@ -126,8 +133,20 @@ class Master:
         self.pid = os.getpid()
         self.watch: reload.FileWatch | None = None
         self.activated = False                       # listening sockets came from systemd
-        self.table = HostTable()
-        self.slots = {addr: self.table.assign(str(addr)) for addr in config.hosts()}
+        self.table = HostTable(settings.host_slots)
+        hosts = config.hosts()
+        if len(hosts) > self.table.max_hosts:
+            raise TableFull(f"{settings.config_path}: {len(hosts)} distinct hosts, more than "
+                            f"{self.table.max_hosts} (the most one config may name); "
+                            "split the fleet over several routers")
+        self.slots = {addr: self.table.assign(str(addr)) for addr in hosts}
+        self.holds: dict[int, int] = {}              # pid → oldest generation it may still use
+        self.gen_hosts = {self.generation: frozenset(hosts)}    # generations anyone may hold
+        self.slots_dirty = False                     # a hold moved: free_slots has work
+        # the membership the sidecar reported last (self.members: the one applied),
+        # and the addresses its reports gave that no applied change has used yet
+        self.dns_wanted = dict(self.members)
+        self.dns_wanted_addresses: dict[str, Address] = {}
         self.metrics = MetricsBlock(max(2 * settings.workers, 16), self.table.capacity)
         self.counters = self.metrics.counters(self.metrics.master_slot)
         install(self.counters)
@@ -210,6 +229,7 @@ class Master:
         self.guard("check_watch", self.check_watch)
         self.guard("check_confirmed", self.check_confirmed)
         self.guard("count_current", self.count_current)
+        self.guard("free_slots", self.free_slots)
 
     def count_current(self) -> None:
         """Publish how many workers run the current generation (``/healthz``:
@@ -218,6 +238,35 @@ class Master:
                       if slot != SIDECAR and pid not in self.retiring
                       and self.running_gen.get(pid) == self.generation)
         self.counters.set(G_WORKERS_CURRENT, current)
+
+    def free_slots(self) -> None:
+        """Free the slots of hosts no child can still refer to: named by no
+        generation from the oldest one a child holds to the current one.
+        Then retry a DNS change that was refused for want of slots."""
+        if not self.slots_dirty:
+            return
+        self.slots_dirty = False
+        floor = min(self.holds.values(), default=self.generation)
+        for gen in [g for g in self.gen_hosts if g < min(floor, self.generation)]:
+            del self.gen_hosts[gen]
+        in_use: set[HostAddr] = set().union(*self.gen_hosts.values())
+        gone = [a for a in self.slots if a not in in_use]
+        if not gone:
+            return
+        for addr in gone:
+            slot = self.slots.pop(addr)
+            self.table.free(slot)
+            self.metrics.forget_host(slot)
+        log.info("freed the host slots of %d host(s) that no running generation names "
+                 "(%d of %d slots in use)", len(gone), len(self.slots), self.table.capacity)
+        if self.dns_pending():
+            self.apply_dns(retry=True)
+
+    def hold(self, pid: int, generation: int) -> None:
+        """Child ``pid`` may still use the hosts of ``generation`` and later."""
+        if pid in self.workers and self.holds.get(pid) != generation:
+            self.holds[pid] = generation
+            self.slots_dirty = True
 
     def guard(self, what: str, duty: Callable[[], None]) -> None:
         """Run one duty of the loop; if it raises, log it and keep supervising
@@ -359,6 +408,7 @@ class Master:
         pid = os.fork()
         if pid:
             self.workers[pid] = slot
+            self.holds[pid] = self.generation      # it starts on the current config
             self.started[slot] = self.clock()
             return pid
         code = 1
@@ -396,6 +446,8 @@ class Master:
                 return
             slot = self.workers.pop(pid, None)
             self.drop_channel(pid)
+            if self.holds.pop(pid, None) is not None:
+                self.slots_dirty = True         # what it held may be freed now
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -480,6 +532,10 @@ class Master:
         for msg in messages:
             if "ready" in msg or "applied" in msg:
                 self.running_gen[pid] = int(msg.get("ready", msg.get("applied", 0)))
+                if "holds" in msg:
+                    self.hold(pid, int(msg["holds"]))
+            elif "holds" in msg:
+                self.hold(pid, int(msg["holds"]))
             elif "rejected" in msg:
                 log.error("worker %d refused generation %s: %s; restarting it",
                           self.workers.get(pid, -1), msg["rejected"], msg.get("error"))
@@ -503,22 +559,40 @@ class Master:
     def apply_members(self, members: dict[str, tuple[Member, ...]],
                       addresses: dict[str, Address]) -> None:
         """A DNS pool changed: the same config text, new members, a new
-        generation, applied exactly as a reload of the file is."""
-        known = {name: self.members.get(name, ()) for name in members}
+        generation, applied exactly as a reload of the file is.  The
+        membership is kept as the one wanted until it is applied, so that one
+        refused for want of host slots is tried again when slots are freed."""
+        pools = self.file_config.dns_pools()
+        self.dns_wanted.update((name, ms) for name, ms in members.items() if name in pools)
+        keys = {str(HostAddr(h, p)) for ms in self.dns_wanted.values() for h, p, _ in ms}
+        self.dns_wanted_addresses = {k: v for k, v in {**self.dns_wanted_addresses,
+                                                       **addresses}.items() if k in keys}
+        self.apply_dns()
+
+    def dns_pending(self) -> bool:
+        """A membership the sidecar reported is not the one applied."""
+        return any(ms != self.members.get(name, ()) for name, ms in self.dns_wanted.items())
+
+    def apply_dns(self, retry: bool = False) -> None:
+        """Apply the membership wanted, with the addresses the reports gave;
+        on a ``retry`` the table's are newer for members that stay (the
+        sidecar moves those in the table alone)."""
         changes = []
-        for name, found in members.items():
-            if name not in self.file_config.dns_pools():
+        for name, found in self.dns_wanted.items():
+            known = self.members.get(name, ())
+            if found == known:
                 continue
-            old = {(h, p) for h, p, _ in known[name]}
+            old = {(h, p) for h, p, _ in known}
             new = {(h, p) for h, p, _ in found}
             changes.append(f"pool {name}: {len(found)} server(s)"
                            f" (+{' +'.join(sorted(str(HostAddr(*a)) for a in new - old)) or '0'}"
                            f" -{' -'.join(sorted(str(HostAddr(*a)) for a in old - new)) or '0'})")
         if not changes:
             return
-        self.publish(self.file_config, self.config_text, {**self.members, **members},
-                     {**self.table_addresses(), **addresses}, "DNS: " + "; ".join(changes),
-                     "DNS change")
+        addresses = ({**self.dns_wanted_addresses, **self.table_addresses()} if retry else
+                     {**self.table_addresses(), **self.dns_wanted_addresses})
+        self.publish(self.file_config, self.config_text, {**self.members, **self.dns_wanted},
+                     addresses, "DNS: " + "; ".join(changes), "DNS change")
 
     def drop_channel(self, pid: int) -> None:
         ch = self.sidecar_channels.pop(pid, None)
@@ -571,14 +645,17 @@ class Master:
         except ConfigError as e:
             self.refuse(e)
             return
-        # DNS pools whose source stays keep their members; a new source is asked now
+        # DNS pools whose source stays keep their members (the latest the
+        # sidecar reported, applied or not); a new source is asked now
         old_sources = self.file_config.dns_pools()
-        members = {name: self.members.get(name, ()) for name, src in file_config.dns_pools().items()
+        members = {name: self.dns_wanted.get(name, self.members.get(name, ()))
+                   for name, src in file_config.dns_pools().items()
                    if old_sources.get(name) == src}
         fresh, addresses = discovery.resolve_all(
             {n: src for n, src in file_config.dns_pools().items() if n not in members})
         self.publish(file_config, text, {**members, **fresh},
-                     {**self.table_addresses(), **addresses}, f"reloading {path}", "reload")
+                     {**self.dns_wanted_addresses, **self.table_addresses(), **addresses},
+                     f"reloading {path}", "reload")
 
     def table_addresses(self) -> dict[str, Address]:
         """The addresses the DNS pools' members have now: the sidecar moves a
@@ -610,9 +687,22 @@ class Master:
             if parse_config(text, path) != file_config:
                 self.refuse(ConfigError(f"{path} changed since start; reload it first"))
                 return
-        added = [a for a in config.hosts() if a not in self.slots]
-        if self.table.used + len(added) > self.table.capacity:    # refused whole: no slot taken
-            self.refuse(TableFull(f"more than {self.table.capacity} distinct hosts"))
+        hosts = config.hosts()
+        added = [a for a in hosts if a not in self.slots]
+        if len(hosts) > self.table.max_hosts:       # refused whole: no slot taken
+            self.refuse(TableFull(f"more than {self.table.max_hosts} distinct hosts ({len(hosts)} "
+                                  f"named); a config may name at most {self.table.max_hosts}"))
+            if kind == "DNS change":    # never applicable: keep the last membership, as for
+                self.dns_wanted = {name: self.members.get(name, ())   # a failed answer
+                                   for name in self.dns_wanted}
+            return
+        if len(added) > self.table.available:
+            floor = min(self.holds.values(), default=self.generation)
+            self.refuse(TableFull(
+                f"more than {self.table.capacity} distinct hosts ({len(added)} new, {len(self.slots)} in "
+                f"use by generations {floor}..{self.generation}, older ones still draining); "
+                + ("it is applied once they have drained" if kind == "DNS change" else
+                   "send SIGHUP again once they have drained (within -r and --graceful-timeout)")))
             return
         for a in added:
             self.slots[a] = self.table.assign(str(a))
@@ -624,12 +714,19 @@ class Master:
             if slot >= 0 and self.table.address(slot) != found:
                 self.table.set_address(slot, *found)
         old = set(self.config.hosts())
-        new = set(config.hosts())
+        new = set(hosts)
         restart_sidecar = (new != old or config.policies() != self.config.policies()
                            or config.dns_pools() != self.config.dns_pools())
         self.config, self.file_config, self.config_text = config, file_config, text
         self.members = members
+        self.dns_wanted = {name: members.get(name, ()) for name in file_config.dns_pools()}
+        self.dns_wanted_addresses = {}
         self.generation += 1
+        self.gen_hosts[self.generation] = frozenset(hosts)
+        if not restart_sidecar:         # the sidecar's hosts are this generation's too
+            for pid, slot in self.workers.items():
+                if slot == SIDECAR and pid not in self.retiring:
+                    self.hold(pid, self.generation)
         self.count_current()            # first: never "every worker" on a generation just made
         self.counters.set(G_GENERATION, self.generation)
         note_reload(True)

@@ -22,6 +22,8 @@ Layout (native-endian uint64 words; the word indices live in ``_metrics.pxd``)::
                     32    G_ROUTES    8 counters: route decisions
                     64    G_REQUESTS  32 histograms (one per command id) of client
                                       request duration, 18 words each
+                    640   G_LEFT_*    (master's slot) what the hosts whose HostTable
+                                      slots were freed had counted
                     1024  hosts       ``capacity`` x 616 words, one part per
                                       HostTable slot:
                           0   connections up (gauge)   1 hits   2 misses
@@ -32,7 +34,11 @@ Layout (native-endian uint64 words; the word indices live in ``_metrics.pxd``)::
                last one +Inf]; bounds in ``_metrics.BOUNDS`` (seconds)
 
 A gauge is a signed value kept as a wrapping uint64; a new slot owner zeroes
-its gauges (``Counters.take_over``).  Pages of hosts nobody uses are never
+its gauges (``Counters.take_over``).  When the master frees a HostTable slot
+(no process refers to its host any more) it adds that host's counts to the
+G_LEFT_* words of its own slot and zeroes the host's part in every slot
+(``forget_host``), so a host that later takes the slot starts from zero and
+the totals of ``stats mcrouter`` never go backwards.  Pages of hosts nobody uses are never
 touched, so the block costs memory only for the hosts in the config.
 """
 from __future__ import annotations
@@ -44,9 +50,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from mcrouter import _metrics
-from mcrouter._metrics import (BOUNDS, G_GENERATION, G_REQUESTS, G_RELOAD_LAST_OK,
-                               G_RELOADS_FAILED, G_RELOADS_OK, G_WORKERS, G_WORKERS_CURRENT, H_DURATION, H_SENT, HIST_WORDS, HOST_WORDS,
-                               HOSTS_AT, NCMD, Counters)
+from mcrouter._metrics import (BOUNDS, G_GENERATION, G_LEFT_ERRORS, G_LEFT_HITS,
+                               G_LEFT_MISSES, G_LEFT_SENT, G_REQUESTS, G_RELOAD_LAST_OK,
+                               G_RELOADS_FAILED, G_RELOADS_OK, G_WORKERS, G_WORKERS_CURRENT,
+                               H_DURATION, H_ERRORS, H_HITS, H_MISSES, H_SENT, HIST_WORDS,
+                               HOST_WORDS, HOSTS_AT, NCMD, NERROR, Counters)
 from mcrouter.protocol import COMMAND_NAMES, CMD_LOCAL
 
 MAGIC = 0x4D43524D45545253            # "MCRMETRS"
@@ -55,6 +63,7 @@ HEADER = struct.Struct("=QQQQQ")
 USED = struct.Struct("=Q")                  # worker slots in use, at byte HEADER.size
 HEADER_BYTES = 4096
 PAGE_WORDS = 4096 // 8
+MASK = (1 << 64) - 1
 
 
 def command_name(cmd: int) -> str:
@@ -159,6 +168,35 @@ class MetricsBlock:
         master_words, master_hosts = self._sum(self.master_slot, 1, used)
         return Snapshot([a + b for a, b in zip(worker_words, master_words)],
                         [a + b for a, b in zip(worker_hosts, master_hosts)], used)
+
+    def forget_host(self, host: int) -> None:
+        """HostTable slot ``host`` was freed (the master's call; no process
+        counts into it now): its counts go to the master's G_LEFT_* words,
+        its part is zeroed in every slot in use."""
+        if not 0 <= host < self.hosts:
+            return
+        workers = USED.unpack_from(self.mm, HEADER.size)[0]
+        part = HOSTS_AT + host * HOST_WORDS
+        first = [HEADER_BYTES + slot * self.slot_words * 8 for slot in range(workers)]
+        first.append(HEADER_BYTES + self.master_slot * self.slot_words * 8)
+        words = [0] * HOST_WORDS
+        counted = []
+        for at in first:
+            part_words = _metrics.sum_slots(self.mm, at, 1, self.slot_words, part, HOST_WORDS)
+            if any(part_words):             # a part never counted into stays untouched
+                counted.append(at)
+                words = [(a + b) & MASK for a, b in zip(words, part_words)]
+        if not counted:
+            return
+        master = self.counters(self.master_slot)
+        master.count(G_LEFT_SENT, sum(words[H_SENT:H_SENT + NCMD]) & MASK)
+        master.count(G_LEFT_HITS, words[H_HITS])
+        master.count(G_LEFT_MISSES, words[H_MISSES])
+        for i in range(NERROR):
+            master.count(G_LEFT_ERRORS + i, words[H_ERRORS + i])
+        for at in counted:
+            start = at + part * 8
+            self.mm[start:start + HOST_WORDS * 8] = bytes(HOST_WORDS * 8)
 
     def _sum(self, first: int, count: int, hosts: int) -> tuple[Sequence[int], Sequence[int]]:
         at = HEADER_BYTES + first * self.slot_words * 8

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mcrouter.health import DEFAULT_CAPACITY
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -30,3 +32,5 @@ class Settings:
     count_metrics: bool = True          # False only to measure what counting costs
     confirm_timeout: float = 10.0       # workers confirm a config generation within this
                                         # (hidden --confirm-timeout: tests shorten it)
+    host_slots: int = DEFAULT_CAPACITY  # the shared host table; a config names at most half
+                                        # (hidden --host-slots: tests shrink it)

@@ -12,7 +12,10 @@ builds the new route tree over the hosts ``HostSet`` hands out and swaps it
 in between two loop turns: a request is routed when it is parsed, so every
 request runs on the tree that was current when it was read, and requests in
 flight hold their route objects by reference.  No client connection is
-touched.
+touched.  The worker tells the master the oldest generation whose hosts it
+still holds open (``holds``, with ``applied`` and again whenever a
+retirement completes): the master frees a host's shared slot only once no
+process holds it.
 """
 from __future__ import annotations
 
@@ -158,6 +161,7 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
         self.route: Route
+        self.held = generation           # the oldest generation whose hosts are open here
         self.stopping_at = 0.0
         self.idle_since = 0.0
         self.running = True
@@ -195,7 +199,7 @@ class Worker:
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
-        self.control.send({"ready": self.generation})
+        self.control.send({"ready": self.generation, "holds": self.held})
         gc.freeze()     # what boot built lives as long as the worker: the collector skips it
 
     def make_host(self, addr: HostAddr) -> Host:
@@ -209,7 +213,7 @@ class Worker:
     def build(self, config: RouterConfig) -> Route:
         """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
         addrs = config.hosts()
-        hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients)))
+        hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients, self.generation)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
         slots = [self.table.slot_of(str(a)) for a in addrs]
@@ -236,7 +240,8 @@ class Worker:
         self.config = config
         self.route = self.build(config)
         self.generation = generation
-        self.control.send({"applied": generation})
+        self.held = self.hosts.oldest(generation)
+        self.control.send({"applied": generation, "holds": self.held})
 
     def refuse(self, sock: socket.socket, why: str) -> None:
         """memcached's refusal: one error line, then close; counted, and
@@ -317,6 +322,7 @@ class Worker:
         self.loop.flush()
         if self.hosts.retiring:
             self.hosts.close_retired()
+            self.report_held()
         if os.getppid() != self.master_pid:
             self.master_gone()
         if self.stopping_at:
@@ -324,6 +330,14 @@ class Worker:
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_INTERVAL
             self.sweep(now)
+
+    def report_held(self) -> None:
+        """Tell the master once the oldest generation held moves on (its
+        hosts' slots may be freed)."""
+        held = self.hosts.oldest(self.generation)
+        if held != self.held:
+            self.held = held
+            self.control.send({"holds": held})
 
     def master_gone(self) -> None:
         if self.running:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from mcrouter import __version__
 from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS,
-                               G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_MASTER_PID,
+                               G_CLIENTS_REJECTED, G_CLIENTS_TOTAL, G_LEFT_ERRORS,
+                               G_LEFT_HITS, G_LEFT_MISSES, G_LEFT_SENT, G_MASTER_PID,
                                G_RELOAD_LAST_OK, G_RELOADS_FAILED, G_RELOADS_OK, G_REPLIES,
                                G_ROUTES, G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS,
                                G_WORKERS, H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
@@ -39,12 +40,13 @@ def servers_reply(table: HostTable, slots: frozenset[int]) -> bytes:
 def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
     """The router's counters, summed over workers, in a fixed order of names."""
     snap = block.snapshot(table.used)
-    hosts = range(snap.used)
+    hosts = [h for h in table.live_slots() if h < snap.used]
     requests = snap.requests()
     now = int(time.time())
 
-    def host_sum(word: int) -> int:
-        return sum(snap.host_value(h, word) for h in hosts)
+    def host_sum(word: int, left: int) -> int:
+        """Over the hosts with a slot, and those whose slots were freed."""
+        return sum(snap.host_value(h, word) for h in hosts) + snap.value(left)
 
     stats: list[tuple[str, int | str]] = [
         ("pid", snap.value(G_MASTER_PID)),
@@ -61,13 +63,15 @@ def mcrouter_reply(table: HostTable, block: MetricsBlock) -> bytes:
     stats += [(f"cmd_{name}", requests[name].count if name in requests else 0)
               for name in [*COMMAND_IDS, "admin", "invalid"]]
     stats += [
-        ("upstream_requests", sum(n for h in hosts for n, _ in snap.upstream(h).values())),
+        ("upstream_requests", sum(n for h in hosts for n, _ in snap.upstream(h).values())
+         + snap.value(G_LEFT_SENT)),
         ("upstream_connections", sum(snap.host_gauge(h, H_CONNS) for h in hosts)),
-        ("get_hits", host_sum(H_HITS)),
-        ("get_misses", host_sum(H_MISSES)),
+        ("get_hits", host_sum(H_HITS, G_LEFT_HITS)),
+        ("get_misses", host_sum(H_MISSES, G_LEFT_MISSES)),
     ]
-    stats += [(f"upstream_errors_{r}", host_sum(H_ERRORS + i)) for i, r in enumerate(ERROR_REASONS)]
-    stats += [("hosts", snap.used),
+    stats += [(f"upstream_errors_{r}", host_sum(H_ERRORS + i, G_LEFT_ERRORS + i))
+              for i, r in enumerate(ERROR_REASONS)]
+    stats += [("hosts", len(hosts)),
               ("healthy_hosts", sum(1 for h in hosts if table.state(h) != DOWN))]
     stats += [(f"replies_{r}", snap.value(G_REPLIES + i)) for i, r in enumerate(REPLY_REASONS)]
     stats += [(f"route_{d}", snap.value(G_ROUTES + i)) for i, d in enumerate(ROUTE_DECISIONS)]

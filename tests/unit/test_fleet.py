@@ -192,3 +192,17 @@ def test_long_host_names_get_slots_of_their_own():
     assert table.status(short).key == "10.0.0.1:11211"
     key = table.status(a).key
     assert len(key) == 64 and key.startswith(base[:40]) and key[47] == "~"
+
+
+def test_a_ttl_under_one_second_counts_as_one_second():
+    """TTL 0 ("do not cache") made the sidecar ask every 100 ms, and each
+    flap of the records a generation; -t under a second is still honoured."""
+    table = HostTable(4)
+    src = DnsSource("srv", "_mc._tcp.x")
+    for interval, ttl, due in ((30.0, 0.0, 1.0), (30.0, 0.4, 1.0), (30.0, 5.0, 5.0),
+                               (0.2, 0.0, 0.2), (0.01, 0.0, 0.1)):
+        dns = FakeDns()
+        dns.answers = [answer(("mc-0", "10.0.0.1"), ttl=ttl)]
+        d = Discovery(table, {"p": src}, {}, lambda m, a: None, interval=interval, resolver=dns)
+        d.refresh(100.0)
+        assert d.due["p"] == pytest.approx(100.0 + due), (interval, ttl)

@@ -11,7 +11,7 @@ import pytest
 from mcrouter.cli import parse_duration
 from mcrouter.config import ConfigError, HealthPolicy, HostAddr, parse_config
 from mcrouter.dns import DnsCache
-from mcrouter.health import DOWN, UP, HostTable, TableFull
+from mcrouter.health import DOWN, STATUS_AT, UP, HostTable, TableFull
 
 
 def test_slots_are_assigned_once_per_address():
@@ -61,9 +61,9 @@ def test_an_address_being_written_is_not_read():
     t.set_address(s, socket.AF_INET, "10.0.0.1")
     gen = t.generation(s)
     assert gen % 2 == 0 and t.address(s) == (socket.AF_INET, "10.0.0.1")
-    t.mm[17 + 2 * s] = gen + 1                 # what a reader sees mid-write
+    t.mm[STATUS_AT + 1 + 2 * s] = gen + 1                 # what a reader sees mid-write
     assert t.address(s) is None
-    t.mm[17 + 2 * s] = gen
+    t.mm[STATUS_AT + 1 + 2 * s] = gen
     t.set_address(s, socket.AF_INET, "10.0.0.2")
     assert t.generation(s) != gen and t.address(s) == (socket.AF_INET, "10.0.0.2")
 
@@ -216,3 +216,54 @@ def test_pool_health_errors_name_the_line():
         parse_config("pools:\n  p: {servers: [a:1], health: {tko: 0}}\nroute: PoolRoute|p\n", "r.yaml")
     assert str(e.value) == ("r.yaml:2:37: health.tko must be a whole number of at least 1 "
                             "(got '0'); write e.g. 2")
+
+
+def test_a_freed_slot_is_reset_and_reused_and_its_old_key_is_never_found():
+    t = HostTable(capacity=4)
+    a, b = t.assign("a:1"), t.assign("b:1")
+    t.set_state(a, DOWN, "connect: ECONNREFUSED")
+    t.set_address(a, socket.AF_INET, "10.0.0.1")
+    t.set_version(a, b"1.6.18")
+    gen = t.generation(a)
+    t.free(a)
+    assert t.slot_of("a:1") == -1 and t.slot_of("b:1") == b
+    assert [s.key for s in t.statuses()] == ["b:1"] and t.live_slots() == [b]
+    assert t.available == 3 and t.used == 2
+    c = t.assign("c:1")                       # the freed slot first, not a new one
+    assert c == a and t.used == 2
+    st = t.status(c)
+    assert (st.key, st.state, st.address, st.changes, st.changed_at, st.reason) == (
+        "c:1", "up", "", 0, 0.0, "")
+    assert t.address(c) is None and t.version(c) is None
+    assert t.generation(c) != gen and t.generation(c) % 2 == 0   # a new address, whole
+    assert t.slot_of("a:1") == -1 and t.slot_of("c:1") == c
+    t.assign("d:1")
+    t.assign("e:1")
+    with pytest.raises(TableFull):
+        t.assign("f:1")
+    t.free(b)
+    assert t.assign("f:1") == b
+
+
+def test_a_forked_child_sees_slots_freed_and_reused_after_the_fork():
+    """A child's index of key → slot is from before the fork: it must not
+    answer from it once the master freed or reassigned a slot."""
+    t = HostTable(capacity=4)
+    a = t.assign("a:1")
+    t.assign("b:1")
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, b"%d;" % t.slot_of("a:1"))      # from the index it inherited
+            os.read(go_r, 1)                            # the master freed and reused slot a
+            os.write(w, b"%d %d %d" % (t.slot_of("a:1"), t.slot_of("z:1"), t.slot_of("b:1")))
+        finally:
+            os._exit(0)
+    assert os.read(r, 64) == b"%d;" % a
+    t.free(a)
+    assert t.assign("z:1") == a
+    os.write(go_w, b".")
+    os.waitpid(pid, 0)
+    assert os.read(r, 64) == b"-1 %d 1" % a

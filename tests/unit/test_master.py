@@ -216,6 +216,121 @@ def test_a_failed_fork_is_retried_later(master, monkeypatch):
     assert spawned == [1, 1] and master.respawn_at == {}
 
 
+def hosts_config(*ports: int) -> tuple:
+    text = f"orderedPool: [{', '.join(f'127.0.0.1:{p}' for p in ports)}]\nroute: {{type: DefaultRoute}}\n"
+    return parse_config(text), text
+
+
+@pytest.fixture
+def small(notified, monkeypatch):
+    """A Master whose table has 8 slots (a config names at most 4), on
+    11211; two workers (101, 102) and a sidecar (103), each holding
+    generation 1.  Sidecar restarts are recorded, not forked."""
+    before = local()
+    config, text = hosts_config(11211)
+    m = Master(Settings(workers=2, host_slots=8), config, parse_listen("127.0.0.1:1"),
+               config_text=text)
+    install(before)
+    m.clock = Clock()
+    m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.holds = {101: 1, 102: 1, 103: 1}
+    m.restarted = []
+    monkeypatch.setattr(m, "restart_sidecar", lambda: m.restarted.append(m.generation))
+    return m
+
+
+def publish(m: Master, *ports: int) -> None:
+    config, text = hosts_config(*ports)
+    m.publish(config, text, {}, {}, "test", "reload")
+
+
+def reaped(m: Master, pid: int, monkeypatch) -> None:
+    """``pid`` exited (as reap_workers sees it after SIGCHLD)."""
+    m.retiring.add(pid)
+    waits = [(pid, 0)]
+    monkeypatch.setattr(master_mod.os, "waitpid", lambda *_: waits.pop() if waits else (0, 0))
+    m.reap_workers()
+
+
+def key(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def test_a_slot_is_freed_once_no_child_holds_a_generation_naming_its_host(small, monkeypatch,
+                                                                          caplog):
+    m = small
+    a = m.table.slot_of(key(11211))
+    publish(m, 11212)                                   # generation 2: 11211 left
+    assert m.generation == 2 and m.restarted == [2]
+    m.free_slots()
+    assert m.table.slot_of(key(11211)) == a             # every child still holds 1
+    m.hold(101, 2)
+    m.hold(102, 2)
+    m.free_slots()
+    assert m.table.slot_of(key(11211)) == a             # the old sidecar still runs
+    with caplog.at_level(logging.INFO, logger="mcrouter.master"):
+        reaped(m, 103, monkeypatch)
+        m.free_slots()
+    assert m.table.slot_of(key(11211)) == -1 and list(m.slots) == list(m.config.hosts())
+    assert "freed the host slots of 1 host(s) that no running generation names " \
+           "(1 of 8 slots in use)" in caplog.text
+    publish(m, 11212, 11213)                            # the freed slot is taken first
+    assert m.table.slot_of(key(11213)) == a
+    assert m.table.status(a).key == key(11213)
+
+
+def test_a_host_that_comes_back_before_its_slot_is_freed_keeps_it(small):
+    m = small
+    a = m.table.slot_of(key(11211))
+    publish(m, 11212)
+    m.hold(101, 2)                                      # worker 102 still runs generation 1
+    m.free_slots()
+    publish(m, 11212, 11211)
+    assert m.table.slot_of(key(11211)) == a and m.slots[m.config.hosts()[1]] == a
+    m.hold(102, 3)
+    m.hold(101, 3)
+    m.hold(103, 3)
+    m.free_slots()
+    assert m.table.slot_of(key(11211)) == a             # named by the current generation
+
+
+def test_a_draining_worker_keeps_its_hosts_slots_until_it_exits(small, monkeypatch):
+    m = small
+    m.workers[104] = 2                                  # retired by TTOU, still draining
+    m.holds[104] = 1
+    m.retiring.add(104)
+    publish(m, 11212)
+    for pid in (101, 102, 103):
+        m.hold(pid, 2)
+    m.free_slots()
+    assert m.table.slot_of(key(11211)) >= 0
+    reaped(m, 104, monkeypatch)
+    m.free_slots()
+    assert m.table.slot_of(key(11211)) == -1
+
+
+def test_a_change_the_table_cannot_hold_is_refused_whole_in_one_line(small, caplog):
+    m = small
+    with caplog.at_level(logging.ERROR, logger="mcrouter.master"):
+        publish(m, 1, 2, 3, 4, 5)
+        assert m.generation == 1 and m.table.used == 1
+        publish(m, 1, 2, 3, 4)                          # 5 slots in use, generation 1 held
+        assert m.generation == 2
+        publish(m, 5, 6, 7, 8)                          # 4 more: 3 free
+        assert m.generation == 2 and m.table.used == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        ("reload refused, still serving generation 1: more than 4 distinct hosts (5 named); "
+         "a config may name at most 4"),
+        ("reload refused, still serving generation 2: more than 8 distinct hosts (4 new, 5 in use "
+         "by generations 1..2, older ones still draining); send SIGHUP again once they have "
+         "drained (within -r and --graceful-timeout)")]
+    for pid in (101, 102, 103):
+        m.hold(pid, 2)
+    m.free_slots()
+    publish(m, 5, 6, 7, 8)
+    assert m.generation == 3
+
+
 # -- supervision with a fake ``os`` and ``time``: fork, reap, respawn, signals, reload ----
 
 class FakeOS:
@@ -301,6 +416,7 @@ def supervised(tmp_path, fake_os, notified):
                parse_config(CONFIG, str(path)), parse_listen("127.0.0.1:1"), config_text=CONFIG)
     m.clock = Clock()
     m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.holds = {101: 1, 102: 1, 103: 1}               # as _fork records them
     m.started = {0: m.clock(), 1: m.clock(), SIDECAR: m.clock()}
     m.peers = {}                    # type: ignore[attr-defined]
     for pid in (101, 102):

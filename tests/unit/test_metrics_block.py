@@ -1,17 +1,19 @@
 """The shared metrics block in one process: slots, sums, histograms, gauges."""
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
 
 from mcrouter import _metrics
-from mcrouter._metrics import (E_TIMEOUT, G_BYTES_IN, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
-                               G_RELOADS_OK, H_CONNS, H_ERRORS, H_HITS, H_MISSES, R_FANOUT,
-                               G_ROUTES, Counters)
+from mcrouter._metrics import (E_TIMEOUT, G_BYTES_IN, G_LEFT_ERRORS, G_LEFT_HITS,
+                               G_LEFT_MISSES, G_LEFT_SENT, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
+                               G_RELOADS_OK, H_CONNS, H_ERRORS, H_HITS, H_MISSES, H_SENT,
+                               HOST_WORDS, HOSTS_AT, R_FANOUT, G_ROUTES, Counters)
 from mcrouter._parser import RequestParser
 from mcrouter._ring import Ring
-from mcrouter.metrics import MetricsBlock, note_reload
+from mcrouter.metrics import HEADER_BYTES, MetricsBlock, note_reload
 
 
 class Inbox:
@@ -133,3 +135,29 @@ def test_note_reload_counts_in_this_process_slot(block):
     snap = block.snapshot(0)
     assert snap.value(G_RELOADS_OK) == 2 and snap.value(G_RELOADS_FAILED) == 1
     assert abs(snap.value(G_RELOAD_LAST_OK) - time.time()) < 5
+
+
+def test_a_freed_host_slot_starts_from_zero_and_the_totals_keep_its_counts(block):
+    """The master frees HostTable slot 3 (no process counts into it now):
+    the next host of that slot starts from zero; stats mcrouter's totals,
+    summed over hosts, must not go backwards."""
+    def poke(slot: int, host: int, word: int, value: int) -> None:
+        at = HEADER_BYTES + (slot * block.slot_words + HOSTS_AT + host * HOST_WORDS + word) * 8
+        struct.pack_into("=Q", block.mm, at, value)
+
+    a, b = block.counters(0), block.counters(1)
+    a.upstream_error(3, E_TIMEOUT, 4)
+    b.upstream_error(3, E_TIMEOUT)
+    b.upstream_error(2, E_TIMEOUT, 9)                   # another host: untouched
+    poke(0, 3, H_HITS, 6)
+    poke(1, 3, H_MISSES, 2)
+    poke(0, 3, H_SENT, 10)
+    poke(1, 3, H_SENT + 5, 3)
+    block.forget_host(3)
+    snap = block.snapshot(8)
+    assert [snap.host_value(3, w) for w in range(HOST_WORDS)] == [0] * HOST_WORDS
+    assert snap.host_value(2, H_ERRORS + E_TIMEOUT) == 9
+    assert (snap.value(G_LEFT_SENT), snap.value(G_LEFT_HITS), snap.value(G_LEFT_MISSES),
+            snap.value(G_LEFT_ERRORS + E_TIMEOUT)) == (13, 6, 2, 5)
+    block.forget_host(3)                                # nothing counted since: nothing added
+    assert block.snapshot(8).value(G_LEFT_HITS) == 6

@@ -174,6 +174,21 @@ def test_hosts_are_kept_added_retired_and_revived():
     assert sorted(h.addr.host for h in hosts.all()) == ["a", "c"]
 
 
+def test_the_oldest_generation_held_moves_on_when_a_retirement_completes():
+    """What a worker reports as ``holds``: the master frees a host's shared
+    slot only once no worker holds a generation that names it."""
+    hosts = HostSet(FakeHost)                               # type: ignore[arg-type]
+    hosts.use([A, B], [], 1)
+    assert hosts.oldest(1) == 1
+    client = FakeClient(answered=0, owed=1)
+    hosts.use([A], [client], 1)                             # generation 2: b retires
+    hosts.use([C], [client], 2)                             # generation 3: a retires
+    assert hosts.oldest(3) == 1
+    client.answered = 1
+    hosts.close_retired()
+    assert hosts.oldest(3) == 3
+
+
 def test_a_closed_client_owes_nothing():
     hosts = HostSet(FakeHost)                               # type: ignore[arg-type]
     (a,) = hosts.use([A], [])
