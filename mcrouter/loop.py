@@ -42,6 +42,15 @@ EV_OUT = select.EPOLLOUT
 EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 
+def guarded(fn: Callable[[], None]) -> None:
+    """Run a timer or the turn hook; a bug in one is logged, and the worker
+    (with every client on it) keeps serving."""
+    try:
+        fn()
+    except Exception:       # noqa: BLE001 - one failing duty must not end the worker
+        log.exception("internal error in a timer or turn hook (the worker continues)")
+
+
 class Handler(Protocol):
     """What the loop calls when a descriptor is ready.  A handler may also
     have ``abort()``, called to drop it after an internal error."""
@@ -103,11 +112,14 @@ class Loop:
     def run_once(self) -> None:
         events = self.ep.poll(self.poll_timeout())
         self.now = monotonic()
-        self.on_turn()
         handlers = self.handlers
-        for fd, mask in events:
-            h = handlers.get(fd)
-            if h is not None:
+        # An event belongs to the handler registered when the poll returned:
+        # a descriptor closed and its number reused in this turn (on_turn, or
+        # an earlier handler, opening a new connection) must not get it.
+        ready = [(handlers.get(fd), fd, mask) for fd, mask in events]
+        guarded(self.on_turn)
+        for h, fd, mask in ready:
+            if h is not None and handlers.get(fd) is h:
                 try:
                     h.on_event(mask)
                 except Exception:       # noqa: BLE001 - a bug on one connection must not stop the rest
@@ -119,7 +131,7 @@ class Loop:
         self.flush()
         timers = self._timers
         while timers and timers[0][0] <= self.now:
-            heapq.heappop(timers)[2]()
+            guarded(heapq.heappop(timers)[2])
         self.flush()
 
     def flush(self) -> None:

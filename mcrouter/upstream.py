@@ -245,7 +245,14 @@ class Connection:
             self.fail("no address for the host name", kind=E_CONNECT)
             return
         family, sockaddr = target
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            # out of descriptors (EMFILE/ENFILE): the router's own shortage,
+            # not the host's fault, so it does not count toward its tko
+            self.fail(f"connect: {errno.errorcode.get(e.errno or 0, e)}", kind=E_CONNECT,
+                      judged=False)
+            return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(sockaddr)
@@ -305,9 +312,11 @@ class Connection:
             self.want_write = want
             self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
 
-    def fail(self, reason: str, hard: bool = False, kind: int | None = E_RESET) -> None:
+    def fail(self, reason: str, hard: bool = False, kind: int | None = E_RESET,
+             judged: bool = True) -> None:
         """Drop the socket, answer everything in flight, schedule a reconnect;
-        ``kind`` is the upstream error counted for it (E_*), None for none."""
+        ``kind`` is the upstream error counted for it (E_*), None for none;
+        ``judged`` False when the host is not to blame (it keeps its tko)."""
         if kind is not None:
             self.host.counters.upstream_error(self.host.slot, kind)
         if self.retiring:
@@ -316,7 +325,8 @@ class Connection:
         self._drop_socket()
         self.state = DOWN
         self.ring.fail_all(UPSTREAM_ERROR)
-        self.host.failed(reason, hard=hard)
+        if judged:
+            self.host.failed(reason, hard=hard)
         self.loop.busy.discard(self)
         if not self.closed:
             delay = self.backoff * random.uniform(0.5, 1.0)

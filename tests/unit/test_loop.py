@@ -160,10 +160,6 @@ def test_a_handler_removing_another_ready_descriptor_in_the_same_turn(loop, pair
     assert len(journal) == 2 and journal[0] == journal[1]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "run_once looks handlers up by descriptor number: a descriptor closed and reused "
-    "(a new upstream connect) in the same turn gets the old one's event; a Connection "
-    "still CONNECTING then reads SO_ERROR 0 and takes itself for connected"))
 def test_a_reused_descriptor_number_does_not_get_the_stale_event(loop, pairs):
     journal: list = []
     fresh: list[socket.socket] = []

@@ -564,10 +564,6 @@ class NoDescriptors:
         raise OSError(errno.EMFILE, "Too many open files")
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "Connection.connect lets socket()'s OSError (EMFILE) escape; from the reconnect "
-    "timer it leaves Loop.run_once (timers are not guarded as handlers are) and "
-    "ends the worker with every client on it"))
 def test_running_out_of_descriptors_at_a_reconnect_is_a_connect_failure(make_host, loop,
                                                                          monkeypatch, block):
     monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
