@@ -224,11 +224,15 @@ cdef class ClientConnection:
 
     def on_partial(self, Request req, bytes part):
         """Complete values of a large get reply still arriving: queued now
-        if every earlier reply is out (the request is the oldest owed one),
-        so the reply is not held whole; False leaves them with the ring."""
+        if every earlier reply is out (the request is the oldest owed one)
+        and the output is within -b, so the reply is not held whole; False
+        leaves them with the ring, where the per-reply bound applies (a
+        client that reads slower than the host sends, or not at all, must
+        not make the router queue a reply of any size: ``gat 0 k k k ...``
+        repeats one value as often as the line allows)."""
         if self.closed:
             return True         # nobody will read them
-        if not self.pending or self.pending[0] is not req:
+        if not self.pending or self.pending[0] is not req or self.out_bytes > self.out_limit:
             return False
         self._queue(part)
         self.head_streamed += len(part)

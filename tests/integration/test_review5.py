@@ -1,0 +1,141 @@
+"""Hostile review 5 of issue 11 (key-counted window, held_in, streaming of
+large get replies): each test is one finding, asserting the exact bytes a
+client receives beside real memcached 1.6.18 (a fake upstream only for
+faults memcached cannot produce), or a bound on worker RSS (from /proc,
+generous margins)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from conftest import pool_config
+from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
+from fake_upstream import FakeUpstream  # noqa: E402
+
+MIB = 1024
+TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
+TOO_LARGE = b"SERVER_ERROR mcrouter: reply too large\r\n"
+
+
+def block(key: bytes, value: bytes) -> bytes:
+    return b"VALUE %s 0 %d\r\n" % (key, len(value)) + value + b"\r\n"
+
+
+def test_a_timeout_after_streamed_values_then_the_late_rest_is_dropped(router):
+    """Held (not a finding): a host sends part of a multiget (80 KB streamed),
+    stops for longer than -r, then sends the rest.  The client gets the
+    values, the timeout line, and its next request's own reply: the late
+    rest is walked from the streamed request's key cursor and dropped."""
+    fake = FakeUpstream()
+    try:
+        fake.set(b"k9", b"nine")
+        big = b"g" * 80_000
+        r = router(pool_config([fake]), conns=1, extra=["-r", "1000"])
+        with r.client() as c:
+            fake.behave("hang", count=1)
+            c.send(b"get k1 k2 k3\r\n")
+            assert fake.wait_requests(1)
+            conn = fake.conns[0]
+            conn.sendall(block(b"k1", big) + block(b"k2", b"abc") + b"VALUE k3 0 10\r\nxx")
+            head = block(b"k1", big) + block(b"k2", b"abc")
+            got = c.recv_exact(len(head) + len(TIMEOUT), timeout=10)
+            assert got == head + TIMEOUT
+            conn.sendall(b"xxxxxxxx\r\nEND\r\n")
+            time.sleep(0.2)
+            c.send(b"get k9\r\n")
+            assert c.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
+    finally:
+        fake.close()
+
+
+def test_a_reply_too_large_after_streamed_values(router):
+    """Held (not a finding): a host that streams one value, then sends one
+    far past 2 x --max-item-size: the client gets the streamed value, the
+    router's error, and then its next reply on the same connection."""
+    fake = FakeUpstream()
+    try:
+        fake.set(b"k9", b"nine")
+        big = b"g" * 80_000
+        huge = b"h" * 3_000_000
+        r = router(pool_config([fake]), conns=1, extra=["--max-item-size", "65536"])
+        with r.client() as c:
+            fake.behave("hang", count=1)
+            c.send(b"get k1 k2\r\n")
+            assert fake.wait_requests(1)
+            conn = fake.conns[0]
+            conn.sendall(block(b"k1", big))
+            time.sleep(0.3)
+            conn.sendall(block(b"k2", huge) + b"END\r\n")
+            head = block(b"k1", big)
+            got = c.recv_exact(len(head) + len(TOO_LARGE), timeout=10)
+            assert got == head + TOO_LARGE
+            c.send(b"get k9\r\n")
+            assert c.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
+    finally:
+        fake.close()
+
+
+def test_a_client_closing_mid_stream_leaves_the_connection_in_step(router):
+    """Held (not a finding): the client of a streamed reply closes halfway;
+    the rest is consumed and another client's request on the same upstream
+    connection gets its own reply."""
+    fake = FakeUpstream()
+    try:
+        fake.set(b"k9", b"nine")
+        big = b"g" * 80_000
+        r = router(pool_config([fake]), conns=1)
+        c = r.client()
+        fake.behave("hang", count=1)
+        c.send(b"get k1 k2\r\n")
+        assert fake.wait_requests(1)
+        conn = fake.conns[0]
+        conn.sendall(block(b"k1", big))
+        assert c.recv_exact(len(block(b"k1", big)), timeout=10) == block(b"k1", big)
+        c.close()
+        time.sleep(0.2)
+        conn.sendall(block(b"k2", big) + b"END\r\n")
+        with r.client() as d:
+            d.send(b"get k9\r\n")
+            assert d.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
+    finally:
+        fake.close()
+
+
+def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_reply_bound(memcached, router):
+    """``gat 0 big big ...`` (200 times a 500 KB value: a 100 MB reply) from
+    a client that never reads.  A gat is sent as asked (each touch counts),
+    so memcached sends the value 200 times; the router's per-reply bound is
+    2 x --max-item-size + 64 KiB per *distinct* key, and before streaming
+    the reply was cut there.  Streamed values were queued for the client
+    whatever its unwritten output: the worker grew by the whole 100 MB
+    (2,000 repeats: 1 GB, from one request line).  Now values stream only
+    while the output is within -b, the rest is held under the bound and cut:
+    the client gets whole values, then the router's error, and its next
+    request is answered normally (the upstream ring is not desynced)."""
+    m = memcached("-m", "128")
+    value = b"g" * 500_000
+    m.set("big", value)
+    m.set("small", b"s")
+    r = router(pool_config([m]))                    # -b 1 MiB, --max-item-size 1 MiB
+    (worker,) = r.worker_pids()
+    before = rss_kib(worker)
+    count = 200
+    line = b"gat 0" + b" big" * count + b"\r\n"
+    with PeakRss(worker) as peak:
+        s, sent = send_without_reading(r.port, line, 3.0)
+        time.sleep(3.0)
+    held = peak.peak - before
+    one = block(b"big", value)
+    s.sendall(b"get small\r\n")
+    tail = TOO_LARGE + block(b"small", b"s") + b"END\r\n"
+    got = read_replies(s, count * len(one) + len(tail), timeout=10)
+    s.close()
+    assert sent == len(line)
+    # whole values, then the router's error (memcached: all 200, then END)
+    values = (len(got) - len(tail)) // len(one)
+    assert values < count
+    assert got == one * values + tail
+    assert held < 24 * MIB, f"worker grew by {held} KiB for a client that does not read"
