@@ -17,6 +17,9 @@ class Request:
     override: bytes | None
     chan: int
     order: list[bytes] | None
+    stream: bool
+    cursor: int
+    streamed: int
     def finish(self, reply: bytes, status: int) -> None: ...
     def child(self, owner: Any) -> Request: ...
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from conftest import pool_config
+from mcrouter._parser import Request, RequestParser
+from mcrouter._ring import Ring
 from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
@@ -111,10 +113,11 @@ def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_reply_boun
     2 x --max-item-size + 64 KiB per *distinct* key, and before streaming
     the reply was cut there.  Streamed values were queued for the client
     whatever its unwritten output: the worker grew by the whole 100 MB
-    (2,000 repeats: 1 GB, from one request line).  Now values stream only
-    while the output is within -b, the rest is held under the bound and cut:
-    the client gets whole values, then the router's error, and its next
-    request is answered normally (the upstream ring is not desynced)."""
+    (2,000 repeats: 1 GB, from one request line).  Now, once the output is
+    above -b, values stream only while the reply passed on fits the bound;
+    the rest is held under it and cut: the client gets whole values, then
+    the router's error, and its next request is answered normally (the
+    upstream ring is not desynced)."""
     m = memcached("-m", "128")
     value = b"g" * 500_000
     m.set("big", value)
@@ -139,3 +142,44 @@ def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_reply_boun
     assert values < count
     assert got == one * values + tail
     assert held < 24 * MIB, f"worker grew by {held} KiB for a client that does not read"
+
+
+class _Refusing:
+    """A ring owner that does not take parts now (its earlier reply is not
+    out, or its output is above -b); counts the bytes it was offered."""
+
+    def __init__(self) -> None:
+        self.offered = 0
+        self.replies: list[bytes] = []
+
+    def takes_parts(self, req: Request) -> bool:
+        return False
+
+    def on_partial(self, req: Request, part: bytes) -> bool:
+        self.offered += len(part)
+        return False
+
+    def on_reply(self, req: Request) -> None:
+        self.replies.append(req.reply)
+
+
+def test_a_held_reply_is_not_copied_for_its_client_on_every_read():
+    """A large get reply its client does not take now is held by the ring;
+    on every read the ring copied all its complete values into a new bytes
+    object to offer them (on_partial), then threw the copy away: quadratic
+    in the reply (a 73 MB multiget for a client that never reads cost the
+    worker 2 s of CPU, and a second copy of the reply at each read; a 1 GB
+    one, minutes in which the worker serves no one).  The reply, held, must
+    be offered at most once, and arrive exact when it ends."""
+    owner = _Refusing()
+    keys = [b"k%d" % i for i in range(40)]
+    (req,) = RequestParser().feed(b"get " + b" ".join(keys) + b"\r\n")
+    req.owner = owner
+    req.stream = True               # as ClientConnection.take sets it
+    ring = Ring(max_reply=64 << 20)
+    assert ring.push(req, time.monotonic() + 60)
+    reply = b"".join(block(k, b"v" * 100_000) for k in keys) + b"END\r\n"
+    for i in range(0, len(reply), 16384):
+        assert ring.feed(reply[i:i + 16384]) == 0
+    assert owner.replies == [reply]
+    assert owner.offered <= len(reply), f"{owner.offered} bytes copied for a {len(reply)}-byte reply"
