@@ -5,6 +5,10 @@ faults memcached cannot produce), or a bound on worker RSS (from /proc,
 generous margins)."""
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -183,3 +187,31 @@ def test_a_held_reply_is_not_copied_for_its_client_on_every_read():
         assert ring.feed(reply[i:i + 16384]) == 0
     assert owner.replies == [reply]
     assert owner.offered <= len(reply), f"{owner.offered} bytes copied for a {len(reply)}-byte reply"
+
+
+def test_sigterm_while_a_reply_streams_to_a_slow_client(memcached, router):
+    """Held (not a finding): SIGTERM while a 10 MB multiget streams to a
+    client that reads slowly: the worker drains, so the client gets the
+    whole reply, then the reply to the request it sent after it, then EOF."""
+    m = memcached("-m", "128")
+    value = b"w" * 256_000
+    keys = [b"w%d" % i for i in range(40)]
+    for k in keys:
+        m.set(k.decode(), value)
+    r = router(pool_config([m]))
+    expected = b"".join(block(k, value) for k in keys) + b"END\r\n"
+    s = socket.create_connection(("127.0.0.1", r.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    s.sendall(b"get " + b" ".join(keys) + b"\r\nversion\r\n")
+    got = bytearray(s.recv(10000))
+    os.kill(r.pid, signal.SIGTERM)
+    s.settimeout(10)
+    while True:
+        time.sleep(0.001)                   # a slow reader
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert bytes(got[:len(expected)]) == expected
+    assert re.fullmatch(rb"VERSION [^\r\n]+\r\n", bytes(got[len(expected):]))
