@@ -5,6 +5,7 @@ faults memcached cannot produce), or a bound on worker RSS (from /proc,
 generous margins)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -30,58 +31,53 @@ def block(key: bytes, value: bytes) -> bytes:
     return b"VALUE %s 0 %d\r\n" % (key, len(value)) + value + b"\r\n"
 
 
+@contextlib.contextmanager
+def held_get(router, line: bytes, extra: list[str]):
+    """A router over a fake upstream (one connection) that reads ``line``
+    and does not answer: yields the client and the upstream's socket, to
+    write the reply by hand; ``k9`` is there for the next request."""
+    fake = FakeUpstream()
+    try:
+        fake.set(b"k9", b"nine")
+        r = router(pool_config([fake]), conns=1, extra=extra)
+        with r.client() as c:
+            fake.behave("hang", count=1)
+            c.send(line)
+            assert fake.wait_requests(1)
+            yield c, fake.conns[0]
+            # the next request on that upstream connection gets its own reply
+            c.send(b"get k9\r\n")
+            nine = block(b"k9", b"nine") + b"END\r\n"
+            assert c.recv_exact(len(nine)) == nine
+    finally:
+        fake.close()
+
+
 def test_a_timeout_after_streamed_values_then_the_late_rest_is_dropped(router):
     """Held (not a finding): a host sends part of a multiget (80 KB streamed),
     stops for longer than -r, then sends the rest.  The client gets the
     values, the timeout line, and its next request's own reply: the late
     rest is walked from the streamed request's key cursor and dropped."""
-    fake = FakeUpstream()
-    try:
-        fake.set(b"k9", b"nine")
-        big = b"g" * 80_000
-        r = router(pool_config([fake]), conns=1, extra=["-r", "1000"])
-        with r.client() as c:
-            fake.behave("hang", count=1)
-            c.send(b"get k1 k2 k3\r\n")
-            assert fake.wait_requests(1)
-            conn = fake.conns[0]
-            conn.sendall(block(b"k1", big) + block(b"k2", b"abc") + b"VALUE k3 0 10\r\nxx")
-            head = block(b"k1", big) + block(b"k2", b"abc")
-            got = c.recv_exact(len(head) + len(TIMEOUT), timeout=10)
-            assert got == head + TIMEOUT
-            conn.sendall(b"xxxxxxxx\r\nEND\r\n")
-            time.sleep(0.2)
-            c.send(b"get k9\r\n")
-            assert c.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
-    finally:
-        fake.close()
+    big = b"g" * 80_000
+    with held_get(router, b"get k1 k2 k3\r\n", ["-r", "1000"]) as (c, conn):
+        conn.sendall(block(b"k1", big) + block(b"k2", b"abc") + b"VALUE k3 0 10\r\nxx")
+        head = block(b"k1", big) + block(b"k2", b"abc")
+        assert c.recv_exact(len(head) + len(TIMEOUT), timeout=10) == head + TIMEOUT
+        conn.sendall(b"xxxxxxxx\r\nEND\r\n")
+        time.sleep(0.2)
 
 
 def test_a_reply_too_large_after_streamed_values(router):
     """Held (not a finding): a host that streams one value, then sends one
     far past 2 x --max-item-size: the client gets the streamed value, the
     router's error, and then its next reply on the same connection."""
-    fake = FakeUpstream()
-    try:
-        fake.set(b"k9", b"nine")
-        big = b"g" * 80_000
-        huge = b"h" * 3_000_000
-        r = router(pool_config([fake]), conns=1, extra=["--max-item-size", "65536"])
-        with r.client() as c:
-            fake.behave("hang", count=1)
-            c.send(b"get k1 k2\r\n")
-            assert fake.wait_requests(1)
-            conn = fake.conns[0]
-            conn.sendall(block(b"k1", big))
-            time.sleep(0.3)
-            conn.sendall(block(b"k2", huge) + b"END\r\n")
-            head = block(b"k1", big)
-            got = c.recv_exact(len(head) + len(TOO_LARGE), timeout=10)
-            assert got == head + TOO_LARGE
-            c.send(b"get k9\r\n")
-            assert c.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
-    finally:
-        fake.close()
+    big = b"g" * 80_000
+    with held_get(router, b"get k1 k2\r\n", ["--max-item-size", "65536"]) as (c, conn):
+        conn.sendall(block(b"k1", big))
+        time.sleep(0.3)
+        conn.sendall(block(b"k2", b"h" * 3_000_000) + b"END\r\n")
+        head = block(b"k1", big)
+        assert c.recv_exact(len(head) + len(TOO_LARGE), timeout=10) == head + TOO_LARGE
 
 
 def test_a_client_closing_mid_stream_leaves_the_connection_in_step(router):
