@@ -197,7 +197,8 @@ cdef class Ring:
                     r = complete_values(p + pos, n - pos, req, &cursor)
                     if r > 0 and (take == TAKE_YES or req.streamed + r <= self.max_reply
                                   or req.streamed + r <= self.max_reply * distinct_keys(req)):
-                        req.owner.on_partial(req, PyBytes_FromStringAndSize(<const char *>p + pos, r))
+                        req.owner.on_partial(
+                            req, PyBytes_FromStringAndSize(<const char *>p + pos, r))
                         req.cursor = cursor
                         req.streamed += r
                         pos += r

@@ -101,12 +101,13 @@ def test_a_client_closing_mid_stream_leaves_the_connection_in_step(router):
         conn.sendall(block(b"k2", big) + b"END\r\n")
         with r.client() as d:
             d.send(b"get k9\r\n")
-            assert d.recv_exact(len(block(b"k9", b"nine")) + 5) == block(b"k9", b"nine") + b"END\r\n"
+            nine = block(b"k9", b"nine") + b"END\r\n"
+            assert d.recv_exact(len(nine)) == nine
     finally:
         fake.close()
 
 
-def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_reply_bound(memcached, router):
+def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_bound(memcached, router):
     """``gat 0 big big ...`` (200 times a 500 KB value: a 100 MB reply) from
     a client that never reads.  A gat is sent as asked (each touch counts),
     so memcached sends the value 200 times; the router's per-reply bound is
@@ -182,7 +183,7 @@ def test_a_held_reply_is_not_copied_for_its_client_on_every_read():
     for i in range(0, len(reply), 16384):
         assert ring.feed(reply[i:i + 16384]) == 0
     assert owner.replies == [reply]
-    assert owner.offered <= len(reply), f"{owner.offered} bytes copied for a {len(reply)}-byte reply"
+    assert owner.offered <= len(reply), f"{owner.offered} bytes copied for {len(reply)}"
 
 
 def test_sigterm_while_a_reply_streams_to_a_slow_client(memcached, router):
