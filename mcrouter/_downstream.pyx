@@ -47,7 +47,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR
+from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR, TAKE_NO,
+                               TAKE_YES, TAKE_BOUNDED)
 from mcrouter._parser import split_values
 
 cdef int EV_IN = select.EPOLLIN
@@ -84,7 +85,6 @@ cdef class ClientConnection:
     cdef Py_ssize_t released_keys  # keys of the requests taken from queued so far
     cdef Py_ssize_t answered_keys  # keys of the requests answered so far
     cdef Py_ssize_t held_in        # wire bytes of the requests owed a reply
-    cdef Py_ssize_t head_streamed  # bytes of the oldest request's reply already queued
     cdef object out                # deque of parts (bytes, bytearray) ready to write
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
@@ -222,20 +222,31 @@ cdef class ClientConnection:
             if req.reply is None:
                 dispatch(req)
 
-    def on_partial(self, Request req, bytes part):
-        """Complete values of a large get reply still arriving: queued now
-        if every earlier reply is out (the request is the oldest owed one),
-        so the reply is not held whole; False leaves them with the ring."""
+    def takes_parts(self, Request req):
+        """Whether complete values of ``req``'s large get reply, still
+        arriving, go to this client now (on_partial): TAKE_NO until every
+        earlier reply is out (the request is the oldest owed one); then
+        TAKE_YES while the output is within -b, else TAKE_BOUNDED: only
+        while the reply passed on stays within the per-reply bound (the
+        ring holds the rest under that bound), so a client that reads
+        slower than the host sends, or not at all, never makes the router
+        queue a reply of any size (``gat 0 k k k ...`` repeats one value as
+        often as the line allows)."""
         if self.closed:
-            return True         # nobody will read them
+            return TAKE_YES     # nobody will read them: dropped as they come
         if not self.pending or self.pending[0] is not req:
-            return False
+            return TAKE_NO
+        return TAKE_YES if self.out_bytes <= self.out_limit else TAKE_BOUNDED
+
+    def on_partial(self, Request req, bytes part):
+        """Queue complete values of a large get reply still arriving, so the
+        reply is not held whole (only after takes_parts allowed it)."""
+        if self.closed:
+            return
         self._queue(part)
-        self.head_streamed += len(part)
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
-        return True
 
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
@@ -268,9 +279,7 @@ cdef class ClientConnection:
                 size = len(reply)
                 if size:
                     self._queue(reply)
-            if r.cursor:                # parts of it went out before (on_partial)
-                size += self.head_streamed
-                self.head_streamed = 0
+            size += r.streamed          # parts of it went out before (on_partial)
             if size == 0:
                 continue
             # the window's unit: up at once to a larger reply, down slowly,

@@ -49,6 +49,12 @@ cpdef enum:
 cdef enum:
     MAX_TOKENS = 24     # memcached's MAX_TOKENS: the parser's token table
 
+cdef enum:
+    # what a streamed get's owner answers Ring.feed (owner.takes_parts)
+    TAKE_NO = 0         # not now: an earlier reply of its client is not out
+    TAKE_YES = 1        # every complete value so far
+    TAKE_BOUNDED = 2    # only while the reply passed on fits the per-reply bound
+
 
 cdef class Request:
     # One client request on its way through the router, or a reply the parser
@@ -71,8 +77,9 @@ cdef class Request:
     cdef public list order       # a get's keys as asked when some repeat (keys and wire
                                  # then name each once; the client's reply is expanded)
     cdef public bint stream      # a get whose owner takes its reply in parts
-                                 # (owner.on_partial), as complete VALUE blocks arrive
+                                 # (owner.takes_parts, on_partial), as complete VALUE blocks arrive
     cdef public Py_ssize_t cursor  # keys of ``keys`` already passed by parts delivered
+    cdef public Py_ssize_t streamed  # bytes of its reply passed on in those parts
 
     cpdef finish(self, bytes reply, int status)
     cpdef Request child(self, object owner)

@@ -60,6 +60,7 @@ class Request:
     order: list[bytes] | None
     stream: bool
     cursor: int
+    streamed: int
     def finish(self, reply: bytes, status: int) -> None: ...
     def child(self, owner: Any) -> Request: ...
 

@@ -15,8 +15,10 @@ its request alone is answered with the router's "reply too large" error.
 
 A large ``get`` reply is not held to its end when its client can take it:
 once STREAM_MIN bytes of it are here, its complete VALUE blocks are passed
-to the request's owner (``on_partial``), which takes them only if every
-earlier reply of that client is already out; the rest follows as usual.
+to the request's owner (``on_partial``) if it takes them now
+(``takes_parts``: every earlier reply of that client is out, and either its
+output is within -b or the reply passed on stays within the per-reply
+bound); the rest follows as usual.
 
 Two clocks, so that a host is judged by its own behaviour: a request's reply
 is due ``timeout`` after its last byte was written to the socket, and the
@@ -34,7 +36,7 @@ from mcrouter._metrics import local as local_counters
 from mcrouter import protocol
 from mcrouter._parser cimport (Request, append_bytes, scan_reply, skip_reply, complete_values,
                                RK_LINE, RK_GET, RK_STATS, RK_QUIET, CMD_MG, ST_OK, ST_FAIL,
-                               ST_ERROR)
+                               ST_ERROR, TAKE_YES)
 
 cdef inline double monotonic_now():
     """time.monotonic(), in C."""
@@ -155,6 +157,7 @@ cdef class Ring:
         cdef Request req
         cdef bytes reply
         cdef bint done = False
+        cdef int take
         if n < 0 or n > view.shape[0]:
             n = view.shape[0]
         if n == 0:
@@ -186,14 +189,21 @@ cdef class Ring:
             r = scan_reply(p + pos, n - pos, req, &status)
             if r == -1 and req.stream and n - pos >= STREAM_MIN and req.reply is None:
                 # a large get reply still arriving: its complete values go
-                # to the client now if it takes them (every earlier reply of
-                # that client is out), rather than being held to the end
-                r = complete_values(p + pos, n - pos, req, &cursor)
-                if r > 0 and req.owner.on_partial(
-                        req, PyBytes_FromStringAndSize(<const char *>p + pos, r)):
-                    req.cursor = cursor
-                    pos += r
-                    continue
+                # to the client now if it takes them (takes_parts), rather
+                # than being held to the end.  Asked before anything is
+                # copied: a reply held for a client that does not take it
+                # is never copied per read.
+                take = req.owner.takes_parts(req)
+                if take:
+                    r = complete_values(p + pos, n - pos, req, &cursor)
+                    if r > 0 and (take == TAKE_YES or req.streamed + r <= self.max_reply
+                                  or req.streamed + r <= self.max_reply * distinct_keys(req)):
+                        req.owner.on_partial(
+                            req, PyBytes_FromStringAndSize(<const char *>p + pos, r))
+                        req.cursor = cursor
+                        req.streamed += r
+                        pos += r
+                        continue
                 r = -1
             if r == -1:
                 # a multiget may carry one item per key
