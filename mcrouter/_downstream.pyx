@@ -286,7 +286,9 @@ cdef class ClientConnection:
             # never below the floor
             size //= keys
             if size > self.reply_guess:
-                self.reply_guess = size
+                # past out_limit any guess means one request at a time: cap
+                # it there, so one huge reply does not slow the decay back
+                self.reply_guess = min(size, self.out_limit + 1)
             elif self.reply_guess > self.guess_floor:
                 self.reply_guess = max(self.guess_floor,
                                        self.reply_guess - ((self.reply_guess - size) >> 3))
