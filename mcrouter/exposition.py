@@ -42,7 +42,7 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
                                G_SIDECAR_RESTARTS, G_START_TIME, G_WORKER_RESTARTS, G_WORKERS,
                                H_CONNS, H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS,
                                ROUTE_DECISIONS)
-from mcrouter.health import DOWN, HostTable
+from mcrouter.hosttable import DOWN, HostTable
 from mcrouter.metrics import Histogram, MetricsBlock, Snapshot, readiness
 
 MAX_SCRAPES = 16

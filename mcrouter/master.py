@@ -64,7 +64,7 @@ from mcrouter.config import ConfigError, HostAddr, Member, RouterConfig, parse_c
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter.discovery import Address
 from mcrouter.dns import DnsCache
-from mcrouter.health import DOWN, HostTable, TableFull
+from mcrouter.hosttable import DOWN, HostTable, TableFull
 from mcrouter.limits import raise_fd_limit
 from mcrouter.listen import ListenAddr, ListenError, activated_sockets, bind
 from mcrouter.metrics import MetricsBlock, note_reload

@@ -37,7 +37,7 @@ from mcrouter.control import Channel, ChannelClosed
 from mcrouter.discovery import Address, Discovery
 from mcrouter.dns import DnsCache
 from mcrouter.exposition import serve_metrics
-from mcrouter.health import DOWN, UP, HostTable, sockaddr
+from mcrouter.hosttable import DOWN, UP, HostTable, sockaddr
 from mcrouter.loop import EV_IN, EV_OUT, Loop
 from mcrouter.metrics import MetricsBlock
 

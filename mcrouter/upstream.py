@@ -6,7 +6,7 @@ connects, and when it fails answers everything in flight with the router's
 error reply and reconnects with capped exponential backoff and jitter.
 
 Health is one verdict for the whole router, kept in the shared HostTable
-(``health.py``): the data path marks a host down after ``tko`` consecutive
+(``hosttable.py``): the data path marks a host down after ``tko`` consecutive
 timeouts or errors (a refused connection at once); only the sidecar's
 probes mark it up again.  While a host is down its connections do not
 reconnect, so a dead host costs one probe per interval and no storm.
@@ -26,7 +26,7 @@ from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, local as l
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
-from mcrouter.health import DOWN as HOST_DOWN, HostTable, sockaddr
+from mcrouter.hosttable import DOWN as HOST_DOWN, HostTable, sockaddr
 from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
 from mcrouter.protocol import (COMMAND_NAMES, NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)

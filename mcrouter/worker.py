@@ -34,7 +34,7 @@ from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
 from mcrouter._parser import set_body_budget
 from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 from mcrouter.hostset import HostSet
 from mcrouter.limits import return_memory_promptly
 from mcrouter.loop import EV_IN, Loop

@@ -20,7 +20,7 @@ from mcrouter._metrics import (G_LEFT_ERRORS, G_LEFT_HITS, G_LEFT_MISSES, G_LEFT
                                H_HITS, H_MISSES, H_SENT, HIST_WORDS, HOST_WORDS, HOSTS_AT,
                                NERROR, NREPLY, NROUTE)
 from mcrouter.exposition import registry_for
-from mcrouter.health import DOWN, HostTable
+from mcrouter.hosttable import DOWN, HostTable
 from mcrouter.metrics import HEADER_BYTES, MetricsBlock
 from mcrouter.protocol import CMD_ADMIN, CMD_GET, CMD_LOCAL, CMD_SET
 from mcrouter.routes.admin import router_stats
