@@ -40,7 +40,7 @@ from mcrouter.limits import return_memory_promptly
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
-from mcrouter.routes.admin import router_stats
+from mcrouter.stats import router_stats
 from mcrouter.routes.simple import BackendVersion, use_backend_version
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host

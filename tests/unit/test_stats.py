@@ -23,7 +23,7 @@ from mcrouter.exposition import registry_for
 from mcrouter.hosttable import DOWN, HostTable
 from mcrouter.metrics import HEADER_BYTES, MetricsBlock
 from mcrouter.protocol import CMD_ADMIN, CMD_GET, CMD_LOCAL, CMD_SET
-from mcrouter.routes.admin import router_stats
+from mcrouter.stats import router_stats
 
 RENDERED = Path(__file__).parent / "rendered"
 NOW = 1_700_000_000.25
@@ -105,3 +105,4 @@ def test_stats_servers_bytes(router_state):
 def test_metrics_bytes(router_state):
     table, block, _ = router_state
     assert generate_latest(registry_for(block, table)) == expected("metrics.txt", False)
+
