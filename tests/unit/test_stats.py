@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from mcrouter._metrics import (G_LEFT_ERRORS, G_LEFT_HITS, G_LEFT_MISSES, G_LEFT
                                H_HITS, H_MISSES, H_SENT, HIST_WORDS, HOST_WORDS, HOSTS_AT,
                                NERROR, NREPLY, NROUTE)
 from mcrouter.exposition import registry_for
+from mcrouter.hosts_view import parse_servers, render_hosts
 from mcrouter.hosttable import DOWN, HostTable
 from mcrouter.metrics import HEADER_BYTES, MetricsBlock
 from mcrouter.protocol import CMD_ADMIN, CMD_GET, CMD_LOCAL, CMD_SET
@@ -106,3 +108,21 @@ def test_metrics_bytes(router_state):
     table, block, _ = router_state
     assert generate_latest(registry_for(block, table)) == expected("metrics.txt", False)
 
+
+def test_mcrouter_hosts_prints_stats_servers(router_state, monkeypatch):
+    """``mcrouter hosts`` reads ``stats servers`` back into the host table's
+    own rows, and prints them (times in the local zone)."""
+    table, block, slots = router_state
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        rows = parse_servers(router_stats(table, block, slots)[b"servers"]())
+        assert rows == [replace(h, slot=-1) for h in table.statuses() if h.slot in slots]
+        assert render_hosts(rows) == (
+            "HOST             STATE  ADDRESS   CHANGES  SINCE                LAST CHANGE / ERROR\n"
+            "a.example:11211  up     10.0.0.1  0        -                    -\n"
+            "[::1]:11212      down   -         1        2023-11-14 22:13:20  "
+            "3 failures in a row, last: timeout\n")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
