@@ -15,7 +15,7 @@ import typer
 
 from mcrouter import __version__
 from mcrouter.config import ConfigError, HostAddr, load_config
-from mcrouter.health import DEFAULT_CAPACITY
+from mcrouter.hosttable import DEFAULT_CAPACITY
 from mcrouter.listen import ListenAddr, ListenError, parse_listen
 from mcrouter.logs import LOG_FORMATS, setup_logging
 from mcrouter.settings import Settings
@@ -191,7 +191,7 @@ def run(
     except ConfigError as e:
         _die(str(e))
     setup_logging(log_level, log_format)
-    from mcrouter.health import TableFull
+    from mcrouter.hosttable import TableFull
     from mcrouter.master import Master
     try:
         code = Master(settings, config, addr, metrics_addr, text).run()

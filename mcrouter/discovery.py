@@ -56,7 +56,7 @@ import dns.rrset
 
 from mcrouter.config import DnsSource, HostAddr, Member
 from mcrouter.dns import literal
-from mcrouter.health import MAX_HOSTS, HostTable
+from mcrouter.hosttable import MAX_HOSTS, HostTable
 
 log = logging.getLogger("mcrouter.discovery")
 

@@ -18,7 +18,7 @@ import threading
 from typing import Callable, Iterable
 
 from mcrouter.config import HostAddr
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 
 log = logging.getLogger("mcrouter.dns")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from mcrouter.hosttable import HostStatus
 from mcrouter.listen import ListenAddr
 
 TIMEOUT = 5.0
@@ -15,16 +15,6 @@ MAX_REPLY = 4 << 20
 
 class HostsError(Exception):
     """The router could not be asked; phrased for the operator."""
-
-
-@dataclass(frozen=True)
-class HostRow:
-    host: str
-    state: str
-    address: str
-    changes: int
-    changed_at: float
-    reason: str
 
 
 def _connect_target(addr: ListenAddr) -> tuple[int, Any]:
@@ -37,7 +27,7 @@ def _connect_target(addr: ListenAddr) -> tuple[int, Any]:
     return family, (host, port)
 
 
-def fetch_hosts(addr: ListenAddr) -> list[HostRow]:
+def fetch_hosts(addr: ListenAddr) -> list[HostStatus]:
     family, target = _connect_target(addr)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -61,7 +51,8 @@ def fetch_hosts(addr: ListenAddr) -> list[HostRow]:
     return parse_servers(data)
 
 
-def parse_servers(data: bytes) -> list[HostRow]:
+def parse_servers(data: bytes) -> list[HostStatus]:
+    """The rows of a ``stats servers`` reply (stats.server_line; "-" there is "" here)."""
     rows = []
     for line in data.decode("utf-8", "replace").split("\r\n"):
         if not line.startswith("STAT "):
@@ -70,16 +61,17 @@ def parse_servers(data: bytes) -> list[HostRow]:
         if len(parts) < 7:
             raise HostsError(f"unexpected reply line {line!r}; is this an mcrouter?")
         _, host, state, address, changes, changed_at, reason = parts
-        rows.append(HostRow(host, state, address, int(changes), float(changed_at), reason))
+        rows.append(HostStatus(host, state, "" if address == "-" else address, int(changes),
+                               float(changed_at), "" if reason == "-" else reason))
     return rows
 
 
-def render_hosts(rows: list[HostRow]) -> str:
+def render_hosts(rows: list[HostStatus]) -> str:
     table = [("HOST", "STATE", "ADDRESS", "CHANGES", "SINCE", "LAST CHANGE / ERROR")]
     for r in rows:
         since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.changed_at))
                  if r.changes else "-")
-        table.append((r.host, r.state, r.address, str(r.changes), since, r.reason))
+        table.append((r.key, r.state, r.address or "-", str(r.changes), since, r.reason or "-"))
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] + "\n"
                    for row in table)

@@ -64,7 +64,7 @@ from mcrouter.config import ConfigError, HostAddr, Member, RouterConfig, parse_c
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter.discovery import Address
 from mcrouter.dns import DnsCache
-from mcrouter.health import DOWN, HostTable, TableFull
+from mcrouter.hosttable import DOWN, HostTable, TableFull
 from mcrouter.limits import raise_fd_limit
 from mcrouter.listen import ListenAddr, ListenError, activated_sockets, bind
 from mcrouter.metrics import MetricsBlock, note_reload
@@ -116,7 +116,7 @@ class Master:
         self.metrics_sock: socket.socket | None = None
         self.num_workers = settings.workers
         self.listeners: list[socket.socket] = []
-        self.workers: dict[int, int] = {}            # pid → slot (SIDECAR for the sidecar)
+        self.children: dict[int, int] = {}           # pid → slot: every worker, and SIDECAR
         self.channels: dict[int, Channel] = {}       # pid → control channel (workers only)
         self.sidecar_channels: dict[int, Channel] = {}   # pid → the sidecar's (DNS membership)
         self.running_gen: dict[int, int] = {}        # pid → generation it confirmed
@@ -234,7 +234,7 @@ class Master:
     def count_current(self) -> None:
         """Publish how many workers run the current generation (``/healthz``:
         ready only when every one does)."""
-        current = sum(1 for pid, slot in self.workers.items()
+        current = sum(1 for pid, slot in self.children.items()
                       if slot != SIDECAR and pid not in self.retiring
                       and self.running_gen.get(pid) == self.generation)
         self.counters.set(G_WORKERS_CURRENT, current)
@@ -264,7 +264,7 @@ class Master:
 
     def hold(self, pid: int, generation: int) -> None:
         """Child ``pid`` may still use the hosts of ``generation`` and later."""
-        if pid in self.workers and self.holds.get(pid) != generation:
+        if pid in self.children and self.holds.get(pid) != generation:
             self.holds[pid] = generation
             self.slots_dirty = True
 
@@ -407,7 +407,7 @@ class Master:
         """Fork a child that runs ``body`` and never returns into this code."""
         pid = os.fork()
         if pid:
-            self.workers[pid] = slot
+            self.children[pid] = slot
             self.holds[pid] = self.generation      # it starts on the current config
             self.started[slot] = self.clock()
             return pid
@@ -444,7 +444,7 @@ class Master:
                 return
             if not pid:
                 return
-            slot = self.workers.pop(pid, None)
+            slot = self.children.pop(pid, None)
             self.drop_channel(pid)
             if self.holds.pop(pid, None) is not None:
                 self.slots_dirty = True         # what it held may be freed now
@@ -486,33 +486,33 @@ class Master:
                 del self.respawn_at[slot]
 
     def stop(self, sig: int) -> None:
-        """Stop accepting, signal every worker and wait for them, killing
-        stragglers after the grace."""
+        """Stop accepting, signal every child (workers, sidecar) and wait for
+        them, killing stragglers after the grace."""
         for sock in self.listeners:
             sock.close()        # new connections are refused now, not reset later
         self.listeners = []
         if self.metrics_sock is not None:
             self.metrics_sock.close()
             self.metrics_sock = None
-        for pid in list(self.workers):
+        for pid in list(self.children):
             self.kill_worker(pid, sig)
         deadline = time.monotonic() + self.settings.graceful_timeout + 1.0
-        while self.workers and time.monotonic() < deadline:
+        while self.children and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid:
-                self.workers.pop(pid, None)
+                self.children.pop(pid, None)
             else:
                 time.sleep(0.02)
-        for pid in list(self.workers):
+        for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        self.workers.clear()
+        self.children.clear()
         for pid in list(self.channels):
             self.drop_channel(pid)
         if self.addr.family == socket.AF_UNIX and not self.activated:
@@ -538,7 +538,7 @@ class Master:
                 self.hold(pid, int(msg["holds"]))
             elif "rejected" in msg:
                 log.error("worker %d refused generation %s: %s; restarting it",
-                          self.workers.get(pid, -1), msg["rejected"], msg.get("error"))
+                          self.children.get(pid, -1), msg["rejected"], msg.get("error"))
                 self.kill_worker(pid, signal.SIGTERM)   # its respawn boots on the current config
 
     def read_sidecar(self, pid: int) -> None:
@@ -615,8 +615,8 @@ class Master:
         worker is named; it catches up or is restarted by the usual means)."""
         if not self.confirm_by:
             return
-        count = sum(1 for slot in self.workers.values() if slot != SIDECAR)
-        behind = sorted(slot for pid, slot in self.workers.items()
+        count = sum(1 for slot in self.children.values() if slot != SIDECAR)
+        behind = sorted(slot for pid, slot in self.children.items()
                         if slot != SIDECAR and self.running_gen.get(pid) != self.generation)
         if behind and self.clock() < self.confirm_by:
             return
@@ -724,7 +724,7 @@ class Master:
         self.generation += 1
         self.gen_hosts[self.generation] = frozenset(hosts)
         if not restart_sidecar:         # the sidecar's hosts are this generation's too
-            for pid, slot in self.workers.items():
+            for pid, slot in self.children.items():
                 if slot == SIDECAR and pid not in self.retiring:
                     self.hold(pid, self.generation)
         self.count_current()            # first: never "every worker" on a generation just made
@@ -743,7 +743,7 @@ class Master:
                 sent = False
             if not sent:
                 log.warning("worker %d does not read its control channel; killing it",
-                            self.workers.get(pid, -1))
+                            self.children.get(pid, -1))
                 self.kill_worker(pid, signal.SIGKILL)
         if restart_sidecar:
             self.restart_sidecar()
@@ -751,7 +751,7 @@ class Master:
 
     def restart_sidecar(self) -> None:
         """A sidecar for the current hosts and health policy, then the old one goes."""
-        old = [pid for pid, slot in self.workers.items() if slot == SIDECAR and pid not in self.retiring]
+        old = [pid for pid, slot in self.children.items() if slot == SIDECAR and pid not in self.retiring]
         self.respawn_at.pop(SIDECAR, None)
         self.spawn_sidecar()
         for pid in old:
@@ -795,7 +795,7 @@ class Master:
         slot = self.num_workers
         if self.respawn_at.pop(slot, None) is not None:
             return                                      # it was dead already
-        for pid, s in self.workers.items():
+        for pid, s in self.children.items():
             if s == slot and pid not in self.retiring:
                 self.retiring.add(pid)
                 self.kill_worker(pid, signal.SIGTERM)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcrouter.health import DEFAULT_CAPACITY
+from mcrouter.hosttable import DEFAULT_CAPACITY
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ connects, and when it fails answers everything in flight with the router's
 error reply and reconnects with capped exponential backoff and jitter.
 
 Health is one verdict for the whole router, kept in the shared HostTable
-(``health.py``): the data path marks a host down after ``tko`` consecutive
+(``hosttable.py``): the data path marks a host down after ``tko`` consecutive
 timeouts or errors (a refused connection at once); only the sidecar's
 probes mark it up again.  While a host is down its connections do not
 reconnect, so a dead host costs one probe per interval and no storm.
@@ -26,7 +26,7 @@ from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, local as l
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
-from mcrouter.health import DOWN as HOST_DOWN, HostTable, sockaddr
+from mcrouter.hosttable import DOWN as HOST_DOWN, HostTable, sockaddr
 from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
 from mcrouter.protocol import (COMMAND_NAMES, NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
@@ -35,7 +35,8 @@ log = logging.getLogger("mcrouter.upstream")
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
-DOWN, CONNECTING, UP = 0, 1, 2
+# a connection's states (a host's are the HostTable's: hosttable.UP and DOWN)
+CONN_DOWN, CONN_CONNECTING, CONN_UP = 0, 1, 2
 # connect() errors that say "nobody is there": they mark the host down at once
 HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 # at most one protocol-error line per host in this many seconds (per worker):
@@ -81,14 +82,14 @@ class Host:
         i = req.chan % n
         for _ in range(n):
             c = conns[i]
-            if c.state != DOWN:
+            if c.state != CONN_DOWN:
                 break
             i = (i + 1) % n
         else:
             # every connection waits out a backoff, yet the host is not marked
             # down: try now rather than fail a request the host may serve
             c.connect()
-            if c.state == DOWN:
+            if c.state == CONN_DOWN:
                 req.finish(UPSTREAM_ERROR if self.healthy else NO_HEALTHY_UPSTREAM, ST_ERROR)
                 return
         loop = self.loop
@@ -96,7 +97,7 @@ class Host:
             req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
             return
         loop.busy.add(c)
-        if not c.dirty and c.state == UP:      # written at the end of this loop turn
+        if not c.dirty and c.state == CONN_UP:  # written at the end of this loop turn
             c.dirty = True
             loop.dirty_upstreams.append(c)
 
@@ -179,7 +180,7 @@ class Connection:
                          timeout=host.timeout)
         self.sock: Any = None             # a socket.socket while connecting or up
         self.fd = -1
-        self.state = DOWN
+        self.state = CONN_DOWN
         self.dirty = False
         self.want_write = False
         self.backoff = BACKOFF_MIN
@@ -191,7 +192,7 @@ class Connection:
 
     def flush(self) -> None:
         """Called once per loop turn: one send of everything queued."""
-        if self.state != UP:
+        if self.state != CONN_UP:
             return
         try:
             left = self.ring.write_to(self.sock, self.loop.now)
@@ -216,9 +217,9 @@ class Connection:
                 self.host.failed("timeout", expired)
         if stalled and now - ring.progress_at > 2 * timeout:
             self.fail("no reply within twice the timeout", kind=None)  # counted as timeouts
-        elif self.state == CONNECTING and now > self.connect_deadline:
+        elif self.state == CONN_CONNECTING and now > self.connect_deadline:
             self.fail("connect timeout", kind=E_CONNECT)
-        elif ring.inflight == 0 and self.state != CONNECTING:
+        elif ring.inflight == 0 and self.state != CONN_CONNECTING:
             self.loop.busy.discard(self)
             if self.retiring and not ring.pending:
                 self.close(UPSTREAM_ERROR)
@@ -226,7 +227,7 @@ class Connection:
     def retire(self) -> bool:
         """Stop reconnecting; close now if idle.  True while it still carries requests."""
         self.closed = True
-        if self.state == UP and (self.ring.inflight or self.ring.pending):
+        if self.state == CONN_UP and (self.ring.inflight or self.ring.pending):
             self.retiring = True
             self.loop.busy.add(self)
             return True
@@ -238,7 +239,7 @@ class Connection:
     def connect(self) -> None:
         """Connect without blocking, unless closed, already connected, or the
         host is down (then only a probe verdict brings it back: Host.sync)."""
-        if self.closed or self.state != DOWN or not self.host.healthy:
+        if self.closed or self.state != CONN_DOWN or not self.host.healthy:
             return
         target = self.host.sockaddr()
         if target is None:
@@ -257,7 +258,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(sockaddr)
         self.sock, self.fd = sock, sock.fileno()
-        self.state = CONNECTING
+        self.state = CONN_CONNECTING
         self.connect_deadline = self.loop.now + self.host.connect_timeout
         self.loop.busy.add(self)
         if err == 0:
@@ -270,7 +271,7 @@ class Connection:
 
     def _connected(self) -> None:
         self.host.counters.upstream_connections(self.host.slot, 1)
-        self.state = UP
+        self.state = CONN_UP
         self.backoff = BACKOFF_MIN
         self.want_write = False
         self.loop.modify(self.fd, EV_IN)
@@ -279,7 +280,7 @@ class Connection:
             self.loop.dirty_upstreams.append(self)
 
     def on_event(self, mask: int) -> None:
-        if self.state == CONNECTING:
+        if self.state == CONN_CONNECTING:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
@@ -304,11 +305,11 @@ class Connection:
                     self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
                     return
                 self.host.failures = 0
-        if mask & EV_OUT and self.state == UP:
+        if mask & EV_OUT and self.state == CONN_UP:
             self.flush()
 
     def _want_write(self, want: bool) -> None:
-        if want != self.want_write and self.state == UP:
+        if want != self.want_write and self.state == CONN_UP:
             self.want_write = want
             self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
 
@@ -323,7 +324,7 @@ class Connection:
             self.close(UPSTREAM_ERROR)
             return
         self._drop_socket()
-        self.state = DOWN
+        self.state = CONN_DOWN
         self.ring.fail_all(UPSTREAM_ERROR)
         if judged:
             self.host.failed(reason, hard=hard)
@@ -338,7 +339,7 @@ class Connection:
 
     def _drop_socket(self) -> None:
         if self.sock is not None:
-            if self.state == UP:
+            if self.state == CONN_UP:
                 self.host.counters.upstream_connections(self.host.slot, -1)
             self.loop.remove(self.fd)
             self.sock.close()
@@ -350,6 +351,6 @@ class Connection:
             self.host.retiring.remove(self)
         self.closed = True
         self._drop_socket()
-        self.state = DOWN
+        self.state = CONN_DOWN
         self.ring.fail_all(reply)
         self.loop.busy.discard(self)

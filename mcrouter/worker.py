@@ -34,13 +34,13 @@ from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection
 from mcrouter._parser import set_body_budget
 from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 from mcrouter.hostset import HostSet
 from mcrouter.limits import return_memory_promptly
 from mcrouter.loop import EV_IN, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
-from mcrouter.routes.admin import router_stats
+from mcrouter.stats import router_stats
 from mcrouter.routes.simple import BackendVersion, use_backend_version
 from mcrouter.settings import Settings
 from mcrouter.upstream import Host

@@ -69,7 +69,7 @@ class RootRoute(ServiceDispatch, Route):
     def __init__(self, tree: Route, stats_groups: Mapping[bytes, Callable[[], bytes]] | None = None,
                  admin: AdminPolicy = AdminPolicy()) -> None:
         self.tree = tree
-        # ``stats <group>`` the router answers itself (routes/admin.py); other stats go to the tree
+        # ``stats <group>`` the router answers itself (mcrouter/stats.py); other stats go to the tree
         self.stats_groups = dict(stats_groups or {})
         self.gate = AdminGate(admin)
         self.gated = self.gate.gated()

@@ -17,7 +17,7 @@ from mcrouter._metrics import R_FAILOVER, local as local_counters
 from mcrouter._parser import Request
 from mcrouter.protocol import (CMD_MN, CMD_VERSION, ERROR_ROUTE, MEMCACHED_PROTOCOL_LEVEL,
                                NOT_HANDLED_LOCALLY, NULL_REPLIES, ST_ERROR, ST_OK, router_error)
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 from mcrouter.routes.base import HostListRoute, HostRoute, Route
 
 

@@ -389,3 +389,188 @@ route: {{type: AllSyncRoute, children: [PoolRoute|a, PoolRoute|b]}}
     assert s["mcrouter_route_decisions_total", {"decision": "fanout"}] == 3
     for m in (m1, m2):
         assert s["mcrouter_upstream_requests_total", {"cmd": "set", "host": m.addr}] == 3
+
+
+# What one client's known traffic leaves in ``/metrics`` (host: @HOST@),
+# every line in order; ``*`` stands for a value that depends on the clock
+# (durations, timestamps) or the machine (the Python version), and a
+# ``NAME.buckets{labels}`` line for the 17 bucket lines of one histogram.
+METRICS_TEXT = """\
+# HELP mcrouter_build_info The router's version.
+# TYPE mcrouter_build_info gauge
+mcrouter_build_info{python="*",version="0.1.0"} 1.0
+# HELP mcrouter_start_time_seconds When the router started (unix time).
+# TYPE mcrouter_start_time_seconds gauge
+mcrouter_start_time_seconds *
+# HELP mcrouter_workers Worker processes the master keeps running.
+# TYPE mcrouter_workers gauge
+mcrouter_workers 1.0
+# HELP mcrouter_config_generation The config generation the master made current (a reload or a DNS change adds one).
+# TYPE mcrouter_config_generation gauge
+mcrouter_config_generation 1.0
+# HELP mcrouter_workers_current Workers that confirmed the current config generation.
+# TYPE mcrouter_workers_current gauge
+mcrouter_workers_current 1.0
+# HELP mcrouter_requests_total Client requests answered, by command (a multi-key get counts once).
+# TYPE mcrouter_requests_total counter
+mcrouter_requests_total{cmd="get"} 2.0
+mcrouter_requests_total{cmd="set"} 1.0
+mcrouter_requests_total{cmd="stats"} 2.0
+# HELP mcrouter_request_duration_seconds From reading a client request to queueing its reply.
+# TYPE mcrouter_request_duration_seconds histogram
+mcrouter_request_duration_seconds.buckets{cmd="get"}
+mcrouter_request_duration_seconds_count{cmd="get"} 2.0
+mcrouter_request_duration_seconds_sum{cmd="get"} *
+mcrouter_request_duration_seconds.buckets{cmd="set"}
+mcrouter_request_duration_seconds_count{cmd="set"} 1.0
+mcrouter_request_duration_seconds_sum{cmd="set"} *
+mcrouter_request_duration_seconds.buckets{cmd="stats"}
+mcrouter_request_duration_seconds_count{cmd="stats"} 2.0
+mcrouter_request_duration_seconds_sum{cmd="stats"} *
+# HELP mcrouter_client_connections Client connections open now.
+# TYPE mcrouter_client_connections gauge
+mcrouter_client_connections 0.0
+# HELP mcrouter_client_connections_accepted_total Client connections accepted.
+# TYPE mcrouter_client_connections_accepted_total counter
+mcrouter_client_connections_accepted_total 2.0
+# HELP mcrouter_client_connections_rejected_total Client connections refused: past -c, or out of file descriptors.
+# TYPE mcrouter_client_connections_rejected_total counter
+mcrouter_client_connections_rejected_total 0.0
+# HELP mcrouter_client_received_bytes_total Bytes read from clients.
+# TYPE mcrouter_client_received_bytes_total counter
+mcrouter_client_received_bytes_total @SENT@.0
+# HELP mcrouter_client_sent_bytes_total Bytes written to clients.
+# TYPE mcrouter_client_sent_bytes_total counter
+mcrouter_client_sent_bytes_total @RECEIVED@.0
+# HELP mcrouter_router_replies_total Replies the router made itself, by reason.
+# TYPE mcrouter_router_replies_total counter
+mcrouter_router_replies_total{reason="no_healthy_upstream"} 0.0
+mcrouter_router_replies_total{reason="upstream_timeout"} 0.0
+mcrouter_router_replies_total{reason="upstream_error"} 0.0
+mcrouter_router_replies_total{reason="upstream_queue_full"} 0.0
+mcrouter_router_replies_total{reason="reply_too_large"} 0.0
+mcrouter_router_replies_total{reason="not_handled_locally"} 0.0
+mcrouter_router_replies_total{reason="not_supported"} 0.0
+mcrouter_router_replies_total{reason="shutting_down"} 0.0
+mcrouter_router_replies_total{reason="bad_request"} 0.0
+# HELP mcrouter_route_decisions_total Route decisions: failover to a later host, another host asked after a miss, fan-out to several hosts.
+# TYPE mcrouter_route_decisions_total counter
+mcrouter_route_decisions_total{decision="failover"} 0.0
+mcrouter_route_decisions_total{decision="miss_failover"} 0.0
+mcrouter_route_decisions_total{decision="fanout"} 0.0
+# HELP mcrouter_upstream_requests_total Requests queued to an upstream host.
+# TYPE mcrouter_upstream_requests_total counter
+mcrouter_upstream_requests_total{cmd="get",host="@HOST@"} 2.0
+mcrouter_upstream_requests_total{cmd="set",host="@HOST@"} 1.0
+# HELP mcrouter_upstream_request_duration_seconds Upstream round trips that got their reply in time.
+# TYPE mcrouter_upstream_request_duration_seconds histogram
+mcrouter_upstream_request_duration_seconds.buckets{cmd="get",host="@HOST@"}
+mcrouter_upstream_request_duration_seconds_count{cmd="get",host="@HOST@"} 2.0
+mcrouter_upstream_request_duration_seconds_sum{cmd="get",host="@HOST@"} *
+mcrouter_upstream_request_duration_seconds.buckets{cmd="set",host="@HOST@"}
+mcrouter_upstream_request_duration_seconds_count{cmd="set",host="@HOST@"} 1.0
+mcrouter_upstream_request_duration_seconds_sum{cmd="set",host="@HOST@"} *
+# HELP mcrouter_upstream_errors_total Upstream failures: requests timed out, connects failed, connections broken, replies that cannot answer their request (parse).
+# TYPE mcrouter_upstream_errors_total counter
+mcrouter_upstream_errors_total{host="@HOST@",reason="timeout"} 0.0
+mcrouter_upstream_errors_total{host="@HOST@",reason="connect"} 0.0
+mcrouter_upstream_errors_total{host="@HOST@",reason="reset"} 0.0
+mcrouter_upstream_errors_total{host="@HOST@",reason="parse"} 0.0
+# HELP mcrouter_upstream_connections Upstream connections up now.
+# TYPE mcrouter_upstream_connections gauge
+mcrouter_upstream_connections{host="@HOST@"} 2.0
+# HELP mcrouter_get_hits_total Get-family replies with a value.
+# TYPE mcrouter_get_hits_total counter
+mcrouter_get_hits_total{host="@HOST@"} 1.0
+# HELP mcrouter_get_misses_total Get-family replies without a value.
+# TYPE mcrouter_get_misses_total counter
+mcrouter_get_misses_total{host="@HOST@"} 1.0
+# HELP mcrouter_host_up 1 while the shared verdict says the host is up.
+# TYPE mcrouter_host_up gauge
+mcrouter_host_up{host="@HOST@"} 1.0
+# HELP mcrouter_healthy_hosts Upstream hosts up.
+# TYPE mcrouter_healthy_hosts gauge
+mcrouter_healthy_hosts 1.0
+# HELP mcrouter_restarts_total Child processes the master restarted after they died.
+# TYPE mcrouter_restarts_total counter
+mcrouter_restarts_total{process="worker"} 0.0
+mcrouter_restarts_total{process="sidecar"} 0.0
+# HELP mcrouter_config_reloads_total Config reloads (a DNS pool's change counts as one), by result.
+# TYPE mcrouter_config_reloads_total counter
+mcrouter_config_reloads_total{result="success"} 0.0
+mcrouter_config_reloads_total{result="failure"} 0.0
+# HELP mcrouter_config_last_reload_success_timestamp_seconds When the config in force was loaded (unix time).
+# TYPE mcrouter_config_last_reload_success_timestamp_seconds gauge
+mcrouter_config_last_reload_success_timestamp_seconds *
+"""
+BUCKET_BOUNDS = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+                 "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "+Inf")
+
+
+def test_the_three_texts_from_a_running_router(memcached, router):
+    """``stats servers``, ``stats mcrouter`` and ``/metrics`` after known
+    traffic: every line, in order, byte for byte but for the values the
+    clock decides (checked for range instead)."""
+    m = memcached()
+    r = router(pool_config([m]), workers=1, conns=2, metrics=True)
+
+    def quiet() -> bool:            # the readiness probe's connection has come and gone
+        s = Scrape(r.scrape())
+        return s["mcrouter_client_connections_accepted_total"] == 1 and \
+            s["mcrouter_client_connections"] == 0 and \
+            s["mcrouter_upstream_connections", {"host": m.addr}] == 2
+    assert wait_until(quiet, 10)
+    started = time.time()
+    c = Counted(r.port)
+    assert c.do(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert c.do(b"get k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+    assert c.do(b"get none\r\n") == b"END\r\n"
+    assert c.do(b"stats servers\r\n", b"END\r\n") == \
+        f"STAT {m.addr} up 127.0.0.1 0 0.000 -\r\nEND\r\n".encode()
+    written = c.received                    # the replies before the next: what it counts
+    reply = c.do(b"stats mcrouter\r\n", b"END\r\n")
+    sent, received = c.sent, c.received
+    c.c.close()
+
+    lines = reply.decode().split("\r\n")
+    got = dict(line.split(" ")[1:] for line in lines[:-2])
+    assert 0 <= int(got["uptime"]) < 120
+    assert started - 1 <= int(got["time"]) <= time.time()
+    assert int(got["time"]) - int(got["uptime"]) - 1 <= int(got["config_last_reload_success"]) \
+        <= int(got["time"])
+    clocked = {n: got[n] for n in ("uptime", "time", "config_last_reload_success")}
+    values = {"pid": r.pid, "version": "0.1.0", "workers": 1, "curr_connections": 1,
+              "total_connections": 2, "bytes_read": sent, "bytes_written": written,
+              "cmd_get": 2, "cmd_set": 1, "cmd_stats": 1, "upstream_requests": 3,
+              "upstream_connections": 2, "get_hits": 1, "get_misses": 1, "hosts": 1,
+              "healthy_hosts": 1, **clocked}
+    assert reply == ("".join(f"STAT {name} {values.get(name, 0)}\r\n" for name in STATS_NAMES)
+                     + "END\r\n").encode()
+
+    scraped = [""]
+
+    def closed() -> bool:           # the worker has seen the client go
+        scraped[0] = r.scrape()
+        return Scrape(scraped[0])["mcrouter_client_connections"] == 0
+    assert wait_until(closed, 10)
+    text = scraped[0]
+    masked = []
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name.endswith(("_bucket", "_sum")) or name in (
+                "mcrouter_start_time_seconds",
+                "mcrouter_config_last_reload_success_timestamp_seconds"):
+            float(line.rsplit(" ", 1)[1])
+            line = line.rsplit(" ", 1)[0] + " *"
+        masked.append(re.sub(r'python="[^"]*"', 'python="*"', line))
+    want = []
+    for line in METRICS_TEXT.replace("@HOST@", m.addr).replace("@SENT@", str(sent)) \
+            .replace("@RECEIVED@", str(received)).splitlines():
+        if ".buckets{" in line:
+            name, labels = line.split(".buckets{")
+            want += [f'{name}_bucket{{{labels[:-1]},le="{le}"}} *' for le in BUCKET_BOUNDS]
+        else:
+            want.append(line)
+    assert masked == want
+    assert abs(Scrape(text)["mcrouter_start_time_seconds"]
+               - (int(got["time"]) - int(got["uptime"]))) <= 1

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from mcrouter.exposition import registry_for
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 from mcrouter.metrics import MetricsBlock
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"

@@ -10,7 +10,7 @@ import pytest
 from mcrouter._hash import Hasher
 from mcrouter.config import ConfigError, DnsSource, DownPolicy, HostAddr, parse_config
 from mcrouter.discovery import Answer, Discovery, DiscoveryError
-from mcrouter.health import HostTable
+from mcrouter.hosttable import HostTable
 from mcrouter.protocol import (CMD_APPEND, CMD_CAS, CMD_DELETE, CMD_GAT, CMD_MA, CMD_MG, CMD_MS,
                                CMD_SET, CMD_TOUCH)
 from mcrouter.routes.gutter import cap_wire, capped

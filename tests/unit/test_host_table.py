@@ -11,7 +11,7 @@ import pytest
 from mcrouter.cli import parse_duration
 from mcrouter.config import ConfigError, HealthPolicy, HostAddr, parse_config
 from mcrouter.dns import DnsCache
-from mcrouter.health import DOWN, STATUS_AT, UP, HostTable, TableFull
+from mcrouter.hosttable import DOWN, STATUS_AT, UP, HostTable, TableFull
 
 
 def test_slots_are_assigned_once_per_address():
@@ -90,7 +90,7 @@ def test_backend_versions_lowest_wins_and_only_a_strict_x_y_z_is_kept():
 
 
 def test_a_version_being_written_is_not_read():
-    from mcrouter.health import REC_VERSION_SEQ
+    from mcrouter.hosttable import REC_VERSION_SEQ
     t = HostTable(capacity=2)
     s = t.assign("h:1")
     t.set_version(s, b"1.6.18")

@@ -60,7 +60,7 @@ def master():
                parse_listen("127.0.0.1:1"))
     install(before)             # the master installs its own counters; give them back
     m.clock = Clock()
-    m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.children = {101: 0, 102: 1, 103: SIDECAR}
     yield m
 
 
@@ -232,7 +232,7 @@ def small(notified, monkeypatch):
                config_text=text)
     install(before)
     m.clock = Clock()
-    m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.children = {101: 0, 102: 1, 103: SIDECAR}
     m.holds = {101: 1, 102: 1, 103: 1}
     m.restarted = []
     monkeypatch.setattr(m, "restart_sidecar", lambda: m.restarted.append(m.generation))
@@ -296,7 +296,7 @@ def test_a_host_that_comes_back_before_its_slot_is_freed_keeps_it(small):
 
 def test_a_draining_worker_keeps_its_hosts_slots_until_it_exits(small, monkeypatch):
     m = small
-    m.workers[104] = 2                                  # retired by TTOU, still draining
+    m.children[104] = 2                                 # retired by TTOU, still draining
     m.holds[104] = 1
     m.retiring.add(104)
     publish(m, 11212)

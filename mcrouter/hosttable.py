@@ -97,14 +97,15 @@ class TableFull(Exception):
 
 @dataclass(frozen=True)
 class HostStatus:
-    """One host as an operator sees it (``mcrouter hosts``)."""
-    slot: int
-    key: str
-    state: str
-    address: str
-    changes: int
-    changed_at: float
-    reason: str
+    """One host as an operator sees it: a line of ``stats servers``
+    (stats.py), read back as a row of ``mcrouter hosts`` (hosts_view.py)."""
+    key: str                # "host:port" as the config writes it
+    state: str              # "up" or "down"
+    address: str            # the address in text form; "" while none is known
+    changes: int            # state changes since the slot was made
+    changed_at: float       # wall-clock time of the last change
+    reason: str             # why it last changed; "" for no reason yet
+    slot: int = -1          # its slot in the table (-1: read from a router's reply)
 
 
 def stored_key(key: str) -> bytes:
@@ -303,8 +304,8 @@ class HostTable:
         at = self._rec(slot)
         addr = self.address(slot)
         changes, changed_at, reason = REC_CHANGE.unpack_from(self.mm, at + 116)
-        return HostStatus(slot, _text(self.mm[at:at + 64]), STATE_NAMES[self.state(slot)],
-                          addr[1] if addr else "", changes, changed_at, _text(reason))
+        return HostStatus(_text(self.mm[at:at + 64]), STATE_NAMES[self.state(slot)],
+                          addr[1] if addr else "", changes, changed_at, _text(reason), slot)
 
     def statuses(self) -> list[HostStatus]:
         """Every host with a slot (free slots are no host)."""
