@@ -415,7 +415,7 @@ def supervised(tmp_path, fake_os, notified):
                         graceful_timeout=3.0),
                parse_config(CONFIG, str(path)), parse_listen("127.0.0.1:1"), config_text=CONFIG)
     m.clock = Clock()
-    m.workers = {101: 0, 102: 1, 103: SIDECAR}
+    m.children = {101: 0, 102: 1, 103: SIDECAR}
     m.holds = {101: 1, 102: 1, 103: 1}               # as _fork records them
     m.started = {0: m.clock(), 1: m.clock(), SIDECAR: m.clock()}
     m.peers = {}                    # type: ignore[attr-defined]
@@ -443,7 +443,7 @@ def test_a_worker_that_exits_is_respawned_in_its_slot_after_a_growing_backoff(su
         m.reap_workers()
     assert [r.getMessage() for r in caplog.records] == [
         "worker 0 (pid 101) exited with 1; restarting in 0.2s"]
-    assert 101 not in m.workers and 101 not in m.channels
+    assert 101 not in m.children and 101 not in m.channels
     assert m.respawn_at == {0: pytest.approx(1000.2)}
     m.manage_workers()
     assert fake_os.next_pid == 200                    # not yet: no fork before the backoff
@@ -452,7 +452,7 @@ def test_a_worker_that_exits_is_respawned_in_its_slot_after_a_growing_backoff(su
         m.clock.now = m.respawn_at[0]
         m.manage_workers()
         pid = fake_os.next_pid
-        assert m.workers[pid] == 0 and pid in m.channels and m.respawn_at == {}
+        assert m.children[pid] == 0 and pid in m.channels and m.respawn_at == {}
         fake_os.exit(pid, sig=signal.SIGSEGV)
         m.reap_workers()
         delays.append(round(m.respawn_at[0] - m.clock(), 6))
@@ -469,7 +469,7 @@ def test_a_worker_that_exits_is_respawned_in_its_slot_after_a_growing_backoff(su
     fake_os.exit(fake_os.next_pid, code=0)
     m.reap_workers()
     assert m.respawn_at == {0: pytest.approx(m.clock() + 0.2)}
-    assert list(m.workers.values()).count(0) == 0 and m.workers[102] == 1   # slot 1 untouched
+    assert list(m.children.values()).count(0) == 0 and m.children[102] == 1   # slot 1 untouched
 
 
 def test_the_sidecar_is_respawned_as_a_sidecar_and_counted_apart(supervised, fake_os, caplog):
@@ -484,7 +484,7 @@ def test_the_sidecar_is_respawned_as_a_sidecar_and_counted_apart(supervised, fak
     m.clock.now += 0.2
     m.manage_workers()
     pid = fake_os.next_pid
-    assert m.workers == {101: 0, 102: 1, pid: SIDECAR}
+    assert m.children == {101: 0, 102: 1, pid: SIDECAR}
     assert pid in m.sidecar_channels and pid not in m.channels   # no config channel
     assert m.respawn_at == {}
 
@@ -499,7 +499,7 @@ def test_a_worker_that_cannot_boot_stops_the_master(supervised, fake_os, caplog)
     assert [r.getMessage() for r in caplog.records] == [
         "worker 1 could not start; stopping (see the error above)"]
     assert fake_os.killed == [(101, signal.SIGTERM), (103, signal.SIGTERM)]
-    assert m.workers == {} and m.channels == {} and m.respawn_at == {}
+    assert m.children == {} and m.channels == {} and m.respawn_at == {}
 
 
 def test_sigterm_drains_every_child_and_stops_accepting(supervised, fake_os):
@@ -513,7 +513,7 @@ def test_sigterm_drains_every_child_and_stops_accepting(supervised, fake_os):
     assert fake_os.killed == [(101, signal.SIGTERM), (102, signal.SIGTERM),
                               (103, signal.SIGTERM)]
     assert listener.fileno() == -1 and m.listeners == []
-    assert m.workers == {} and m.channels == {} and m.generation == 1
+    assert m.children == {} and m.channels == {} and m.generation == 1
     assert m.sig_queue == [signal.SIGHUP]
     assert master_mod.time.slept < 0.1                # nobody waited for the grace
 
@@ -528,7 +528,7 @@ def test_sigterm_kills_a_straggler_after_the_grace(supervised, fake_os):
                               (103, signal.SIGTERM), (102, signal.SIGKILL)]
     # the straggler had the whole grace (--graceful-timeout 3, plus 1 s) first
     assert master_mod.time.slept == pytest.approx(4.0, abs=0.05)
-    assert m.workers == {} and m.exit_code == 0
+    assert m.children == {} and m.exit_code == 0
 
 
 def test_sigquit_stops_now(supervised, fake_os):
@@ -538,7 +538,7 @@ def test_sigquit_stops_now(supervised, fake_os):
     m.turn()
     assert fake_os.killed == [(101, signal.SIGQUIT), (102, signal.SIGQUIT),
                               (103, signal.SIGQUIT)]
-    assert m.exit_code == 0 and m.workers == {}
+    assert m.exit_code == 0 and m.children == {}
 
 
 RELOADED = "orderedPool: [127.0.0.1:11211, 127.0.0.1:11212]\nroute: {type: DefaultRoute}\n"
@@ -566,7 +566,7 @@ def test_sighup_sends_the_new_config_with_the_next_generation(supervised, fake_o
         "listen address and other flags are restart-level and keep their values",
         "sidecar (pid 103) retired; 2 worker(s)"]
     assert m.table.slot_of("127.0.0.1:11212") == 1
-    assert m.workers == {101: 0, 102: 1, fake_os.next_pid: SIDECAR}
+    assert m.children == {101: 0, 102: 1, fake_os.next_pid: SIDECAR}
     assert fake_os.killed == [(103, signal.SIGTERM)]
     assert m.respawn_at == {} and m.retiring == set() and gauge(m, G_SIDECAR_RESTARTS) == 0
     # READY=1 once both workers confirm generation 2, not before
@@ -657,15 +657,15 @@ def test_ttin_adds_a_worker_and_ttou_retires_the_highest_slot(supervised, fake_o
     m = supervised
     m.handle_ttin()
     pid = fake_os.next_pid
-    assert m.num_workers == 3 and m.workers[pid] == 2 and gauge(m, G_WORKERS) == 3
+    assert m.num_workers == 3 and m.children[pid] == 2 and gauge(m, G_WORKERS) == 3
     m.handle_ttou()
     assert m.num_workers == 2 and m.retiring == {pid}
     assert fake_os.killed == [(pid, signal.SIGTERM)]
     m.reap_workers()                                  # retired: not respawned
-    assert pid not in m.workers and m.respawn_at == {} and m.retiring == set()
+    assert pid not in m.children and m.respawn_at == {} and m.retiring == set()
     fake_os.exit(102, code=1)                         # slot 1 dead, waiting for its respawn
     m.reap_workers()
     m.handle_ttou()                                   # then that slot is simply not refilled
     assert m.num_workers == 1 and m.respawn_at == {}
     m.handle_ttou()
-    assert m.num_workers == 1 and m.workers == {101: 0, 103: SIDECAR}
+    assert m.num_workers == 1 and m.children == {101: 0, 103: SIDECAR}

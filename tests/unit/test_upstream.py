@@ -22,12 +22,13 @@ from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, H_CONNS, H
 from mcrouter._parser import RequestParser
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
-from mcrouter.health import DOWN as HOST_DOWN, UP as HOST_UP, HostTable
+from mcrouter.hosttable import DOWN as HOST_DOWN, UP as HOST_UP, HostTable
 from mcrouter.loop import EV_IN, EV_OUT, Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR,
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
-from mcrouter.upstream import BACKOFF_MAX, BACKOFF_MIN, CONNECTING, DOWN, UP, Connection, Host
+from mcrouter.upstream import (BACKOFF_MAX, BACKOFF_MIN, CONN_CONNECTING, CONN_DOWN, CONN_UP,
+                               Connection, Host)
 
 # the router's own replies, as the client reads them (and as protocol.py writes them)
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -143,8 +144,8 @@ def connected(loop: Loop, host: Host, server: socket.socket) -> tuple[socket.soc
     router's, up."""
     host.start()
     conn = host.conns[0]
-    assert conn.state == CONNECTING          # a loopback connect is still in progress
-    drive(loop, lambda: conn.state == UP, "connected")
+    assert conn.state == CONN_CONNECTING          # a loopback connect is still in progress
+    drive(loop, lambda: conn.state == CONN_UP, "connected")
     peer, _ = server.accept()
     peer.settimeout(DEADLINE)
     return peer, conn
@@ -165,7 +166,7 @@ def written(loop: Loop, host: Host, peer: socket.socket, data: bytes, inbox: Inb
 def fake_up(host: Host) -> None:
     """Every connection up without a socket (nothing is flushed in these tests)."""
     for c in host.conns:
-        c.state = UP
+        c.state = CONN_UP
 
 
 def test_send_queues_on_the_connection_of_the_client_channel(make_host, loop):
@@ -185,18 +186,18 @@ def test_send_queues_on_the_connection_of_the_client_channel(make_host, loop):
 def test_send_skips_a_connection_in_backoff_to_the_next_one(make_host):
     host = make_host(1, connections=3)
     fake_up(host)
-    host.conns[1].state = DOWN
+    host.conns[1].state = CONN_DOWN
     inbox = Inbox()
     host.send(requests(b"get a\r\n", inbox, chan=1)[0])
     assert [c.ring.inflight for c in host.conns] == [0, 0, 1]
-    host.conns[2].state = DOWN
+    host.conns[2].state = CONN_DOWN
     host.send(requests(b"get a\r\n", inbox, chan=1)[0])        # wraps around
     assert [c.ring.inflight for c in host.conns] == [1, 0, 1]
 
 
 def test_a_request_sent_while_connecting_is_queued_not_marked_for_writing(make_host, loop):
     host = make_host(1)
-    host.conns[0].state = CONNECTING
+    host.conns[0].state = CONN_CONNECTING
     host.send(requests(b"get a\r\n", Inbox())[0])
     assert host.conns[0].ring.inflight == 1 and host.conns[0].ring.pending == 7
     assert not host.conns[0].dirty and loop.dirty_upstreams == []
@@ -217,7 +218,7 @@ def test_every_connection_down_answers_at_once(make_host, loop, block):
     assert not down.healthy
     down.send(requests(b"get b\r\n", inbox)[0])
     assert inbox.got[1] == (b"get b\r\n", NO_HEALTHY, ST_ERROR)
-    assert all(c.sock is None and c.state == DOWN for c in down.conns)
+    assert all(c.sock is None and c.state == CONN_DOWN for c in down.conns)
     assert errors(block, down, E_CONNECT) == 0
 
 
@@ -241,7 +242,7 @@ def test_requests_queued_while_connecting_are_written_once_connected(make_host, 
     host = make_host(server.getsockname()[1], connections=1)
     host.start()
     conn = host.conns[0]
-    assert conn.state == CONNECTING and loop.busy == {conn}
+    assert conn.state == CONN_CONNECTING and loop.busy == {conn}
     inbox = Inbox()
     sent = (requests(b"get a\r\n", inbox, chan=0) + requests(b"set b 0 0 1\r\nx\r\n", inbox, 1)
             + requests(b"mg c v\r\n", inbox, 0))
@@ -252,7 +253,7 @@ def test_requests_queued_while_connecting_are_written_once_connected(make_host, 
     with pytest.raises(BlockingIOError):
         peer.recv(100)                        # no turn has run: nothing written yet
     peer.settimeout(DEADLINE)
-    drive(loop, lambda: conn.state == UP, "connected")
+    drive(loop, lambda: conn.state == CONN_UP, "connected")
     wire = b"get a\r\nset b 0 0 1\r\nx\r\nmg c v\r\n"
     assert recv_exact(peer, len(wire)) == wire  # the turn that connected wrote them, in order
     assert conns_gauge(block, host) == 1
@@ -262,7 +263,7 @@ def test_requests_queued_while_connecting_are_written_once_connected(make_host, 
                          (b"set b 0 0 1\r\nx\r\n", b"STORED\r\n", ST_OK),
                          (b"mg c v\r\n", b"VA 1\r\nC\r\n", ST_OK)]
     conn.expire(loop.now)                     # nothing owed: no longer busy
-    assert conn not in loop.busy and conn.state == UP
+    assert conn not in loop.busy and conn.state == CONN_UP
     peer.close()
 
 
@@ -273,11 +274,11 @@ def test_a_refused_connect_answers_queued_requests_and_marks_the_host_down(make_
     host = make_host(closed.getsockname()[1], connections=1)
     host.start()
     conn = host.conns[0]
-    assert conn.state == CONNECTING
+    assert conn.state == CONN_CONNECTING
     inbox = Inbox()
     for r in requests(b"get a\r\ndelete b\r\n", inbox):
         host.send(r)
-    drive(loop, lambda: conn.state == DOWN, "refused")
+    drive(loop, lambda: conn.state == CONN_DOWN, "refused")
     assert inbox.got == [(b"get a\r\n", ERROR, ST_ERROR), (b"delete b\r\n", ERROR, ST_ERROR)]
     # at once, not after tko: nobody is there
     assert not host.healthy and host.failures == host.tko
@@ -289,14 +290,14 @@ def test_a_refused_connect_answers_queued_requests_and_marks_the_host_down(make_
     # the reconnect timer fires while the host is down: no connect (no storm)
     [(_, _, reconnect)] = loop._timers
     reconnect()
-    assert conn.state == DOWN and conn.sock is None
+    assert conn.state == CONN_DOWN and conn.sock is None
     host.send(requests(b"get c\r\n", inbox)[0])
     assert inbox.got[2] == (b"get c\r\n", NO_HEALTHY, ST_ERROR)
     # only the probes bring it back: then it connects at once, backoff reset
     host.table.set_state(host.slot, HOST_UP, "probe: up")
     host.sync()
     assert host.healthy and host.failures == 0
-    assert conn.state == CONNECTING and conn.backoff == BACKOFF_MIN
+    assert conn.state == CONN_CONNECTING and conn.backoff == BACKOFF_MIN
     closed.close()
 
 
@@ -324,11 +325,11 @@ def test_reconnects_back_off_exponentially_with_jitter_up_to_the_cap(make_host, 
     # came up starts its backoff again from the minimum
     host.table.set_address(host.slot, socket.AF_INET, "127.0.0.1")
     timers[-1][1]()
-    drive(loop, lambda: conn.state == UP, "connected")
+    drive(loop, lambda: conn.state == CONN_UP, "connected")
     assert conn.backoff == BACKOFF_MIN
     peer, _ = server.accept()
     peer.close()
-    drive(loop, lambda: conn.state == DOWN, "closed by the server")
+    drive(loop, lambda: conn.state == CONN_DOWN, "closed by the server")
     assert timers[-1][0] == pytest.approx(BACKOFF_MIN)
     monkeypatch.setattr(upstream_mod.random, "uniform", lambda a, b: a)
     conn.fail("again")                        # the low end of the jitter: half the backoff
@@ -347,7 +348,7 @@ def test_a_broken_connection_fails_everything_in_flight_exactly_once(make_host, 
                    inbox) == b"get a\r\nget b\r\nset c 0 0 1 noreply\r\nx\r\nmn\r\n"
     peer.sendall(b"VALUE a 0 1\r\nA\r\nEND\r\n")
     peer.close()                              # the rest never comes
-    drive(loop, lambda: conn.state == DOWN, "closed by the server")
+    drive(loop, lambda: conn.state == CONN_DOWN, "closed by the server")
     assert inbox.got == [(b"get a\r\n", b"VALUE a 0 1\r\nA\r\nEND\r\n", ST_OK),
                          (b"get b\r\n", ERROR, ST_ERROR),
                          (b"set c 0 0 1 noreply\r\nx\r\nmn\r\n", ERROR, ST_ERROR)]
@@ -358,7 +359,7 @@ def test_a_broken_connection_fails_everything_in_flight_exactly_once(make_host, 
     conn.expire(loop.now + 100.0)             # nothing left to answer twice
     assert len(inbox.got) == 3
     # the reconnect comes after the backoff, and the connection serves again
-    drive(loop, lambda: conn.state == UP, "reconnected")
+    drive(loop, lambda: conn.state == CONN_UP, "reconnected")
     peer, _ = server.accept()
     peer.settimeout(DEADLINE)
     assert written(loop, host, peer, b"get d\r\n", inbox) == b"get d\r\n"
@@ -379,7 +380,7 @@ def test_a_reply_that_cannot_answer_its_request_closes_the_connection(make_host,
     assert written(loop, host, peer, data, inbox) == data
     caplog.set_level("WARNING", logger="mcrouter.upstream")
     peer.sendall(b"END\r\nSTORED\r\nSTORED\r\n")   # get b answered with STORED
-    drive(loop, lambda: conn.state == DOWN, "dropped")
+    drive(loop, lambda: conn.state == CONN_DOWN, "dropped")
     assert inbox.got == [(b"get a\r\n", b"END\r\n", ST_FAIL), (b"get b\r\n", ERROR, ST_ERROR),
                          (b"set c 0 0 1\r\nx\r\n", ERROR, ST_ERROR)]
     assert host.last_error == "protocol error (a reply to get that cannot answer it)"
@@ -401,7 +402,7 @@ def test_a_request_that_only_waited_in_the_queue_times_out_without_blame(make_ho
     host = make_host(server.getsockname()[1], timeout=0.5, connect_timeout=3.0, tko=1)
     host.start()
     conn = host.conns[0]
-    assert conn.state == CONNECTING           # the loop never runs: it stays so
+    assert conn.state == CONN_CONNECTING           # the loop never runs: it stays so
     inbox = Inbox()
     for r in requests(b"get a\r\nget b\r\n", inbox):
         host.send(r)
@@ -412,9 +413,9 @@ def test_a_request_that_only_waited_in_the_queue_times_out_without_blame(make_ho
     assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR), (b"get b\r\n", TIMEOUT, ST_ERROR)]
     assert host.failures == 0 and host.healthy
     assert errors(block, host, E_TIMEOUT) == 0
-    assert conn.state == CONNECTING and conn in loop.busy
+    assert conn.state == CONN_CONNECTING and conn in loop.busy
     conn.expire(start + 3.01)                 # past the connect deadline
-    assert conn.state == DOWN and host.last_error == "connect timeout"
+    assert conn.state == CONN_DOWN and host.last_error == "connect timeout"
     assert errors(block, host, E_CONNECT) == 1 and not host.healthy    # tko=1
     assert len(inbox.got) == 2                # answered once only
 
@@ -432,7 +433,7 @@ def test_written_requests_that_time_out_count_towards_tko(make_host, loop, serve
     assert errors(block, host, E_TIMEOUT) == 2
     assert host.failures == 2 and not host.healthy
     assert host.table.status(host.slot).reason == "2 failures in a row, last: timeout"
-    assert conn.state == UP                   # kept: the late replies may still come
+    assert conn.state == CONN_UP                   # kept: the late replies may still come
     # the late replies are dropped (the slots were kept), and reply bytes
     # clear the count of failures in a row
     peer.sendall(b"END\r\nEND\r\n")
@@ -448,9 +449,9 @@ def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, s
     assert written(loop, host, peer, b"get a\r\n", inbox) == b"get a\r\n"
     at = conn.ring.progress_at
     conn.expire(at + 1.0)                     # answered, the connection kept
-    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)] and conn.state == UP
+    assert inbox.got == [(b"get a\r\n", TIMEOUT, ST_ERROR)] and conn.state == CONN_UP
     conn.expire(at + 1.01)
-    assert conn.state == DOWN
+    assert conn.state == CONN_DOWN
     assert host.last_error == "no reply within twice the timeout"
     assert errors(block, host, E_TIMEOUT) == 1 and errors(block, host, E_RESET) == 0
     assert len(inbox.got) == 1 and host.failures == 2
@@ -531,8 +532,8 @@ def test_a_new_address_moves_new_requests_while_the_old_connection_finishes(make
     host.table.set_address(host.slot, socket.AF_INET, "127.0.0.2")
     host.sync()
     new = host.conns[0]
-    assert new is not old and host.retiring == [old] and old.state == UP
-    drive(loop, lambda: new.state == UP, "connected to the new address")
+    assert new is not old and host.retiring == [old] and old.state == CONN_UP
+    drive(loop, lambda: new.state == CONN_UP, "connected to the new address")
     peer2, _ = other.accept()
     peer2.settimeout(DEADLINE)
     host.send(requests(b"get b\r\n", inbox)[0])
@@ -545,7 +546,7 @@ def test_a_new_address_moves_new_requests_while_the_old_connection_finishes(make
     assert sorted(inbox.got) == [(b"get a\r\n", b"END\r\n", ST_FAIL),
                                  (b"get b\r\n", b"VALUE b 0 1\r\nB\r\nEND\r\n", ST_OK)]
     old.expire(loop.now)                      # idle now: closed, and no reconnect
-    assert host.retiring == [] and old.state == DOWN and old.closed
+    assert host.retiring == [] and old.state == CONN_DOWN and old.closed
     assert peer.recv(10) == b""
     for s in (peer, peer2, other):
         s.close()
@@ -574,4 +575,4 @@ def test_running_out_of_descriptors_at_a_reconnect_is_a_connect_failure(make_hos
     monkeypatch.setattr(upstream_mod, "socket", NoDescriptors())
     drive(loop, lambda: errors(block, host, E_CONNECT) == 2, "the retry failing")
     conn = host.conns[0]
-    assert conn.state == DOWN and conn.sock is None and len(loop._timers) == 1
+    assert conn.state == CONN_DOWN and conn.sock is None and len(loop._timers) == 1
