@@ -29,7 +29,8 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS, ST_OK, ST_FAIL, ST_ERROR
+from mcrouter._parser cimport (Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS, ST_OK,
+                               ST_FAIL, ST_ERROR, TAKE_NO, TAKE_YES)
 from mcrouter import protocol
 
 cdef bytes END = b"END\r\n"
@@ -181,34 +182,46 @@ cpdef Request for_keys(Request parent, object owner, bytes prefix, list keys):
     return sub
 
 
+cdef Py_ssize_t next_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos,
+                           Py_ssize_t *ks, Py_ssize_t *ke):
+    """If ``p[pos:n]`` starts with a whole ``VALUE <key> <flags> <bytes>[ <cas>]``
+    block, the index just past it (its key at ``p[ks:ke]``); else 0.  The
+    replies walked here were checked by the ring (scan_reply)."""
+    cdef Py_ssize_t le, i
+    cdef long size = 0
+    cdef const unsigned char *nl
+    if n - pos <= 6 or memcmp(p + pos, b"VALUE ", 6) != 0:
+        return 0
+    nl = <const unsigned char *>memchr(p + pos, 10, n - pos)
+    if nl == NULL:
+        return 0
+    le = nl - p + 1                     # just past the line's \n
+    ks[0] = pos + 6
+    i = pos + 6
+    while i < le and p[i] != 32:
+        i += 1
+    ke[0] = i
+    # skip the flags, read the length
+    i += 1
+    while i < le and p[i] != 32:
+        i += 1
+    i += 1
+    while i < le and p[i] >= 48 and p[i] <= 57:
+        size = size * 10 + (p[i] - 48)
+        i += 1
+    i = le + size + 2
+    return i if i <= n else 0
+
+
 cdef list merge_values(dict found, bytes reply, bint want_hits):
     """Add the VALUE blocks of a get reply to ``found`` (first one per key
     wins); return the [(key, block)] of this reply if ``want_hits``."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(reply)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, ks, ke, le, i, end
-    cdef long size
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, ks = 0, ke = 0, end
     cdef list hits = []
-    cdef const unsigned char *nl
-    while n - pos > 6 and memcmp(p + pos, b"VALUE ", 6) == 0:
-        nl = <const unsigned char *>memchr(p + pos, 10, n - pos)
-        if nl == NULL:
-            break
-        le = nl - p + 1                     # just past the line's \n
-        ks = pos + 6
-        ke = ks
-        while ke < le and p[ke] != 32:
-            ke += 1
-        # VALUE <key> <flags> <bytes> [<cas>]: skip the flags, read the length
-        i = ke + 1
-        while i < le and p[i] != 32:
-            i += 1
-        size = 0
-        i += 1
-        while i < le and p[i] >= 48 and p[i] <= 57:
-            size = size * 10 + (p[i] - 48)
-            i += 1
-        end = le + size + 2
-        if end > n:
+    while True:
+        end = next_value(p, n, pos, &ks, &ke)
+        if end == 0:
             break
         key = reply[ks:ke]
         block = reply[pos:end]
@@ -270,23 +283,231 @@ cdef class Shards(Gather):
     answers a get with its hits in the order asked, so the reply is built by
     walking the request keys and each owner's reply with a cursor and copying
     every VALUE block once into the final bytes: no object per value.  With a
-    repeated key, the general merge of Gather."""
+    repeated key, the general merge of Gather.
+
+    Streamed (the fast path, for a request whose owner takes its reply in
+    parts): the ring passes a sub-reply's complete values while it arrives
+    (``takes_parts``/``on_partial``, asked of the request's owner in turn, so
+    the ring's per-reply bound holds for each destination), and every value
+    whose place is settled goes on at once, in the request's key order.
+    Walking the keys from the last one passed on, a key is settled once its
+    destination has passed it (a hit, or a later key of it: a miss) or has
+    answered whole; the first unsettled key stops the walk, and only the
+    values after it are held.  A destination that fails before anything went
+    on costs only its keys, as above; after values went on, the reply ends
+    with what was settled and the failure's error line (the single-host
+    shape: the client never sees a byte that is not memcached's merged
+    reply, or the error that cut it)."""
 
     cdef public int left
     cdef list owners          # owners[i]: index of the destination of keys[i]
     cdef dict subs            # destination index → its sub-request (each owned by self:
                               # a cycle, broken once the last reply is in)
+    # streaming state, made at the first part (streaming): see the docstring
+    cdef bint streaming
+    cdef bint frozen          # a destination failed before anything went on: hold all
+    cdef bint closed          # the parent is answered: later parts are dropped
+    cdef dict dest            # sub-request → its destination index
+    cdef list posin           # posin[i]: index of keys[i] in its destination's keys
+    cdef dict indices         # destination → [index in keys of each of its keys]
+    cdef dict passed          # destination → how many of its keys it has passed
+    cdef set ended            # destinations that answered whole
+    cdef dict held            # index in keys → its VALUE block, not yet passed on
+    cdef Py_ssize_t emitted   # keys passed on (every earlier one settled)
+
+    def takes_parts(self, Request sub):
+        """Whether ``sub``'s complete values go to this merge now: as the
+        request's owner takes parts of the request (see ClientConnection)."""
+        cdef Request parent = self.parent
+        if self.closed:
+            return TAKE_YES     # answered already: dropped as they come
+        if self.frozen or not parent.stream or self.owners is None:
+            return TAKE_NO
+        return parent.owner.takes_parts(parent)
+
+    def on_partial(self, Request sub, bytes part):
+        """Complete values of ``sub``'s reply still arriving: pass on what
+        is settled, hold the rest (only after takes_parts allowed it)."""
+        cdef Py_ssize_t frontier
+        cdef list spans
+        if self.closed:
+            return
+        if not self.streaming:
+            self.start_streaming()
+        spans = self.record(sub, part)
+        if self.frozen:
+            self.hold(part, spans)
+            return
+        if not self.held and spans:
+            frontier = self.frontier()
+            last = <tuple>spans[len(spans) - 1]
+            if last[0] < frontier and last[2] == PyBytes_GET_SIZE(part):
+                # every value of the part is settled and none from elsewhere
+                # waits among them: the part goes on as it is, uncopied
+                self.pass_block(part)
+                self.emitted = frontier
+                self.parent.cursor = frontier
+                return
+        self.hold(part, spans)
+        self.pass_on()
 
     cpdef on_reply(self, Request sub):
-        if self.owners is None:
+        if self.streaming and not self.closed:
+            self.streamed_reply(sub)
+        elif self.owners is None:
             self.take(sub, False)
         self.left -= 1
         if self.left == 0:
-            if self.owners is None:
+            if self.closed:
+                pass
+            elif self.streaming:
+                self.streamed_finish()
+            elif self.owners is None:
                 self.finish()
             else:
                 self.assemble()
             self.subs = None          # no cycle left for the garbage collector
+            self.dest = None
+            self.held = None
+
+    # -- streaming ----------------------------------------------------------
+
+    cdef start_streaming(self):
+        """Make the streaming state; take in the destinations already answered."""
+        cdef Py_ssize_t i
+        cdef list lst
+        self.streaming = True
+        self.dest = {}
+        self.passed = {}
+        self.indices = {}
+        self.ended = set()
+        self.held = {}
+        self.posin = []
+        for idx, sub in self.subs.items():
+            self.dest[sub] = idx
+            self.passed[idx] = 0
+            self.indices[idx] = []
+        for i in range(len(self.owners)):
+            lst = <list>self.indices[self.owners[i]]
+            self.posin.append(len(lst))
+            lst.append(i)
+        for sub in self.subs.values():
+            if (<Request>sub).reply is not None:
+                self.take_whole(sub)
+
+    cdef bint take_whole(self, Request sub) except -1:
+        """A destination answered: hold its remaining values, mark it ended;
+        False if it failed (its error is kept, as Gather.take does)."""
+        reply = sub.reply if sub.reply is not None else b""
+        if sub.status == ST_ERROR or not reply.endswith(END):
+            self.error = reply
+            self.error_status = sub.status
+            return False
+        self.answered = True
+        self.hold(reply, self.record(sub, reply))
+        self.ended.add(self.dest[sub])
+        return True
+
+    cdef streamed_reply(self, Request sub):
+        """A destination answered while streaming (the rest of its reply)."""
+        cdef Request parent = self.parent
+        if self.take_whole(sub):
+            if not self.frozen and parent.stream and parent.owner.takes_parts(parent):
+                self.pass_on()
+        elif parent.streamed == 0:
+            self.frozen = True      # costs only its keys, as when not streamed
+            self.ended.add(self.dest[sub])
+        else:
+            # values went on already: what is settled, then the error line
+            self.pass_on()
+            self.closed = True
+            self.held = None
+            parent.finish(self.error if self.error else R_UPSTREAM_ERROR, ST_ERROR)
+
+    cdef streamed_finish(self):
+        """Every destination answered: the values not yet passed on, then END."""
+        cdef Request parent = self.parent
+        cdef dict held = self.held
+        cdef list rest
+        cdef Py_ssize_t i
+        if not self.answered and parent.streamed == 0:
+            self.finish()           # none answered: the error (found is empty)
+            return
+        rest = [held[i] for i in range(self.emitted, len(self.keys)) if i in held]
+        status = ST_OK if rest or parent.streamed else ST_FAIL
+        if rest and not self.frozen and parent.stream and parent.owner.takes_parts(parent):
+            for block in rest:
+                self.pass_block(block)
+            parent.finish(END, status)
+        else:
+            parent.finish(b"".join(rest) + END, status)
+
+    cdef list record(self, Request sub, bytes data):
+        """The (index in keys, start, end) of each VALUE block in ``data``,
+        a part of ``sub``'s reply; moves its destination's passed count past
+        them (memcached answers hits in the order asked)."""
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0, ks = 0, ke = 0, end, j, nk
+        cdef list spans = []
+        cdef list keys = sub.keys if sub.keys is not None else [sub.key]
+        idx = self.dest[sub]
+        cdef list indices = self.indices[idx]
+        j = self.passed[idx]
+        nk = len(keys)
+        while True:
+            end = next_value(p, n, pos, &ks, &ke)
+            if end == 0:
+                break
+            key = data[ks:ke]
+            while j < nk and keys[j] != key:
+                j += 1
+            if j == nk:
+                break               # not asked (the ring lets none through)
+            spans.append((indices[j], pos, end))
+            j += 1
+            pos = end
+        self.passed[idx] = j
+        return spans
+
+    cdef hold(self, bytes data, list spans):
+        """Keep the blocks ``spans`` of ``data`` until their turn."""
+        cdef dict held = self.held
+        cdef tuple span
+        if len(spans) == 1 and (<tuple>spans[0])[1] == 0 \
+                and (<tuple>spans[0])[2] == PyBytes_GET_SIZE(data):
+            held[(<tuple>spans[0])[0]] = data
+            return
+        for span in spans:
+            held[span[0]] = data[<Py_ssize_t>span[1]:<Py_ssize_t>span[2]]
+
+    cdef Py_ssize_t frontier(self):
+        """The index of the first key whose place is not settled (or len(keys))."""
+        cdef Py_ssize_t i = self.emitted, n = len(self.owners)
+        cdef list owners = self.owners, posin = self.posin
+        cdef dict passed = self.passed
+        cdef set ended = self.ended
+        while i < n:
+            d = owners[i]
+            if d not in ended and <Py_ssize_t>passed[d] <= <Py_ssize_t>posin[i]:
+                break
+            i += 1
+        return i
+
+    cdef pass_on(self):
+        """Pass on every held value up to the frontier, in key order."""
+        cdef Py_ssize_t i, stop = self.frontier()
+        cdef dict held = self.held
+        for i in range(self.emitted, stop):
+            block = held.pop(i, None)
+            if block is not None:
+                self.pass_block(block)
+        self.emitted = stop
+        self.parent.cursor = stop
+
+    cdef pass_block(self, bytes block):
+        cdef Request parent = self.parent
+        parent.owner.on_partial(parent, block)
+        parent.streamed += PyBytes_GET_SIZE(block)
 
     cdef assemble(self):
         cdef Py_ssize_t nkeys = len(self.keys), total = 0, i, k, n, pos, le, start, stop
@@ -414,7 +635,9 @@ cpdef split(Request req, list routes, tuple grouping):
     shards.subs = {}
     cdef bytes prefix = retrieval_prefix(req)
     cdef Request sub
+    cdef bint stream = req.stream and shards.owners is not None
     for i, keys in groups.items():
         sub = for_keys(req, shards, prefix, keys)
+        sub.stream = stream         # its values may go on while it arrives (Shards)
         shards.subs[i] = sub
         routes[i].dispatch(sub)

@@ -131,3 +131,124 @@ def test_one_destination_gets_the_request_as_it_is():
     split(req, holders, group_keys(req, None, by_first_letter))
     assert holders[0].asked == [b"get a1 a2\r\n"]
     assert owner.replies == [(v(b"a1", b"x", 1) + v(b"a2", b"yy", 2) + b"END\r\n", ST_OK)]
+
+
+# -- streamed merge (Shards.takes_parts / on_partial) --------------------------
+
+class StreamOwner(Owner):
+    """A client that takes parts (``take``: what takes_parts answers)."""
+
+    def __init__(self, take: int = 1) -> None:
+        super().__init__()
+        self.take = take
+        self.parts: list[bytes] = []
+
+    def takes_parts(self, req: Request) -> int:
+        return self.take
+
+    def on_partial(self, req: Request, part: bytes) -> None:
+        self.parts.append(part)
+
+    def received(self) -> bytes:
+        return b"".join(self.parts) + b"".join(r for r, _ in self.replies)
+
+
+def streamed(line: bytes, holders: list[Holder], take: int = 1):
+    req = RequestParser().feed(line)[0]
+    owner = StreamOwner(take)
+    req.owner = owner
+    req.stream = True
+    split(req, holders, group_keys(req, None, by_first_letter))
+    return req, owner
+
+
+def feed_values(sub: Request, holder: Holder, count: int) -> bytes:
+    """Pass the first ``count`` hits of ``sub``'s reply as one part, as the
+    ring does while it arrives; return them."""
+    keys = sub.keys if sub.keys is not None else [sub.key]
+    hits = [k for k in keys if k in holder.items][:count]
+    part = b"".join(v(k, holder.items[k][1], holder.items[k][0]) for k in hits)
+    assert sub.owner.takes_parts(sub) == 1
+    sub.owner.on_partial(sub, part)
+    return part
+
+
+def rest_of(sub: Request, holder: Holder, skip: int) -> bytes:
+    keys = sub.keys if sub.keys is not None else [sub.key]
+    hits = [k for k in keys if k in holder.items][skip:]
+    return b"".join(v(k, holder.items[k][1], holder.items[k][0]) for k in hits) + b"END\r\n"
+
+
+AS = Holder({b"a1": (1, b"x", 0), b"a2": (2, b"yy", 0), b"a3": (3, b"zzz", 0)})
+BS = Holder({b"b1": (4, b"p", 0), b"b3": (5, b"qq", 0)})
+
+
+def test_streamed_values_go_on_in_key_order_once_settled():
+    a, b = Holder(AS.items, later=True), Holder(BS.items, later=True)
+    line = b"get a1 b1 a2 b2 a3 b3\r\n"
+    req, owner = streamed(line, [a, b])
+    (sa,), (sb,) = a.pending, b.pending
+    assert sa.stream and sb.stream
+    feed_values(sa, a, 2)                       # a1 a2: a1 settled, a2 waits for b1
+    assert owner.parts == [v(b"a1", b"x", 1)]
+    feed_values(sb, b, 1)                       # b1: then a2; b2 is not settled yet
+    assert b"".join(owner.parts) == v(b"a1", b"x", 1) + v(b"b1", b"p", 4) + v(b"a2", b"yy", 2)
+    sb.finish(rest_of(sb, b, 1), ST_OK)         # b ends: b2 a miss, a3 waits for a
+    assert owner.replies == []
+    sa.finish(rest_of(sa, a, 2), ST_OK)
+    reply, status = owner.replies[0]
+    assert (reply, status) == (b"END\r\n", ST_OK)          # a3 b3 went on as parts
+    holders = [Holder(AS.items), Holder(BS.items)]
+    assert owner.received() == run(line, holders)[0]        # the merge not streamed
+    assert req.streamed == len(owner.received()) - len(reply)
+
+
+def test_a_client_not_taking_parts_gets_the_merge_whole():
+    a, b = Holder(AS.items, later=True), Holder(BS.items, later=True)
+    req, owner = streamed(b"get a1 b1 a2\r\n", [a, b], take=0)
+    (sa,), (sb,) = a.pending, b.pending
+    assert sa.owner.takes_parts(sa) == 0        # the ring holds the reply
+    sa.finish(rest_of(sa, a, 0), ST_OK)
+    sb.finish(rest_of(sb, b, 0), ST_OK)
+    assert owner.parts == []
+    assert owner.replies == [(v(b"a1", b"x", 1) + v(b"b1", b"p", 4) + v(b"a2", b"yy", 2)
+                              + b"END\r\n", ST_OK)]
+
+
+def test_a_failure_after_values_went_on_ends_with_its_error():
+    a, b = Holder(AS.items, later=True), Holder(BS.items, later=True)
+    req, owner = streamed(b"get a1 b1 a2 b3 a3\r\n", [a, b])
+    (sa,), (sb,) = a.pending, b.pending
+    feed_values(sa, a, 3)                       # a1 on; a2, a3 held
+    feed_values(sb, b, 1)                       # b1, then a2; b3 not settled
+    sb.finish(UPSTREAM_TIMEOUT, ST_ERROR)
+    assert owner.received() == v(b"a1", b"x", 1) + v(b"b1", b"p", 4) + v(b"a2", b"yy", 2) \
+        + UPSTREAM_TIMEOUT
+    assert owner.replies == [(UPSTREAM_TIMEOUT, ST_ERROR)]
+    sa.finish(rest_of(sa, a, 3), ST_OK)         # late: dropped
+    assert sa.owner.takes_parts(sa) == 1 and len(owner.replies) == 1
+
+
+def test_a_failure_before_anything_went_on_costs_only_its_keys():
+    a, b = Holder(AS.items, later=True), Holder(BS.items, later=True)
+    req, owner = streamed(b"get b1 a1 a2\r\n", [a, b])
+    (sa,), (sb,) = a.pending, b.pending
+    feed_values(sa, a, 1)                       # a1 waits for b1
+    sb.finish(UPSTREAM_TIMEOUT, ST_ERROR)       # nothing went on: b1 reads as a miss
+    assert sa.owner.takes_parts(sa) == 0        # held whole from now on
+    sa.finish(rest_of(sa, a, 1), ST_OK)
+    assert owner.parts == []
+    assert owner.replies == [(v(b"a1", b"x", 1) + v(b"a2", b"yy", 2) + b"END\r\n", ST_OK)]
+
+
+def test_repeated_gat_keys_keep_their_places_when_streamed():
+    a, b = Holder(AS.items, later=True), Holder(BS.items, later=True)
+    line = b"gat 0 a1 b1 a1 b1 a1\r\n"
+    req, owner = streamed(line, [a, b])
+    (sa,), (sb,) = a.pending, b.pending
+    assert sa.wire == b"gat 0 a1 a1 a1\r\n"
+    feed_values(sa, a, 3)
+    sb.finish(v(b"b1", b"p", 4) * 2 + b"END\r\n", ST_OK)
+    sa.finish(b"END\r\n", ST_OK)
+    assert owner.received() == (v(b"a1", b"x", 1) + v(b"b1", b"p", 4)) * 2 \
+        + v(b"a1", b"x", 1) + b"END\r\n"
