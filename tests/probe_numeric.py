@@ -1,7 +1,7 @@
 """Ask a real memcached how it answers every case of ``numeric_cases``.
 
     python3 tests/probe_numeric.py            # print the table
-    python3 tests/probe_numeric.py --write    # also rewrite tests/numeric_expected.py
+    python3 tests/probe_numeric.py --write    # also rewrite tests/support/numeric_expected.py
     python3 tests/probe_numeric.py --port N   # probe a memcached already running
 
 Without ``--port`` it starts /usr/bin/memcached on a free loopback port and
@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from support.numeric_cases import CASES, TERMINATOR_REPLY, Case, split_reply
 
-from numeric_cases import CASES, TERMINATOR_REPLY, Case, split_reply  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 HOST = "127.0.0.1"
 CASE_TIMEOUT = 3.0      # a case whose terminator never comes is reported, not waited on
@@ -105,7 +104,7 @@ def write_expected(replies: dict[str, bytes], path: Path, version: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, help="probe this running memcached instead")
-    ap.add_argument("--write", action="store_true", help="rewrite tests/numeric_expected.py")
+    ap.add_argument("--write", action="store_true", help="rewrite tests/support/numeric_expected.py")
     ap.add_argument("--memcached", default=shutil.which("memcached") or "/usr/bin/memcached")
     args = ap.parse_args()
     ctx = contextlib.nullcontext(args.port) if args.port else memcached(args.memcached)
@@ -125,8 +124,8 @@ def main() -> int:
         print(f"{case.id:34} {case.request!r:60} -> {req!r}  check {check!r}")
     print(f"memcached {version}: {len(CASES)} cases, {bad} with an unexpected shape")
     if args.write and not bad:
-        write_expected(replies, HERE / "numeric_expected.py", version)
-        print("wrote", HERE / "numeric_expected.py")
+        write_expected(replies, HERE / "support" / "numeric_expected.py", version)
+        print("wrote", HERE / "support" / "numeric_expected.py")
     return 1 if bad else 0
 
 

@@ -27,8 +27,10 @@ global-state commands are handled so that this holds:
 Normalised fields (time or server dependent), and only those: STAT values,
 ``VALUE`` cas field, meta ``c<n>``, meta ``t<n>`` (n >= 0) and ``l<n>``.
 
-Replay a case: ``python3 tests/streamfuzz.py --seed S --case N --show``.
-Long run: ``python3 tests/streamfuzz.py --cases 1000000 --seed 1``.
+From the repository root (``-m`` puts it on the path, so this checkout's
+parser is the one the routers it starts run):
+replay a case: ``python3 -m tests.streamfuzz --seed S --case N --show``;
+long run: ``python3 -m tests.streamfuzz --cases 1000000 --seed 1``.
 """
 from __future__ import annotations
 
@@ -49,8 +51,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mcrouter._parser import RequestParser  # noqa: E402  this checkout's, as the routers run it
+from mcrouter._parser import RequestParser  # this checkout's (see above), as the routers run it
 
 ROUTER_MAX_ITEM = 1048576          # the routers under test run with the defaults
 ROUTER_MAX_LINE = 1048576
@@ -547,7 +548,7 @@ class Divergence:
                    if self.reference_stream != self.stream else "")
                 + f"  memcached: {cut(self.ref.reply)} closed={self.ref.closed}\n"
                 f"  router:    {cut(self.got.reply)} closed={self.got.closed}\n"
-                f"  replay: python3 tests/streamfuzz.py --seed {self.seed} --case {self.case}")
+                f"  replay: python3 -m tests.streamfuzz --seed {self.seed} --case {self.case}")
 
 
 @dataclass

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Client, wait_until
-from fake_upstream import fake  # noqa: F401 - the fixture
+from support import Client, wait_until
 
 DEFAULT = b"VERSION 1.6.18\r\n"
 

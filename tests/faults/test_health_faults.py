@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import MEMCACHED, REPO, Client, free_port, wait_port, wait_until
-from fake_upstream import FakeUpstream, fake  # noqa: F401 - the fixture
+from support import MEMCACHED, REPO, Client, free_port, wait_port, wait_until
 
-SHIM = Path(__file__).resolve().parent / "dns_shim.py"
+SHIM = REPO / "tests" / "support" / "dns_shim.py"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 
@@ -127,7 +125,8 @@ def test_dns_change_moves_new_connections_and_lets_old_ones_finish(fake, tmp_pat
                 [sys.executable, str(SHIM), "run", "-f", str(cfg), "-l", f"127.0.0.1:{rport}",
                  "-C", "1", "-r", "5000", "-t", "200ms", "-H", "60s", "-L", "off"],
                 stdout=errf, stderr=errf, cwd=str(REPO),
-                env={"MCROUTER_TEST_HOSTS": str(hosts), "PATH": "/usr/bin:/bin"}) as router:
+                env={"MCROUTER_TEST_HOSTS": str(hosts), "PATH": "/usr/bin:/bin",
+                     "PYTHONPATH": str(REPO)}) as router:
             assert wait_port(rport, router), err.read_text()
             with Client(rport) as a:
                 assert a.request(b"get k\r\n", value(b"k", b"old")) == value(b"k", b"old")

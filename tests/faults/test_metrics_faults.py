@@ -2,15 +2,11 @@
 broken connections and refused connects, counted exactly, by host and reason."""
 from __future__ import annotations
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import Client, free_port, wait_until  # noqa: E402
-from fake_upstream import fake  # noqa: E402,F401 - the fixture
-from scrape import Scrape  # noqa: E402
+from support import Client, free_port, wait_until
+from support.scrape import Scrape
 
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"

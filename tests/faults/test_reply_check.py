@@ -4,15 +4,11 @@ requests in flight on that connection get the router's error, the router
 reconnects and goes on serving, and the fault is counted and logged."""
 from __future__ import annotations
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import Client, wait_until  # noqa: E402
-from fake_upstream import fake  # noqa: E402,F401 - the fixture
-from scrape import Scrape  # noqa: E402
+from support import Client, wait_until
+from support.scrape import Scrape
 
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 GOOD = b"VALUE k 0 1\r\nV\r\nEND\r\n"

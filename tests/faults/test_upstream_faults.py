@@ -7,16 +7,12 @@ right slot, and that the router recovers.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import Client, pool_config, show, wait_until  # noqa: E402
-from fake_upstream import FakeUpstream, fake  # noqa: E402,F401 - the fixture
+from support import Client, pool_config, show, wait_until
 
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"

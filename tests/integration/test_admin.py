@@ -11,7 +11,7 @@ import signal
 import pytest
 import yaml
 
-from conftest import pool_config
+from support import pool_config
 
 NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 HIT = b"VALUE k 0 1\r\nv\r\nEND\r\n"

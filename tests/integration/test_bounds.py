@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import pool_config
+from support import pool_config
 
 
 def rss_kib(pid: int) -> int:

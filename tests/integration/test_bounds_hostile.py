@@ -10,8 +10,8 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import connect, pool_config
-from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
+from support import connect, pool_config
+from support.hostile import PeakRss, read_replies, rss_kib, send_without_reading
 
 MIB = 1024          # KiB
 

@@ -9,40 +9,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import HOST, REPO, Client, free_ipv6_port, free_port, wait_port, wait_until
-
-MCROUTER = [sys.executable, "-m", "mcrouter"]
-
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([*MCROUTER, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=timeout, cwd=str(REPO))
-
-
-def write(tmp_path: Path, text: str, name: str = "router.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text).lstrip("\n"))
-    return p
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, where: str | None) -> str:
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, f"exit {proc.returncode}, stderr: {err!r}"
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), f"expected exactly one line, got {err!r}"
-    if where is not None:
-        assert where in lines[0], f"{where!r} not in {lines[0]!r}"
-    assert proc.stdout == b""
-    return lines[0]
-
+from support import HOST, REPO, Client, free_ipv6_port, free_port, wait_port, wait_until
+from support.cli import MCROUTER, assert_one_line_error, run_cli, write
 
 VALID = """
 orderedPool: [127.0.0.1:11211, "127.0.0.1:11212"]

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import Client, first_difference, pool_config
+from support import Client, first_difference, pool_config
 
 CLIENTS = 20
 ROUNDS = 30

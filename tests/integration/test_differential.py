@@ -46,7 +46,7 @@ from typing import Callable, Union
 
 import pytest
 
-from conftest import Client, first_difference, show
+from support import Client, first_difference, show
 from mcrouter.config import ADMIN_COMMANDS
 
 Step = Union[bytes, Callable[[dict], bytes]]

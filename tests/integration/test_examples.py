@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import REPO, wait_until
+from support import REPO, wait_until
 from mcrouter.config import ROUTE_TYPES, load_config
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

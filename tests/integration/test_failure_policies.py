@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mcrouter._hash import Hasher, ketama_name
-from conftest import wait_until
+from support import wait_until
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 KEYS = [f"k{i}" for i in range(60)]

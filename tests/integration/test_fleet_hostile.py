@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import wait_until
+from support import wait_until
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 
@@ -127,7 +127,7 @@ import time  # noqa: E402
 
 import dns.rdatatype  # noqa: E402
 
-from dnszone import DnsZone  # noqa: E402
+from support.dnszone import DnsZone  # noqa: E402
 from mcrouter import discovery  # noqa: E402
 from mcrouter.config import DnsSource, HostAddr  # noqa: E402
 
@@ -319,7 +319,7 @@ def test_a_churning_fleet_goes_through_many_more_hosts_than_the_table_holds(memc
     read through the router and lives where ketama over that change's names
     puts it; the operator's views name only the last members, and the
     totals of stats mcrouter keep what the freed hosts counted."""
-    from test_discovery import Load
+    from support.srv import Load
 
     from mcrouter._hash import Hasher, ketama_name
     ms = [memcached() for _ in range(3)]
@@ -370,7 +370,7 @@ def test_a_flapping_membership_loses_no_request_and_closes_no_connection(memcach
     load: every flap is a generation and a sidecar restart; clients see hits
     or misses, never an error or a closed connection, and the router never
     logs a traceback."""
-    from test_discovery import Load, publish
+    from support.srv import Load, publish
     zone.ttl = 0
     ms = {0: memcached(), 1: memcached(), 2: memcached()}
     publish(zone, {0: ms[0], 1: ms[1]})
@@ -399,7 +399,7 @@ def test_dns_changes_racing_sighup_settle_on_one_membership_everywhere(memcached
     over the membership DNS names last, on the last generation, and no
     request failed meanwhile."""
     import signal as _signal
-    from test_discovery import Load, publish
+    from support.srv import Load, publish
     zone.ttl = 0
     ms = {0: memcached(), 1: memcached(), 2: memcached()}
     publish(zone, {0: ms[0], 1: ms[1]})
@@ -437,7 +437,7 @@ def test_stats_servers_lists_the_hosts_the_config_routes_to(memcached, router, z
     """A member DNS removed is no upstream any more; ``stats servers`` (and
     ``mcrouter hosts``, the healthy_hosts stat) listed it forever, "up"
     though nothing probes it and its memcached is gone."""
-    from test_discovery import publish
+    from support.srv import publish
     ms = {0: memcached(), 1: memcached()}
     publish(zone, ms)
     r = router(f"pools:\n  main:\n    srv: {SRV_NAME}\n    resolver: {zone.addr}\n"
@@ -457,7 +457,7 @@ def test_a_reload_keeps_the_address_a_member_moved_to(memcached, router, zone):
     by the sidecar alone; a SIGHUP then wrote the master's old address back
     into the table (traffic to the pod's old IP, which Kubernetes may give
     to another pod) until the sidecar's next pass moved it again."""
-    from test_discovery import publish
+    from support.srv import publish
     zone.ttl = 30                           # the sidecar's next pass: -t 3s
     ms = {0: memcached(), 2: memcached("-l", "::1")}
     publish(zone, ms)

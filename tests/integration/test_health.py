@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 
-from conftest import Client, wait_until
+from support import Client, wait_until
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"

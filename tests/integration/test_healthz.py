@@ -10,7 +10,7 @@ import urllib.request
 
 import yaml
 
-from conftest import HOST, pool_config, wait_until
+from support import HOST, pool_config, wait_until
 
 
 def probe(r, path: str) -> tuple[int, str]:

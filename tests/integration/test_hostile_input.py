@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import pool_config
+from support import pool_config
 
 NOT_SUPPORTED = b"SERVER_ERROR mcrouter: command not supported\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import show
+from support import show
 
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"

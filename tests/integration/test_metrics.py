@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from conftest import HOST, Client, pool_config, wait_until
-from scrape import Scrape
+from support import HOST, Client, pool_config, wait_until
+from support.scrape import Scrape
 
 VERSION = re.compile(rb"VERSION [^\r]*\r\n")
 

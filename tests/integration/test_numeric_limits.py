@@ -28,11 +28,10 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import HOST, MEMCACHED, REPO, children_of, first_difference, free_port, wait_port
+from support import HOST, MEMCACHED, REPO, children_of, first_difference, free_port, wait_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from numeric_cases import CASES, TERMINATOR_REPLY, Case  # noqa: E402
-from numeric_expected import EXPECTED  # noqa: E402
+from support.numeric_cases import CASES, TERMINATOR_REPLY, Case
+from support.numeric_expected import EXPECTED
 
 CASE_TIMEOUT = 1.5
 RUN_BUDGET = 45.0        # per target: a router that desynchronises stalls every later case

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import REPO, Client, free_port, pool_config, wait_until
-from loadgen import CounterLoader, Loader, value_reply
+from support import REPO, Client, free_port, pool_config, wait_until
+from support.loadgen import CounterLoader, Loader, value_reply
 
 KEYS = [f"key{i}" for i in range(32)]
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import Client, first_difference, pool_config, show, wait_until
+from support import Client, first_difference, pool_config, show, wait_until
 
 SENTINEL = b"set __end__ 0 0 3\r\nend\r\nget __end__\r\n"
 SENTINEL_REPLY = b"STORED\r\nVALUE __end__ 0 3\r\nend\r\nEND\r\n"

@@ -8,15 +8,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import show
+from support import show
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from twemproxy_probe import NUTCRACKER, held_by, nutcracker, store_through  # noqa: E402
+from support.twemproxy_probe import NUTCRACKER, held_by, nutcracker, store_through
 
 from mcrouter._hash import Hasher, ketama_name
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import Client, pool_config, show, wait_until
+from support import Client, pool_config, show, wait_until
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "faults"))
-from fake_upstream import FakeUpstream  # noqa: E402
-from loadgen import Loader, value_reply  # noqa: E402
+from support.fake_upstream import FakeUpstream
+from support.loadgen import Loader, value_reply
 
 KEYS = [f"key{i}" for i in range(64)]
 INVALID = "orderedPool: [127.0.0.1:1]\nroute: {type: NoSuchRoute}\n"

@@ -10,17 +10,14 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
-from pathlib import Path
 
-from conftest import pool_config
+from support import pool_config
 from mcrouter._parser import Request, RequestParser
 from mcrouter._ring import Ring
-from test_hostile_clients import PeakRss, read_replies, rss_kib, send_without_reading
+from support.hostile import PeakRss, read_replies, rss_kib, send_without_reading
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
-from fake_upstream import FakeUpstream  # noqa: E402
+from support.fake_upstream import FakeUpstream
 
 MIB = 1024
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"

@@ -3,7 +3,7 @@ and the same answer from a running router through the reserved key."""
 from __future__ import annotations
 
 from mcrouter._hash import Hasher, ketama_name
-from test_cli import assert_one_line_error, run_cli, write
+from support.cli import assert_one_line_error, run_cli, write
 
 CONFIG = """
 pools:

@@ -11,8 +11,8 @@ import zlib
 
 import yaml
 
-from conftest import show
-from test_routes import poll, wait_value
+from support import show
+from support.polling import poll, wait_value
 
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import Client, pool_config, show
+from support import Client, pool_config
+from support.polling import poll, wait_value
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 UPSTREAM_ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -30,26 +31,6 @@ def get_reply(*values: bytes) -> bytes:
 def cas_of(m, key: str) -> int:
     reply = m.get_raw(key, cmd="gets")
     return int(reply.split(b"\r\n", 1)[0].split()[4])
-
-
-def poll(port: int, request: bytes, expected: bytes, transient: tuple[bytes, ...],
-         timeout: float = 15.0) -> bytes:
-    """Send ``request`` on fresh connections until the reply is ``expected``.
-
-    While the router notices a host change (a killed or restarted memcached)
-    a reply may be one of ``transient``; any other reply fails at once.
-    Returns the last reply."""
-    deadline = time.monotonic() + timeout
-    reply = b""
-    while time.monotonic() < deadline:
-        with Client(port) as c:
-            c.send(request)
-            reply = c.recv_one_of((expected, *transient))
-            if reply == expected:
-                return reply
-        assert reply in transient, f"unexpected reply {show(reply)} while waiting for {show(expected)}"
-        time.sleep(0.1)
-    pytest.fail(f"reply to {show(request)} never became {show(expected)}; last {show(reply)}")
 
 
 # ---------------------------------------------------------------------------
@@ -137,16 +118,6 @@ def test_all_fastest_writes_everywhere(memcached, router):
         assert c.request(b"delete k\r\n", b"DELETED\r\n") == b"DELETED\r\n"
     for m in hosts:
         assert wait_value(m, "k", b"END\r\n")
-
-
-def wait_value(m, key: str, expected: bytes, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = m.get_raw(key)
-        if got == expected or time.monotonic() > deadline:
-            assert got == expected, f"{m.addr} has {show(got)} for {key}, expected {show(expected)}"
-            return True
-        time.sleep(0.05)
 
 
 def test_all_fastest_first_success_wins(memcached, router):
@@ -538,7 +509,7 @@ def test_ipv6_upstream(router):
     """An orderedPool entry [::1]:port reaches a memcached listening on ::1."""
     import socket
     import subprocess
-    from conftest import MEMCACHED, free_ipv6_port, wait_until
+    from support import MEMCACHED, free_ipv6_port, wait_until
     if MEMCACHED is None:
         pytest.skip("memcached is not installed")
     port = free_ipv6_port()
@@ -591,7 +562,7 @@ def test_miss_failover_pipelined_random_multigets(memcached, router):
     with Client(r.port, timeout=30) as c:
         got = c.pipeline(b"".join(reqs), want, timeout=30)
     if got != want:
-        from conftest import first_difference
+        from support import first_difference
         pytest.fail(first_difference(want, got))
 
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import streamfuzz as sf  # noqa: E402
+import streamfuzz as sf
 
 SECONDS = float(os.environ.get("MCROUTER_FUZZ_SECONDS", "45"))
 CASES = int(os.environ.get("MCROUTER_FUZZ_CASES", "20000"))

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
-from conftest import connect, pool_config
-from test_hostile_clients import PeakRss, rss_kib
+from support import connect, pool_config
+from support.hostile import PeakRss, rss_kib
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
-from fake_upstream import FakeUpstream  # noqa: E402
+from support.fake_upstream import FakeUpstream
 
 MIB = 1024          # KiB
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pool_config
+from support import pool_config
 
 
 def alive(pid: int) -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -14,8 +13,7 @@ from mcrouter._hash import FUNCTIONS, Hasher, hash_key, ketama_name, md5_digest
 from mcrouter._parser import RequestParser
 from mcrouter._routing import group_keys
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from twemproxy_probe import probe_keys  # noqa: E402
+from support.twemproxy_probe import probe_keys
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "ketama_twemproxy.json").read_text())
 KEYS = probe_keys(VECTORS["keys"])

@@ -10,24 +10,10 @@ from mcrouter import protocol
 from mcrouter import _parser
 from mcrouter._parser import RequestParser
 
-from corpus_format import load
+from support.corpus_format import load
+from support.parser_events import MAX_ITEM, events
 
 CASES = load("requests.txt")
-MAX_ITEM = 100          # the corpus's "too large" cases assume this limit
-
-
-def events(requests: list) -> list[tuple]:
-    out = []
-    for r in requests:
-        if r.cmd == protocol.CMD_QUIT:
-            out.append(("close",))
-        elif r.cmd == protocol.CMD_LOCAL:
-            out.append(("reply", r.reply))
-        else:
-            out.append(("forward", protocol.COMMAND_NAMES[r.cmd], r.key, r.wire, r.override))
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_whole(case):
     parser = RequestParser(MAX_ITEM)

@@ -17,25 +17,20 @@ For each case of ``numeric_cases`` the reply memcached gave to the request
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
 from mcrouter._parser import RequestParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from numeric_cases import CASES, DATA, Case  # noqa: E402
-from numeric_expected import EXPECTED  # noqa: E402
+from support.numeric_cases import CASES, DATA, Case
+from support.numeric_expected import EXPECTED
+from support.parser_events import events  # the corpus tests' own rendering
 
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 STORAGE = {"set", "add", "replace", "append", "prepend", "cas", "ms"}
 MN = b"MN\r\n"
 KEYLESS = {"verbosity", "flush_all"}
-
-
-from test_parser import events  # noqa: E402  the corpus tests' own rendering
 
 
 def quiet(case: Case) -> bool:

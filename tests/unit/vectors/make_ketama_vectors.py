@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Record where a real twemproxy puts 10,000 keys: ketama_twemproxy.json.
 
-Run from the repository root: ``python3 tests/unit/vectors/make_ketama_vectors.py``.
+Run from the repository root, with tests/ on the path for the ``support``
+package: ``PYTHONPATH=tests python3 tests/unit/vectors/make_ketama_vectors.py``.
 Needs memcached and nutcracker, and the fixed ports below free (11211
 included: twemproxy names a server on 11211 by its host alone, and the
 vectors must cover that rule).  The unit test ``tests/unit/test_hash.py``
@@ -13,13 +14,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))       # tests/
+from support.twemproxy_probe import FUNCTIONS, HOST, probe_keys, twemproxy_placement
 
-from twemproxy_probe import FUNCTIONS, HOST, probe_keys, twemproxy_placement  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 PORTS = (11211, 22122, 22123, 22124)
 KEYS = 10000
@@ -48,7 +47,7 @@ def main() -> None:
         for p in procs:
             p.kill()
     out = {"about": "twemproxy (nutcracker 0.5.0) ketama placement of probe_keys(10000) from "
-                    "tests/twemproxy_probe.py; placement[i] is the index of the server holding "
+                    "tests/support/twemproxy_probe.py; placement[i] is the index of the server holding "
                     "key i", "keys": KEYS, "cases": cases}
     with open(os.path.join(HERE, "ketama_twemproxy.json"), "w") as f:
         json.dump(out, f, indent=1)

@@ -8,8 +8,8 @@ from mcrouter._parser import RequestParser
 from mcrouter._ring import Ring
 from mcrouter.protocol import RK_QUIET
 
-from corpus_format import load
-from test_parser import MAX_ITEM, events
+from support.corpus_format import load
+from support.parser_events import MAX_ITEM, events
 
 ROUNDS = 200
 IN_SYNC = [c for c in load("requests.txt")

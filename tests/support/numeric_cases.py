@@ -1,7 +1,7 @@
 """Every numeric field the router parses, at and beyond its limits.
 
 One table shared by the probe (``tests/probe_numeric.py``, which records
-memcached 1.6.18's exact replies into ``tests/numeric_expected.py``), the
+memcached 1.6.18's exact replies into ``tests/support/numeric_expected.py``), the
 parser unit test and the end-to-end test.  A case is sent on a fresh
 connection as ``setup + request + check + TERMINATOR``:
 

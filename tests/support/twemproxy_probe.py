@@ -20,7 +20,8 @@ import tempfile
 import time
 from typing import Iterator, Sequence
 
-from conftest import HOST, free_port, wait_port
+from .client import HOST
+from .processes import free_port, wait_port
 
 NUTCRACKER = shutil.which("nutcracker") or (os.path.exists("/usr/sbin/nutcracker")
                                              and "/usr/sbin/nutcracker") or None

@@ -6,7 +6,7 @@ import pytest
 from mcrouter import _parser
 from mcrouter._parser import RequestParser, body_bytes_held, set_body_budget
 
-from test_parser import events
+from support.parser_events import events
 
 NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 

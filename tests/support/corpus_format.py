@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "unit" / "corpus"
 _REPEAT = re.compile(r"\{(.)\*(\d+)\}")
 
 

@@ -5,6 +5,9 @@ MCROUTER_TEST_HOSTS with the address given there (or fails the lookup when
 the address is null); every other name resolves as usual.  The file is read
 at every lookup, so the test changes DNS by rewriting it.  Only resolution
 is replaced: every line of the router that runs is the real one.
+
+Run as a script with the checkout on PYTHONPATH (tests/faults/test_health_faults.py
+gives it ``PYTHONPATH=<repo>``), so the router is this checkout's.
 """
 import json
 import os
@@ -27,7 +30,6 @@ def _getaddrinfo(host, port, *args, **kwargs):
 socket.getaddrinfo = _getaddrinfo
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from mcrouter.cli import main
     sys.argv[0] = "mcrouter"
     main()

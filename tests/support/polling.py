@@ -1,0 +1,39 @@
+"""Waiting for the router, or a memcached behind it, to settle on a reply
+while hosts die and come back (the route tests share these)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .client import Client, show
+
+
+def poll(port: int, request: bytes, expected: bytes, transient: tuple[bytes, ...],
+         timeout: float = 15.0) -> bytes:
+    """Send ``request`` on fresh connections until the reply is ``expected``.
+
+    While the router notices a host change (a killed or restarted memcached)
+    a reply may be one of ``transient``; any other reply fails at once.
+    Returns the last reply."""
+    deadline = time.monotonic() + timeout
+    reply = b""
+    while time.monotonic() < deadline:
+        with Client(port) as c:
+            c.send(request)
+            reply = c.recv_one_of((expected, *transient))
+            if reply == expected:
+                return reply
+        assert reply in transient, f"unexpected reply {show(reply)} while waiting for {show(expected)}"
+        time.sleep(0.1)
+    pytest.fail(f"reply to {show(request)} never became {show(expected)}; last {show(reply)}")
+
+
+def wait_value(m, key: str, expected: bytes, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = m.get_raw(key)
+        if got == expected or time.monotonic() > deadline:
+            assert got == expected, f"{m.addr} has {show(got)} for {key}, expected {show(expected)}"
+            return True
+        time.sleep(0.05)
