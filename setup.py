@@ -9,6 +9,7 @@ extensions = [
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
     Extension("mcrouter._hash", ["mcrouter/_hash.pyx"]),
     Extension("mcrouter._routing", ["mcrouter/_routing.pyx"]),
+    Extension("mcrouter._loop", ["mcrouter/_loop.pyx"]),
 ]
 
 setup(
