@@ -28,6 +28,8 @@ cdef extern from "<sys/epoll.h>" nogil:
         unsigned int events
         epoll_data_t data
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+# MAX_EVENTS (_loop.pxd) is select.epoll.poll's own default (FD_SETSIZE - 1);
+# the rest waits a turn
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -42,8 +44,6 @@ log = logging.getLogger("mcrouter.loop")
 TICK = 0.01
 RECV_SIZE = 256 * 1024
 IDLE_POLL = 1.0
-# select.epoll.poll's own default (FD_SETSIZE - 1); the rest waits a turn
-DEF MAX_EVENTS = 1023
 
 cdef double C_TICK = TICK
 cdef double C_IDLE_POLL = IDLE_POLL
@@ -68,22 +68,6 @@ cdef inline double c_monotonic() noexcept nogil:
 
 cdef class Loop:
     """One epoll, its handlers by descriptor, the turn's dirty lists, timers."""
-    cdef public dict handlers
-    cdef public double now
-    cdef public list dirty_upstreams
-    cdef public list dirty_clients
-    cdef public set busy                # upstream connections with requests in flight
-    cdef public bytearray recv_buf
-    cdef public list _timers            # heap of (deadline, seq, fn)
-    cdef public object on_turn
-    cdef object _seq
-    cdef object _ep
-    cdef object _clock
-    cdef bint native_ep                 # _ep is a real select.epoll: epoll_wait on epfd
-    cdef bint native_clock              # _clock is time.monotonic: clock_gettime
-    cdef int epfd
-    cdef int fds[MAX_EVENTS]
-    cdef unsigned int masks[MAX_EVENTS]
 
     def __init__(self, clock=None):
         self.ep = select.epoll()
