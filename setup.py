@@ -9,6 +9,8 @@ extensions = [
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
     Extension("mcrouter._hash", ["mcrouter/_hash.pyx"]),
     Extension("mcrouter._routing", ["mcrouter/_routing.pyx"]),
+    Extension("mcrouter._loop", ["mcrouter/_loop.pyx"]),
+    Extension("mcrouter._upstream", ["mcrouter/_upstream.pyx"]),
 ]
 
 setup(

@@ -13,6 +13,7 @@ See bench/README.md for what the columns mean.
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -27,15 +28,20 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 SERVER_CORE, LOADGEN_CORE = "1", "0"
 
-# name -> (loadgen workload, pipeline depth, memcached shards)
+# name -> (loadgen workload, pipeline depth, memcached shards, router config)
+# router config: "default" (DefaultRoute over one server), "pool" (PoolRoute,
+# ketama as twemproxy's, over the shards), "bundled" (the repo's router.yaml:
+# MissFailoverRoute gets and AllFastestRoute sets over two servers; twemproxy
+# and direct then use the first server only, as a user without replication would)
 WORKLOADS = {
-    "get90": ("get90", 1, 1),
-    "get90-d16": ("get90", 16, 1),
-    "multiget10": ("multiget10", 1, 1),
-    "set1k": ("set1k", 1, 1),
+    "get90": ("get90", 1, 1, "default"),
+    "get90-d16": ("get90", 16, 1, "default"),
+    "multiget10": ("multiget10", 1, 1, "default"),
+    "set1k": ("set1k", 1, 1, "default"),
     # one 10-key get split over 2 or 4 servers: router PoolRoute vs twemproxy ketama
-    "mget10-2sh": ("multiget10", 1, 2),
-    "mget10-4sh": ("multiget10", 1, 4),
+    "mget10-2sh": ("multiget10", 1, 2, "pool"),
+    "mget10-4sh": ("multiget10", 1, 4, "pool"),
+    "get90-bundled": ("get90", 1, 2, "bundled"),
 }
 SHARD_HASH = "fnv1a_64"     # twemproxy's default, and the router's
 TARGETS = ("direct", "twemproxy", "router", "router-off")
@@ -184,11 +190,10 @@ def start_memcached(procs, tmp):
     return port, p
 
 
-def start_twemproxy(procs, tmp, mc_ports, server_conns):
-    port, stats_port = free_port(), free_port()
-    conf = os.path.join(tmp, f"nutcracker-{len(mc_ports)}.yml")
+def twemproxy_conf(path, port, mc_ports, server_conns):
+    """nutcracker's config: one pool over mc_ports, ketama as the router's PoolRoute."""
     servers = "".join(f"   - 127.0.0.1:{p}:1\n" for p in mc_ports)
-    with open(conf, "w") as f:
+    with open(path, "w") as f:
         f.write(f"""bench:
   listen: 127.0.0.1:{port}
   hash: {SHARD_HASH}
@@ -197,6 +202,36 @@ def start_twemproxy(procs, tmp, mc_ports, server_conns):
   auto_eject_hosts: false
   servers:
 {servers}""")
+
+
+def router_conf(path, mc_ports, kind):
+    """The router's config over mc_ports: kind is default, pool or bundled
+    (the repo's router.yaml policies with these servers as orderedPool)."""
+    servers = ", ".join(f"127.0.0.1:{p}" for p in mc_ports)
+    with open(path, "w") as f:
+        if kind == "default":
+            f.write(f"orderedPool: [{servers}]\nroute:\n  type: DefaultRoute\n")
+        elif kind == "pool":
+            f.write(f"pools:\n  main:\n    servers: [{servers}]\n"
+                    f"    hash: {{function: {SHARD_HASH}, distribution: ketama}}\n"
+                    f"route: PoolRoute|main\n")
+        elif kind == "bundled":
+            with open(os.path.join(REPO_DIR, "router.yaml")) as src:
+                text = src.read()
+            pool = "".join(f"  - 127.0.0.1:{p}\n" for p in mc_ports)
+            text, n = re.subn(r"^orderedPool:\n(?:  - .*\n)+", f"orderedPool:\n{pool}", text,
+                              flags=re.M)
+            if n != 1:
+                sys.exit("bench: router.yaml has no orderedPool list to replace")
+            f.write(text)
+        else:
+            raise ValueError(kind)
+
+
+def start_twemproxy(procs, tmp, mc_ports, server_conns):
+    port, stats_port = free_port(), free_port()
+    conf = os.path.join(tmp, f"nutcracker-{len(mc_ports)}.yml")
+    twemproxy_conf(conf, port, mc_ports, server_conns)
     log = os.path.join(tmp, f"nutcracker-{len(mc_ports)}.log")
     argv = ["taskset", "-c", SERVER_CORE, "nutcracker", "-c", conf, "-o", log,
             "-a", "127.0.0.1", "-s", str(stats_port)]
@@ -215,24 +250,17 @@ def router_argv(args, cfg, port, metrics):
             "-n", str(args.workers), "-L", metrics]
 
 
-def start_router(procs, tmp, mc_ports, args, name="router"):
+def start_router(procs, tmp, mc_ports, args, name="router", kind="default"):
     """Start the router; return (port, Popen) or None with a message printed.
-    One server: DefaultRoute over it; several: PoolRoute, ketama as twemproxy's.
+    ``kind``: the config (router_conf).
     ``router-off``: no /metrics and no counting (MCROUTER_METRICS=off)."""
     port = free_port()
     off = name == "router-off"
     metrics = "off" if off else f"127.0.0.1:{free_port()}"
-    cfg = os.path.join(tmp, f"router-{len(mc_ports)}.yaml")
-    servers = ", ".join(f"127.0.0.1:{p}" for p in mc_ports)
-    with open(cfg, "w") as f:
-        if len(mc_ports) == 1:
-            f.write(f"orderedPool: [{servers}]\nroute:\n  type: DefaultRoute\n")
-        else:
-            f.write(f"pools:\n  main:\n    servers: [{servers}]\n"
-                    f"    hash: {{function: {SHARD_HASH}, distribution: ketama}}\n"
-                    f"route: PoolRoute|main\n")
+    cfg = os.path.join(tmp, f"router-{kind}-{len(mc_ports)}.yaml")
+    router_conf(cfg, mc_ports, kind)
     argv = ["taskset", "-c", SERVER_CORE] + router_argv(args, cfg, port, metrics)
-    log = os.path.join(tmp, f"{name}-{len(mc_ports)}.log")
+    log = os.path.join(tmp, f"{name}-{kind}-{len(mc_ports)}.log")
     try:
         p = procs.start(name, argv, log, env={"MCROUTER_METRICS": "off"} if off else None)
     except OSError as e:
@@ -256,13 +284,17 @@ def build_loadgen(tmp):
     return exe
 
 
-def start_targets(procs, tmp, mcs, args):
+def start_targets(procs, tmp, mcs, args, kind="default"):
     """The targets over these memcached servers: ([target], {name: why skipped}).
-    Direct memcached only with one server (a client cannot shard by itself here)."""
+    Direct memcached only with one server (a client cannot shard by itself here);
+    with the bundled config, direct and twemproxy use the first server only."""
     ports = [port for port, _ in mcs]
+    router_ports = ports
+    if kind == "bundled":
+        ports = ports[:1]
     targets, skipped = [], {}
     if "direct" in args.targets:
-        if len(mcs) == 1:
+        if len(ports) == 1:
             targets.append({"name": "direct", "port": ports[0], "proc": mcs[0][1]})
         else:
             skipped["direct"] = "not applicable to several shards"
@@ -272,7 +304,7 @@ def start_targets(procs, tmp, mcs, args):
     for name in ("router", "router-off"):
         if name not in args.targets:
             continue
-        r = start_router(procs, tmp, ports, args, name)
+        r = start_router(procs, tmp, router_ports, args, name, kind)
         if r:
             targets.append({"name": name, "port": r[0], "proc": r[1]})
             print(f"{name} pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
@@ -455,14 +487,15 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mcbench-")
     try:
         exe = build_loadgen(tmp)
-        shard_counts = sorted({WORKLOADS[wl][2] for wl in args.workloads})
-        mcs = [start_memcached(procs, tmp) for _ in range(max(shard_counts))]
-        topologies = {n: start_targets(procs, tmp, mcs[:n], args) for n in shard_counts}
+        setups = sorted({WORKLOADS[wl][2:] for wl in args.workloads})
+        mcs = [start_memcached(procs, tmp) for _ in range(max(n for n, _ in setups))]
+        topologies = {(n, kind): start_targets(procs, tmp, mcs[:n], args, kind)
+                      for n, kind in setups}
 
         results = {}
         for wl in args.workloads:
-            workload, depth, shards = WORKLOADS[wl]
-            targets, skipped = topologies[shards]
+            workload, depth, shards, kind = WORKLOADS[wl]
+            targets, skipped = topologies[(shards, kind)]
             runs = {t["name"]: [] for t in targets}
             wl_skipped = dict(skipped)
             if not targets:

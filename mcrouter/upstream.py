@@ -22,21 +22,19 @@ import random
 import socket
 from typing import Any
 
-from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, local as local_counters
-from mcrouter._parser import Request
+from mcrouter._metrics import E_CONNECT, E_RESET, E_TIMEOUT, local as local_counters
 from mcrouter._ring import Ring
+from mcrouter._upstream import CONN_CONNECTING, CONN_DOWN, CONN_UP, ConnectionBase, HostBase
 from mcrouter.config import HostAddr
 from mcrouter.hosttable import DOWN as HOST_DOWN, HostTable, sockaddr
-from mcrouter.loop import EV_ERR, EV_IN, EV_OUT, Loop
-from mcrouter.protocol import (COMMAND_NAMES, NO_HEALTHY_UPSTREAM, ST_ERROR, UPSTREAM_ERROR,
-                               UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
+from mcrouter.loop import EV_IN, EV_OUT, Loop
+from mcrouter.protocol import COMMAND_NAMES, UPSTREAM_ERROR, UPSTREAM_TIMEOUT
 
 log = logging.getLogger("mcrouter.upstream")
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
-# a connection's states (a host's are the HostTable's: hosttable.UP and DOWN)
-CONN_DOWN, CONN_CONNECTING, CONN_UP = 0, 1, 2
+__all__ = ["CONN_CONNECTING", "CONN_DOWN", "CONN_UP", "Connection", "Host"]
 # connect() errors that say "nobody is there": they mark the host down at once
 HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 # at most one protocol-error line per host in this many seconds (per worker):
@@ -44,9 +42,9 @@ HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.
 PROTOCOL_LOG_INTERVAL = 10.0
 
 
-class Host:
+class Host(HostBase):
     """One memcached server: its connections, and its health as the shared
-    table says."""
+    table says.  ``send``, the per-request part, is HostBase's (_upstream.pyx)."""
 
     def __init__(self, addr: HostAddr, loop: Loop, table: HostTable, slot: int,
                  connections: int, timeout: float, connect_timeout: float,
@@ -72,34 +70,6 @@ class Host:
     def start(self) -> None:
         for c in self.conns:
             c.connect()
-
-    def send(self, req: Request) -> None:
-        """Queue ``req`` on its client's connection (so that one client's
-        requests reach memcached in the order it sent them, as on a direct
-        connection), or on the next usable one if that is down."""
-        conns = self.conns
-        n = len(conns)
-        i = req.chan % n
-        for _ in range(n):
-            c = conns[i]
-            if c.state != CONN_DOWN:
-                break
-            i = (i + 1) % n
-        else:
-            # every connection waits out a backoff, yet the host is not marked
-            # down: try now rather than fail a request the host may serve
-            c.connect()
-            if c.state == CONN_DOWN:
-                req.finish(UPSTREAM_ERROR if self.healthy else NO_HEALTHY_UPSTREAM, ST_ERROR)
-                return
-        loop = self.loop
-        if not c.ring.push(req, loop.now + self.timeout):
-            req.finish(UPSTREAM_QUEUE_FULL, ST_ERROR)
-            return
-        loop.busy.add(c)
-        if not c.dirty and c.state == CONN_UP:  # written at the end of this loop turn
-            c.dirty = True
-            loop.dirty_upstreams.append(c)
 
     def sockaddr(self) -> tuple[int, Any] | None:
         """Where to connect now, from the shared table (never a DNS lookup here)."""
@@ -170,15 +140,17 @@ class Host:
             c.close(UPSTREAM_ERROR)
 
 
-class Connection:
-    """One pipelined connection to a host."""
+class Connection(ConnectionBase):
+    """One pipelined connection to a host.  Its reads and writes in a loop
+    turn (``on_event``, ``flush``) are ConnectionBase's (_upstream.pyx); its
+    socket's life is here."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.loop = host.loop
         self.ring = Ring(max_reply=2 * host.max_item_size + 64 * 1024, host=host.slot,
                          timeout=host.timeout)
-        self.sock: Any = None             # a socket.socket while connecting or up
+        self.sock = None                  # a socket.socket while connecting or up
         self.fd = -1
         self.state = CONN_DOWN
         self.dirty = False
@@ -187,19 +159,6 @@ class Connection:
         self.connect_deadline = 0.0
         self.closed = False
         self.retiring = False
-
-    # -- requests (queued by Host.send) ------------------------------------
-
-    def flush(self) -> None:
-        """Called once per loop turn: one send of everything queued."""
-        if self.state != CONN_UP:
-            return
-        try:
-            left = self.ring.write_to(self.sock, self.loop.now)
-        except OSError as e:
-            self.fail(f"send: {e.strerror or e}")
-            return
-        self._want_write(left > 0)
 
     def expire(self, now: float) -> None:
         """Answer requests past their deadline.  The host is failed for
@@ -279,39 +238,13 @@ class Connection:
             self.dirty = True
             self.loop.dirty_upstreams.append(self)
 
-    def on_event(self, mask: int) -> None:
-        if self.state == CONN_CONNECTING:
-            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
-            else:
-                self._connected()
-            return
-        if mask & EV_IN or mask & EV_ERR:
-            buf = self.loop.recv_buf
-            try:
-                n = self.sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except OSError as e:
-                self.fail(f"recv: {e.strerror or e}")
-                return
-            if n == 0:
-                self.fail("connection closed by server")
-                return
-            if n > 0:
-                if self.ring.feed(buf, n) < 0:
-                    # nothing of the bad reply, nor of what followed it, was delivered
-                    self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
-                    return
-                self.host.failures = 0
-        if mask & EV_OUT and self.state == CONN_UP:
-            self.flush()
-
-    def _want_write(self, want: bool) -> None:
-        if want != self.want_write and self.state == CONN_UP:
-            self.want_write = want
-            self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
+    def connect_done(self) -> None:
+        """The socket became writable or failed while connecting."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
+        else:
+            self._connected()
 
     def fail(self, reason: str, hard: bool = False, kind: int | None = E_RESET,
              judged: bool = True) -> None:

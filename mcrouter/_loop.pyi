@@ -1,0 +1,31 @@
+"""Type stubs for the compiled loop turn (see _loop.pyx)."""
+import select
+from typing import Any, Callable
+from typing_extensions import disjoint_base
+
+TICK: float
+RECV_SIZE: int
+IDLE_POLL: float
+
+def guarded(fn: Callable[[], object]) -> None: ...
+
+@disjoint_base
+class Loop:
+    handlers: dict[int, Any]        # loop.Handler by descriptor
+    now: float
+    dirty_upstreams: list[Any]      # loop.Flushable
+    dirty_clients: list[Any]
+    busy: set[Any]
+    recv_buf: bytearray
+    _timers: list[tuple[float, int, Callable[[], None]]]
+    on_turn: Callable[[], None]
+    ep: select.epoll
+    clock: Callable[[], float]
+    def __init__(self, clock: Callable[[], float] | None = None) -> None: ...
+    def add(self, fd: int, mask: int, handler: Any) -> None: ...
+    def modify(self, fd: int, mask: int) -> None: ...
+    def remove(self, fd: int) -> None: ...
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
+    def poll_timeout(self) -> float: ...
+    def run_once(self) -> None: ...
+    def flush(self) -> None: ...

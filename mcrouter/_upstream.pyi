@@ -1,0 +1,34 @@
+"""Type stubs for the compiled half of upstream.py (see _upstream.pyx)."""
+from typing import Any
+from typing_extensions import disjoint_base
+
+from mcrouter._loop import Loop
+from mcrouter._parser import Request
+from mcrouter._ring import Ring
+
+CONN_DOWN: int
+CONN_CONNECTING: int
+CONN_UP: int
+
+@disjoint_base
+class HostBase:
+    loop: Loop
+    conns: list[Any]            # upstream.Connection
+    timeout: float
+    healthy: bool
+    failures: int
+    def send(self, req: Request) -> None: ...
+
+@disjoint_base
+class ConnectionBase:
+    host: Any                   # upstream.Host
+    loop: Loop
+    ring: Ring
+    sock: Any                   # a socket.socket while connecting or up, else None
+    fd: int
+    state: int
+    dirty: bool
+    want_write: bool
+    def flush(self) -> None: ...
+    def on_event(self, mask: int) -> None: ...
+    def want_writable(self, want: bool) -> None: ...

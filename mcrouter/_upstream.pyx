@@ -1,0 +1,130 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The per-request half of upstream.py, compiled: ``Host.send`` (connection
+choice, queueing) and a connection's read and write in a loop turn.
+
+``upstream.Host`` and ``upstream.Connection`` subclass these; the socket's
+life (connect, reconnect, fail, close) and health stay there in Python,
+and are called from here only on a cold event (a connect finishing, an
+error, a closed socket).  Socket I/O goes through the socket object's own
+methods, the seam a TLS wrapper will take.
+"""
+from mcrouter._loop cimport Loop
+from mcrouter._parser cimport Request
+from mcrouter._ring cimport Ring
+
+import select
+
+from mcrouter import _metrics, protocol
+
+# a connection's states (a host's are the HostTable's: hosttable.UP and DOWN)
+CONN_DOWN, CONN_CONNECTING, CONN_UP = 0, 1, 2
+cdef int C_DOWN = CONN_DOWN
+cdef int C_CONNECTING = CONN_CONNECTING
+cdef int C_UP = CONN_UP
+cdef int EV_IN = select.EPOLLIN
+cdef int EV_OUT = select.EPOLLOUT
+cdef int EV_ERR = select.EPOLLERR | select.EPOLLHUP
+cdef int C_ST_ERROR = protocol.ST_ERROR
+cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
+cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
+cdef bytes R_QUEUE_FULL = protocol.UPSTREAM_QUEUE_FULL
+cdef object E_PARSE = _metrics.E_PARSE
+
+
+cdef class HostBase:
+    """What Host.send needs, as C fields."""
+    cdef public Loop loop
+    cdef public list conns              # Connection, -C of them
+    cdef public double timeout
+    cdef public bint healthy            # as the shared HostTable says
+    cdef public long failures           # consecutive timeouts/errors seen by the data path
+
+    cpdef send(self, Request req):
+        """Queue ``req`` on its client's connection (so that one client's
+        requests reach memcached in the order it sent them, as on a direct
+        connection), or on the next usable one if that is down."""
+        cdef list conns = self.conns
+        cdef Py_ssize_t n = len(conns), k
+        cdef Py_ssize_t i = req.chan % n
+        cdef ConnectionBase c = None
+        cdef Loop loop = self.loop
+        if i < 0:
+            i += n
+        for k in range(n):
+            c = <ConnectionBase>conns[i]
+            if c.state != C_DOWN:
+                break
+            i += 1
+            if i == n:
+                i = 0
+        else:
+            # every connection waits out a backoff, yet the host is not marked
+            # down: try now rather than fail a request the host may serve
+            c.connect()
+            if c.state == C_DOWN:
+                req.finish(R_UPSTREAM_ERROR if self.healthy else R_NO_HEALTHY, C_ST_ERROR)
+                return
+        if not c.ring.push(req, loop.now + self.timeout):
+            req.finish(R_QUEUE_FULL, C_ST_ERROR)
+            return
+        loop.busy.add(c)
+        if not c.dirty and c.state == C_UP:  # written at the end of this loop turn
+            c.dirty = True
+            loop.dirty_upstreams.append(c)
+
+
+cdef class ConnectionBase:
+    """One pipelined connection's fields, and its reads and writes."""
+    cdef public HostBase host
+    cdef public Loop loop
+    cdef public Ring ring
+    cdef public object sock             # a socket.socket while connecting or up
+    cdef public int fd
+    cdef public int state
+    cdef public bint dirty              # queued in loop.dirty_upstreams for this turn
+    cdef public bint want_write
+
+    cpdef flush(self):
+        """Called once per loop turn: one send of everything queued."""
+        cdef Py_ssize_t left
+        if self.state != C_UP:
+            return
+        try:
+            left = self.ring.write_to(self.sock, self.loop.now)
+        except OSError as e:
+            self.fail(f"send: {e.strerror or e}")
+            return
+        self.want_writable(left > 0)
+
+    cpdef on_event(self, int mask):
+        cdef Py_ssize_t n
+        cdef bytearray buf
+        if self.state == C_CONNECTING:
+            self.connect_done()
+            return
+        if mask & (EV_IN | EV_ERR):
+            buf = self.loop.recv_buf
+            try:
+                n = self.sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError as e:
+                self.fail(f"recv: {e.strerror or e}")
+                return
+            if n == 0:
+                self.fail("connection closed by server")
+                return
+            if n > 0:
+                if self.ring.feed(buf, n) < 0:
+                    # nothing of the bad reply, nor of what followed it, was delivered
+                    self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
+                    return
+                self.host.failures = 0
+        if mask & EV_OUT and self.state == C_UP:
+            self.flush()
+
+    cpdef want_writable(self, bint want):
+        """Ask for EPOLLOUT only while the kernel refused bytes."""
+        if want != self.want_write and self.state == C_UP:
+            self.want_write = want
+            self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
