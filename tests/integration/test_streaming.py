@@ -12,7 +12,7 @@ import signal
 import time
 
 from support import connect, pool_config
-from support.hostile import PeakRss, rss_kib
+from support.hostile import growth_while_read
 
 from support.fake_upstream import FakeUpstream
 
@@ -22,19 +22,6 @@ TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 
 def block(key: bytes, value: bytes) -> bytes:
     return b"VALUE %s 0 %d\r\n" % (key, len(value)) + value + b"\r\n"
-
-
-def growth_while_read(r, line: bytes, expected: bytes) -> int:
-    """KiB the worker's RSS peaked above its level after one warm-up, while
-    a client sends ``line`` three times and reads each reply (``expected``)."""
-    (worker,) = r.worker_pids()
-    with r.client() as c:
-        assert c.request(line, expected) == expected      # warm: buffers, allocator
-        before = rss_kib(worker)
-        with PeakRss(worker) as peak:
-            for _ in range(3):
-                assert c.request(line, expected) == expected
-    return peak.peak - before
 
 
 def test_a_large_multiget_reaches_its_client_while_it_arrives(memcached, router):

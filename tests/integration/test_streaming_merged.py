@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-from pathlib import Path
 
-from conftest import connect
-from test_streaming import growth_while_read
+from support import connect
+from support.hostile import growth_while_read
 from test_pool_route import placement, pool_yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
-from fake_upstream import FakeUpstream  # noqa: E402
+from support.fake_upstream import FakeUpstream
 
 MIB = 1024          # KiB
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"

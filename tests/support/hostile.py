@@ -67,3 +67,16 @@ def read_replies(s: socket.socket, size: int, timeout: float = 30.0) -> bytes:
             break
         got += chunk
     return bytes(got)
+
+
+def growth_while_read(r, line: bytes, expected: bytes) -> int:
+    """KiB the worker's RSS peaked above its level after one warm-up, while
+    a client sends ``line`` three times and reads each reply (``expected``)."""
+    (worker,) = r.worker_pids()
+    with r.client() as c:
+        assert c.request(line, expected) == expected      # warm: buffers, allocator
+        before = rss_kib(worker)
+        with PeakRss(worker) as peak:
+            for _ in range(3):
+                assert c.request(line, expected) == expected
+    return peak.peak - before
