@@ -323,10 +323,6 @@ def test_a_large_reply_walked_past_is_checked_too(request_bytes, wrong):
     assert inbox.got == []
 
 
-class FakeLoop:
-    now = 100.0
-
-
 class FakeTable:
     def state(self, slot):
         return 0
@@ -341,7 +337,10 @@ def test_protocol_errors_are_logged_at_most_once_per_interval_per_host(caplog):
     from mcrouter.config import HostAddr
     from mcrouter.upstream import PROTOCOL_LOG_INTERVAL, Host
 
-    loop = FakeLoop()
+    from mcrouter.loop import Loop
+
+    loop = Loop()
+    loop.now = 100.0
     host = Host(HostAddr("10.0.0.7", 11211), loop, FakeTable(), 0, connections=1, timeout=1.0,
                 connect_timeout=1.0, max_item_size=1 << 20, tko=3)
     inbox, ring = Inbox(), Ring()
