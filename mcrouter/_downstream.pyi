@@ -12,6 +12,9 @@ COALESCE: int
 MAX_IOV: int
 LINGER: float
 
+def set_reply_budget(budget: int) -> None: ...
+def reply_bytes_charged() -> int: ...
+
 @disjoint_base
 class ClientConnection:
     worker: Any

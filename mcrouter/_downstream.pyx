@@ -20,6 +20,19 @@ client has at most MAX_WINDOW_KEYS keys in flight beyond its first request.
 So a client that never reads holds at most ``-b`` plus the replies in flight
 when its output filled up: one request's, or MAX_WINDOW_KEYS values.
 
+Those replies in flight are the one part of a client's memory it cannot be
+stopped from asking for (a window's guess comes from replies already seen,
+and the next ones may be larger): so they are charged to one budget per
+worker (``--reply-budget``).  A value reply (``get``, ``mg``) of 8 KiB or
+more that arrives for a client already holding more than ``-b`` (unwritten,
+or complete behind an earlier reply still owed) takes its size from the
+budget; once the budget is spent, that reply becomes memcached's ``SERVER_ERROR
+out of memory writing get response`` instead.  The reply in progress (the
+oldest owed, passed on as it arrives) is never charged, and a client's
+charge is returned once it holds no more than ``-b`` again.  So however
+many clients never read, the worker holds at most ``-b`` and one reply in
+progress per client, plus the budget.
+
 A data block that holds a share of the body budget is read to its end even
 while reading is paused for the bounds above (it is already counted), so a
 client that stops reading its replies cannot pin the budget: it finishes the
@@ -47,8 +60,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR, TAKE_NO,
-                               TAKE_YES, TAKE_BOUNDED)
+from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, RK_META, ST_ERROR,
+                               TAKE_NO, TAKE_YES, TAKE_BOUNDED)
 from mcrouter._parser import split_values
 
 cdef int EV_IN = select.EPOLLIN
@@ -64,6 +77,23 @@ COALESCE = 8 * 1024          # replies smaller than this are copied into one out
 MAX_IOV = 64                 # parts one sendmsg takes
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
+cdef bytes R_GET_OOM = b"SERVER_ERROR out of memory writing get response\r\n"
+
+# The worker's reply budget (see the module docstring): bytes charged now,
+# and the most that may be (set_reply_budget).
+cdef Py_ssize_t reply_charged = 0
+cdef Py_ssize_t reply_budget = 64 << 20
+
+
+def set_reply_budget(Py_ssize_t budget):
+    """The bytes of value replies this worker may hold for clients past -b."""
+    global reply_budget
+    reply_budget = budget
+
+
+def reply_bytes_charged():
+    """Bytes charged to the reply budget now (tests, metrics)."""
+    return reply_charged
 
 
 cdef inline Py_ssize_t reply_keys(Request req):
@@ -100,6 +130,7 @@ cdef class ClientConnection:
     cdef bint want_write
     cdef Py_ssize_t recv_size
     cdef Py_ssize_t out_limit
+    cdef Py_ssize_t charged        # bytes of its replies charged to the reply budget
     cdef Counters counters         # this worker's metrics slot
 
     def __init__(self, worker, sock):
@@ -255,6 +286,8 @@ cdef class ClientConnection:
         if self.closed:
             return
         pending = self.pending
+        if req.reply is not None:
+            self._charge(req)
         out = self.out
         while pending:
             r = <Request>pending[0]
@@ -295,6 +328,52 @@ cdef class ClientConnection:
         if not self.dirty:
             self.dirty = True
             self.loop.dirty_clients.append(self)
+
+    cdef _charge(self, Request req):
+        """A value reply of 8 KiB or more, complete while this client already
+        holds more than -b (unwritten, or complete behind an earlier reply
+        still owed): charge it to the worker's reply budget, or answer it with
+        memcached's out-of-memory error once the budget is spent (the module
+        docstring says why).  The reply in progress, passed on in parts as it
+        arrived, is not charged."""
+        global reply_charged
+        cdef Py_ssize_t size, held
+        reply = req.reply
+        if req.rkind != RK_GET and req.rkind != RK_META or req.status == ST_ERROR \
+                or req.streamed or type(reply) is not bytes:
+            return
+        size = len(<bytes>reply)
+        if size < C_COALESCE:
+            return
+        held = self.out_bytes
+        if self.released - self.answered > 1:
+            held += self._waiting() - size
+        if held <= self.out_limit:
+            return
+        if reply_charged + size <= reply_budget:
+            reply_charged += size
+            self.charged += size
+        else:
+            req.reply = R_GET_OOM
+            req.status = ST_ERROR
+
+    cdef Py_ssize_t _waiting(self) except -1:
+        """Bytes of complete replies waiting behind the oldest owed one (the
+        requests in flight: at most a window's worth)."""
+        cdef Py_ssize_t total = 0, left = self.released - self.answered
+        cdef Request r
+        for r in self.pending:
+            if left <= 0:
+                break
+            left -= 1
+            if r.reply is not None:
+                total += len(r.reply)
+        return total
+
+    cdef _uncharge(self):
+        global reply_charged
+        reply_charged -= self.charged
+        self.charged = 0
 
     cdef _queue(self, reply):
         """Queue one part of the output: as is if large, else coalesced."""
@@ -374,6 +453,8 @@ cdef class ClientConnection:
             self.forward()
             if self.pending and (<Request>self.pending[0]).reply is not None:
                 self.on_reply(self.pending[0])
+        if self.charged and self.out_bytes + self._waiting() <= self.out_limit:
+            self._uncharge()
         if not self.out and not self.pending and self.draining and not self.lingering:
             self._hang_up()
             return
@@ -473,4 +554,5 @@ cdef class ClientConnection:
         self.queued.clear()
         self.out.clear()
         self.out_bytes = 0
+        self._uncharge()
         self.parser.release()

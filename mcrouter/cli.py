@@ -109,6 +109,10 @@ def run(
     body_budget: str = typer.Option("64m", "--body-budget",
                                     help="Bytes each worker holds for request bodies still "
                                          "arriving; past it: out of memory storing object."),
+    reply_budget: str = typer.Option("64m", "--reply-budget",
+                                     help="Bytes each worker holds of value replies for clients "
+                                          "already past -b; past it: out of memory writing get "
+                                          "response."),
     body_timeout: str = typer.Option("5s", "--body-timeout",
                                      help="Close a client stopped mid-line or mid-body this long."),
     idle_timeout: str = typer.Option("0", "--idle-timeout",
@@ -152,6 +156,10 @@ def run(
         _die(f"--body-budget {body_budget!r} is not a size; write e.g. 67108864, 512k or 64m")
     if budget < item_size:
         _die(f"--body-budget must be at least --max-item-size (got {body_budget})")
+    try:
+        replies = parse_size(reply_budget)
+    except ValueError:
+        _die(f"--reply-budget {reply_budget!r} is not a size; write e.g. 67108864, 512k or 64m")
     durations = {}
     for flag, text in (("-H/--healthcheck-interval", healthcheck_interval),
                        ("-t/--dns-cache-ttl", dns_cache_ttl)):
@@ -179,7 +187,7 @@ def run(
                         healthcheck_interval=durations["-H/--healthcheck-interval"],
                         dns_cache_ttl=durations["-t/--dns-cache-ttl"],
                         buffer_size=buffer_size, max_item_size=item_size, reuseport=reuseport,
-                        max_conns=max_conns, body_budget=budget,
+                        max_conns=max_conns, body_budget=budget, reply_budget=replies,
                         body_timeout=durations["--body-timeout"],
                         idle_timeout=durations["--idle-timeout"],
                         graceful_timeout=graceful_timeout, watch_config=watch_config,

@@ -24,6 +24,7 @@ class Settings:
     max_item_size: int = 1048576        # --max-item-size, as memcached's -I
     max_conns: int = 1024               # -c/--max-conns, clients for the whole router
     body_budget: int = 64 << 20         # --body-budget, bytes of partial bodies per worker
+    reply_budget: int = 64 << 20        # --reply-budget, value replies held past -b per worker
     body_timeout: float = 5.0           # --body-timeout, seconds stopped mid-request
     idle_timeout: float = 0.0           # --idle-timeout, seconds idle; 0: never
     reuseport: bool = False

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from mcrouter.config import ConfigError, HostAddr, Member, RouterConfig, parse_config
 from mcrouter.control import Channel, ChannelClosed
-from mcrouter._downstream import ClientConnection
+from mcrouter._downstream import ClientConnection, set_reply_budget
 from mcrouter._parser import set_body_budget
 from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
 from mcrouter.hosttable import HostTable
@@ -190,6 +190,7 @@ class Worker:
         counters.take_over(self.table.used)
         install(counters)               # before any client or upstream ring is made
         set_body_budget(s.body_budget)
+        set_reply_budget(s.reply_budget)
         return_memory_promptly()
         self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         pipe = _SignalPipe(self)

@@ -149,8 +149,10 @@ def test_run_with_invalid_config_is_one_line(tmp_path):
     ["-n", "0"], ["-r", "0"], ["-C", "0"], ["-l", "nonsense"], ["--log-level", "loud"],
     ["--max-item-size", "huge"], ["-H", "often"], ["-t", "0s"], ["--connect-timeout-ms", "0"],
     ["-L", "nonsense"], ["-L", "unix:///tmp/metrics.sock"], ["--log-format", "xml"],
+    ["--body-budget", "lots"], ["--reply-budget", "lots"],
 ], ids=["workers0", "timeout0", "conns0", "listen", "log-level", "item-size", "healthcheck",
-        "dns-ttl", "connect-timeout", "metrics-addr", "metrics-unix", "log-format"])
+        "dns-ttl", "connect-timeout", "metrics-addr", "metrics-unix", "log-format",
+        "body-budget", "reply-budget"])
 def test_run_bad_flags_are_one_line(tmp_path, args):
     cfg = write(tmp_path, "orderedPool: []\nroute: {type: LocalRoute}\n")
     if "-l" not in args:
