@@ -2,6 +2,7 @@
 from typing import Any
 from typing_extensions import disjoint_base
 
+from mcrouter._loop import Handler
 from mcrouter._parser import Request, RequestParser
 
 MAX_PENDING: int
@@ -13,11 +14,10 @@ MAX_IOV: int
 LINGER: float
 
 @disjoint_base
-class ClientConnection:
+class ClientConnection(Handler):
     worker: Any
     fd: int
     parser: RequestParser
-    dirty: bool
     closed: bool
     lingering: bool
     answered: int

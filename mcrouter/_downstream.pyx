@@ -45,6 +45,7 @@ from itertools import islice
 import select
 import socket
 
+from mcrouter._loop cimport Handler, Loop
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR, TAKE_NO,
@@ -71,9 +72,9 @@ cdef inline Py_ssize_t reply_keys(Request req):
     return max(1, len(req.keys)) if req.keys is not None else 1
 
 
-cdef class ClientConnection:
+cdef class ClientConnection(Handler):
     cdef readonly object worker
-    cdef object loop
+    cdef Loop loop
     cdef object sock
     cdef readonly int fd
     cdef readonly object parser    # RequestParser
@@ -89,7 +90,6 @@ cdef class ClientConnection:
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
     cdef public double last_read   # loop time of the last bytes read (timeouts)
-    cdef public bint dirty         # queued in loop.dirty_clients for this turn
     cdef readonly bint closed
     cdef bint quitting
     cdef bint eof                  # the client half-closed
@@ -126,14 +126,18 @@ cdef class ClientConnection:
 
     # -- events ------------------------------------------------------------
 
-    cpdef on_event(self, int mask):
+    def on_event(self, int mask):
+        self.c_on_event(mask)
+
+    cdef int c_on_event(self, unsigned int mask) except -1:
         if mask & EV_IN:
             self.read()
         elif mask & EV_ERR and not mask & EV_OUT:
             self.close()
-            return
+            return 0
         if mask & EV_OUT and not self.closed:
-            self.flush()
+            self.c_flush()
+        return 0
 
     cdef read(self):
         cdef Py_ssize_t n
@@ -244,9 +248,7 @@ cdef class ClientConnection:
         if self.closed:
             return
         self._queue(part)
-        if not self.dirty:
-            self.dirty = True
-            self.loop.dirty_clients.append(self)
+        self.loop.mark_client(self)
 
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
@@ -292,9 +294,7 @@ cdef class ClientConnection:
             elif self.reply_guess > self.guess_floor:
                 self.reply_guess = max(self.guess_floor,
                                        self.reply_guess - ((self.reply_guess - size) >> 3))
-        if not self.dirty:
-            self.dirty = True
-            self.loop.dirty_clients.append(self)
+        self.loop.mark_client(self)
 
     cdef _queue(self, reply):
         """Queue one part of the output: as is if large, else coalesced."""
@@ -359,16 +359,19 @@ cdef class ClientConnection:
                 left = 0
         return sent
 
-    cpdef flush(self):
+    def flush(self):
+        self.c_flush()
+
+    cdef int c_flush(self) except -1:
         cdef Py_ssize_t sent = 0
         if self.closed:
-            return
+            return 0
         if self.out:
             try:
                 sent = self._send()
             except OSError:
                 self.close()
-                return
+                return 0
             self.counters.add(G_BYTES_OUT, sent)
         if self.queued and not self.quitting:
             self.forward()
@@ -376,13 +379,13 @@ cdef class ClientConnection:
                 self.on_reply(self.pending[0])
         if not self.out and not self.pending and self.draining and not self.lingering:
             self._hang_up()
-            return
+            return 0
         if self.quitting and not self.out and not self.lingering:
             self._hang_up()     # the client may still be sending: see the docstring
-            return
+            return 0
         if self.eof and not self.pending and not self.out:
             self.close()
-            return
+            return 0
         if not self.reading:
             if not self.parser.closing and self.out_bytes <= self.out_limit // 2 \
                     and self.held_in <= self.out_limit // 2 \
@@ -393,6 +396,7 @@ cdef class ClientConnection:
         elif self.over_limit():
             self._set_reading(False)
         self._set_want_write(self.out_bytes > 0)
+        return 0
 
     # -- state -------------------------------------------------------------
 
