@@ -25,6 +25,13 @@ while reading is paused for the bounds above (it is already counted), so a
 client that stops reading its replies cannot pin the budget: it finishes the
 block or meets the body timeout.
 
+Bytes move through one pair, ``recv_into``/``send_out``: on a plain
+connection (``tls`` None) libc ``recv`` into the loop's buffer and
+``send``/``sendmsg`` over the output parts, on the descriptor (the socket
+module's methods cost more per call than parsing the request); with a TLS
+session in ``tls`` (issue 14) its socket-like ``recv_into``/``send``.
+Nothing else here sees whether a connection is encrypted.
+
 Output is a queue of parts, written with one ``send``/``sendmsg`` per turn:
 small replies are coalesced into a bytearray, a large reply is queued as the
 bytes object the upstream ring cut, never copied again.  A drained queue
@@ -41,11 +48,12 @@ after that was never executed and is safe to send again elsewhere.
 """
 
 from collections import deque
-from itertools import islice
 import select
 import socket
 
-from mcrouter._loop cimport Handler, Loop
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from mcrouter._loop cimport Handler, Loop, iovec, fd_recv, fd_send, fd_sendv
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR, TAKE_NO,
@@ -63,6 +71,7 @@ REPLY_WINDOW = 16            # a new client's first window: this many keys in fl
 MAX_WINDOW_KEYS = 32         # the most keys in flight beyond the first request
 COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
 MAX_IOV = 64                 # parts one sendmsg takes
+DEF C_MAX_IOV = 64
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
 
@@ -101,6 +110,7 @@ cdef class ClientConnection(Handler):
     cdef Py_ssize_t recv_size
     cdef Py_ssize_t out_limit
     cdef Counters counters         # this worker's metrics slot
+    cdef public object tls         # None: plain bytes on fd; else a TLS session (docstring)
 
     def __init__(self, worker, sock):
         s = worker.settings
@@ -139,15 +149,25 @@ cdef class ClientConnection(Handler):
             self.c_flush()
         return 0
 
+    cdef Py_ssize_t recv_into(self, bytearray buf, Py_ssize_t size) except -2:
+        """Read at most ``size`` bytes into ``buf``: the bytes read, 0 at end
+        of file, -1 if none now; OSError on a failure."""
+        if self.tls is None:
+            return fd_recv(self.fd, PyByteArray_AS_STRING(buf), size)
+        try:
+            return self.tls.recv_into(buf, size)
+        except (BlockingIOError, InterruptedError):
+            return -1
+
     cdef read(self):
         cdef Py_ssize_t n
-        buf = self.loop.recv_buf
+        cdef bytearray buf = self.loop.recv_buf
         try:
-            n = self.sock.recv_into(buf, self.recv_size)
-        except (BlockingIOError, InterruptedError):
-            return
+            n = self.recv_into(buf, min(self.recv_size, PyByteArray_GET_SIZE(buf)))
         except OSError:
             self.close()
+            return
+        if n < 0:
             return
         if self.lingering:
             if n == 0:
@@ -331,20 +351,47 @@ cdef class ClientConnection(Handler):
         self._queue(b"END\r\n")
         return total + 5
 
+    cdef Py_ssize_t send_out(self) except -2:
+        """Write from the head of the output (``out_off`` bytes into its
+        first part): the bytes written, -1 if none now; OSError on a
+        failure.  Plain: one send, or one sendmsg of up to MAX_IOV parts."""
+        cdef iovec iov[C_MAX_IOV]
+        cdef Py_ssize_t count = 0, size
+        cdef char *data
+        out = self.out
+        if self.tls is not None:
+            first = out[0]
+            try:
+                return self.tls.send(memoryview(first)[self.out_off:] if self.out_off else first)
+            except (BlockingIOError, InterruptedError):
+                return -1
+        for part in out:
+            if type(part) is bytes:
+                data = PyBytes_AS_STRING(part)
+                size = PyBytes_GET_SIZE(part)
+            elif type(part) is bytearray:
+                data = PyByteArray_AS_STRING(part)
+                size = PyByteArray_GET_SIZE(part)
+            else:
+                raise TypeError(f"an output part must be bytes or bytearray: {type(part)}")
+            if count == 0:
+                data += self.out_off
+                size -= self.out_off
+            iov[count].iov_base = data
+            iov[count].iov_len = size
+            count += 1
+            if count == C_MAX_IOV:
+                break
+        if count == 1:
+            return fd_send(self.fd, <const char *>iov[0].iov_base, iov[0].iov_len)
+        return fd_sendv(self.fd, iov, count)
+
     cdef Py_ssize_t _send(self) except -1:
         """One send (or sendmsg of several parts) of the queued output."""
         cdef Py_ssize_t sent, left
         out = self.out
-        first = out[0]
-        try:
-            if len(out) == 1:
-                sent = self.sock.send(memoryview(first)[self.out_off:] if self.out_off else first)
-            else:
-                parts = list(islice(out, 0, MAX_IOV))
-                if self.out_off:
-                    parts[0] = memoryview(first)[self.out_off:]
-                sent = self.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
+        sent = self.send_out()
+        if sent <= 0:
             return 0
         self.out_bytes -= sent
         left = sent

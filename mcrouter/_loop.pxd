@@ -1,5 +1,72 @@
+from cpython.exc cimport PyErr_SetFromErrno
+from libc.errno cimport errno, EAGAIN, EINTR
+
+cdef extern from "<errno.h>" nogil:
+    int EWOULDBLOCK
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    cdef struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
+    ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
+    ssize_t c_sendmsg "sendmsg" (int fd, const msghdr *msg, int flags)
+    int MSG_NOSIGNAL
+
 cdef enum:
     MAX_EVENTS = 1023
+
+
+# Raw descriptor I/O for plain connections (why: _loop.pyx).  Each returns
+# the bytes moved (0 from fd_recv: end of file), -1 when the kernel has
+# nothing now (EAGAIN, EINTR: the next turn tries again), and raises the
+# OSError the socket module would for any other error.
+
+cdef inline Py_ssize_t fd_recv(int fd, char *buf, Py_ssize_t size) except -2:
+    cdef ssize_t n = c_recv(fd, buf, size, 0)
+    if n >= 0:
+        return n
+    if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+        return -1
+    PyErr_SetFromErrno(OSError)
+    return -2
+
+cdef inline Py_ssize_t fd_send(int fd, const char *data, Py_ssize_t size) except -2:
+    cdef ssize_t n = c_send(fd, data, size, MSG_NOSIGNAL)
+    if n >= 0:
+        return n
+    if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+        return -1
+    PyErr_SetFromErrno(OSError)
+    return -2
+
+cdef inline Py_ssize_t fd_sendv(int fd, iovec *iov, Py_ssize_t count) except -2:
+    cdef msghdr msg
+    cdef ssize_t n
+    msg.msg_name = NULL
+    msg.msg_namelen = 0
+    msg.msg_iov = iov
+    msg.msg_iovlen = count
+    msg.msg_control = NULL
+    msg.msg_controllen = 0
+    msg.msg_flags = 0
+    n = c_sendmsg(fd, &msg, MSG_NOSIGNAL)
+    if n >= 0:
+        return n
+    if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+        return -1
+    PyErr_SetFromErrno(OSError)
+    return -2
 
 
 cdef class Handler:

@@ -462,8 +462,9 @@ def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, s
 # -- the socket seam ---------------------------------------------------------
 
 class Seam:
-    """Wraps the connection's socket: takes at most ``chunk`` bytes a send,
-    and records which buffer each recv_into was given."""
+    """Stands in for a TLS session (``Connection.tls``) over the connection's
+    socket: takes at most ``chunk`` bytes a send, and records which buffer
+    each recv_into was given."""
 
     def __init__(self, sock: socket.socket, chunk: int) -> None:
         self.sock = sock
@@ -490,7 +491,7 @@ def test_write_interest_only_while_bytes_wait_and_reads_use_the_loop_buffer(make
     host = make_host(server.getsockname()[1])
     peer, conn = connected(loop, host, server)
     seam = Seam(conn.sock, chunk=6)
-    conn.sock = seam
+    conn.tls = seam                           # the I/O seam a TLS session takes
     modified: list[tuple[int, int]] = []
     real_modify = loop.modify
 
