@@ -86,7 +86,7 @@ cdef class ClientConnection(Handler):
     cdef Loop loop
     cdef object sock
     cdef readonly int fd
-    cdef readonly object parser    # RequestParser
+    cdef readonly RequestParser parser
     cdef object pending            # deque of Request, oldest first
     cdef object queued             # the tail of pending not yet forwarded, oldest first
     cdef Py_ssize_t released       # requests taken from queued so far
@@ -182,9 +182,9 @@ cdef class ClientConnection(Handler):
                 self.close()
             return
         self.last_read = self.loop.now
-        self.take(buf, n)
+        self.take(<const unsigned char *>PyByteArray_AS_STRING(buf), n)
 
-    cdef take(self, data, Py_ssize_t n):
+    cdef take(self, const unsigned char *data, Py_ssize_t n):
         """Parse what the client sent, never more than MAX_PENDING requests
         owed a reply: the rest waits in the parser, and reading pauses until
         replies drain, so one client's memory stays bounded.  Forward what
@@ -196,7 +196,7 @@ cdef class ClientConnection(Handler):
         if self.out_bytes > self.out_limit or self.held_in > self.out_limit:
             room = min(room, 1)     # read on only to finish a reserved data block
         self.counters.add(G_BYTES_IN, n)
-        reqs = self.parser.feed(data, n, room)
+        reqs = self.parser.feed_ptr(data, n, room)
         if reqs:
             pending = self.pending
             queued = self.queued
@@ -220,7 +220,7 @@ cdef class ClientConnection(Handler):
         requests owed a reply), unless a reserved data block is still
         arriving (see the module docstring)."""
         return (self.out_bytes > self.out_limit or self.held_in > self.out_limit) \
-            and not self.parser.body_pending
+            and not self.parser.reserved     # (parser.body_pending)
 
     cdef forward(self):
         """Route queued requests, in order, while the window has room: the
@@ -438,8 +438,8 @@ cdef class ClientConnection(Handler):
                     and self.held_in <= self.out_limit // 2 \
                     and len(self.pending) <= C_MAX_PENDING // 2:
                 self._set_reading(True)
-                if self.parser.buffered:
-                    self.take(b"", 0)   # requests read earlier, held back by the bound
+                if len(self.parser.buf):
+                    self.take(NULL, 0)   # requests read earlier, held back by the bound
         elif self.over_limit():
             self._set_reading(False)
         self._set_want_write(self.out_bytes > 0)
