@@ -47,9 +47,10 @@ read.  So a client sees every reply, then end-of-file; whatever it sent
 after that was never executed and is safe to send again elsewhere.
 """
 
-from collections import deque
 import select
 import socket
+
+cimport cython
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -76,6 +77,52 @@ cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
 
 
+@cython.final
+cdef class Fifo:
+    """A queue as a list and a head index: pushes and pops are C calls, not
+    deque method calls through Python.  Popped slots are dropped in bulk."""
+    cdef list items
+    cdef Py_ssize_t head
+
+    def __cinit__(self):
+        self.items = []
+
+    cdef inline Py_ssize_t size(self):
+        return len(self.items) - self.head
+
+    cdef inline object first(self):
+        return self.items[self.head]
+
+    cdef inline object at(self, Py_ssize_t i):
+        return self.items[self.head + i]
+
+    cdef inline object last(self):
+        return self.items[len(self.items) - 1]
+
+    cdef inline int set_last(self, x) except -1:
+        self.items[len(self.items) - 1] = x
+        return 0
+
+    cdef inline int push(self, x) except -1:
+        self.items.append(x)
+        return 0
+
+    cdef object pop(self):
+        cdef list items = self.items
+        x = items[self.head]
+        items[self.head] = None
+        self.head += 1
+        if self.head >= 32 and self.head * 2 >= len(items):
+            del items[:self.head]
+            self.head = 0
+        return x
+
+    cdef int clear(self) except -1:
+        self.items = []
+        self.head = 0
+        return 0
+
+
 cdef inline Py_ssize_t reply_keys(Request req):
     """Replies a request's window share counts: one per key asked."""
     return max(1, len(req.keys)) if req.keys is not None else 1
@@ -87,15 +134,15 @@ cdef class ClientConnection(Handler):
     cdef object sock
     cdef readonly int fd
     cdef readonly RequestParser parser
-    cdef object pending            # deque of Request, oldest first
-    cdef object queued             # the tail of pending not yet forwarded, oldest first
+    cdef Fifo pending              # Request, oldest first
+    cdef Fifo queued               # the tail of pending not yet forwarded, oldest first
     cdef Py_ssize_t released       # requests taken from queued so far
     cdef Py_ssize_t reply_guess    # expected reply size per key (the window's unit)
     cdef Py_ssize_t guess_floor    # reply_guess never decays below this
     cdef Py_ssize_t released_keys  # keys of the requests taken from queued so far
     cdef Py_ssize_t answered_keys  # keys of the requests answered so far
     cdef Py_ssize_t held_in        # wire bytes of the requests owed a reply
-    cdef object out                # deque of parts (bytes, bytearray) ready to write
+    cdef Fifo out                  # parts (bytes, bytearray) ready to write
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
     cdef public double last_read   # loop time of the last bytes read (timeouts)
@@ -120,9 +167,9 @@ cdef class ClientConnection(Handler):
         self.fd = sock.fileno()
         self.parser = RequestParser(s.max_item_size, max(s.buffer_size, MAX_GET_LINE),
                                     worker.next_channel())
-        self.pending = deque()
-        self.queued = deque()
-        self.out = deque()
+        self.pending = Fifo()
+        self.queued = Fifo()
+        self.out = Fifo()
         self.last_read = self.loop.now
         self.reading = True
         self.recv_size = min(s.buffer_size, 256 * 1024)
@@ -178,7 +225,7 @@ cdef class ClientConnection(Handler):
             self.eof = True
             self.parser.closing = True
             self._set_reading(False)
-            if not self.pending and not self.out:
+            if not self.pending.size() and not self.out.size():
                 self.close()
             return
         self.last_read = self.loop.now
@@ -191,7 +238,8 @@ cdef class ClientConnection(Handler):
         the window allows (forward)."""
         cdef list reqs
         cdef Request req
-        cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
+        cdef Fifo pending, queued
+        cdef Py_ssize_t room = C_MAX_PENDING - self.pending.size()
         cdef unsigned long long now = self.counters.tick()
         if self.out_bytes > self.out_limit or self.held_in > self.out_limit:
             room = min(room, 1)     # read on only to finish a reserved data block
@@ -207,11 +255,11 @@ cdef class ClientConnection(Handler):
                     self.held_in += len(req.wire)
                     if req.rkind == RK_GET and req.order is None and req.override is None:
                         req.stream = True       # see on_partial
-                pending.append(req)
-                queued.append(req)
+                pending.push(req)
+                queued.push(req)
             self.forward()
-            if pending and (<Request>pending[0]).reply is not None:
-                self.on_reply(pending[0])
+            if pending.size() and (<Request>pending.first()).reply is not None:
+                self.on_reply(pending.first())
         if self.parser.closing or len(reqs) >= room or self.over_limit():
             self._set_reading(False)
 
@@ -229,18 +277,18 @@ cdef class ClientConnection(Handler):
         is within it, so every client makes progress)."""
         cdef Request req
         cdef Py_ssize_t keys
-        queued = self.queued
+        cdef Fifo queued = self.queued
         dispatch = self.worker.route.dispatch
-        while queued:
+        while queued.size():
             if self.out_bytes > self.out_limit:
                 return
-            req = <Request>queued[0]
+            req = <Request>queued.first()
             keys = reply_keys(req)
             if self.released > self.answered and self.out_bytes + (
                     self.released_keys - self.answered_keys + keys) * self.reply_guess \
                     > self.out_limit:
                 return
-            queued.popleft()
+            queued.pop()
             self.released += 1
             self.released_keys += keys
             if req.reply is None:
@@ -258,7 +306,7 @@ cdef class ClientConnection(Handler):
         often as the line allows)."""
         if self.closed:
             return TAKE_YES     # nobody will read them: dropped as they come
-        if not self.pending or self.pending[0] is not req:
+        if not self.pending.size() or self.pending.first() is not req:
             return TAKE_NO
         return TAKE_YES if self.out_bytes <= self.out_limit else TAKE_BOUNDED
 
@@ -276,13 +324,12 @@ cdef class ClientConnection(Handler):
         cdef Py_ssize_t size, keys
         if self.closed:
             return
-        pending = self.pending
-        out = self.out
-        while pending:
-            r = <Request>pending[0]
+        cdef Fifo pending = self.pending
+        while pending.size():
+            r = <Request>pending.first()
             if r.reply is None:
                 break
-            pending.popleft()
+            pending.pop()
             self.answered += 1
             keys = reply_keys(r)
             self.answered_keys += keys
@@ -319,15 +366,14 @@ cdef class ClientConnection(Handler):
     cdef _queue(self, reply):
         """Queue one part of the output: as is if large, else coalesced."""
         cdef Py_ssize_t size = len(reply)
-        out = self.out
-        cdef Py_ssize_t tail = len(out) - 1     # (compiled without negative indexing)
-        if tail < 0 or size >= C_COALESCE or len(out[tail]) >= C_COALESCE * 8:
-            out.append(reply)           # queued as is: no copy
+        cdef Fifo out = self.out
+        if not out.size() or size >= C_COALESCE or len(out.last()) >= C_COALESCE * 8:
+            out.push(reply)             # queued as is: no copy
         else:
-            last = out[tail]
+            last = out.last()
             if type(last) is not bytearray:
                 last = bytearray(last)
-                out[tail] = last
+                out.set_last(last)
             last += reply
         self.out_bytes += size
 
@@ -339,13 +385,13 @@ cdef class ClientConnection(Handler):
             self._queue(reply)
             return len(reply)
         blocks = dict(split_values(reply))
-        out = self.out
+        cdef Fifo out = self.out
         for key in order:
             block = blocks.get(key)
             if block is not None:
                 # a part of its own, never coalesced: each repeat is one more
                 # reference to the same bytes, not one more copy of them
-                out.append(block)
+                out.push(block)
                 total += len(block)
         self.out_bytes += total
         self._queue(b"END\r\n")
@@ -358,14 +404,16 @@ cdef class ClientConnection(Handler):
         cdef iovec iov[C_MAX_IOV]
         cdef Py_ssize_t count = 0, size
         cdef char *data
-        out = self.out
+        cdef Fifo out = self.out
+        cdef Py_ssize_t i, parts = min(out.size(), C_MAX_IOV)
         if self.tls is not None:
-            first = out[0]
+            first = out.first()
             try:
                 return self.tls.send(memoryview(first)[self.out_off:] if self.out_off else first)
             except (BlockingIOError, InterruptedError):
                 return -1
-        for part in out:
+        for i in range(parts):
+            part = out.at(i)
             if type(part) is bytes:
                 data = PyBytes_AS_STRING(part)
                 size = PyBytes_GET_SIZE(part)
@@ -380,8 +428,6 @@ cdef class ClientConnection(Handler):
             iov[count].iov_base = data
             iov[count].iov_len = size
             count += 1
-            if count == C_MAX_IOV:
-                break
         if count == 1:
             return fd_send(self.fd, <const char *>iov[0].iov_base, iov[0].iov_len)
         return fd_sendv(self.fd, iov, count)
@@ -389,17 +435,17 @@ cdef class ClientConnection(Handler):
     cdef Py_ssize_t _send(self) except -1:
         """One send (or sendmsg of several parts) of the queued output."""
         cdef Py_ssize_t sent, left
-        out = self.out
+        cdef Fifo out = self.out
         sent = self.send_out()
         if sent <= 0:
             return 0
         self.out_bytes -= sent
         left = sent
         while left:
-            first = out[0]
+            first = out.first()
             if left >= len(first) - self.out_off:
                 left -= len(first) - self.out_off
-                out.popleft()
+                out.pop()
                 self.out_off = 0
             else:
                 self.out_off += left
@@ -413,30 +459,31 @@ cdef class ClientConnection(Handler):
         cdef Py_ssize_t sent = 0
         if self.closed:
             return 0
-        if self.out:
+        if self.out.size():
             try:
                 sent = self._send()
             except OSError:
                 self.close()
                 return 0
             self.counters.add(G_BYTES_OUT, sent)
-        if self.queued and not self.quitting:
+        if self.queued.size() and not self.quitting:
             self.forward()
-            if self.pending and (<Request>self.pending[0]).reply is not None:
-                self.on_reply(self.pending[0])
-        if not self.out and not self.pending and self.draining and not self.lingering:
+            if self.pending.size() and (<Request>self.pending.first()).reply is not None:
+                self.on_reply(self.pending.first())
+        if not self.out.size() and not self.pending.size() and self.draining \
+                and not self.lingering:
             self._hang_up()
             return 0
-        if self.quitting and not self.out and not self.lingering:
+        if self.quitting and not self.out.size() and not self.lingering:
             self._hang_up()     # the client may still be sending: see the docstring
             return 0
-        if self.eof and not self.pending and not self.out:
+        if self.eof and not self.pending.size() and not self.out.size():
             self.close()
             return 0
         if not self.reading:
             if not self.parser.closing and self.out_bytes <= self.out_limit // 2 \
                     and self.held_in <= self.out_limit // 2 \
-                    and len(self.pending) <= C_MAX_PENDING // 2:
+                    and self.pending.size() <= C_MAX_PENDING // 2:
                 self._set_reading(True)
                 if len(self.parser.buf):
                     self.take(NULL, 0)   # requests read earlier, held back by the bound
@@ -483,7 +530,7 @@ cdef class ClientConnection(Handler):
         self.draining = True
         self.parser.closing = True
         self._set_reading(False)
-        if not self.pending and not self.out:
+        if not self.pending.size() and not self.out.size():
             self._hang_up()
 
     def stale(self, double now, double body_timeout, double idle_timeout):
@@ -495,16 +542,16 @@ cdef class ClientConnection(Handler):
         quiet = now - self.last_read
         if self.reading and not self.eof and self.parser.midway and quiet > body_timeout:
             return True
-        return idle_timeout > 0 and quiet > idle_timeout and not self.pending \
-            and not self.out and not self.draining
+        return idle_timeout > 0 and quiet > idle_timeout and not self.pending.size() \
+            and not self.out.size() and not self.draining
 
     def reply_mark(self):
         """The value of ``answered`` once every request read so far is answered."""
-        return self.answered + len(self.pending)
+        return self.answered + self.pending.size()
 
     @property
     def idle(self):
-        return self.closed or (not self.pending and not self.out)
+        return self.closed or (not self.pending.size() and not self.out.size())
 
     def abort(self):
         self.close()
