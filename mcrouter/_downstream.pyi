@@ -1,5 +1,6 @@
 """Type stubs for the client connection extension (see _downstream.pyx)."""
-from typing import Any
+from typing import Any, final
+
 from typing_extensions import disjoint_base
 
 from mcrouter._loop import Handler
@@ -12,6 +13,9 @@ MAX_WINDOW_KEYS: int
 COALESCE: int
 MAX_IOV: int
 LINGER: float
+
+@final
+class Fifo: ...            # a queue for the compiled side only
 
 @disjoint_base
 class ClientConnection(Handler):
