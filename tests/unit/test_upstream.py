@@ -10,6 +10,7 @@ the upstream path (in Cython) must keep.
 from __future__ import annotations
 
 import errno
+import struct
 import socket
 import time
 from typing import Callable
@@ -577,3 +578,52 @@ def test_running_out_of_descriptors_at_a_reconnect_is_a_connect_failure(make_hos
     drive(loop, lambda: errors(block, host, E_CONNECT) == 2, "the retry failing")
     conn = host.conns[0]
     assert conn.state == CONN_DOWN and conn.sock is None and len(loop._timers) == 1
+
+
+# -- raw descriptor I/O (plain connections: libc recv/send on the fd) --------
+
+def test_a_server_reset_fails_the_connection_with_the_recv_error(make_host, loop, server,
+                                                                 block):
+    host = make_host(server.getsockname()[1])
+    peer, conn = connected(loop, host, server)
+    inbox = Inbox()
+    assert written(loop, host, peer, b"get a\r\n", inbox) == b"get a\r\n"
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()                              # a reset, not an end of file
+    drive(loop, lambda: conn.state == CONN_DOWN, "reset seen")
+    assert inbox.got == [(b"get a\r\n", ERROR, ST_ERROR)]
+    assert host.last_error == "recv: Connection reset by peer"
+    assert errors(block, host, E_RESET) == 1
+    assert conn.sock is None and conn.fd == -1 and loop.handlers == {}
+
+
+def test_a_server_that_reads_slowly_gets_every_byte_in_order(make_host, loop, server):
+    """The kernel takes part of a send (a partial write, then EAGAIN): the
+    rest stays in the ring, EPOLLOUT is asked for, and the server reads
+    exactly the requests' bytes once it reads."""
+    host = make_host(server.getsockname()[1])
+    peer, conn = connected(loop, host, server)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    inbox = Inbox()
+    data = b"".join(b"set k%d 0 0 65536\r\n%s\r\n" % (i, bytes([65 + i]) * 65536)
+                    for i in range(16))
+    reqs = requests(data, inbox)
+    for r in reqs:
+        host.send(r)
+    drive(loop, lambda: conn.want_write, "the kernel refused bytes")
+    assert 0 < conn.ring.pending < len(data)
+    got = bytearray()
+    peer.setblocking(False)
+
+    def read_some() -> bool:
+        try:
+            got.extend(peer.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(got) >= len(data)
+    drive(loop, read_some, "every byte read")
+    assert bytes(got) == data
+    drive(loop, lambda: not conn.want_write, "write interest dropped")
+    assert conn.ring.pending == 0 and inbox.got == []
+    peer.close()
