@@ -32,8 +32,7 @@ cdef enum:
 # nothing now (EAGAIN, EINTR: the next turn tries again), and raises the
 # OSError the socket module would for any other error.
 
-cdef inline Py_ssize_t fd_recv(int fd, char *buf, Py_ssize_t size) except -2:
-    cdef ssize_t n = c_recv(fd, buf, size, 0)
+cdef inline Py_ssize_t io_result(ssize_t n) except -2:
     if n >= 0:
         return n
     if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
@@ -41,18 +40,14 @@ cdef inline Py_ssize_t fd_recv(int fd, char *buf, Py_ssize_t size) except -2:
     PyErr_SetFromErrno(OSError)
     return -2
 
+cdef inline Py_ssize_t fd_recv(int fd, char *buf, Py_ssize_t size) except -2:
+    return io_result(c_recv(fd, buf, size, 0))
+
 cdef inline Py_ssize_t fd_send(int fd, const char *data, Py_ssize_t size) except -2:
-    cdef ssize_t n = c_send(fd, data, size, MSG_NOSIGNAL)
-    if n >= 0:
-        return n
-    if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
-        return -1
-    PyErr_SetFromErrno(OSError)
-    return -2
+    return io_result(c_send(fd, data, size, MSG_NOSIGNAL))
 
 cdef inline Py_ssize_t fd_sendv(int fd, iovec *iov, Py_ssize_t count) except -2:
     cdef msghdr msg
-    cdef ssize_t n
     msg.msg_name = NULL
     msg.msg_namelen = 0
     msg.msg_iov = iov
@@ -60,13 +55,7 @@ cdef inline Py_ssize_t fd_sendv(int fd, iovec *iov, Py_ssize_t count) except -2:
     msg.msg_control = NULL
     msg.msg_controllen = 0
     msg.msg_flags = 0
-    n = c_sendmsg(fd, &msg, MSG_NOSIGNAL)
-    if n >= 0:
-        return n
-    if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
-        return -1
-    PyErr_SetFromErrno(OSError)
-    return -2
+    return io_result(c_sendmsg(fd, &msg, MSG_NOSIGNAL))
 
 
 cdef class Handler:

@@ -15,6 +15,14 @@ tests' fakes) is called through Python.  The per-turn hook is a
 ``TurnHook`` (the worker's ``SignatureWatch``: one ``memcmp`` of the
 shared host table) or any callable.  A replaced ``ep`` (tests' fake
 epolls) or ``clock`` is honoured through Python calls.
+
+Connections move their bytes with the raw descriptor calls of _loop.pxd
+(``fd_recv``, ``fd_send``, ``fd_sendv``: libc recv/send/sendmsg on the fd,
+errors as the socket module reports them): a socket object's
+``recv_into``/``send``/``sendmsg`` cost more instructions per call than
+the router's own work on a small request.  Each connection class has one
+read/write pair that picks between those and a TLS session (its ``tls``
+attribute, socket-like), so TLS changes that pair and nothing else.
 """
 import heapq
 import itertools

@@ -15,6 +15,7 @@ import pytest
 from mcrouter._downstream import ClientConnection
 from mcrouter.loop import Loop
 from mcrouter.protocol import ST_OK
+from support.polling import reader
 
 DEADLINE = 5.0          # generous: only ever waited out on failure
 VALUE = 100_000         # bytes of each value the fake route answers with
@@ -119,13 +120,7 @@ def test_a_client_that_does_not_read_gets_every_byte_in_order_once_it_does(loop,
         pass
     assert 0 < len(got) < len(expected)       # the kernel refused the rest
 
-    def read_some() -> bool:
-        try:
-            got.extend(client.recv(1 << 20))
-        except BlockingIOError:
-            pass
-        return len(got) >= len(expected)
-    drive(loop, read_some, "every reply read")
+    drive(loop, reader(client, got, len(expected)), "every reply read")
     assert bytes(got) == expected
     assert conn.answered == len(keys) and not conn.closed
 
@@ -162,13 +157,7 @@ def test_a_tls_session_takes_the_connections_reads_and_writes(loop, accepted):
     client.setblocking(False)
     got = bytearray()
 
-    def read_some() -> bool:
-        try:
-            got.extend(client.recv(1 << 20))
-        except BlockingIOError:
-            pass
-        return len(got) >= len(expected)
-    drive(loop, read_some, "both replies read")
+    drive(loop, reader(client, got, len(expected)), "both replies read")
     assert bytes(got) == expected
     assert seam.reads[0] == 14 and b"".join(seam.sends) == expected
     assert all(len(s) <= 30_000 for s in seam.sends) and len(seam.sends) >= 7

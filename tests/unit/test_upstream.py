@@ -10,8 +10,8 @@ the upstream path (in Cython) must keep.
 from __future__ import annotations
 
 import errno
-import struct
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -30,6 +30,7 @@ from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UP
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
 from mcrouter.upstream import (BACKOFF_MAX, BACKOFF_MIN, CONN_CONNECTING, CONN_DOWN, CONN_UP,
                                Connection, Host)
+from support.polling import reader
 
 # the router's own replies, as the client reads them (and as protocol.py writes them)
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -616,13 +617,7 @@ def test_a_server_that_reads_slowly_gets_every_byte_in_order(make_host, loop, se
     got = bytearray()
     peer.setblocking(False)
 
-    def read_some() -> bool:
-        try:
-            got.extend(peer.recv(1 << 20))
-        except BlockingIOError:
-            pass
-        return len(got) >= len(data)
-    drive(loop, read_some, "every byte read")
+    drive(loop, reader(peer, got, len(data)), "every byte read")
     assert bytes(got) == data
     drive(loop, lambda: not conn.want_write, "write interest dropped")
     assert conn.ring.pending == 0 and inbox.got == []
