@@ -1,7 +1,9 @@
 """Type stubs for the client connection extension (see _downstream.pyx)."""
-from typing import Any
+from typing import Any, final
+
 from typing_extensions import disjoint_base
 
+from mcrouter._loop import Handler
 from mcrouter._parser import Request, RequestParser
 
 MAX_PENDING: int
@@ -15,16 +17,19 @@ LINGER: float
 def set_reply_budget(budget: int) -> None: ...
 def reply_bytes_charged() -> int: ...
 
+@final
+class Fifo: ...            # a queue for the compiled side only
+
 @disjoint_base
-class ClientConnection:
+class ClientConnection(Handler):
     worker: Any
     fd: int
     parser: RequestParser
-    dirty: bool
     closed: bool
     lingering: bool
     answered: int
     last_read: float
+    tls: Any                # None: plain I/O on fd; else a TLS session
     def __init__(self, worker: Any, sock: Any) -> None: ...
     def on_event(self, mask: int) -> None: ...
     def on_reply(self, req: Request) -> None: ...

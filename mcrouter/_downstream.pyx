@@ -38,6 +38,13 @@ while reading is paused for the bounds above (it is already counted), so a
 client that stops reading its replies cannot pin the budget: it finishes the
 block or meets the body timeout.
 
+Bytes move through one pair, ``recv_into``/``send_out``: on a plain
+connection (``tls`` None) libc ``recv`` into the loop's buffer and
+``send``/``sendmsg`` over the output parts, on the descriptor (the socket
+module's methods cost more per call than parsing the request); with a TLS
+session in ``tls`` (issue 14) its socket-like ``recv_into``/``send``.
+Nothing else here sees whether a connection is encrypted.
+
 Output is a queue of parts, written with one ``send``/``sendmsg`` per turn:
 small replies are coalesced into a bytearray, a large reply is queued as the
 bytes object the upstream ring cut, never copied again.  A drained queue
@@ -53,11 +60,14 @@ read.  So a client sees every reply, then end-of-file; whatever it sent
 after that was never executed and is safe to send again elsewhere.
 """
 
-from collections import deque
-from itertools import islice
 import select
 import socket
 
+cimport cython
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from mcrouter._loop cimport Handler, Loop, iovec, fd_recv, fd_send, fd_sendv
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
 from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, RK_META, ST_ERROR,
@@ -75,6 +85,7 @@ REPLY_WINDOW = 16            # a new client's first window: this many keys in fl
 MAX_WINDOW_KEYS = 32         # the most keys in flight beyond the first request
 COALESCE = 8 * 1024          # replies smaller than this are copied into one output part
 MAX_IOV = 64                 # parts one sendmsg takes
+DEF C_MAX_IOV = 64
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
 cdef bytes R_GET_OOM = b"SERVER_ERROR out of memory writing get response\r\n"
@@ -96,30 +107,75 @@ def reply_bytes_charged():
     return reply_charged
 
 
+@cython.final
+cdef class Fifo:
+    """A queue as a list and a head index: pushes and pops are C calls, not
+    deque method calls through Python.  Popped slots are dropped in bulk."""
+    cdef list items
+    cdef Py_ssize_t head
+
+    def __cinit__(self):
+        self.items = []
+
+    cdef inline Py_ssize_t size(self):
+        return len(self.items) - self.head
+
+    cdef inline object first(self):
+        return self.items[self.head]
+
+    cdef inline object at(self, Py_ssize_t i):
+        return self.items[self.head + i]
+
+    cdef inline object last(self):
+        return self.items[len(self.items) - 1]
+
+    cdef inline int set_last(self, x) except -1:
+        self.items[len(self.items) - 1] = x
+        return 0
+
+    cdef inline int push(self, x) except -1:
+        self.items.append(x)
+        return 0
+
+    cdef object pop(self):
+        cdef list items = self.items
+        x = items[self.head]
+        items[self.head] = None
+        self.head += 1
+        if self.head >= 32 and self.head * 2 >= len(items):
+            del items[:self.head]
+            self.head = 0
+        return x
+
+    cdef int clear(self) except -1:
+        self.items = []
+        self.head = 0
+        return 0
+
+
 cdef inline Py_ssize_t reply_keys(Request req):
     """Replies a request's window share counts: one per key asked."""
     return max(1, len(req.keys)) if req.keys is not None else 1
 
 
-cdef class ClientConnection:
+cdef class ClientConnection(Handler):
     cdef readonly object worker
-    cdef object loop
+    cdef Loop loop
     cdef object sock
     cdef readonly int fd
-    cdef readonly object parser    # RequestParser
-    cdef object pending            # deque of Request, oldest first
-    cdef object queued             # the tail of pending not yet forwarded, oldest first
+    cdef readonly RequestParser parser
+    cdef Fifo pending              # Request, oldest first
+    cdef Fifo queued               # the tail of pending not yet forwarded, oldest first
     cdef Py_ssize_t released       # requests taken from queued so far
     cdef Py_ssize_t reply_guess    # expected reply size per key (the window's unit)
     cdef Py_ssize_t guess_floor    # reply_guess never decays below this
     cdef Py_ssize_t released_keys  # keys of the requests taken from queued so far
     cdef Py_ssize_t answered_keys  # keys of the requests answered so far
     cdef Py_ssize_t held_in        # wire bytes of the requests owed a reply
-    cdef object out                # deque of parts (bytes, bytearray) ready to write
+    cdef Fifo out                  # parts (bytes, bytearray) ready to write
     cdef Py_ssize_t out_bytes      # bytes in out not yet written
     cdef Py_ssize_t out_off        # bytes of out[0] already written
     cdef public double last_read   # loop time of the last bytes read (timeouts)
-    cdef public bint dirty         # queued in loop.dirty_clients for this turn
     cdef readonly bint closed
     cdef bint quitting
     cdef bint eof                  # the client half-closed
@@ -132,6 +188,7 @@ cdef class ClientConnection:
     cdef Py_ssize_t out_limit
     cdef Py_ssize_t charged        # bytes of its replies charged to the reply budget
     cdef Counters counters         # this worker's metrics slot
+    cdef public object tls         # None: plain bytes on fd; else a TLS session (docstring)
 
     def __init__(self, worker, sock):
         s = worker.settings
@@ -141,9 +198,9 @@ cdef class ClientConnection:
         self.fd = sock.fileno()
         self.parser = RequestParser(s.max_item_size, max(s.buffer_size, MAX_GET_LINE),
                                     worker.next_channel())
-        self.pending = deque()
-        self.queued = deque()
-        self.out = deque()
+        self.pending = Fifo()
+        self.queued = Fifo()
+        self.out = Fifo()
         self.last_read = self.loop.now
         self.reading = True
         self.recv_size = min(s.buffer_size, 256 * 1024)
@@ -157,24 +214,38 @@ cdef class ClientConnection:
 
     # -- events ------------------------------------------------------------
 
-    cpdef on_event(self, int mask):
+    def on_event(self, int mask):
+        self.c_on_event(mask)
+
+    cdef int c_on_event(self, unsigned int mask) except -1:
         if mask & EV_IN:
             self.read()
         elif mask & EV_ERR and not mask & EV_OUT:
             self.close()
-            return
+            return 0
         if mask & EV_OUT and not self.closed:
-            self.flush()
+            self.c_flush()
+        return 0
+
+    cdef Py_ssize_t recv_into(self, bytearray buf, Py_ssize_t size) except -2:
+        """Read at most ``size`` bytes into ``buf``: the bytes read, 0 at end
+        of file, -1 if none now; OSError on a failure."""
+        if self.tls is None:
+            return fd_recv(self.fd, PyByteArray_AS_STRING(buf), size)
+        try:
+            return self.tls.recv_into(buf, size)
+        except (BlockingIOError, InterruptedError):
+            return -1
 
     cdef read(self):
         cdef Py_ssize_t n
-        buf = self.loop.recv_buf
+        cdef bytearray buf = self.loop.recv_buf
         try:
-            n = self.sock.recv_into(buf, self.recv_size)
-        except (BlockingIOError, InterruptedError):
-            return
+            n = self.recv_into(buf, min(self.recv_size, PyByteArray_GET_SIZE(buf)))
         except OSError:
             self.close()
+            return
+        if n < 0:
             return
         if self.lingering:
             if n == 0:
@@ -185,25 +256,26 @@ cdef class ClientConnection:
             self.eof = True
             self.parser.closing = True
             self._set_reading(False)
-            if not self.pending and not self.out:
+            if not self.pending.size() and not self.out.size():
                 self.close()
             return
         self.last_read = self.loop.now
-        self.take(buf, n)
+        self.take(<const unsigned char *>PyByteArray_AS_STRING(buf), n)
 
-    cdef take(self, data, Py_ssize_t n):
+    cdef take(self, const unsigned char *data, Py_ssize_t n):
         """Parse what the client sent, never more than MAX_PENDING requests
         owed a reply: the rest waits in the parser, and reading pauses until
         replies drain, so one client's memory stays bounded.  Forward what
         the window allows (forward)."""
         cdef list reqs
         cdef Request req
-        cdef Py_ssize_t room = C_MAX_PENDING - len(self.pending)
+        cdef Fifo pending, queued
+        cdef Py_ssize_t room = C_MAX_PENDING - self.pending.size()
         cdef unsigned long long now = self.counters.tick()
         if self.out_bytes > self.out_limit or self.held_in > self.out_limit:
             room = min(room, 1)     # read on only to finish a reserved data block
         self.counters.add(G_BYTES_IN, n)
-        reqs = self.parser.feed(data, n, room)
+        reqs = self.parser.feed_ptr(data, n, room)
         if reqs:
             pending = self.pending
             queued = self.queued
@@ -214,11 +286,11 @@ cdef class ClientConnection:
                     self.held_in += len(req.wire)
                     if req.rkind == RK_GET and req.order is None and req.override is None:
                         req.stream = True       # see on_partial
-                pending.append(req)
-                queued.append(req)
+                pending.push(req)
+                queued.push(req)
             self.forward()
-            if pending and (<Request>pending[0]).reply is not None:
-                self.on_reply(pending[0])
+            if pending.size() and (<Request>pending.first()).reply is not None:
+                self.on_reply(pending.first())
         if self.parser.closing or len(reqs) >= room or self.over_limit():
             self._set_reading(False)
 
@@ -227,7 +299,7 @@ cdef class ClientConnection:
         requests owed a reply), unless a reserved data block is still
         arriving (see the module docstring)."""
         return (self.out_bytes > self.out_limit or self.held_in > self.out_limit) \
-            and not self.parser.body_pending
+            and not self.parser.reserved     # (parser.body_pending)
 
     cdef forward(self):
         """Route queued requests, in order, while the window has room: the
@@ -236,18 +308,18 @@ cdef class ClientConnection:
         is within it, so every client makes progress)."""
         cdef Request req
         cdef Py_ssize_t keys
-        queued = self.queued
+        cdef Fifo queued = self.queued
         dispatch = self.worker.route.dispatch
-        while queued:
+        while queued.size():
             if self.out_bytes > self.out_limit:
                 return
-            req = <Request>queued[0]
+            req = <Request>queued.first()
             keys = reply_keys(req)
             if self.released > self.answered and self.out_bytes + (
                     self.released_keys - self.answered_keys + keys) * self.reply_guess \
                     > self.out_limit:
                 return
-            queued.popleft()
+            queued.pop()
             self.released += 1
             self.released_keys += keys
             if req.reply is None:
@@ -265,7 +337,7 @@ cdef class ClientConnection:
         often as the line allows)."""
         if self.closed:
             return TAKE_YES     # nobody will read them: dropped as they come
-        if not self.pending or self.pending[0] is not req:
+        if not self.pending.size() or self.pending.first() is not req:
             return TAKE_NO
         return TAKE_YES if self.out_bytes <= self.out_limit else TAKE_BOUNDED
 
@@ -275,9 +347,7 @@ cdef class ClientConnection:
         if self.closed:
             return
         self._queue(part)
-        if not self.dirty:
-            self.dirty = True
-            self.loop.dirty_clients.append(self)
+        self.loop.mark_client(self)
 
     cpdef on_reply(self, Request req):
         """A request was answered: move every answered slot at the head to ``out``."""
@@ -285,15 +355,14 @@ cdef class ClientConnection:
         cdef Py_ssize_t size, keys
         if self.closed:
             return
-        pending = self.pending
+        cdef Fifo pending = self.pending
         if req.reply is not None:
             self._charge(req)
-        out = self.out
-        while pending:
-            r = <Request>pending[0]
+        while pending.size():
+            r = <Request>pending.first()
             if r.reply is None:
                 break
-            pending.popleft()
+            pending.pop()
             self.answered += 1
             keys = reply_keys(r)
             self.answered_keys += keys
@@ -325,9 +394,7 @@ cdef class ClientConnection:
             elif self.reply_guess > self.guess_floor:
                 self.reply_guess = max(self.guess_floor,
                                        self.reply_guess - ((self.reply_guess - size) >> 3))
-        if not self.dirty:
-            self.dirty = True
-            self.loop.dirty_clients.append(self)
+        self.loop.mark_client(self)
 
     cdef _charge(self, Request req):
         """A value reply of 8 KiB or more, complete while this client already
@@ -360,12 +427,11 @@ cdef class ClientConnection:
     cdef Py_ssize_t _waiting(self) except -1:
         """Bytes of complete replies waiting behind the oldest owed one (the
         requests in flight: at most a window's worth)."""
-        cdef Py_ssize_t total = 0, left = self.released - self.answered
+        cdef Py_ssize_t total = 0, i
+        cdef Py_ssize_t n = min(self.released - self.answered, self.pending.size())
         cdef Request r
-        for r in self.pending:
-            if left <= 0:
-                break
-            left -= 1
+        for i in range(n):
+            r = <Request>self.pending.at(i)
             if r.reply is not None:
                 total += len(r.reply)
         return total
@@ -378,15 +444,14 @@ cdef class ClientConnection:
     cdef _queue(self, reply):
         """Queue one part of the output: as is if large, else coalesced."""
         cdef Py_ssize_t size = len(reply)
-        out = self.out
-        cdef Py_ssize_t tail = len(out) - 1     # (compiled without negative indexing)
-        if tail < 0 or size >= C_COALESCE or len(out[tail]) >= C_COALESCE * 8:
-            out.append(reply)           # queued as is: no copy
+        cdef Fifo out = self.out
+        if not out.size() or size >= C_COALESCE or len(out.last()) >= C_COALESCE * 8:
+            out.push(reply)             # queued as is: no copy
         else:
-            last = out[tail]
+            last = out.last()
             if type(last) is not bytearray:
                 last = bytearray(last)
-                out[tail] = last
+                out.set_last(last)
             last += reply
         self.out_bytes += size
 
@@ -398,82 +463,114 @@ cdef class ClientConnection:
             self._queue(reply)
             return len(reply)
         blocks = dict(split_values(reply))
-        out = self.out
+        cdef Fifo out = self.out
         for key in order:
             block = blocks.get(key)
             if block is not None:
                 # a part of its own, never coalesced: each repeat is one more
                 # reference to the same bytes, not one more copy of them
-                out.append(block)
+                out.push(block)
                 total += len(block)
         self.out_bytes += total
         self._queue(b"END\r\n")
         return total + 5
 
+    cdef Py_ssize_t send_out(self) except -2:
+        """Write from the head of the output (``out_off`` bytes into its
+        first part): the bytes written, -1 if none now; OSError on a
+        failure.  Plain: one send, or one sendmsg of up to MAX_IOV parts."""
+        cdef iovec iov[C_MAX_IOV]
+        cdef Py_ssize_t count = 0, size
+        cdef char *data
+        cdef Fifo out = self.out
+        cdef Py_ssize_t i, parts = min(out.size(), C_MAX_IOV)
+        if self.tls is not None:
+            first = out.first()
+            try:
+                return self.tls.send(memoryview(first)[self.out_off:] if self.out_off else first)
+            except (BlockingIOError, InterruptedError):
+                return -1
+        for i in range(parts):
+            part = out.at(i)
+            if type(part) is bytes:
+                data = PyBytes_AS_STRING(part)
+                size = PyBytes_GET_SIZE(part)
+            elif type(part) is bytearray:
+                data = PyByteArray_AS_STRING(part)
+                size = PyByteArray_GET_SIZE(part)
+            else:
+                raise TypeError(f"an output part must be bytes or bytearray: {type(part)}")
+            if count == 0:
+                data += self.out_off
+                size -= self.out_off
+            iov[count].iov_base = data
+            iov[count].iov_len = size
+            count += 1
+        if count == 1:
+            return fd_send(self.fd, <const char *>iov[0].iov_base, iov[0].iov_len)
+        return fd_sendv(self.fd, iov, count)
+
     cdef Py_ssize_t _send(self) except -1:
         """One send (or sendmsg of several parts) of the queued output."""
         cdef Py_ssize_t sent, left
-        out = self.out
-        first = out[0]
-        try:
-            if len(out) == 1:
-                sent = self.sock.send(memoryview(first)[self.out_off:] if self.out_off else first)
-            else:
-                parts = list(islice(out, 0, MAX_IOV))
-                if self.out_off:
-                    parts[0] = memoryview(first)[self.out_off:]
-                sent = self.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
+        cdef Fifo out = self.out
+        sent = self.send_out()
+        if sent <= 0:
             return 0
         self.out_bytes -= sent
         left = sent
         while left:
-            first = out[0]
+            first = out.first()
             if left >= len(first) - self.out_off:
                 left -= len(first) - self.out_off
-                out.popleft()
+                out.pop()
                 self.out_off = 0
             else:
                 self.out_off += left
                 left = 0
         return sent
 
-    cpdef flush(self):
+    def flush(self):
+        self.c_flush()
+
+    cdef int c_flush(self) except -1:
         cdef Py_ssize_t sent = 0
         if self.closed:
-            return
-        if self.out:
+            return 0
+        if self.out.size():
             try:
                 sent = self._send()
             except OSError:
                 self.close()
-                return
+                return 0
             self.counters.add(G_BYTES_OUT, sent)
-        if self.queued and not self.quitting:
+        if self.queued.size() and not self.quitting:
             self.forward()
-            if self.pending and (<Request>self.pending[0]).reply is not None:
-                self.on_reply(self.pending[0])
+            if self.pending.size() and (<Request>self.pending.first()).reply is not None:
+                self.on_reply(self.pending.first())
         if self.charged and self.out_bytes + self._waiting() <= self.out_limit:
             self._uncharge()
-        if not self.out and not self.pending and self.draining and not self.lingering:
+        if not self.out.size() and not self.pending.size() and self.draining \
+                and not self.lingering:
             self._hang_up()
-            return
-        if self.quitting and not self.out and not self.lingering:
+            return 0
+        if self.quitting and not self.out.size() and not self.lingering:
             self._hang_up()     # the client may still be sending: see the docstring
-            return
-        if self.eof and not self.pending and not self.out:
+            return 0
+        if self.eof and not self.pending.size() and not self.out.size():
             self.close()
-            return
+            return 0
         if not self.reading:
             if not self.parser.closing and self.out_bytes <= self.out_limit // 2 \
                     and self.held_in <= self.out_limit // 2 \
-                    and len(self.pending) <= C_MAX_PENDING // 2:
+                    and self.pending.size() <= C_MAX_PENDING // 2:
                 self._set_reading(True)
-                if self.parser.buffered:
-                    self.take(b"", 0)   # requests read earlier, held back by the bound
+                if len(self.parser.buf):
+                    self.take(NULL, 0)   # requests read earlier, held back by the bound
         elif self.over_limit():
             self._set_reading(False)
         self._set_want_write(self.out_bytes > 0)
+        return 0
 
     # -- state -------------------------------------------------------------
 
@@ -513,7 +610,7 @@ cdef class ClientConnection:
         self.draining = True
         self.parser.closing = True
         self._set_reading(False)
-        if not self.pending and not self.out:
+        if not self.pending.size() and not self.out.size():
             self._hang_up()
 
     def stale(self, double now, double body_timeout, double idle_timeout):
@@ -525,16 +622,16 @@ cdef class ClientConnection:
         quiet = now - self.last_read
         if self.reading and not self.eof and self.parser.midway and quiet > body_timeout:
             return True
-        return idle_timeout > 0 and quiet > idle_timeout and not self.pending \
-            and not self.out and not self.draining
+        return idle_timeout > 0 and quiet > idle_timeout and not self.pending.size() \
+            and not self.out.size() and not self.draining
 
     def reply_mark(self):
         """The value of ``answered`` once every request read so far is answered."""
-        return self.answered + len(self.pending)
+        return self.answered + self.pending.size()
 
     @property
     def idle(self):
-        return self.closed or (not self.pending and not self.out)
+        return self.closed or (not self.pending.size() and not self.out.size())
 
     def abort(self):
         self.close()

@@ -10,15 +10,30 @@ IDLE_POLL: float
 def guarded(fn: Callable[[], object]) -> None: ...
 
 @disjoint_base
+class Handler:
+    dirty: bool
+
+@disjoint_base
+class TurnHook:
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...   # takes none
+
+@disjoint_base
+class SignatureWatch(TurnHook):
+    changed: Callable[[], None]
+    def __init__(self, buf: Any, count_at: int, data_at: int, width: int, limit: int,
+                 changed: Callable[[], None]) -> None: ...
+
+@disjoint_base
 class Loop:
-    handlers: dict[int, Any]        # loop.Handler by descriptor
+    handlers: dict[int, Any]        # Handler (or any object with on_event) by descriptor
     now: float
-    dirty_upstreams: list[Any]      # loop.Flushable
+    dirty_upstreams: list[Any]      # Handler, or loop.Flushable
     dirty_clients: list[Any]
     busy: set[Any]
-    recv_buf: bytearray
+    @property
+    def recv_buf(self) -> bytearray: ...
     _timers: list[tuple[float, int, Callable[[], None]]]
-    on_turn: Callable[[], None]
+    on_turn: Callable[[], None]     # a TurnHook is called in C
     ep: select.epoll
     clock: Callable[[], float]
     def __init__(self, clock: Callable[[], float] | None = None) -> None: ...

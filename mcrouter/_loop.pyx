@@ -5,8 +5,24 @@ end-of-turn flush, timers (loop.py says why it is shaped so).
 The turn itself runs no bytecode: ``epoll_wait`` is called directly on
 the epoll's descriptor (the GIL released, as ``select.epoll.poll`` does:
 the sidecar's DNS and /metrics threads run meanwhile), events go into a C
-array, and handlers are called through their ``on_event``.  A replaced
-``ep`` (tests' fake epolls) or ``clock`` is honoured through Python calls.
+array, and handlers are called through the C vtable of ``Handler``
+(``c_on_event``, ``c_flush``): the client and upstream connections
+override those in C, so a ready descriptor or a dirty connection costs a
+C call, not an attribute lookup and a vectorcall.  A Python handler
+(accept, control channel, signals, probes) subclasses ``Handler`` and
+defines ``on_event``; any other object with ``on_event``/``flush`` (the
+tests' fakes) is called through Python.  The per-turn hook is a
+``TurnHook`` (the worker's ``SignatureWatch``: one ``memcmp`` of the
+shared host table) or any callable.  A replaced ``ep`` (tests' fake
+epolls) or ``clock`` is honoured through Python calls.
+
+Connections move their bytes with the raw descriptor calls of _loop.pxd
+(``fd_recv``, ``fd_send``, ``fd_sendv``: libc recv/send/sendmsg on the fd,
+errors as the socket module reports them): a socket object's
+``recv_into``/``send``/``sendmsg`` cost more instructions per call than
+the router's own work on a small request.  Each connection class has one
+read/write pair that picks between those and a TLS session (its ``tls``
+attribute, socket-like), so TLS changes that pair and nothing else.
 """
 import heapq
 import itertools
@@ -14,9 +30,12 @@ import logging
 import select
 import time
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno, EINTR
 from libc.math cimport ceil
+from libc.stdint cimport uint32_t
+from libc.string cimport memcmp, memcpy
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -58,6 +77,75 @@ cpdef guarded(fn):
         fn()
     except Exception:       # one failing duty must not end the worker
         log.exception("internal error in a timer or turn hook (the worker continues)")
+
+
+cdef class Handler:
+    """What the loop calls: ``c_on_event(mask)`` when the descriptor it was
+    added for is ready, ``c_flush()`` once per turn while it is in one of the
+    dirty lists.  C subclasses (client and upstream connections) override
+    these; for a Python subclass they call its ``on_event`` and ``flush``.
+    A handler may also have ``abort()``, called to drop it after an
+    internal error."""
+
+    cdef int c_on_event(self, unsigned int mask) except -1:
+        self.on_event(mask)
+        return 0
+
+    cdef int c_flush(self) except -1:
+        self.flush()
+        return 0
+
+
+cdef class TurnHook:
+    """A duty run once per turn, called in C by the loop (``on_turn``)."""
+
+    cdef int c_call(self) except -1:
+        raise NotImplementedError
+
+    def __call__(self):
+        self.c_call()
+
+
+cdef class SignatureWatch(TurnHook):
+    """Calls ``changed()`` in a turn where a run of shared bytes moved:
+    ``width`` bytes per unit of the u32 count at ``count_at`` (at most
+    ``limit`` bytes), from ``data_at`` of ``buf`` (the host table's status
+    bytes: hosttable.HostTable.signature).  Comparing is one ``memcmp``;
+    Python runs only on a change."""
+
+    def __init__(self, buf, Py_ssize_t count_at, Py_ssize_t data_at, Py_ssize_t width,
+                 Py_ssize_t limit, changed):
+        cdef const unsigned char[::1] view
+        self.view = memoryview(buf)
+        view = self.view
+        if count_at < 0 or count_at + 4 > view.shape[0] or data_at < 0 or width < 0 \
+                or limit < 0 or data_at + limit > view.shape[0]:
+            raise ValueError("SignatureWatch: span outside the buffer")
+        self.base = &view[0]
+        self.count_at = count_at
+        self.data_at = data_at
+        self.width = width
+        self.limit = limit
+        self.changed = changed
+        self.seen = self.current()
+
+    cdef bytearray current(self):
+        cdef Py_ssize_t n = self.span()
+        return PyByteArray_FromStringAndSize(<const char *>self.base + self.data_at, n)
+
+    cdef Py_ssize_t span(self):
+        cdef uint32_t count
+        memcpy(&count, self.base + self.count_at, 4)
+        return min(<Py_ssize_t>count * self.width, self.limit)
+
+    cdef int c_call(self) except -1:
+        cdef Py_ssize_t n = self.span()
+        if n == len(self.seen) and memcmp(self.base + self.data_at,
+                                          PyByteArray_AS_STRING(self.seen), n) == 0:
+            return 0
+        self.seen = self.current()
+        self.changed()
+        return 0
 
 
 cdef inline double c_monotonic() noexcept nogil:
@@ -117,7 +205,7 @@ cdef class Loop:
         self.handlers[fd] = handler
         self._ep.register(fd, mask)
 
-    def modify(self, int fd, int mask):
+    cpdef modify(self, int fd, int mask):
         self._ep.modify(fd, mask)
 
     cpdef remove(self, int fd):
@@ -181,31 +269,44 @@ cdef class Loop:
         # a descriptor closed and its number reused in this turn (on_turn, or
         # an earlier handler, opening a new connection) must not get it.
         ready = [handlers.get(self.fds[i]) for i in range(n)]
-        guarded(self.on_turn)
+        hook = self.on_turn
+        if isinstance(hook, TurnHook):
+            try:
+                (<TurnHook>hook).c_call()
+            except Exception:   # as guarded(): the worker keeps serving
+                log.exception("internal error in a timer or turn hook (the worker continues)")
+        else:
+            guarded(hook)
         for i in range(n):
             h = ready[i]
             fd = self.fds[i]
             if h is not None and handlers.get(fd) is h:
-                try:
-                    h.on_event(self.masks[i])
-                except Exception:   # a bug on one connection must not stop the rest
-                    log.exception("closing a connection after an internal error")
-                    self.remove(fd)
-                    abort = getattr(h, "abort", None)
-                    if abort is not None:
-                        abort()
+                self.dispatch(h, fd, self.masks[i])
         self.flush()
         timers = self._timers
         while timers and <double>timers[0][0] <= self.now:
             guarded(heapq.heappop(timers)[2])
         self.flush()
 
+    cdef int dispatch(self, object h, int fd, unsigned int mask) except -1:
+        """One ready handler; a bug in it drops it (logged, removed, aborted)."""
+        try:
+            if isinstance(h, Handler):
+                (<Handler>h).c_on_event(mask)
+            else:
+                h.on_event(mask)
+        except Exception:   # a bug on one connection must not stop the rest
+            log.exception("closing a connection after an internal error")
+            self.remove(fd)
+            abort = getattr(h, "abort", None)
+            if abort is not None:
+                abort()
+        return 0
+
     cdef flush_upstreams(self):
         cdef list batch = self.dirty_upstreams
         self.dirty_upstreams = []
-        for u in batch:
-            u.dirty = False
-            u.flush()
+        flush_all(batch)
 
     cpdef flush(self):
         """Write what this turn produced: upstream batches first, then replies."""
@@ -215,13 +316,23 @@ cdef class Loop:
         if self.dirty_clients:
             batch = self.dirty_clients
             self.dirty_clients = []
-            for c in batch:
-                c.dirty = False
-                c.flush()
+            flush_all(batch)
             # a client whose output drained forwards requests it held back
             # (its window): send them now, not a poll later
             if self.dirty_upstreams:
                 self.flush_upstreams()
+
+
+cdef int flush_all(list batch) except -1:
+    """Clear each one's dirty mark, then flush it (a flush may mark it again)."""
+    for x in batch:
+        if isinstance(x, Handler):
+            (<Handler>x).dirty = False
+            (<Handler>x).c_flush()
+        else:
+            x.dirty = False
+            x.flush()
+    return 0
 
 
 def _nothing():

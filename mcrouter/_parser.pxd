@@ -86,7 +86,7 @@ cdef class Request:
 
 
 cdef class RequestParser:
-    # One client connection's request framing; ``feed`` (def) is the way in.
+    # One client connection's request framing; ``feed`` (def) or ``feed_ptr`` is the way in.
     cdef bytearray buf
     cdef Py_ssize_t swallow
     cdef Py_ssize_t max_item_size
@@ -105,6 +105,7 @@ cdef class RequestParser:
     cdef Py_ssize_t limit    # most requests one feed may return
     cdef Py_ssize_t reserved # this connection's share of body_held
 
+    cdef list feed_ptr(self, const unsigned char *p, Py_ssize_t n, Py_ssize_t limit)
     cdef Py_ssize_t parse(self, const unsigned char *p, Py_ssize_t n, list out) except -1
     cdef void close(self, list out)
     cdef bint is_large_get(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t n)

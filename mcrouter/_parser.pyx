@@ -296,13 +296,17 @@ cdef class RequestParser:
         buffered for a later call (``feed()`` with no data parses them).
         Input is parsed in place when nothing is buffered, so only what is
         left over is ever copied."""
-        cdef list out = []
         cdef const unsigned char[::1] view = data
-        cdef const unsigned char *p = NULL
-        cdef Py_ssize_t skip, pos
-        self.limit = limit
         if n < 0 or n > view.shape[0]:
             n = view.shape[0]
+        return self.feed_ptr(&view[0] if n else NULL, n, limit)
+
+    cdef list feed_ptr(self, const unsigned char *p, Py_ssize_t n, Py_ssize_t limit):
+        """``feed`` from a pointer (the loop's receive buffer: no memoryview
+        per read); ``p`` must stay valid during the call."""
+        cdef list out = []
+        cdef Py_ssize_t skip, pos
+        self.limit = limit
         if self.closing or (n == 0 and len(self.buf) == 0):
             return out
         if n == 0:
@@ -310,7 +314,6 @@ cdef class RequestParser:
             if pos:
                 del self.buf[:pos]
             return out
-        p = &view[0]
         if self.swallow:
             skip = min(self.swallow, n)
             self.swallow -= skip

@@ -28,7 +28,10 @@ cdef class Ring:
 
     cpdef bint push(self, Request req, double deadline)
     cpdef Py_ssize_t write_to(self, sock, double now=*) except -1
+    cdef void before_write(self, double now)
+    cdef Py_ssize_t wrote(self, Py_ssize_t sent, double now) except -1
     cpdef int feed(self, data, Py_ssize_t n=*) except -2
+    cdef int feed_ptr(self, const unsigned char *data, Py_ssize_t n) except -2
     cpdef int expire(self, double now, bytes reply) except -1
     cdef void _mark_written(self, Py_ssize_t sent, double now)
     cpdef fail_all(self, bytes reply)

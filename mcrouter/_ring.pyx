@@ -111,18 +111,29 @@ cdef class Ring:
     cpdef Py_ssize_t write_to(self, sock, double now=0.0) except -1:
         """One send of everything queued; returns the bytes still unwritten.
         Each request written whole is given its reply deadline: ``now`` plus
-        the timeout."""
+        the timeout.  (The router's connections write ``out`` themselves:
+        ``before_write``, their own send, ``wrote``; this is the same through
+        a socket-like object.)"""
         cdef Py_ssize_t sent
         if not self.out:
             return 0
-        if self.written <= self.head:
-            self.progress_at = now      # nothing was owed: the host's clock starts now
+        self.before_write(now)
         try:
             sent = sock.send(self.out)
         except (BlockingIOError, InterruptedError):
             return len(self.out)
-        del self.out[:sent]
-        self._mark_written(sent, now)
+        return self.wrote(sent, now)
+
+    cdef void before_write(self, double now):
+        if self.written <= self.head:
+            self.progress_at = now      # nothing was owed: the host's clock starts now
+
+    cdef Py_ssize_t wrote(self, Py_ssize_t sent, double now) except -1:
+        """``sent`` bytes of ``out`` were written: drop them, give requests
+        written whole their reply deadline; return the bytes still unwritten."""
+        if sent > 0:
+            del self.out[:sent]
+            self._mark_written(sent, now)
         return len(self.out)
 
     cdef void _mark_written(self, Py_ssize_t sent, double now):
@@ -150,6 +161,15 @@ cdef class Ring:
         Replies are cut straight from the input when nothing is buffered;
         only an unfinished tail is copied."""
         cdef const unsigned char[::1] view = data
+        if n < 0 or n > view.shape[0]:
+            n = view.shape[0]
+        if n == 0:
+            return 0
+        return self.feed_ptr(&view[0], n)
+
+    cdef int feed_ptr(self, const unsigned char *data, Py_ssize_t n) except -2:
+        """``feed`` from the loop's receive buffer: no memoryview per read.
+        ``data`` must stay valid and unchanged during the call."""
         cdef int status = 0
         cdef Py_ssize_t pos = 0, r, end, cursor
         cdef const unsigned char *p
@@ -158,15 +178,13 @@ cdef class Ring:
         cdef bytes reply
         cdef bint done = False
         cdef int take
-        if n < 0 or n > view.shape[0]:
-            n = view.shape[0]
-        if n == 0:
+        if n <= 0:
             return 0
         self.counters.tick()
         if len(self.inbuf) == 0:
-            p = &view[0]
+            p = data
         else:
-            append_bytes(self.inbuf, &view[0], n)
+            append_bytes(self.inbuf, data, n)
             held = self.inbuf           # keeps p valid whatever the callbacks do
             p = held
             n = len(held)

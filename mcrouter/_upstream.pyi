@@ -2,7 +2,7 @@
 from typing import Any
 from typing_extensions import disjoint_base
 
-from mcrouter._loop import Loop
+from mcrouter._loop import Handler, Loop
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 
@@ -20,15 +20,15 @@ class HostBase:
     def send(self, req: Request) -> None: ...
 
 @disjoint_base
-class ConnectionBase:
+class ConnectionBase(Handler):
     host: Any                   # upstream.Host
     loop: Loop
     ring: Ring
     sock: Any                   # a socket.socket while connecting or up, else None
     fd: int
     state: int
-    dirty: bool
     want_write: bool
+    tls: Any                    # None: plain I/O on fd; else a TLS session
     def flush(self) -> None: ...
     def on_event(self, mask: int) -> None: ...
     def want_writable(self, want: bool) -> None: ...

@@ -5,10 +5,19 @@ choice, queueing) and a connection's read and write in a loop turn.
 ``upstream.Host`` and ``upstream.Connection`` subclass these; the socket's
 life (connect, reconnect, fail, close) and health stay there in Python,
 and are called from here only on a cold event (a connect finishing, an
-error, a closed socket).  Socket I/O goes through the socket object's own
-methods, the seam a TLS wrapper will take.
+error, a closed socket).
+
+Bytes move through one pair, ``recv_into``/``send_out``: on a plain
+connection (``tls`` None) they are libc ``recv``/``send`` on the
+descriptor into the loop's buffer and from the ring's (the socket
+module's methods cost more per call than the rest of a read); with a TLS
+session in ``tls`` (issue 14) they go through its socket-like
+``recv_into``/``send`` instead.  Everything else (rings, routes, the
+loop) sees bytes only, so TLS plugs in at this one place.
 """
-from mcrouter._loop cimport Loop
+from cpython.bytearray cimport PyByteArray_AS_STRING
+
+from mcrouter._loop cimport Handler, Loop, fd_recv, fd_send
 from mcrouter._parser cimport Request
 from mcrouter._ring cimport Ring
 
@@ -68,12 +77,11 @@ cdef class HostBase:
             req.finish(R_QUEUE_FULL, C_ST_ERROR)
             return
         loop.busy.add(c)
-        if not c.dirty and c.state == C_UP:  # written at the end of this loop turn
-            c.dirty = True
-            loop.dirty_upstreams.append(c)
+        if c.state == C_UP:                 # written at the end of this loop turn
+            loop.mark_upstream(c)
 
 
-cdef class ConnectionBase:
+cdef class ConnectionBase(Handler):
     """One pipelined connection's fields, and its reads and writes."""
     cdef public HostBase host
     cdef public Loop loop
@@ -81,50 +89,86 @@ cdef class ConnectionBase:
     cdef public object sock             # a socket.socket while connecting or up
     cdef public int fd
     cdef public int state
-    cdef public bint dirty              # queued in loop.dirty_upstreams for this turn
     cdef public bint want_write
+    cdef public object tls              # None: plain bytes on fd; else a TLS session (see above)
 
-    cpdef flush(self):
-        """Called once per loop turn: one send of everything queued."""
-        cdef Py_ssize_t left
-        if self.state != C_UP:
-            return
+    cdef Py_ssize_t recv_into(self, bytearray buf) except -2:
+        """Read into ``buf``: the bytes read, 0 at end of file, -1 if none
+        now; OSError on a failure."""
+        if self.tls is None:
+            return fd_recv(self.fd, PyByteArray_AS_STRING(buf), len(buf))
         try:
-            left = self.ring.write_to(self.sock, self.loop.now)
+            return self.tls.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return -1
+
+    cdef Py_ssize_t send_out(self, bytearray data) except -2:
+        """Write from the start of ``data``: the bytes written, -1 if none
+        now; OSError on a failure."""
+        if self.tls is None:
+            return fd_send(self.fd, PyByteArray_AS_STRING(data), len(data))
+        try:
+            return self.tls.send(data)
+        except (BlockingIOError, InterruptedError):
+            return -1
+
+    def flush(self):
+        """Called once per loop turn: one send of everything queued."""
+        self.c_flush()
+
+    cdef int c_flush(self) except -1:
+        cdef Py_ssize_t left, sent
+        cdef Ring ring = self.ring
+        if self.state != C_UP:
+            return 0
+        try:
+            left = len(ring.out)
+            if left:
+                ring.before_write(self.loop.now)
+                sent = self.send_out(ring.out)
+                if sent > 0:
+                    left = ring.wrote(sent, self.loop.now)
         except OSError as e:
             self.fail(f"send: {e.strerror or e}")
-            return
-        self.want_writable(left > 0)
+            return 0
+        self.c_want_writable(left > 0)
+        return 0
 
-    cpdef on_event(self, int mask):
+    def on_event(self, int mask):
+        self.c_on_event(mask)
+
+    cdef int c_on_event(self, unsigned int mask) except -1:
         cdef Py_ssize_t n
         cdef bytearray buf
         if self.state == C_CONNECTING:
             self.connect_done()
-            return
+            return 0
         if mask & (EV_IN | EV_ERR):
             buf = self.loop.recv_buf
             try:
-                n = self.sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                n = -1
+                n = self.recv_into(buf)
             except OSError as e:
                 self.fail(f"recv: {e.strerror or e}")
-                return
+                return 0
             if n == 0:
                 self.fail("connection closed by server")
-                return
+                return 0
             if n > 0:
-                if self.ring.feed(buf, n) < 0:
+                if self.ring.feed_ptr(<const unsigned char *>PyByteArray_AS_STRING(buf), n) < 0:
                     # nothing of the bad reply, nor of what followed it, was delivered
                     self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
-                    return
+                    return 0
                 self.host.failures = 0
         if mask & EV_OUT and self.state == C_UP:
-            self.flush()
+            self.c_flush()
+        return 0
 
-    cpdef want_writable(self, bint want):
+    def want_writable(self, bint want):
         """Ask for EPOLLOUT only while the kernel refused bytes."""
+        self.c_want_writable(want)
+
+    cdef int c_want_writable(self, bint want) except -1:
         if want != self.want_write and self.state == C_UP:
             self.want_write = want
             self.loop.modify(self.fd, EV_IN | EV_OUT if want else EV_IN)
+        return 0

@@ -11,7 +11,8 @@ forks, so the workers and the sidecar all see the same bytes.  Who writes:
 * a worker writes ``down`` when its data path sees a host fail (TKO).
 
 Only the sidecar's probes bring a host back up.  A worker compares one short
-slice of the mapping per loop turn (``HostTable.signature``) and acts only
+slice of the mapping per loop turn (``HostTable.signature``, in C:
+``_loop.SignatureWatch``) and acts only
 when it changed, so a state change reaches every worker within one turn at
 the cost of one ``memcmp``.
 
@@ -73,6 +74,7 @@ MAGIC = 0x4D435254          # "MCRT"
 LAYOUT_VERSION = 3
 HEADER = struct.Struct("<IIIII12x")
 STATUS_AT = HEADER.size                     # 32: [state, address generation] per slot
+USED_AT = 12                                # the header's ``used`` (u32)
 RECORD_SIZE = 272
 REC_KEY = struct.Struct("<64s")
 REC_ADDR = struct.Struct("<H2x48s")          # at offset 64
@@ -128,7 +130,7 @@ class HostTable:
         self.records_at = (STATUS_AT + 2 * capacity + 63) // 64 * 64
         self.mm = mmap.mmap(-1, self.records_at + capacity * RECORD_SIZE)
         HEADER.pack_into(self.mm, 0, MAGIC, LAYOUT_VERSION, capacity, 0, 0)
-        self._used = memoryview(self.mm)[12:16].cast("I")     # read every loop turn: no unpack
+        self._used = memoryview(self.mm)[USED_AT:USED_AT + 4].cast("I")   # no unpack per read
         self._epoch = memoryview(self.mm)[16:20].cast("I")
         self._free: list[int] = []              # the master's: freed slots, lowest first
         self._index: dict[bytes, int] = {}      # this process's: stored key → slot

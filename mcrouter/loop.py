@@ -30,24 +30,25 @@ import select
 from time import monotonic
 from typing import Callable, Protocol
 
-from mcrouter._loop import IDLE_POLL, RECV_SIZE, TICK, Loop as _CompiledLoop, guarded
+from mcrouter._loop import (IDLE_POLL, RECV_SIZE, TICK, Handler, Loop as _CompiledLoop,
+                            SignatureWatch, TurnHook, guarded)
 
 __all__ = ["EV_ERR", "EV_IN", "EV_OUT", "IDLE_POLL", "RECV_SIZE", "TICK", "Flushable", "Handler",
-           "Loop", "guarded"]
+           "Loop", "SignatureWatch", "TurnHook", "guarded"]
 
 EV_IN = select.EPOLLIN
 EV_OUT = select.EPOLLOUT
 EV_ERR = select.EPOLLERR | select.EPOLLHUP
 
 
-class Handler(Protocol):
-    """What the loop calls when a descriptor is ready.  A handler may also
-    have ``abort()``, called to drop it after an internal error."""
-
-    def on_event(self, mask: int) -> None: ...
+# What the loop calls when a descriptor is ready: a ``Handler`` (_loop.pyx),
+# whose ``on_event(mask)`` a Python handler defines; it may also have
+# ``abort()``, called to drop it after an internal error.
 
 
 class Flushable(Protocol):
+    """What the dirty lists hold: a Handler (called in C), or any object
+    with these (called through Python)."""
     dirty: bool
 
     def flush(self) -> None: ...

@@ -23,7 +23,7 @@ from typing import Any
 
 from mcrouter.config import HealthPolicy, HostAddr
 from mcrouter.hosttable import DOWN, UP, HostTable, sockaddr
-from mcrouter.loop import EV_IN, EV_OUT, Loop
+from mcrouter.loop import EV_IN, EV_OUT, Handler, Loop
 
 # the probes run in the sidecar process, and their lines carry its logger's name
 log = logging.getLogger("mcrouter.sidecar")
@@ -32,7 +32,7 @@ PROBE = b"version\r\n"
 MAX_PROBE_REPLY = 1024
 
 
-class Probe:
+class Probe(Handler):
     """One host's probe: connect if needed, send ``version``, judge the reply."""
 
     def __init__(self, loop: Loop, table: HostTable, slot: int, addr: HostAddr,

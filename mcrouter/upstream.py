@@ -11,8 +11,9 @@ timeouts or errors (a refused connection at once); only the sidecar's
 probes mark it up again.  While a host is down its connections do not
 reconnect, so a dead host costs one probe per interval and no storm.
 
-Socket I/O stays inside ``Connection`` (connect, ``sock.send``, ``sock.recv``)
-so that a TLS wrapper can later replace it without touching rings or routes.
+Socket I/O stays inside the connection: its life here (connect, close),
+its bytes in ``ConnectionBase.recv_into``/``send_out`` (_upstream.pyx), the
+one place a TLS session plugs in without touching rings or routes.
 """
 from __future__ import annotations
 
@@ -152,6 +153,7 @@ class Connection(ConnectionBase):
                          timeout=host.timeout)
         self.sock = None                  # a socket.socket while connecting or up
         self.fd = -1
+        self.tls = None                   # the I/O seam (_upstream.pyx): None is plain
         self.state = CONN_DOWN
         self.dirty = False
         self.want_write = False

@@ -34,10 +34,10 @@ from mcrouter.control import Channel, ChannelClosed
 from mcrouter._downstream import ClientConnection, set_reply_budget
 from mcrouter._parser import set_body_budget
 from mcrouter._metrics import G_CLIENTS_REJECTED, Counters, install, local
-from mcrouter.hosttable import HostTable
+from mcrouter.hosttable import STATUS_AT, USED_AT, HostTable
 from mcrouter.hostset import HostSet
 from mcrouter.limits import return_memory_promptly
-from mcrouter.loop import EV_IN, Loop
+from mcrouter.loop import EV_IN, Handler, Loop, SignatureWatch
 from mcrouter.metrics import MetricsBlock
 from mcrouter.routes import Route, build_route
 from mcrouter.stats import router_stats
@@ -57,7 +57,7 @@ REFUSAL_LOG_INTERVAL = 10.0      # at most one line per this many seconds
 SWEEP_INTERVAL = 0.5     # how often clients are checked for body and idle timeouts
 
 
-class _Listener:
+class _Listener(Handler):
     """Accepts clients up to this worker's share of -c; past it, or out of
     file descriptors, refuses them as memcached does (one error line, then
     close) instead of leaving them in the backlog."""
@@ -99,7 +99,7 @@ class _Listener:
             self.worker.loop.add(self.sock.fileno(), EV_IN, self)
 
 
-class _SignalPipe:
+class _SignalPipe(Handler):
     """Wakes the loop when a signal arrives (signal.set_wakeup_fd)."""
 
     def __init__(self, worker: "Worker") -> None:
@@ -118,7 +118,7 @@ class _SignalPipe:
             self.worker.handle_signal(signum)
 
 
-class _Control:
+class _Control(Handler):
     """The worker's end of the control channel: config reloads come in here."""
 
     def __init__(self, worker: "Worker", channel: Channel) -> None:
@@ -156,7 +156,7 @@ class Worker:
         self.table = table
         self.metrics = metrics
         self.index = index                # worker slot: the same after a restart
-        self.health_seen = b""
+        self.health: SignatureWatch | None = None
         self.loop = Loop()
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
@@ -196,7 +196,9 @@ class Worker:
         pipe = _SignalPipe(self)
         self.loop.add(pipe.r.fileno(), EV_IN, pipe)
         self.route = self.build(self.config)
-        self.health_seen = self.table.signature()
+        # the shared table's status bytes (HostTable.signature), compared in C each turn
+        self.health = SignatureWatch(self.table.mm, USED_AT, STATUS_AT, 2, 2 * self.table.capacity,
+                                     self.sync_hosts)
         for sock in self.listeners:
             self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
         self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
@@ -299,7 +301,8 @@ class Worker:
     def run(self) -> int:
         loop = self.loop
         next_tick = 0.0
-        loop.on_turn = self.check_health
+        if self.health is not None:
+            loop.on_turn = self.health
         while self.running:
             loop.run_once()
             if loop.now >= next_tick:
@@ -307,14 +310,11 @@ class Worker:
                 self.tick()
         return EXIT_OK
 
-    def check_health(self) -> None:
-        """Once per loop turn: if any host's state or address changed in the
-        shared table (one short compare), every Host catches up."""
-        seen = self.table.signature()
-        if seen != self.health_seen:
-            self.health_seen = seen
-            for h in self.hosts.all():
-                h.sync()
+    def sync_hosts(self) -> None:
+        """A host's state or address changed in the shared table (the loop's
+        per-turn compare, ``self.health``, saw it): every Host catches up."""
+        for h in self.hosts.all():
+            h.sync()
 
     def tick(self) -> None:
         now = self.loop.now

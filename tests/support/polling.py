@@ -37,3 +37,16 @@ def wait_value(m, key: str, expected: bytes, timeout: float = 5.0) -> bool:
             assert got == expected, f"{m.addr} has {show(got)} for {key}, expected {show(expected)}"
             return True
         time.sleep(0.05)
+
+
+def reader(sock, got: bytearray, total: int):
+    """A ``done()`` for tests that run a router loop by hand: each call takes
+    what the non-blocking ``sock`` has into ``got``; true once ``total``
+    bytes are in."""
+    def read_some() -> bool:
+        try:
+            got.extend(sock.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(got) >= total
+    return read_some

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 
 import pytest
 
@@ -438,3 +439,79 @@ def test_timers_run_after_the_handlers_and_their_flush(timed, pairs):
     loop.call_later(0.0, lambda: journal.append("timer"))
     loop.run_once()
     assert journal == [("h", EV_IN), ("up", False), "timer"]
+
+
+# -- Handler subclasses and the C turn hook --------------------------------
+
+def test_python_handler_subclasses_are_called_through_the_compiled_base(loop, pairs):
+    """Worker handlers subclass loop.Handler: their on_event and flush run
+    from the loop's C calls; a bug in one is dropped as for any handler."""
+    journal: list = []
+
+    class Mine(loop_mod.Handler):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_event(self, mask: int) -> None:
+            journal.append((self.name, mask))
+            if self.name == "bad":
+                raise ZeroDivisionError("bug")
+            mark(loop.dirty_clients, self)
+
+        def flush(self) -> None:
+            journal.append((self.name, "flush", self.dirty))
+
+    (a, peer_a), (b, peer_b) = pairs(), pairs()
+    good, bad = Mine("good"), Mine("bad")
+    assert not good.dirty
+    loop.add(a.fileno(), EV_IN, good)
+    loop.add(b.fileno(), EV_IN, bad)
+    peer_a.send(b"x")
+    peer_b.send(b"x")
+    loop.run_once()
+    assert sorted(journal[:2]) == [("bad", EV_IN), ("good", EV_IN)]
+    assert journal[2:] == [("good", "flush", False)]    # dirty cleared before its flush
+    assert list(loop.handlers) == [a.fileno()]
+
+
+def test_a_signature_watch_calls_back_only_when_the_counted_bytes_move(loop):
+    buf = bytearray(64)
+    seen: list[bytes] = []
+    struct.pack_into("<I", buf, 0, 2)         # two units of two bytes: buf[8:12]
+    watch = loop_mod.SignatureWatch(buf, 0, 8, 2, 16, lambda: seen.append(bytes(buf[8:24])))
+    loop.on_turn = watch
+    loop.run_once()
+    assert seen == []                          # nothing moved since it was made
+    buf[9] = 1
+    loop.run_once()
+    loop.run_once()
+    assert len(seen) == 1                      # once per change
+    buf[12] = 1                                # past the counted span: not watched
+    loop.run_once()
+    assert len(seen) == 1
+    struct.pack_into("<I", buf, 0, 3)          # the count grew: the span did too
+    loop.run_once()
+    assert len(seen) == 2
+    struct.pack_into("<I", buf, 0, 1000)       # capped at the limit (16 bytes)
+    loop.run_once()
+    buf[30] = 7
+    loop.run_once()
+    assert len(seen) == 3
+    with pytest.raises(ValueError):
+        loop_mod.SignatureWatch(buf, 0, 60, 2, 16, lambda: None)
+
+
+def test_a_failing_turn_hook_is_logged_and_the_turn_goes_on(loop, pairs, caplog):
+    buf = bytearray(16)
+    journal: list = []
+
+    def changed() -> None:
+        raise ZeroDivisionError("bug")
+    loop.on_turn = loop_mod.SignatureWatch(buf, 0, 4, 1, 8, changed)
+    readable(loop, pairs, journal, a=None)
+    buf[0], buf[4] = 1, 9                      # one byte counted now, and it moved
+    with caplog.at_level(logging.ERROR, logger="mcrouter.loop"):
+        loop.run_once()
+    assert journal == [("a", EV_IN)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "internal error in a timer or turn hook (the worker continues)"]

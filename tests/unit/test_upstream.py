@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -29,6 +30,7 @@ from mcrouter.protocol import (NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UP
                                UPSTREAM_QUEUE_FULL, UPSTREAM_TIMEOUT)
 from mcrouter.upstream import (BACKOFF_MAX, BACKOFF_MIN, CONN_CONNECTING, CONN_DOWN, CONN_UP,
                                Connection, Host)
+from support.polling import reader
 
 # the router's own replies, as the client reads them (and as protocol.py writes them)
 ERROR = b"SERVER_ERROR mcrouter: upstream error\r\n"
@@ -462,8 +464,9 @@ def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, s
 # -- the socket seam ---------------------------------------------------------
 
 class Seam:
-    """Wraps the connection's socket: takes at most ``chunk`` bytes a send,
-    and records which buffer each recv_into was given."""
+    """Stands in for a TLS session (``Connection.tls``) over the connection's
+    socket: takes at most ``chunk`` bytes a send, and records which buffer
+    each recv_into was given."""
 
     def __init__(self, sock: socket.socket, chunk: int) -> None:
         self.sock = sock
@@ -490,7 +493,7 @@ def test_write_interest_only_while_bytes_wait_and_reads_use_the_loop_buffer(make
     host = make_host(server.getsockname()[1])
     peer, conn = connected(loop, host, server)
     seam = Seam(conn.sock, chunk=6)
-    conn.sock = seam
+    conn.tls = seam                           # the I/O seam a TLS session takes
     modified: list[tuple[int, int]] = []
     real_modify = loop.modify
 
@@ -576,3 +579,46 @@ def test_running_out_of_descriptors_at_a_reconnect_is_a_connect_failure(make_hos
     drive(loop, lambda: errors(block, host, E_CONNECT) == 2, "the retry failing")
     conn = host.conns[0]
     assert conn.state == CONN_DOWN and conn.sock is None and len(loop._timers) == 1
+
+
+# -- raw descriptor I/O (plain connections: libc recv/send on the fd) --------
+
+def test_a_server_reset_fails_the_connection_with_the_recv_error(make_host, loop, server,
+                                                                 block):
+    host = make_host(server.getsockname()[1])
+    peer, conn = connected(loop, host, server)
+    inbox = Inbox()
+    assert written(loop, host, peer, b"get a\r\n", inbox) == b"get a\r\n"
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()                              # a reset, not an end of file
+    drive(loop, lambda: conn.state == CONN_DOWN, "reset seen")
+    assert inbox.got == [(b"get a\r\n", ERROR, ST_ERROR)]
+    assert host.last_error == "recv: Connection reset by peer"
+    assert errors(block, host, E_RESET) == 1
+    assert conn.sock is None and conn.fd == -1 and loop.handlers == {}
+
+
+def test_a_server_that_reads_slowly_gets_every_byte_in_order(make_host, loop, server):
+    """The kernel takes part of a send (a partial write, then EAGAIN): the
+    rest stays in the ring, EPOLLOUT is asked for, and the server reads
+    exactly the requests' bytes once it reads."""
+    host = make_host(server.getsockname()[1])
+    peer, conn = connected(loop, host, server)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    inbox = Inbox()
+    data = b"".join(b"set k%d 0 0 65536\r\n%s\r\n" % (i, bytes([65 + i]) * 65536)
+                    for i in range(16))
+    reqs = requests(data, inbox)
+    for r in reqs:
+        host.send(r)
+    drive(loop, lambda: conn.want_write, "the kernel refused bytes")
+    assert 0 < conn.ring.pending < len(data)
+    got = bytearray()
+    peer.setblocking(False)
+
+    drive(loop, reader(peer, got, len(data)), "every byte read")
+    assert bytes(got) == data
+    drive(loop, lambda: not conn.want_write, "write interest dropped")
+    assert conn.ring.pending == 0 and inbox.got == []
+    peer.close()
