@@ -47,8 +47,8 @@ import socket
 
 from mcrouter._metrics cimport Counters, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS, G_CLIENTS_TOTAL
 from mcrouter._metrics import local as local_counters
-from mcrouter._parser cimport (Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR, TAKE_NO,
-                               TAKE_YES, TAKE_BOUNDED)
+from mcrouter._parser cimport (Owner, Request, RequestParser, CMD_QUIT, RK_GET, ST_ERROR,
+                               TAKE_NO, TAKE_YES, TAKE_BOUNDED)
 from mcrouter._parser import split_values
 
 cdef int EV_IN = select.EPOLLIN
@@ -71,7 +71,7 @@ cdef inline Py_ssize_t reply_keys(Request req):
     return max(1, len(req.keys)) if req.keys is not None else 1
 
 
-cdef class ClientConnection:
+cdef class ClientConnection(Owner):
     cdef readonly object worker
     cdef object loop
     cdef object sock
