@@ -2,7 +2,7 @@
 from typing import Any
 from typing_extensions import disjoint_base
 
-from mcrouter._parser import Request, RequestParser
+from mcrouter._parser import Owner, Request, RequestParser
 
 MAX_PENDING: int
 MAX_GET_LINE: int
@@ -13,7 +13,7 @@ MAX_IOV: int
 LINGER: float
 
 @disjoint_base
-class ClientConnection:
+class ClientConnection(Owner):
     worker: Any
     fd: int
     parser: RequestParser
