@@ -34,17 +34,21 @@ def split(req: Request, routes: list[Any],
           grouping: tuple[dict[int, list[bytes]], list[int] | None]) -> None: ...
 
 @disjoint_base
-class TableDispatch:
+class Node:
+    def dispatch(self, req: Request) -> None: ...
+
+@disjoint_base
+class TableDispatch(Node):
     table: list[Any]
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class HostDispatch:
+class HostDispatch(Node):
     host: Any
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class ServiceDispatch:
+class ServiceDispatch(Node):
     """Subclasses define ``serve`` (reserved keys), ``serve_stats`` (stats) and
     ``serve_admin`` (commands whose bit is set in ``gated``)."""
     tree: Any
@@ -52,7 +56,7 @@ class ServiceDispatch:
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class HashDispatch:
+class HashDispatch(Node):
     children: list[Any]
     hasher: Hasher
     keyless: list[Any]
@@ -66,7 +70,7 @@ class PolicyDispatch(HashDispatch):
     def destination(self, key: bytes, up: bytes) -> int: ...
 
 @disjoint_base
-class HostListDispatch:
+class HostListDispatch(Node):
     pool: tuple[Any, ...]           # upstream.HostBase
 
 class DefaultDispatch(HostListDispatch):

@@ -48,23 +48,40 @@ cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 
 
-cdef class TableDispatch:
+cdef class Node:
+    """Base of every route handle (routes/base.py: Route): a parent calls its
+    children's ``dispatch`` through the C vtable, whether it is compiled (the
+    *Dispatch classes below) or Python (a subclass's own ``dispatch``)."""
+
+    cpdef dispatch(self, Request req):
+        raise NotImplementedError(f"{type(self).__name__} has no dispatch")
+
+
+cdef inline route_to(object node, Request req):
+    """``node.dispatch(req)``: a C call for a Node (anything else: a stand-in)."""
+    if isinstance(node, Node):
+        (<Node>node).dispatch(req)
+    else:
+        node.dispatch(req)
+
+
+cdef class TableDispatch(Node):
     """Base of OperationSelectorRoute: a child per command id."""
 
     cdef public list table
 
     cpdef dispatch(self, Request req):
-        self.table[req.cmd].dispatch(req)
+        route_to(self.table[req.cmd], req)
 
 
-cdef class HostDispatch:
+cdef class HostDispatch(Node):
     """Base of HostRoute: the host, or at once the router's error when the
     host is down (so that the routes above can fail over)."""
 
-    cdef public object host
+    cdef public HostBase host
 
     cpdef dispatch(self, Request req):
-        host = self.host
+        cdef HostBase host = self.host
         if host.healthy:
             host.send(req)
         else:
@@ -80,7 +97,7 @@ cdef class HostDispatch:
 
 DEF MASK_HOSTS = 64         # pools up to this size keep their healthy hosts in Request.todo
 
-cdef class HostListDispatch:
+cdef class HostListDispatch(Node):
     """Base of HostListRoute: the pool, as ``upstream.Host`` objects (C calls
     to their health and ``send``)."""
 
@@ -278,7 +295,7 @@ cdef inline race_copy(Request req, HostBase host):
     host.send(sub)
 
 
-cdef class ServiceDispatch:
+cdef class ServiceDispatch(Node):
     """Base of RootRoute: what the router answers about itself (reserved
     ``__mcrouter__.`` keys to ``serve``, ``stats`` to ``serve_stats``), the
     config's admin policy (the commands whose bit is set in ``gated`` to
@@ -296,10 +313,10 @@ cdef class ServiceDispatch:
         elif 0 <= cmd < 64 and (self.gated >> cmd) & 1:
             self.serve_admin(req)
         else:
-            self.tree.dispatch(req)
+            route_to(self.tree, req)
 
 
-cdef class HashDispatch:
+cdef class HashDispatch(Node):
     """Base of PoolRoute/HashRoute: a keyed request to the child its key
     hashes to, a multi-key get split by child, the rest by command."""
 
@@ -311,9 +328,9 @@ cdef class HashDispatch:
         if req.keys is not None:
             split(req, self.children, group_keys(req, self.hasher, None))
         elif len(req.key):
-            self.children[self.hasher.index(req.key)].dispatch(req)
+            route_to(self.children[self.hasher.index(req.key)], req)
         else:
-            self.keyless[req.cmd].dispatch(req)
+            route_to(self.keyless[req.cmd], req)
 
 
 cdef class PolicyDispatch(HashDispatch):
@@ -353,11 +370,11 @@ cdef class PolicyDispatch(HashDispatch):
             i = self.hasher.index(req.key)
             child = self.children[i]
             if child.host.healthy:
-                child.dispatch(req)
+                route_to(child, req)
             else:
-                self.routes[self.destination(req.key, self.up_mask())].dispatch(req)
+                route_to(self.routes[self.destination(req.key, self.up_mask())], req)
         else:
-            self.keyless[req.cmd].dispatch(req)
+            route_to(self.keyless[req.cmd], req)
 
     cdef tuple regroup(self, Request req):
         """group_keys, with each key at its destination while some hosts are down."""
@@ -844,7 +861,7 @@ cpdef split(Request req, list routes, tuple grouping):
     cdef dict groups = grouping[0]
     if len(groups) == 1:
         for i in groups:
-            routes[i].dispatch(req)       # one destination: the request as it is
+            route_to(routes[i], req)      # one destination: the request as it is
         return
     cdef Shards shards = Shards(req)
     shards.left = len(groups)
@@ -857,4 +874,4 @@ cpdef split(Request req, list routes, tuple grouping):
         sub = for_keys(req, shards, prefix, keys)
         sub.stream = stream         # its values may go on while it arrives (Shards)
         shards.subs[i] = sub
-        routes[i].dispatch(sub)
+        route_to(routes[i], sub)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 from mcrouter._parser import Owner, Request
-from mcrouter._routing import HostDispatch, HostListDispatch
+from mcrouter._routing import HostDispatch, HostListDispatch, Node
 from mcrouter.config import HostAddr
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
 
@@ -41,9 +41,10 @@ class Trace:
             self.hosts.append(str(host.addr))
 
 
-class Route:
+class Route(Node):
     """A node of the route tree.  ``dispatch`` must lead to exactly one
-    ``req.finish(...)``, now or later, whatever happens upstream."""
+    ``req.finish(...)``, now or later, whatever happens upstream.  Node
+    (_routing.pyx) lets a compiled parent call it through the C vtable."""
 
     name = "Route"
 
