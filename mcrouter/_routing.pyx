@@ -5,7 +5,10 @@ Route handles are Python objects (routes/), but the few steps every request
 takes run here, so a request crosses the tree without entering the
 interpreter: ``TableDispatch`` (OperationSelectorRoute: a lookup by command),
 ``HashDispatch`` (PoolRoute/HashRoute: a key's destination), ``HostDispatch``
-(a host, or the router's error when it is down), and the multi-key get.
+(a host, or the router's error when it is down), the routes over an ordered
+pool (``DefaultDispatch``, ``MissFailoverDispatch``, ``AllFastestDispatch``),
+and the multi-key get.  Every handle is a ``Node``: a parent calls a child
+through the C vtable, and a Python route's own ``dispatch`` is found there.
 
 Multi-key gets: ask several destinations for parts of one request, answer
 once.  One mechanism serves every route that splits a ``get``/``gets``/
