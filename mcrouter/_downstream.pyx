@@ -158,7 +158,7 @@ cdef inline Py_ssize_t reply_keys(Request req):
     return max(1, len(req.keys)) if req.keys is not None else 1
 
 
-cdef class ClientConnection(Handler):
+cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.pxd)
     cdef readonly object worker
     cdef Loop loop
     cdef object sock

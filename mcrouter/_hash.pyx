@@ -232,10 +232,15 @@ cdef uint32_t key_hash(int fn, const uint8_t *p, size_t n) noexcept nogil:
     return h
 
 
+cdef dict FUNCTION_INDEX = {name: i for i, name in enumerate(FUNCTIONS)}
+
+
 def hash_key(str function, bytes key):
     """The 32-bit hash twemproxy's ``hash: <function>`` gives ``key``."""
-    return key_hash(FUNCTIONS.index(function), <const uint8_t *>PyBytes_AS_STRING(key),
-                    PyBytes_GET_SIZE(key))
+    cdef object fn = FUNCTION_INDEX.get(function)
+    if fn is None:
+        raise ValueError(f"{function!r} is not in FUNCTIONS")
+    return key_hash(fn, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
 
 def md5_digest(bytes data):

@@ -1,4 +1,6 @@
 from cpython.exc cimport PyErr_SetFromErrno
+
+from mcrouter._parser cimport Owner
 from libc.errno cimport errno, EAGAIN, EINTR
 
 cdef extern from "<errno.h>" nogil:
@@ -58,9 +60,10 @@ cdef inline Py_ssize_t fd_sendv(int fd, iovec *iov, Py_ssize_t count) except -2:
     return io_result(c_sendmsg(fd, &msg, MSG_NOSIGNAL))
 
 
-cdef class Handler:
+cdef class Handler(Owner):
     # What the loop calls for a ready descriptor and at the end of a turn,
-    # through the C vtable (see _loop.pyx).
+    # through the C vtable (see _loop.pyx).  An Owner too, so that a client
+    # connection (both) has one C base: extension types have one base class.
     cdef public bint dirty              # queued in one of the loop's dirty lists this turn
     cdef int c_on_event(self, unsigned int mask) except -1
     cdef int c_flush(self) except -1

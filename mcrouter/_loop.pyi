@@ -3,6 +3,8 @@ import select
 from typing import Any, Callable
 from typing_extensions import disjoint_base
 
+from mcrouter._parser import Owner
+
 TICK: float
 RECV_SIZE: int
 IDLE_POLL: float
@@ -10,7 +12,7 @@ IDLE_POLL: float
 def guarded(fn: Callable[[], object]) -> None: ...
 
 @disjoint_base
-class Handler:
+class Handler(Owner):
     dirty: bool
 
 @disjoint_base

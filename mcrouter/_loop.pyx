@@ -79,7 +79,7 @@ cpdef guarded(fn):
         log.exception("internal error in a timer or turn hook (the worker continues)")
 
 
-cdef class Handler:
+cdef class Handler(Owner):
     """What the loop calls: ``c_on_event(mask)`` when the descriptor it was
     added for is ready, ``c_flush()`` once per turn while it is in one of the
     dirty lists.  C subclasses (client and upstream connections) override

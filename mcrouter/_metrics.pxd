@@ -72,3 +72,6 @@ cdef class Counters:
     cdef void request_done(self, Request req)   # a client got its reply
     cdef void upstream_sent(self, int host, Request req)
     cdef void upstream_done(self, int host, Request req, int status)
+
+
+cpdef Counters local()          # this process's slot

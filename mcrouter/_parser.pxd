@@ -56,6 +56,9 @@ cdef enum:
     TAKE_BOUNDED = 2    # only while the reply passed on fits the per-reply bound
 
 
+cdef class Owner
+
+
 cdef class Request:
     # One client request on its way through the router, or a reply the parser
     # made itself (cmd == CMD_LOCAL, reply already set).
@@ -67,7 +70,7 @@ cdef class Request:
     cdef public list keys        # every key of a multi-key get, else None
     cdef public bytes wire       # the exact bytes to send upstream
     cdef public object reply     # bytes once answered, None before
-    cdef public object owner     # who is told: owner.on_reply(request)
+    cdef public Owner owner      # who is told: owner.on_reply(request)
     cdef public double deadline  # monotonic time its upstream reply is due
     cdef public uint64_t born_ns # when the client's bytes were read (metrics clock)
     cdef public uint64_t sent_ns # when it was queued upstream (metrics clock)
@@ -80,9 +83,24 @@ cdef class Request:
                                  # (owner.takes_parts, on_partial), as complete VALUE blocks arrive
     cdef public Py_ssize_t cursor  # keys of ``keys`` already passed by parts delivered
     cdef public Py_ssize_t streamed  # bytes of its reply passed on in those parts
+    cdef public Request parent   # the request a compiled route copied this one from, else None
+    # A compiled route's state while this request is in its hands (_routing.pyx:
+    # MissFailoverDispatch, AllFastestDispatch): hosts still to try (a bit each) or
+    # copies still out, and the reply to give if none succeeds (the last failure,
+    # else the last error: ``note_fail`` says which).
+    cdef public unsigned long long todo
+    cdef public object note
+    cdef public bint note_fail
 
     cpdef finish(self, bytes reply, int status)
-    cpdef Request child(self, object owner)
+    cpdef Request child(self, Owner owner)
+
+
+cdef class Owner:
+    # Who a request's reply goes to: ``finish`` calls ``on_reply`` through the
+    # C vtable (a compiled owner costs no Python call; a Python subclass's own
+    # ``on_reply`` is found as for any cpdef method).
+    cpdef on_reply(self, Request req)
 
 
 cdef class RequestParser:

@@ -1,5 +1,4 @@
 """Type stubs for the wire protocol extension (see _parser.pyx)."""
-from typing import Any
 from typing_extensions import disjoint_base
 
 # the cpdef enum of _parser.pxd
@@ -51,7 +50,7 @@ class Request:
     keys: list[bytes] | None
     wire: bytes
     reply: bytes | None
-    owner: Any
+    owner: Owner | None
     deadline: float
     born_ns: int
     sent_ns: int
@@ -61,8 +60,16 @@ class Request:
     stream: bool
     cursor: int
     streamed: int
+    parent: Request | None
+    todo: int
+    note: bytes | None
+    note_fail: bool
     def finish(self, reply: bytes, status: int) -> None: ...
-    def child(self, owner: Any) -> Request: ...
+    def child(self, owner: Owner | None) -> Request: ...
+
+@disjoint_base
+class Owner:
+    def on_reply(self, req: Request) -> None: ...
 
 @disjoint_base
 class RequestParser:

@@ -17,6 +17,7 @@ Upstream side: ``scan_reply`` finds where one reply ends for a given reply
 kind and judges its status on the first token (ROUTES.md).
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memchr, memcmp, memcpy, memset
@@ -78,8 +79,10 @@ def body_bytes_held():
     return body_held
 
 
+@cython.freelist(512)
 cdef class Request:
-    """One request; ``finish`` delivers its reply to ``owner`` exactly once."""
+    """One request; ``finish`` delivers its reply to ``owner`` exactly once.
+    Kept on a free list: one is made per client request and per copy."""
 
     def __cinit__(self):
         self.key = b""
@@ -92,9 +95,11 @@ cdef class Request:
             reply = self.override
         self.reply = reply
         self.status = status
+        if self.owner is None:
+            raise AttributeError("a Request without an owner was answered")
         self.owner.on_reply(self)
 
-    cpdef Request child(self, object owner):
+    cpdef Request child(self, Owner owner):
         """A copy to send elsewhere (fan-out, failover); its reply goes to
         ``owner``.  An override is what the client gets: a route judges the
         copies of a request by what the hosts really answer, exactly as it
@@ -116,6 +121,14 @@ cdef class Request:
 
     def __repr__(self):
         return f"<Request cmd={self.cmd} key={self.key!r} wire={self.wire!r} reply={self.reply!r}>"
+
+
+cdef class Owner:
+    """Base of whatever a request's reply goes to (a client connection, a
+    route's merge or attempts); subclasses define ``on_reply``."""
+
+    cpdef on_reply(self, Request req):
+        raise NotImplementedError(f"{type(self).__name__} takes no replies")
 
 
 cdef Request local_reply(bytes reply):

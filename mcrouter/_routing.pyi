@@ -3,13 +3,13 @@ from typing import Any, Callable
 from typing_extensions import disjoint_base
 
 from mcrouter._hash import Hasher
-from mcrouter._parser import Request
+from mcrouter._parser import Owner, Request
 
 def retrieval_prefix(req: Request) -> bytes: ...
-def for_keys(parent: Request, owner: Any, prefix: bytes, keys: list[bytes]) -> Request: ...
+def for_keys(parent: Request, owner: Owner | None, prefix: bytes, keys: list[bytes]) -> Request: ...
 
 @disjoint_base
-class Gather:
+class Gather(Owner):
     parent: Request
     keys: list[bytes]
     found: dict[bytes, bytes]
@@ -34,17 +34,21 @@ def split(req: Request, routes: list[Any],
           grouping: tuple[dict[int, list[bytes]], list[int] | None]) -> None: ...
 
 @disjoint_base
-class TableDispatch:
+class Node:
+    def dispatch(self, req: Request) -> None: ...
+
+@disjoint_base
+class TableDispatch(Node):
     table: list[Any]
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class HostDispatch:
+class HostDispatch(Node):
     host: Any
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class ServiceDispatch:
+class ServiceDispatch(Node):
     """Subclasses define ``serve`` (reserved keys), ``serve_stats`` (stats) and
     ``serve_admin`` (commands whose bit is set in ``gated``)."""
     tree: Any
@@ -52,7 +56,7 @@ class ServiceDispatch:
     def dispatch(self, req: Request) -> None: ...
 
 @disjoint_base
-class HashDispatch:
+class HashDispatch(Node):
     children: list[Any]
     hasher: Hasher
     keyless: list[Any]
@@ -64,3 +68,25 @@ class PolicyDispatch(HashDispatch):
     routes: list[Any]
     def up_mask(self) -> bytes: ...
     def destination(self, key: bytes, up: bytes) -> int: ...
+
+@disjoint_base
+class HostListDispatch(Node):
+    pool: tuple[Any, ...]           # upstream.HostBase
+
+class DefaultDispatch(HostListDispatch):
+    def dispatch(self, req: Request) -> None: ...
+
+@disjoint_base
+class MissFailover(Owner):
+    def on_reply(self, sub: Request) -> None: ...
+
+@disjoint_base
+class MissFailoverDispatch(HostListDispatch):
+    """Subclasses define ``chain`` (multi-key gets, pools over 64 hosts)."""
+    def dispatch(self, req: Request) -> None: ...
+
+class Race(Owner):
+    def on_reply(self, sub: Request) -> None: ...
+
+class AllFastestDispatch(HostListDispatch):
+    def dispatch(self, req: Request) -> None: ...

@@ -5,7 +5,10 @@ Route handles are Python objects (routes/), but the few steps every request
 takes run here, so a request crosses the tree without entering the
 interpreter: ``TableDispatch`` (OperationSelectorRoute: a lookup by command),
 ``HashDispatch`` (PoolRoute/HashRoute: a key's destination), ``HostDispatch``
-(a host, or the router's error when it is down), and the multi-key get.
+(a host, or the router's error when it is down), the routes over an ordered
+pool (``DefaultDispatch``, ``MissFailoverDispatch``, ``AllFastestDispatch``),
+and the multi-key get.  Every handle is a ``Node``: a parent calls a child
+through the C vtable, and a Python route's own ``dispatch`` is found there.
 
 Multi-key gets: ask several destinations for parts of one request, answer
 once.  One mechanism serves every route that splits a ``get``/``gets``/
@@ -29,39 +32,273 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport (Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS, ST_OK,
-                               ST_FAIL, ST_ERROR, TAKE_NO, TAKE_YES)
+from mcrouter._metrics cimport local, G_ROUTES, R_FAILOVER, R_MISS_FAILOVER, R_FANOUT
+from mcrouter._parser cimport (Owner, Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS,
+                               ST_OK, ST_FAIL, ST_ERROR, TAKE_NO, TAKE_YES)
+from mcrouter._upstream cimport HostBase
 from mcrouter import protocol
+
+cdef extern from *:
+    """
+    static inline int mcr_lowest_bit(unsigned long long m) { return __builtin_ctzll(m); }
+    static inline int mcr_popcount(unsigned long long m) { return __builtin_popcountll(m); }
+    """
+    int mcr_lowest_bit(unsigned long long m) nogil
+    int mcr_popcount(unsigned long long m) nogil
 
 cdef bytes END = b"END\r\n"
 cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 
 
-cdef class TableDispatch:
+cdef class Node:
+    """Base of every route handle (routes/base.py: Route): a parent calls its
+    children's ``dispatch`` through the C vtable, whether it is compiled (the
+    *Dispatch classes below) or Python (a subclass's own ``dispatch``)."""
+
+    cpdef dispatch(self, Request req):
+        raise NotImplementedError(f"{type(self).__name__} has no dispatch")
+
+
+cdef inline route_to(object node, Request req):
+    """``node.dispatch(req)``: a C call for a Node (anything else: a stand-in)."""
+    if isinstance(node, Node):
+        (<Node>node).dispatch(req)
+    else:
+        node.dispatch(req)
+
+
+cdef class TableDispatch(Node):
     """Base of OperationSelectorRoute: a child per command id."""
 
     cdef public list table
 
     cpdef dispatch(self, Request req):
-        self.table[req.cmd].dispatch(req)
+        route_to(self.table[req.cmd], req)
 
 
-cdef class HostDispatch:
+cdef class HostDispatch(Node):
     """Base of HostRoute: the host, or at once the router's error when the
     host is down (so that the routes above can fail over)."""
 
-    cdef public object host
+    cdef public HostBase host
 
     cpdef dispatch(self, Request req):
-        host = self.host
+        cdef HostBase host = self.host
         if host.healthy:
             host.send(req)
         else:
             req.finish(R_NO_HEALTHY, ST_ERROR)
 
 
-cdef class ServiceDispatch:
+# -- routes over an ordered pool of hosts (routes/simple.py, failover.py, fanout.py) --
+#
+# Their state per request lives in the request itself while it is in their
+# hands (Request.todo, note, note_fail; a copy's ``parent``), and their copies'
+# replies go to one owner per route (MissFailover) or per process (RACE): no
+# object per request but the copies themselves.
+
+DEF MASK_HOSTS = 64         # pools up to this size keep their healthy hosts in Request.todo
+
+cdef class HostListDispatch(Node):
+    """Base of HostListRoute: the pool, as ``upstream.Host`` objects (C calls
+    to their health and ``send``)."""
+
+    cdef tuple hosts
+
+    @property
+    def pool(self):
+        return self.hosts
+
+    @pool.setter
+    def pool(self, value):
+        cdef tuple hosts = tuple(value)
+        for h in hosts:
+            if not isinstance(h, HostBase):
+                raise TypeError(f"a pool holds upstream hosts, not {type(h).__name__}")
+        self.hosts = hosts
+        self.pool_changed()
+
+    cdef pool_changed(self):
+        pass
+
+    cdef unsigned long long healthy_mask(self):
+        """Bit i set: ``hosts[i]`` is healthy (pools of at most 64 hosts)."""
+        cdef tuple hosts = self.hosts
+        cdef Py_ssize_t i
+        cdef unsigned long long mask = 0
+        for i in range(len(hosts)):
+            if (<HostBase>hosts[i]).healthy:
+                mask |= 1ULL << i
+        return mask
+
+
+cdef class DefaultDispatch(HostListDispatch):
+    """Base of DefaultRoute: the first healthy host; its reply is forwarded."""
+
+    cpdef dispatch(self, Request req):
+        cdef tuple hosts = self.hosts
+        cdef Py_ssize_t i
+        cdef HostBase host
+        for i in range(len(hosts)):
+            host = <HostBase>hosts[i]
+            if host.healthy:
+                if i:
+                    local().add(G_ROUTES + R_FAILOVER, 1)
+                host.send(req)
+                return
+        req.finish(R_NO_HEALTHY, ST_ERROR)
+
+
+cdef inline void note_reply(Request parent, Request sub):
+    """Attempts.note: remember a copy's failure reply, or its error."""
+    if sub.status == ST_FAIL:
+        parent.note = sub.reply
+        parent.note_fail = True
+    elif not parent.note_fail:
+        parent.note = sub.reply
+
+
+cdef inline give_up(Request parent):
+    """Attempts.give_up: the last failure if there was one (a real memcached
+    reply beats the router's own error), else the last error."""
+    note = parent.note
+    parent.note = None
+    if parent.note_fail:
+        parent.finish(note, ST_FAIL)
+    else:
+        parent.finish(note or R_UPSTREAM_ERROR, ST_ERROR)
+
+
+cdef class MissFailover(Owner):
+    """The owner of a MissFailoverRoute's copies: a single-key request's hosts
+    in order (those healthy when it came, bits of ``parent.todo``) until one
+    succeeds; a miss or any failure moves on.  The first success, else the
+    last failure, else the last error (routes/failover.py's _Chain)."""
+
+    cdef tuple hosts
+
+    cdef start(self, Request req, unsigned long long mask):
+        req.todo = mask
+        req.note = None
+        req.note_fail = False
+        self.next(req)
+
+    cdef next(self, Request parent):
+        cdef unsigned long long m = parent.todo
+        cdef Request sub = parent.child(self)
+        parent.todo = m & (m - 1)
+        sub.parent = parent
+        (<HostBase>self.hosts[mcr_lowest_bit(m)]).send(sub)
+
+    cpdef on_reply(self, Request sub):
+        cdef Request parent = sub.parent
+        reply = sub.reply or b""
+        if sub.status == ST_OK or reply.startswith(b"CLIENT_ERROR "):
+            # a CLIENT_ERROR is about the request: every host would say the same
+            parent.note = None
+            parent.finish(reply, sub.status)
+            return
+        note_reply(parent, sub)
+        if parent.todo:
+            local().add(G_ROUTES + (R_FAILOVER if sub.status == ST_ERROR else R_MISS_FAILOVER), 1)
+            self.next(parent)
+        else:
+            give_up(parent)
+
+
+cdef class MissFailoverDispatch(HostListDispatch):
+    """Base of MissFailoverRoute: a single-key request through MissFailover;
+    a multi-key get (MissChain) or a pool of more than 64 hosts through the
+    subclass's ``chain``."""
+
+    cdef MissFailover failover
+
+    def __cinit__(self):
+        self.failover = MissFailover()
+
+    cdef pool_changed(self):
+        self.failover.hosts = self.hosts
+
+    cpdef dispatch(self, Request req):
+        cdef unsigned long long mask
+        if req.keys is not None or len(self.hosts) > MASK_HOSTS:
+            self.chain(req)
+            return
+        mask = self.healthy_mask()
+        if mask == 0:
+            req.finish(R_NO_HEALTHY, ST_ERROR)
+        else:
+            self.failover.start(req, mask)
+
+
+cdef class Race(Owner):
+    """The owner of AllFastestRoute's copies: the first success is forwarded
+    at once; if none succeeds, the last failure, else the last error.  The
+    copies still out are counted in ``parent.todo``."""
+
+    cpdef on_reply(self, Request sub):
+        cdef Request parent = sub.parent
+        parent.todo -= 1
+        if parent.reply is not None:
+            return                      # already answered: the rest finish in the background
+        if sub.status == ST_OK:
+            parent.note = None
+            parent.finish(sub.reply or b"", ST_OK)
+            return
+        note_reply(parent, sub)
+        if parent.todo == 0:
+            give_up(parent)
+
+
+cdef Race RACE = Race()
+
+
+cdef class AllFastestDispatch(HostListDispatch):
+    """Base of AllFastestRoute: a copy to every host healthy when the request
+    came (one healthy: the request itself); the first success wins (Race)."""
+
+    cpdef dispatch(self, Request req):
+        cdef tuple hosts = self.hosts
+        cdef unsigned long long mask
+        cdef list up
+        if len(hosts) > MASK_HOSTS:
+            up = [h for h in hosts if (<HostBase>h).healthy]
+            if not up:
+                req.finish(R_NO_HEALTHY, ST_ERROR)
+            elif len(up) == 1:
+                (<HostBase>up[0]).send(req)
+            else:
+                start_race(req, len(up))
+                for h in up:
+                    race_copy(req, <HostBase>h)
+            return
+        mask = self.healthy_mask()
+        if mask == 0:
+            req.finish(R_NO_HEALTHY, ST_ERROR)
+        elif mask & (mask - 1) == 0:
+            (<HostBase>hosts[mcr_lowest_bit(mask)]).send(req)
+        else:
+            start_race(req, mcr_popcount(mask))
+            while mask:         # a send may mark its own host down: the mask was taken before
+                race_copy(req, <HostBase>hosts[mcr_lowest_bit(mask)])
+                mask &= mask - 1
+
+
+cdef inline void start_race(Request req, Py_ssize_t copies):
+    local().add(G_ROUTES + R_FANOUT, 1)
+    req.todo = copies
+    req.note = None
+    req.note_fail = False
+
+
+cdef inline race_copy(Request req, HostBase host):
+    cdef Request sub = req.child(RACE)
+    sub.parent = req
+    host.send(sub)
+
+
+cdef class ServiceDispatch(Node):
     """Base of RootRoute: what the router answers about itself (reserved
     ``__mcrouter__.`` keys to ``serve``, ``stats`` to ``serve_stats``), the
     config's admin policy (the commands whose bit is set in ``gated`` to
@@ -79,10 +316,10 @@ cdef class ServiceDispatch:
         elif 0 <= cmd < 64 and (self.gated >> cmd) & 1:
             self.serve_admin(req)
         else:
-            self.tree.dispatch(req)
+            route_to(self.tree, req)
 
 
-cdef class HashDispatch:
+cdef class HashDispatch(Node):
     """Base of PoolRoute/HashRoute: a keyed request to the child its key
     hashes to, a multi-key get split by child, the rest by command."""
 
@@ -94,9 +331,9 @@ cdef class HashDispatch:
         if req.keys is not None:
             split(req, self.children, group_keys(req, self.hasher, None))
         elif len(req.key):
-            self.children[self.hasher.index(req.key)].dispatch(req)
+            route_to(self.children[self.hasher.index(req.key)], req)
         else:
-            self.keyless[req.cmd].dispatch(req)
+            route_to(self.keyless[req.cmd], req)
 
 
 cdef class PolicyDispatch(HashDispatch):
@@ -136,11 +373,11 @@ cdef class PolicyDispatch(HashDispatch):
             i = self.hasher.index(req.key)
             child = self.children[i]
             if child.host.healthy:
-                child.dispatch(req)
+                route_to(child, req)
             else:
-                self.routes[self.destination(req.key, self.up_mask())].dispatch(req)
+                route_to(self.routes[self.destination(req.key, self.up_mask())], req)
         else:
-            self.keyless[req.cmd].dispatch(req)
+            route_to(self.keyless[req.cmd], req)
 
     cdef tuple regroup(self, Request req):
         """group_keys, with each key at its destination while some hosts are down."""
@@ -158,7 +395,7 @@ cpdef bytes retrieval_prefix(Request req):
     return b" ".join(words[:2])
 
 
-cpdef Request for_keys(Request parent, object owner, bytes prefix, list keys):
+cpdef Request for_keys(Request parent, Owner owner, bytes prefix, list keys):
     """A sub-request of ``parent`` asking only for ``keys``: ``<prefix> <keys>\\r\\n``."""
     cdef Request sub = parent.child(owner)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix) + 2, kl
@@ -233,7 +470,7 @@ cdef list merge_values(dict found, bytes reply, bint want_hits):
     return hits
 
 
-cdef class Gather:
+cdef class Gather(Owner):
     """The hits of a multi-key get, collected from the replies of its sub-requests."""
 
     cdef public Request parent
@@ -627,7 +864,7 @@ cpdef split(Request req, list routes, tuple grouping):
     cdef dict groups = grouping[0]
     if len(groups) == 1:
         for i in groups:
-            routes[i].dispatch(req)       # one destination: the request as it is
+            route_to(routes[i], req)      # one destination: the request as it is
         return
     cdef Shards shards = Shards(req)
     shards.left = len(groups)
@@ -640,4 +877,4 @@ cpdef split(Request req, list routes, tuple grouping):
         sub = for_keys(req, shards, prefix, keys)
         sub.stream = stream         # its values may go on while it arrives (Shards)
         shards.subs[i] = sub
-        routes[i].dispatch(sub)
+        route_to(routes[i], sub)

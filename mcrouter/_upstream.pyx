@@ -41,12 +41,7 @@ cdef object E_PARSE = _metrics.E_PARSE
 
 
 cdef class HostBase:
-    """What Host.send needs, as C fields."""
-    cdef public Loop loop
-    cdef public list conns              # Connection, -C of them
-    cdef public double timeout
-    cdef public bint healthy            # as the shared HostTable says
-    cdef public long failures           # consecutive timeouts/errors seen by the data path
+    """What Host.send needs, as C fields (declared in _upstream.pxd)."""
 
     cpdef send(self, Request req):
         """Queue ``req`` on its client's connection (so that one client's

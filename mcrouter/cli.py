@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from mcrouter import __version__
+from mcrouter._upstream import HostBase
 from mcrouter.config import ConfigError, HostAddr, load_config
 from mcrouter.hosttable import DEFAULT_CAPACITY
 from mcrouter.listen import ListenAddr, ListenError, parse_listen
@@ -221,8 +222,9 @@ def check_config(router_config: str = typer.Option("router.yaml", "-f", "--route
     typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.hosts())} host(s))")
 
 
-class _NotConnected:
-    """A host as ``mcrouter route`` sees it: an address, assumed up, never sent to."""
+class _NotConnected(HostBase):
+    """A host as ``mcrouter route`` sees it: an address, assumed up, never sent
+    to (a HostBase, as the compiled routes hold only those)."""
 
     def __init__(self, addr: HostAddr) -> None:
         self.addr = addr

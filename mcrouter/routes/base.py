@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-from mcrouter._parser import Request
-from mcrouter._routing import HostDispatch
+from mcrouter._parser import Owner, Request
+from mcrouter._routing import HostDispatch, HostListDispatch, Node
 from mcrouter.config import HostAddr
 from mcrouter.protocol import NO_HEALTHY_UPSTREAM, ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_ERROR
 
@@ -41,9 +41,10 @@ class Trace:
             self.hosts.append(str(host.addr))
 
 
-class Route:
+class Route(Node):
     """A node of the route tree.  ``dispatch`` must lead to exactly one
-    ``req.finish(...)``, now or later, whatever happens upstream."""
+    ``req.finish(...)``, now or later, whatever happens upstream.  Node
+    (_routing.pyx) lets a compiled parent call it through the C vtable."""
 
     name = "Route"
 
@@ -79,9 +80,11 @@ class HostRoute(HostDispatch, Route):
         trace.host(self.host)
 
 
-class HostListRoute(Route):
+class HostListRoute(HostListDispatch, Route):
     """A route over a list of hosts in priority order (gomcrouter's
-    orderedPool, or a named pool); hosts that are down are skipped."""
+    orderedPool, or a named pool); hosts that are down are skipped.  The
+    pool is HostListDispatch's (_routing.pyx): the hosts are
+    ``upstream.HostBase`` objects, read and called from C."""
 
     def __init__(self, pool: Sequence[Upstream]) -> None:
         self.pool = tuple(pool)
@@ -97,7 +100,7 @@ class HostListRoute(Route):
         return [HostRoute(h) for h in self.healthy()]
 
 
-class _Discard:
+class _Discard(Owner):
     """Owner of background copies (shadows, async fan-out): replies are dropped."""
 
     __slots__ = ()
@@ -112,7 +115,7 @@ DISCARD: Any = _Discard()
 SEVERITY = {ST_OK: 0, ST_FAIL: 1, ST_ERROR: 2}
 
 
-class Attempts:
+class Attempts(Owner):
     """Base of a request's tries over several hosts: remembers the last
     failure reply and the last error, and answers with the failure if there
     was one (a real memcached reply beats the router's own error)."""

@@ -20,7 +20,8 @@ from typing import Sequence
 
 from mcrouter._hash import hash_key
 from mcrouter._metrics import R_FAILOVER, R_MISS_FAILOVER, local as local_counters
-from mcrouter._parser import Request
+from mcrouter._parser import Owner, Request
+from mcrouter._routing import MissFailoverDispatch
 from mcrouter.config import ERROR_CLASSES, OPERATION_GROUPS
 from mcrouter.protocol import (CMD_CAS, CMD_DECR, CMD_DELETE, CMD_GAT, CMD_GATS, CMD_GET,
                                CMD_GETS, CMD_INCR, CMD_MA, CMD_MD, CMD_MG, CMD_MS, CMD_SET,
@@ -52,10 +53,15 @@ def error_class(sub: Request) -> str | None:
     return None
 
 
-class MissFailoverRoute(HostListRoute):
+class MissFailoverRoute(MissFailoverDispatch, HostListRoute):
+    """``dispatch`` is MissFailoverDispatch's (_routing.pyx): a single-key
+    request is tried there, in C; ``chain`` takes the rest."""
+
     name = "MissFailoverRoute"
 
-    def dispatch(self, req: Request) -> None:
+    def chain(self, req: Request) -> None:
+        """A multi-key get (MissChain), or any request over a pool too long
+        for MissFailoverDispatch's bit set (_Chain)."""
         hosts = self.healthy()
         if not hosts:
             self.no_host(req)
@@ -66,7 +72,8 @@ class MissFailoverRoute(HostListRoute):
 
 
 class _Chain(Attempts):
-    """Single request: the first success, else the last failure, else the last error."""
+    """Single request: the first success, else the last failure, else the last
+    error (as _routing.MissFailover, for pools longer than 64 hosts)."""
 
     __slots__ = ("hosts", "i")
 
@@ -128,7 +135,7 @@ class FailoverRoute(Route):
         return self.order(req)[:self.tries]
 
 
-class _Failover:
+class _Failover(Owner):
     __slots__ = ("parent", "children", "errors", "tries", "i")
 
     def __init__(self, parent: Request, children: Sequence[Route], errors: frozenset[str],

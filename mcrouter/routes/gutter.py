@@ -20,7 +20,7 @@ import re
 import time
 from typing import Sequence
 
-from mcrouter._parser import Request
+from mcrouter._parser import Owner, Request
 from mcrouter.config import MAX_RELATIVE_EXPTIME
 from mcrouter.protocol import (CMD_ADD, CMD_CAS, CMD_GAT, CMD_GATS, CMD_MA, CMD_MG, CMD_MS,
                                CMD_REPLACE, CMD_SET, CMD_TOUCH)
@@ -100,7 +100,7 @@ def cap_wire(cmd: int, wire: bytes, max_ttl: int, now: float) -> bytes:
     return b" ".join(tokens) + wire[end - 1 if cr else end:]
 
 
-class _Forward:
+class _Forward(Owner):
     """Owner of a capped copy: its reply is the client's."""
 
     __slots__ = ("parent",)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from typing import Iterable, Sequence
 
-from mcrouter._metrics import R_FAILOVER, local as local_counters
 from mcrouter._parser import Request
+from mcrouter._routing import DefaultDispatch
 from mcrouter.protocol import (CMD_MN, CMD_VERSION, ERROR_ROUTE, MEMCACHED_PROTOCOL_LEVEL,
                                NOT_HANDLED_LOCALLY, NULL_REPLIES, ST_ERROR, ST_OK, router_error)
 from mcrouter.hosttable import HostTable
@@ -65,20 +65,11 @@ def null_reply(req: Request) -> tuple[bytes, int]:
     return NULL_REPLIES.get(req.cmd, (NOT_HANDLED_LOCALLY, ST_ERROR))
 
 
-class DefaultRoute(HostListRoute):
-    """The first healthy host of the ordered pool; its reply is forwarded."""
+class DefaultRoute(DefaultDispatch, HostListRoute):
+    """The first healthy host of the ordered pool; its reply is forwarded
+    (``dispatch`` is DefaultDispatch's, in _routing.pyx)."""
 
     name = "DefaultRoute"
-
-    def dispatch(self, req: Request) -> None:
-        pool = self.pool
-        for host in pool:
-            if host.healthy:
-                if host is not pool[0]:
-                    local_counters().route(R_FAILOVER)
-                host.send(req)
-                return
-        self.no_host(req)
 
     def targets(self, req: Request) -> Sequence[Route]:
         return [HostRoute(h) for h in self.healthy()[:1]]

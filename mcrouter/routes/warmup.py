@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mcrouter._parser import Request
+from mcrouter._parser import Owner, Request
 from mcrouter.protocol import (CMD_ADD, CMD_GAT, CMD_GATS, CMD_GET, CMD_GETS, CMD_MG, RK_QUIET,
                                ST_FAIL)
 from mcrouter.routes.base import DISCARD, Route
@@ -59,7 +59,7 @@ class WarmUpRoute(Route):
         return self.steps if req.cmd in _GETS or req.cmd == CMD_MG else (self.cold,)
 
 
-class _MetaWarm:
+class _MetaWarm(Owner):
     __slots__ = ("parent", "route", "step")
 
     def __init__(self, parent: Request, route: WarmUpRoute) -> None:

@@ -13,7 +13,7 @@ import socket
 import time
 
 from support import pool_config
-from mcrouter._parser import Request, RequestParser
+from mcrouter._parser import Owner, Request, RequestParser
 from mcrouter._ring import Ring
 from support.hostile import PeakRss, read_replies, rss_kib, send_without_reading
 
@@ -142,7 +142,7 @@ def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_bound(memc
     assert held < 24 * MIB, f"worker grew by {held} KiB for a client that does not read"
 
 
-class _Refusing:
+class _Refusing(Owner):
     """A ring owner that does not take parts now (its earlier reply is not
     out, or its output is above -b); counts the bytes it was offered."""
 

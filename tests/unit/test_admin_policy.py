@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcrouter import protocol
-from mcrouter._parser import RequestParser
+from mcrouter._parser import Owner, RequestParser
 from mcrouter.config import (ADMIN_COMMANDS, ADMIN_NEVER, AdminPolicy, ConfigError,
                              parse_config)
 from mcrouter.routes.admin_policy import AdminGate, admin_name, memcached_words
@@ -132,7 +132,7 @@ class Tree:
         req.finish(b"OK\r\n", protocol.ST_OK)
 
 
-class Client:
+class Client(Owner):
     def __init__(self) -> None:
         self.replies: list[bytes] = []
 

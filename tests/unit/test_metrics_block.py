@@ -11,12 +11,12 @@ from mcrouter._metrics import (E_TIMEOUT, G_BYTES_IN, G_LEFT_ERRORS, G_LEFT_HITS
                                G_LEFT_MISSES, G_LEFT_SENT, G_RELOAD_LAST_OK, G_RELOADS_FAILED,
                                G_RELOADS_OK, H_CONNS, H_ERRORS, H_HITS, H_MISSES, H_SENT,
                                HOST_WORDS, HOSTS_AT, R_FANOUT, G_ROUTES, Counters)
-from mcrouter._parser import RequestParser
+from mcrouter._parser import Owner, RequestParser
 from mcrouter._ring import Ring
 from mcrouter.metrics import HEADER_BYTES, MetricsBlock, note_reload
 
 
-class Inbox:
+class Inbox(Owner):
     def on_reply(self, req):
         pass
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from mcrouter._parser import RequestParser
+from mcrouter._parser import Owner, RequestParser
 from mcrouter._ring import Ring
 from mcrouter.protocol import RK_QUIET
 
@@ -64,7 +64,7 @@ def test_replies_match_whatever_the_reads():
         picked = rng.choices(REPLIES, k=rng.randint(1, 20))
         got = []
 
-        class Inbox:
+        class Inbox(Owner):
             def on_reply(self, req):
                 got.append(req.reply)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from mcrouter._parser import RequestParser
+from mcrouter._parser import Owner, RequestParser
 from mcrouter._ring import Ring
 from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK
 
@@ -13,7 +13,7 @@ TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
 GONE = b"SERVER_ERROR mcrouter: upstream error\r\n"
 
 
-class Inbox:
+class Inbox(Owner):
     def __init__(self):
         self.got = []
 

@@ -6,12 +6,12 @@ request order, repeated keys, a destination that errs, all that err.
 """
 from __future__ import annotations
 
-from mcrouter._parser import Request, RequestParser
+from mcrouter._parser import Owner as OwnerBase, Request, RequestParser
 from mcrouter._routing import group_keys, split
 from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_TIMEOUT
 
 
-class Owner:
+class Owner(OwnerBase):
     def __init__(self) -> None:
         self.replies: list[tuple[bytes, int]] = []
 

@@ -20,7 +20,7 @@ import pytest
 from mcrouter import _metrics
 from mcrouter import upstream as upstream_mod
 from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, H_CONNS, H_ERRORS
-from mcrouter._parser import RequestParser
+from mcrouter._parser import Owner, RequestParser
 from mcrouter._ring import Ring
 from mcrouter.config import HostAddr
 from mcrouter.hosttable import DOWN as HOST_DOWN, UP as HOST_UP, HostTable
@@ -45,7 +45,7 @@ def test_the_router_replies_expected_here_are_protocol_py_s():
         UPSTREAM_ERROR, UPSTREAM_TIMEOUT, NO_HEALTHY_UPSTREAM, UPSTREAM_QUEUE_FULL)
 
 
-class Inbox:
+class Inbox(Owner):
     """The requests' owner (a client connection in the router): every answer."""
 
     def __init__(self) -> None:
