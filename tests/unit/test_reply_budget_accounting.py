@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from mcrouter import _downstream
 from mcrouter._downstream import ClientConnection, reply_bytes_charged, set_reply_budget
 from mcrouter.loop import Loop
 from mcrouter.protocol import ST_OK
@@ -90,6 +89,14 @@ def turns(loop, n=5):
         loop.run_once()
 
 
+def read_all(loop, client, total):
+    """The client reads (the loop turning) until ``total`` bytes came."""
+    client.setblocking(False)
+    data = bytearray()
+    drive(loop, reader(client, data, total), "every reply read")
+    return bytes(data)
+
+
 def setup(loop, pair, count):
     client, side = pair
     worker = Worker(loop)
@@ -109,11 +116,8 @@ def test_a_reply_past_b_is_charged_and_given_back_once_the_client_reads(loop, pa
     assert reply_bytes_charged() == budget + len(value(b"k1"))
     got[2].finish(value(b"k2"), ST_OK)
     assert reply_bytes_charged() == budget + 2 * len(value(b"k1"))
-    client.setblocking(False)
-    expected = value(b"k0") + value(b"k1") + value(b"k2")
-    data = bytearray()
-    drive(loop, reader(client, data, len(expected)), "every reply read")
-    assert bytes(data) == expected
+    assert read_all(loop, client, len(value(b"k0")) * 3) == \
+        value(b"k0") + value(b"k1") + value(b"k2")
     turns(loop)
     assert reply_bytes_charged() == budget
     conn.close()
@@ -136,11 +140,8 @@ def test_past_the_budget_the_reply_is_memcacheds_out_of_memory_line(loop, pair, 
     for i in range(3):
         got[i].finish(value(b"k%d" % i), ST_OK)
     turns(loop)
-    client.setblocking(False)
     expected = value(b"k0") + value(b"k1") + OOM
-    data = bytearray()
-    drive(loop, reader(client, data, len(expected)), "every reply read")
-    assert bytes(data) == expected
+    assert read_all(loop, client, len(expected)) == expected
     turns(loop)
     assert reply_bytes_charged() == budget
     conn.close()
