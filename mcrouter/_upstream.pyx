@@ -90,6 +90,7 @@ cdef class ConnectionBase(Handler):
     cdef public int state
     cdef public bint want_write
     cdef public object tls              # None: plain bytes on fd; else a TLS session (see above)
+    cdef bint tls_pumping               # a read of plaintext the session holds is scheduled
 
     cdef Py_ssize_t recv_into(self, bytearray buf) except -2:
         """Read into ``buf``: the bytes read, 0 at end of file, -1 if none
@@ -122,6 +123,8 @@ cdef class ConnectionBase(Handler):
             return 0
         try:
             left = len(ring.out)
+            if self.tls is not None:
+                return self._tls_flush(left)
             if left:
                 ring.before_write(self.loop.now)
                 sent = self.send_out(ring.out)
@@ -132,6 +135,49 @@ cdef class ConnectionBase(Handler):
             return 0
         self.c_want_writable(left > 0)
         return 0
+
+    # -- TLS (cold: only for a connection with a session; see tls.py) --------
+
+    cdef int _tls_flush(self, Py_ssize_t left) except -1:
+        """c_flush over a session: requests wait for the handshake (no
+        EPOLLOUT for them meanwhile: the descriptor is writable, the session
+        is not); records the kernel refused ask for EPOLLOUT."""
+        cdef Ring ring = self.ring
+        cdef Py_ssize_t sent
+        try:
+            if left and self.tls.handshake_done:
+                ring.before_write(self.loop.now)
+                sent = self.send_out(ring.out)
+                if sent > 0:
+                    left = ring.wrote(sent, self.loop.now)
+            elif self.tls.want_write:
+                self.tls.flush()
+        except OSError as e:
+            self.fail(f"send: {e.strerror or e}")
+            return 0
+        self.c_want_writable(self.tls.want_write or (left > 0 and self.tls.handshake_done))
+        return 0
+
+    cdef _tls_after_read(self):
+        """After a read: plaintext the session still holds is read on the
+        next pass (the descriptor will not announce it); requests queued
+        during the handshake go out once it is done; records it could not
+        write ask for EPOLLOUT."""
+        if self.state != C_UP or self.tls is None:
+            return
+        if self.tls.more and not self.tls_pumping:
+            self.tls_pumping = True
+            self.loop.call_later(0.0, self._tls_pump)
+        if self.tls.handshake_done and len(self.ring.out):
+            self.loop.mark_upstream(self)
+        self.c_want_writable(self.tls.want_write or (len(self.ring.out) > 0
+                                                     and self.tls.handshake_done))
+
+    def _tls_pump(self):
+        """Read what the session holds, as epoll would for kernel bytes."""
+        self.tls_pumping = False
+        if self.state == C_UP and self.tls is not None and self.tls.more:
+            self.c_on_event(EV_IN)
 
     def on_event(self, int mask):
         self.c_on_event(mask)
@@ -158,6 +204,8 @@ cdef class ConnectionBase(Handler):
                     self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
                     return 0
                 self.host.failures = 0
+            if self.tls is not None:
+                self._tls_after_read()
         if mask & EV_OUT and self.state == C_UP:
             self.c_flush()
         return 0
