@@ -25,9 +25,9 @@ from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, Serde, chec
                                    parse_values, reply_of, stats_request, store_request)
 from mcrouter.client.errors import (MemcacheError, MemcacheIllegalInputError,
                                     MemcachePartialError)
-from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
+from mcrouter.client.meta import MetaRequest
 from mcrouter.client.placement import Placement
-from mcrouter.protocol import (CMD_CAS, CMD_DECR, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT, CMD_GATS,
+from mcrouter.protocol import (CMD_CAS, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT, CMD_GATS,
                                CMD_GET, CMD_GETS, CMD_INCR, CMD_TOUCH, CMD_VERSION)
 
 T = TypeVar("T")
