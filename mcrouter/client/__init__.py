@@ -9,6 +9,7 @@ where a router with the same pool looks for it.  See the README's
 """
 from __future__ import annotations
 
+from mcrouter.client.aio import AsyncClient
 from mcrouter.client.blocking import Client
 from mcrouter.client.codec import PickleSerde, RawSerde, Serde
 from mcrouter.client.errors import (MemcacheClientError, MemcacheConnectionError, MemcacheError,
@@ -20,7 +21,7 @@ from mcrouter.client.meta import Ma, Md, Me, MetaDebug, MetaRequest, MetaResult,
 from mcrouter.client.placement import Placement
 
 __all__ = [
-    "Client", "Placement", "PickleSerde", "RawSerde", "Serde",
+    "AsyncClient", "Client", "Placement", "PickleSerde", "RawSerde", "Serde",
     "MemcacheError", "MemcacheConnectionError", "MemcacheServerDownError", "MemcacheTimeoutError",
     "MemcacheServerError", "MemcacheClientError", "MemcacheIllegalInputError",
     "MemcacheUnknownCommandError", "MemcacheProtocolError", "MemcachePartialError",

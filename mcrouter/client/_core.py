@@ -23,8 +23,9 @@ from mcrouter._parser import Request
 from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, Serde, check_int, error_of,
                                    get_request, key_bytes, line_request, parse_stats,
                                    parse_values, reply_of, stats_request, store_request)
-from mcrouter.client.errors import (MemcacheError, MemcacheIllegalInputError,
-                                    MemcachePartialError)
+from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
+                                    MemcacheIllegalInputError, MemcachePartialError, MemcacheServerDownError,
+                                    MemcacheTimeoutError)
 from mcrouter.client.meta import MetaRequest
 from mcrouter.client.placement import Placement
 from mcrouter.protocol import (CMD_CAS, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT, CMD_GATS,
@@ -84,6 +85,37 @@ class Health:
         self.fails[slot] = 0
 
 
+class Reconnect:
+    """Backoff between connect attempts to one server: after a failed
+    connect the next is not tried before the backoff has passed (doubling
+    from ``initial`` up to ``ceiling``), and calls fail at once meanwhile."""
+
+    def __init__(self, name: str, initial: float, ceiling: float) -> None:
+        self.name = name
+        self.initial = initial
+        self.ceiling = ceiling
+        self.backoff = 0.0
+        self.retry_at = 0.0
+        self.last_error = ""
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self.retry_at:
+            raise MemcacheConnectionError(f"reconnecting in {self.retry_at - now:.2f}s after: "
+                                          f"{self.last_error}", server=self.name)
+
+    def failed(self, e: BaseException) -> MemcacheError:
+        """Note a failed connect; the error to raise for it."""
+        self.last_error = str(e) or type(e).__name__
+        self.backoff = min(self.ceiling, max(self.initial, self.backoff * 2))
+        self.retry_at = time.monotonic() + self.backoff
+        kind = MemcacheTimeoutError if isinstance(e, TimeoutError) else MemcacheConnectionError
+        return kind(f"connect failed: {self.last_error}", server=self.name)
+
+    def connected(self) -> None:
+        self.backoff = 0.0
+
+
 class Commands:
     """The calls, as plans; a client subclass adds the running of them."""
 
@@ -109,6 +141,14 @@ class Commands:
             return i
         j = self.placement.index_up(key, bytes(h.up))
         return i if j < 0 else j
+
+    def check_up(self, slot: int) -> None:
+        """MemcacheServerDownError while ``slot`` is ejected."""
+        h = self.health
+        if not h.usable(slot):
+            raise MemcacheServerDownError(
+                f"ejected after {h.tko} failures in a row; tried again in "
+                f"{h.down_until[slot] - time.monotonic():.2f}s", server=self.names[slot])
 
     def _key(self, key: Key) -> bytes:
         return key_bytes(key, self.key_prefix)

@@ -20,9 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
-from mcrouter.client._core import Commands, Errors, Key, Plan
+from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client.codec import LOST_PREFIX, Serde, serde_of
-from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
+from mcrouter.client.errors import (MemcacheError,
                                     MemcacheServerDownError,
                                     MemcacheTimeoutError)
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -133,9 +133,7 @@ class ServerPool:
         self.idle: list[Connection] = []
         self.count = 0
         self.cond = threading.Condition(threading.Lock())
-        self.backoff = 0.0
-        self.retry_at = 0.0
-        self.last_error = ""
+        self.reconnect = Reconnect(self.name, client.backoff_initial, client.retry_interval)
         self.gen = 0                # close() moves it on: older connections close on release
 
     def acquire(self, deadline: float) -> Connection:
@@ -168,15 +166,11 @@ class ServerPool:
             self.cond.notify()
 
     def connect(self, deadline: float) -> Connection:
-        """A new connection (TLS if the client has a context), with backoff:
-        after a failed connect the next is not tried before the backoff has
-        passed (doubling up to the retry interval), and calls fail at once."""
+        """A new connection (TLS if the client has a context), with backoff
+        between failed attempts (Reconnect)."""
         c = self.client
-        now = time.monotonic()
-        if now < self.retry_at:
-            raise MemcacheConnectionError(f"reconnecting in {self.retry_at - now:.2f}s after: "
-                                          f"{self.last_error}", server=self.name)
-        timeout = max(0.001, min(c.connect_timeout, deadline - now))
+        self.reconnect.check()
+        timeout = max(0.001, min(c.connect_timeout, deadline - time.monotonic()))
         sock: socket.socket | None = None
         try:
             sock = socket.create_connection((self.addr.host, self.addr.port), timeout=timeout)
@@ -185,16 +179,11 @@ class ServerPool:
                 sock = c.tls_context.wrap_socket(sock, server_hostname=c.server_hostname
                                                  or self.addr.host)
             sock.setblocking(False)
-        except (OSError, ssl.SSLError) as e:
+        except OSError as e:            # ssl.SSLError and socket.timeout are OSErrors
             if sock is not None:
                 sock.close()
-            self.last_error = str(e) or type(e).__name__
-            self.backoff = min(c.retry_interval, max(c.backoff_initial, self.backoff * 2))
-            self.retry_at = time.monotonic() + self.backoff
-            err = MemcacheTimeoutError if isinstance(e, socket.timeout) \
-                else MemcacheConnectionError
-            raise err(f"connect failed: {self.last_error}", server=self.name) from None
-        self.backoff = 0.0
+            raise self.reconnect.failed(e) from None
+        self.reconnect.connected()
         conn = Connection(self.name, sock, c.timeout)
         conn.gen = self.gen
         return conn
@@ -262,11 +251,7 @@ class Client(Commands):
                         errors[i] = refused[slot]
                         continue
                     try:
-                        if not health.usable(slot):
-                            raise MemcacheServerDownError(
-                                f"ejected after {health.tko} failures in a row; retried in "
-                                f"{health.down_until[slot] - time.monotonic():.2f}s",
-                                server=self.names[slot])
+                        self.check_up(slot)
                         conn = conns[slot] = self.pools[slot].acquire(deadline)
                     except MemcacheError as e:
                         refused[slot] = errors[i] = e
