@@ -39,10 +39,11 @@ _BAD_KEY_BYTES = bytes(range(33)) + b"\x7f"
 
 def key_bytes(key: str | bytes, prefix: bytes = b"") -> bytes:
     """The key as sent (prefix included), or MemcacheIllegalInputError when
-    the text protocol cannot carry it: empty, over 250 bytes, or with a
+    the text protocol cannot carry it: empty (before the prefix), over 250 bytes, or with a
     space or control byte (memcached would read the rest as another command)."""
-    k = prefix + (key.encode() if isinstance(key, str) else key)
-    if not 0 < len(k) <= KEY_MAX:
+    raw = key.encode() if isinstance(key, str) else key
+    k = prefix + raw
+    if not raw or len(k) > KEY_MAX:
         raise MemcacheIllegalInputError(f"key of {len(k)} bytes: a key has 1 to {KEY_MAX} "
                                         f"bytes: {k[:60]!r}")
     if len(k.translate(None, _BAD_KEY_BYTES)) != len(k):
