@@ -375,6 +375,8 @@ class Commands:
                 name = self.names[slot]
                 err = err or error_of(req, name)
                 if err is not None:
+                    if len(reqs) == 1:
+                        raise err
                     failed[name] = err
                 else:
                     out[name] = decode(req, name)
