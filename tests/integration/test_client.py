@@ -283,3 +283,24 @@ def test_tls(memcached, tmp_path):
         with pytest.raises(MemcacheConnectionError) as e:
             bad.get("k")
         assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+
+
+EXAMPLE_OUTPUT = """get: b'hello'
+get_many: {'user:0': b'name 0', 'user:1': b'name 1', 'user:2': b'name 2', 'user:3': b'name 3', 'user:4': b'name 4'}
+incr: None (None: no such key)
+incr: 15
+meta: VA b'value' cas matches: True ttl<=60: True
+async get x3: [b'hello from asyncio', b'hello from asyncio', b'hello from asyncio']
+"""
+
+
+def test_example_script_runs(memcached):
+    """examples/client.py, as the README shows it, over two servers."""
+    import subprocess
+    import sys
+
+    from support import REPO
+    servers = [memcached(), memcached()]
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "client.py"),
+                          *(m.addr for m in servers)], capture_output=True, text=True, timeout=60)
+    assert (out.stdout, out.returncode) == (EXAMPLE_OUTPUT, 0), out.stderr
