@@ -660,6 +660,40 @@ def read_config_text(path: str) -> str:
     return text
 
 
+class _ValuesChecker(_Checker):
+    """A _Checker over YAML made from Python values: its errors name the
+    call (``where``), since line and column would point into text nobody wrote."""
+
+    def fail(self, node: yaml.Node | None, what: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {what}; {fix}")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that yaml.safe_dump takes them."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def pool_from_values(name: str, options: Mapping[str, Any], where: str) -> PoolConfig:
+    """A pool given as Python values under a router.yaml pool's keys
+    (``servers``, ``hash``, ``weights``, ``on_down``), as mcrouter.client's
+    ``Client(servers, hash=...)`` takes it: checked by the very code that
+    checks a router.yaml pool, so the two cannot disagree on what a setting
+    means.  A gutter needs a second pool, which only a router.yaml has."""
+    check = _ValuesChecker(where)
+    node = yaml.compose(yaml.safe_dump({name: _plain(options)}), Loader=yaml.SafeLoader)
+    if node is None:
+        raise check.fail(None, "the pool is empty", "give it servers")
+    pools = check.pools(node)
+    if check.gutter_refs:
+        raise check.fail(None, "on_down: gutter needs a gutter pool of a router.yaml",
+                         "use on_down: fail or rehash, or Client.from_config")
+    return pools[name]
+
+
 def load_config(path: str) -> RouterConfig:
     """Read and validate ``path``; raise ConfigError with one line on any mistake."""
     return parse_config(read_config_text(path), path)

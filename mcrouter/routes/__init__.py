@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from mcrouter._hash import Hasher, ketama_name
-from mcrouter.config import ROUTE_TYPES, HashConfig, HostAddr, RouteConfig, RouterConfig
+from mcrouter.config import (ROUTE_TYPES, HashConfig, HostAddr, PoolConfig, RouteConfig,
+                             RouterConfig)
 from mcrouter.protocol import CMD_LIMIT, COMMAND_IDS, META_TWIN
 from mcrouter.routes.base import HostRoute, Route, Trace, Upstream
 from mcrouter.routes.failover import FailoverRoute, LatestRoute, MissFailoverRoute
@@ -25,12 +26,21 @@ from mcrouter.routes.shadow import ShadowRoute
 from mcrouter.routes.simple import DefaultRoute, ErrorRoute, LocalRoute, NullRoute, RandomRoute
 from mcrouter.routes.warmup import WarmUpRoute
 
-__all__ = ["Route", "RootRoute", "Trace", "build_route", "trace"]
+__all__ = ["Route", "RootRoute", "Trace", "build_route", "pool_hasher", "trace"]
 
 
 def hasher(names: Sequence[str], weights: Sequence[int] | None, h: HashConfig) -> Hasher:
     return Hasher(list(names), list(weights) if weights else None, h.function, h.distribution,
                   h.salt.encode(), h.hash_stop.encode(), h.hash_tags.encode())
+
+
+def pool_hasher(pool: PoolConfig) -> Hasher:
+    """The continuum of a pool with servers: one slot per server, in order.
+    The one placement both the router's PoolRoute and mcrouter.client use,
+    so a key lands on the same server whichever of them stores it.  The
+    continuum's names are host and port as written, or as DNS names them
+    (an SRV target), never a resolved address: see discovery.py."""
+    return hasher([ketama_name(a.host, a.port) for a in pool.servers], pool.weights, pool.hash)
 
 
 class _Builder:
@@ -99,11 +109,8 @@ class _Builder:
             if not pool.servers:
                 self.pool_routes[name] = EmptyPoolRoute(title)
                 return self.pool_routes[name]
-            # the continuum's names: host and port as written, or as DNS names
-            # them (an SRV target), never a resolved address: see discovery.py
-            names = [ketama_name(a.host, a.port) for a in pool.servers]
             children = [HostRoute(self.hosts[a]) for a in pool.servers]
-            ring = hasher(names, pool.weights, pool.hash)
+            ring = pool_hasher(pool)
             down = pool.on_down
             if down.action == "fail":
                 self.pool_routes[name] = PoolRoute(children, ring, title)

@@ -1,0 +1,451 @@
+"""``Client``: the blocking face (threads welcome).
+
+Each server has a small pool of connections (``max_pool_size``, opened on
+first use).  A call takes one connection per server it needs, queues its
+requests on each connection's ``Ring`` (the router's upstream queue),
+writes to every server before waiting for any reply, then reads until
+every request is answered or the call's deadline passes.  A request that
+times out keeps its place in its connection's ring: the connection goes
+back to the pool and its late reply is read and dropped by whoever uses
+the connection next, so no later reply is ever matched to the wrong request.
+"""
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
+
+from mcrouter._parser import Owner, Request
+from mcrouter._ring import Ring
+from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
+from mcrouter.client.codec import LOST_PREFIX, Serde, serde_of
+from mcrouter.client.errors import (MemcacheError,
+                                    MemcacheServerDownError,
+                                    MemcacheTimeoutError)
+from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
+from mcrouter.client.placement import Placement, Server
+from mcrouter.config import HostAddr
+from mcrouter.protocol import CMD_DECR, CMD_INCR
+
+T = TypeVar("T")
+RECV_SIZE = 256 * 1024
+MAX_INFLIGHT = 1 << 20          # requests queued on one connection
+MAX_OUT = 256 << 20             # bytes queued on one connection and not yet written
+MAX_REPLY = 64 << 20            # a reply larger than this (per key) is dropped with an error
+_POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_POLL_OUT = select.POLLOUT | select.POLLERR | select.POLLHUP
+
+
+def lost(text: str) -> bytes:
+    """What a request lost with its connection is answered (codec.error_of reads it)."""
+    return LOST_PREFIX + text.encode(errors="replace")
+
+
+class _Sender:
+    """Ring.write_to's socket: TLS's "want read/write" is "not now"."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: bytes) -> int:
+        try:
+            return self.sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            raise BlockingIOError from None
+
+
+class Connection(Owner):
+    """One socket and its Ring; the owner of its requests (whose replies
+    the Ring sets on them: nothing else to do on each)."""
+
+    def __init__(self, server: str, sock: socket.socket, timeout: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.sender = _Sender(sock)
+        self.ring = Ring(MAX_INFLIGHT, MAX_OUT, MAX_REPLY, -1, timeout)
+        self.buf = bytearray(RECV_SIZE)
+        self.closed = False
+        self.why = ""
+        self.gen = 0
+        self.tls = isinstance(sock, ssl.SSLSocket)
+
+    def on_reply(self, req: Request) -> None:
+        pass
+
+    def push(self, req: Request) -> None:
+        req.owner = self
+        if not self.ring.push(req, 0.0):
+            req.finish(lost(f"more than {MAX_INFLIGHT} requests or {MAX_OUT} bytes queued on "
+                            "one connection"), 2)
+
+    def flush(self) -> int:
+        """Write what the socket takes now; the bytes still to write."""
+        try:
+            return self.ring.write_to(self.sender)
+        except OSError as e:
+            self.close(f"write failed: {e}")
+            return 0
+
+    def read(self) -> None:
+        """Read what has arrived and match it; closes on EOF or garbage."""
+        while True:
+            try:
+                n = self.sock.recv_into(self.buf)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                return
+            except OSError as e:
+                self.close(f"read failed: {e}")
+                return
+            if n == 0:
+                self.close("connection closed by the server")
+                return
+            if self.ring.feed(self.buf, n) < 0:
+                self.close(f"protocol error: reply {self.ring.fault_bytes!r} answers no request")
+                return
+            if n < RECV_SIZE and not (self.tls and self.sock.pending()):  # type: ignore[attr-defined]
+                return
+
+    def close(self, why: str = "closed by the client") -> None:
+        if not self.closed:
+            self.closed = True
+            self.why = why
+            try:
+                self.sock.close()
+            finally:
+                self.ring.fail_all(lost(why))
+
+
+class ServerPool:
+    """The connections of one server: idle ones, and how many exist (at most ``size``)."""
+
+    def __init__(self, client: "Client", addr: HostAddr, size: int) -> None:
+        self.client = client
+        self.addr = addr
+        self.name = str(addr)
+        self.size = size
+        self.idle: list[Connection] = []
+        self.count = 0
+        self.cond = threading.Condition(threading.Lock())
+        self.reconnect = Reconnect(self.name, client.backoff_initial, client.retry_interval)
+        self.gen = 0                # close() moves it on: older connections close on release
+
+    def acquire(self, deadline: float) -> Connection:
+        with self.cond:
+            while True:
+                if self.idle:
+                    return self.idle.pop()
+                if self.count < self.size:
+                    self.count += 1
+                    break
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise MemcacheTimeoutError(f"all {self.size} connections busy",
+                                               server=self.name)
+        try:
+            return self.connect(deadline)
+        except BaseException:
+            with self.cond:
+                self.count -= 1
+                self.cond.notify()
+            raise
+
+    def release(self, conn: Connection) -> None:
+        with self.cond:
+            if conn.gen != self.gen:
+                conn.close()
+            if conn.closed:
+                self.count -= 1
+            else:
+                self.idle.append(conn)
+            self.cond.notify()
+
+    def connect(self, deadline: float) -> Connection:
+        """A new connection (TLS if the client has a context), with backoff
+        between failed attempts (Reconnect)."""
+        c = self.client
+        self.reconnect.check()
+        timeout = max(0.001, min(c.connect_timeout, deadline - time.monotonic()))
+        sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection((self.addr.host, self.addr.port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if c.tls_context is not None:
+                sock = c.tls_context.wrap_socket(sock, server_hostname=c.server_hostname
+                                                 or self.addr.host)
+            sock.setblocking(False)
+        except OSError as e:            # ssl.SSLError and socket.timeout are OSErrors
+            if sock is not None:
+                sock.close()
+            raise self.reconnect.failed(e) from None
+        self.reconnect.connected()
+        conn = Connection(self.name, sock, c.timeout)
+        conn.gen = self.gen
+        return conn
+
+    def close(self) -> None:
+        with self.cond:
+            self.gen += 1
+            for conn in self.idle:
+                conn.close()
+                self.count -= 1
+            self.idle.clear()
+
+
+class Client(Commands):
+    """A blocking memcached client placing keys as a router pool does.
+
+    ``servers``: ``host:port`` strings (or (host, port) pairs); ``hash``: a
+    router.yaml pool's ``hash`` mapping (function, distribution, salt,
+    hash_stop, hash_tags); ``weights`` and ``on_down`` as in a pool.
+    """
+
+    def __init__(self, servers: Sequence[Server] | Placement, *,
+                 hash: Mapping[str, Any] | None = None, weights: Sequence[int] | None = None,
+                 on_down: str = "fail", key_prefix: str | bytes = b"",
+                 serde: Serde | None = None, serializer: Any = None, deserializer: Any = None,
+                 default_noreply: bool = False, ignore_exc: bool = False,
+                 connect_timeout: float = 1.0, timeout: float = 1.0, max_pool_size: int = 4,
+                 tko: int = 3, retry_interval: float = 5.0, backoff_initial: float = 0.05,
+                 tls_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        placement = servers if isinstance(servers, Placement) else \
+            Placement.from_values(servers, hash, weights, on_down)
+        super().__init__(placement, key_prefix=key_prefix,
+                         serde=serde_of(serde, serializer, deserializer),
+                         default_noreply=default_noreply, ignore_exc=ignore_exc, tko=tko,
+                         retry_interval=retry_interval)
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.backoff_initial = backoff_initial
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname
+        self.pools = [ServerPool(self, a, max(1, max_pool_size)) for a in placement.servers]
+
+    @classmethod
+    def from_config(cls, path: str, pool: str, **options: Any) -> "Client":
+        """A client over pool ``pool`` of the router.yaml at ``path``: its
+        servers, weights, hash and on_down (fail or rehash)."""
+        return cls(Placement.from_config(path, pool), **options)
+
+    # -- running a plan -------------------------------------------------------------
+
+    def _run(self, plan: Plan[T]) -> T:
+        reqs = plan.reqs
+        errors: Errors = [None] * len(reqs)
+        deadline = time.monotonic() + self.timeout
+        conns: dict[int, Connection] = {}
+        refused: dict[int, MemcacheError] = {}
+        health = self.health
+        try:
+            for i, (slot, req) in enumerate(reqs):
+                conn = conns.get(slot)
+                if conn is None:
+                    if slot in refused:
+                        errors[i] = refused[slot]
+                        continue
+                    try:
+                        self.check_up(slot)
+                        conn = conns[slot] = self.pools[slot].acquire(deadline)
+                    except MemcacheError as e:
+                        refused[slot] = errors[i] = e
+                        if not isinstance(e, MemcacheServerDownError):
+                            self._failed(slot)
+                        continue
+                conn.push(req)
+            if conns:
+                self._wait(conns, reqs, deadline)
+            for i, (slot, req) in enumerate(reqs):
+                if errors[i] is None and req.reply is None:
+                    errors[i] = MemcacheTimeoutError(f"no reply within {self.timeout}s",
+                                                     server=self.names[slot])
+            for slot, conn in conns.items():
+                last = [r for s, r in reqs if s == slot][-1]
+                if conn.closed or last.reply is None:
+                    self._failed(slot)
+                else:
+                    health.succeeded(slot)
+        finally:
+            for slot, conn in conns.items():
+                self.pools[slot].release(conn)
+        return plan.done(errors)
+
+    def _failed(self, slot: int) -> None:
+        if self.health.failed(slot):
+            self.pools[slot].close()        # ejected: start afresh when it is tried again
+
+    def _wait(self, conns: dict[int, Connection], reqs: list[tuple[int, Request]],
+              deadline: float) -> None:
+        """Write to every server, then read and write until each connection's
+        last request of this call is answered (replies come in order)."""
+        last = {slot: req for slot, req in reqs if slot in conns}
+        todo: dict[int, Connection] = {}
+        for slot, conn in conns.items():
+            conn.flush()
+            todo[conn.fd] = conn
+        by_fd = {conn.fd: (slot, conn) for slot, conn in conns.items()}
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        while todo:
+            for fd in [fd for fd, c in todo.items() if c.closed or last[by_fd[fd][0]].reply
+                       is not None]:
+                del todo[fd]
+                if fd in registered:
+                    poller.unregister(fd)
+                    del registered[fd]
+            if not todo:
+                return
+            for fd, conn in todo.items():
+                mask = _POLL_IN | (_POLL_OUT if conn.ring.pending else 0)
+                if registered.get(fd) != mask:
+                    poller.register(fd, mask)
+                    registered[fd] = mask
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                events = poller.poll(left * 1000.0)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                conn = todo[fd]
+                if ev & select.POLLOUT:
+                    conn.flush()
+                if ev & ~select.POLLOUT:
+                    conn.read()
+
+    # -- pymemcache's calls ------------------------------------------------------
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value, or ``default`` on a miss."""
+        return self._run(self.plan_get(key, default))
+
+    def gets(self, key: Key, default: Any = None, cas_default: Any = None) -> tuple[Any, Any]:
+        """(value, cas unique as an int), or (default, cas_default) on a miss."""
+        return self._run(self.plan_gets(key, default, cas_default))
+
+    def gat(self, key: Key, expire: int = 0, default: Any = None) -> Any:
+        """get and touch: the value (its expiry now ``expire``), or ``default``."""
+        return self._run(self.plan_gat(key, expire, default))
+
+    def gats(self, key: Key, expire: int = 0, default: Any = None,
+             cas_default: Any = None) -> tuple[Any, Any]:
+        return self._run(self.plan_gats(key, expire, default, cas_default))
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """{key: value} of the keys found; one request per server, all sent
+        before any reply is read.  A server that fails costs its keys only:
+        MemcachePartialError carries the rest (``result``) and each failed
+        key's error (``errors``); with ``ignore_exc`` they are misses."""
+        return self._run(self.plan_get_many(keys))
+
+    get_multi = get_many
+
+    def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, int]]:
+        return self._run(self.plan_get_many(keys, with_cas=True))
+
+    def set(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
+            flags: int | None = None) -> bool:
+        return self._run(self.plan_store("set", key, value, expire, noreply, flags))
+
+    def add(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
+            flags: int | None = None) -> bool:
+        """True if stored, False if the key exists."""
+        return self._run(self.plan_store("add", key, value, expire, noreply, flags))
+
+    def replace(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
+                flags: int | None = None) -> bool:
+        """True if stored, False if the key does not exist."""
+        return self._run(self.plan_store("replace", key, value, expire, noreply, flags))
+
+    def append(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
+               flags: int | None = None) -> bool:
+        return self._run(self.plan_store("append", key, value, expire, noreply, flags))
+
+    def prepend(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
+                flags: int | None = None) -> bool:
+        return self._run(self.plan_store("prepend", key, value, expire, noreply, flags))
+
+    def cas(self, key: Key, value: Any, cas: int | bytes | str, expire: int = 0,
+            noreply: bool | None = None, flags: int | None = None) -> bool | None:
+        """True if stored, False if the item changed since ``cas``, None if it is gone."""
+        return self._run(self.plan_store("cas", key, value, expire, noreply, flags, cas))
+
+    def set_many(self, values: Mapping[Key, Any], expire: int = 0,
+                 noreply: bool | None = None) -> list[Key]:
+        """The keys that were not stored."""
+        return self._run(self.plan_set_many(values, expire, noreply))
+
+    set_multi = set_many
+
+    def delete(self, key: Key, noreply: bool | None = None) -> bool:
+        """True if deleted, False if not found."""
+        return self._run(self.plan_delete(key, noreply))
+
+    def delete_many(self, keys: Iterable[Key], noreply: bool | None = None) -> bool:
+        return self._run(self.plan_delete_many(keys, noreply))
+
+    delete_multi = delete_many
+
+    def incr(self, key: Key, value: int, noreply: bool = False) -> int | None:
+        """The new value, or None if the key does not exist."""
+        return self._run(self.plan_arith(CMD_INCR, key, value, noreply))
+
+    def decr(self, key: Key, value: int, noreply: bool = False) -> int | None:
+        return self._run(self.plan_arith(CMD_DECR, key, value, noreply))
+
+    def touch(self, key: Key, expire: int = 0, noreply: bool | None = None) -> bool:
+        """True if touched, False if not found."""
+        return self._run(self.plan_touch(key, expire, noreply))
+
+    def flush_all(self, delay: int = 0, noreply: bool | None = None,
+                  server: str | None = None) -> bool:
+        """Flush every server (or ``server``)."""
+        self._run(self.plan_flush_all(delay, noreply, server))
+        return True
+
+    def version(self, server: str | None = None) -> str:
+        """The version of ``server`` (default: the first)."""
+        return next(iter(self._run(self.plan_version(server or self.names[0])).values()))
+
+    def versions(self) -> dict[str, str]:
+        return self._run(self.plan_version(None))
+
+    def stats(self, *args: str, server: str | None = None) -> dict[str, str]:
+        """``stats [args]`` of ``server`` (default: the first) as {name: value}."""
+        return next(iter(self._run(self.plan_stats(args, server or self.names[0])).values()))
+
+    def stats_all(self, *args: str) -> dict[str, dict[str, str]]:
+        return self._run(self.plan_stats(args, None))
+
+    # -- meta -------------------------------------------------------------------------
+
+    def meta(self, request: MetaRequest) -> Any:
+        """One meta request (Mg, Ms, Md, Ma, Mn, Me): its MetaResult (me: a
+        MetaDebug, or None on a miss).  An error reply raises."""
+        return self._run(self.plan_meta([request]))[0]
+
+    def meta_many(self, requests: Sequence[MetaRequest]) -> list[MetaResult | MetaDebug | None]:
+        """Meta requests pipelined, each to its key's server; results in order."""
+        return self._run(self.plan_meta(requests))
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection this client opened (one in use by another
+        thread when it comes back).  The client stays usable: a later call
+        connects again."""
+        for pool in self.pools:
+            pool.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
