@@ -32,6 +32,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.ref cimport Py_INCREF
+from libc.stdint cimport uint8_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
@@ -992,7 +993,7 @@ cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
             rslot[i] = -1
         for i in range(n):
             k = <bytes>PyList_GET_ITEM(keys, i)
-            d = hasher.index(k)
+            d = hasher.index_span(<const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
             if d < 0 or d >= nr:
                 raise IndexError(f"the hasher placed a key at {d}, past the {nr} routes")
             s = rslot[d]
