@@ -1,8 +1,8 @@
 """The compiled multi-key get over a hashed pool (HashDispatch: split_hashed,
 Shards.assemble) and the parser's repeated-key check, byte for byte.
 
-Destinations are stand-ins answering as memcached does (hits in the order
-asked, misses absent, one END), so each reply can be predicted exactly from
+Destinations are stand-ins answering as memcached does (support.standins:
+hits in the order asked, misses absent, one END), so each reply can be predicted exactly from
 what each destination holds; the expected bytes are built independently of
 the router's merge, from the request's keys in order.
 """
@@ -11,56 +11,22 @@ from __future__ import annotations
 import pytest
 
 from mcrouter._hash import Hasher
-from mcrouter._parser import Owner as OwnerBase, Request, RequestParser
+from mcrouter._parser import Request, RequestParser
 from mcrouter._routing import HashDispatch
 from mcrouter.protocol import ST_ERROR, ST_FAIL, ST_OK, UPSTREAM_TIMEOUT
-
-
-class Owner(OwnerBase):
-    def __init__(self) -> None:
-        self.replies: list[tuple[bytes, int]] = []
-
-    def on_reply(self, req: Request) -> None:
-        self.replies.append((req.reply, req.status))
-
-
-class Holder:
-    """A destination holding ``items`` {key: data}; or failing with ``fail``."""
-
-    def __init__(self, items: dict[bytes, bytes], fail: bytes = b"", later: bool = False) -> None:
-        self.items = items
-        self.fail = fail
-        self.later = later
-        self.asked: list[bytes] = []
-        self.pending: list[Request] = []
-
-    def dispatch(self, req: Request) -> None:
-        self.asked.append(req.wire)
-        if self.later:
-            self.pending.append(req)
-        else:
-            self.answer(req)
-
-    def answer(self, req: Request) -> None:
-        if self.fail:
-            req.finish(self.fail, ST_ERROR)
-            return
-        gets = req.wire.startswith(b"gets ")
-        keys = req.keys if req.keys is not None else [req.key]
-        body = b"".join(block(k, self.items[k], gets) for k in keys if k in self.items)
-        req.finish(body + b"END\r\n", ST_OK if body else ST_FAIL)
+from support.standins import Holder, Owner, v
 
 
 def block(key: bytes, data: bytes, gets: bool = False) -> bytes:
-    cas = b" %d" % (len(key) + 1000) if gets else b""
-    return b"VALUE %s 7 %d%s\r\n%s\r\n" % (key, len(data), cas, data)
+    return v(key, data, 7, len(key) + 1000 if gets else None)
 
 
 def pool(n: int, hold: dict[bytes, bytes], fail: set[int] = frozenset(),
          later: set[int] = frozenset()) -> tuple[HashDispatch, list[Holder]]:
     """A HashDispatch over ``n`` stand-ins; each holds the items that hash to it."""
     hasher = Hasher([f"10.0.0.{i}:11211" for i in range(n)])
-    holders = [Holder({k: v for k, v in hold.items() if hasher.index(k) == i},
+    holders = [Holder({k: (7, data, len(k) + 1000) for k, data in hold.items()
+                       if hasher.index(k) == i},
                       fail=UPSTREAM_TIMEOUT if i in fail else b"", later=i in later)
                for i in range(n)]
     d = HashDispatch()
