@@ -34,7 +34,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int8_t, int64_t
 from libc.string cimport memcpy, memcmp, memchr
 from libc.stdlib cimport malloc, free
 from libc.math cimport floorf, log
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 cdef extern from "string.h":
     void *memmem(const void *haystack, size_t hl, const void *needle, size_t nl)
@@ -268,6 +268,8 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+DEF BUCKETS = 1024          # the ketama continuum's lookup table: one entry per 2**22 hashes
+DEF BUCKET_SHIFT = 22
 DEF D_KETAMA = 0
 DEF D_JUMP = 1
 DEF D_RENDEZVOUS = 2
@@ -282,12 +284,14 @@ cdef class Hasher:
     def __cinit__(self):
         self.points = NULL
         self.owners = NULL
+        self.buckets = NULL
         self.seeds = NULL
         self.weights = NULL
 
     def __dealloc__(self):
         free(self.points)
         free(self.owners)
+        free(self.buckets)
         free(self.seeds)
         free(self.weights)
 
@@ -344,6 +348,17 @@ cdef class Hasher:
         for i in range(self.npoints):
             self.points[i] = pts[i][0]
             self.owners[i] = pts[i][1]
+        # where each 1/1024th of the hash space starts on the continuum, so a
+        # lookup searches only the points of its bucket (ketama_point)
+        self.buckets = <uint32_t *>malloc(sizeof(uint32_t) * (BUCKETS + 1))
+        if self.buckets == NULL:
+            raise MemoryError()
+        x = 0
+        for i in range(BUCKETS):
+            while x < self.npoints and self.points[x] < (<uint64_t>i << BUCKET_SHIFT):
+                x += 1
+            self.buckets[i] = x
+        self.buckets[BUCKETS] = self.npoints
 
     cdef _build_rendezvous(self, list names, list weights):
         cdef int i
@@ -360,8 +375,10 @@ cdef class Hasher:
 
     cdef uint32_t hash_part(self, bytes key):
         """The hash of the part of ``key`` that places it (stop, tags, salt)."""
-        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(key)
-        cdef size_t n = PyBytes_GET_SIZE(key)
+        return self.hash_span(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+    cdef uint32_t hash_span(self, const uint8_t *p, size_t n) except? 0:
+        """hash_part of the key at ``p``, ``n`` bytes long."""
         cdef const uint8_t *s
         cdef const uint8_t *e
         cdef uint8_t buf[512]
@@ -382,13 +399,18 @@ cdef class Hasher:
         if sl == 0:
             return key_hash(self.fn, p, n)
         if n + sl > sizeof(buf):
-            return key_hash(self.fn, <const uint8_t *>PyBytes_AS_STRING(key[:n] + self.salt), n + sl)
+            long_key = PyBytes_FromStringAndSize(<const char *>p, n) + self.salt
+            return key_hash(self.fn, <const uint8_t *>PyBytes_AS_STRING(long_key), n + sl)
         memcpy(buf, p, n)
         memcpy(buf + n, PyBytes_AS_STRING(self.salt), sl)
         return key_hash(self.fn, buf, n + sl)
 
     cpdef int index(self, bytes key):
         """The server index of ``key``."""
+        return self.index_span(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+    cdef int index_span(self, const uint8_t *p, size_t n) except -2:
+        """The server index of the key at ``p``, ``n`` bytes long."""
         cdef uint32_t h
         cdef int64_t b, j
         cdef uint64_t k
@@ -396,7 +418,7 @@ cdef class Hasher:
         cdef int i, win
         if self.size == 1:
             return 0            # as twemproxy: a one-server pool is not hashed
-        h = self.hash_part(key) if len(key) else 0
+        h = self.hash_span(p, n) if n else 0
         if self.dist == D_KETAMA:
             return self.owners[self.ketama_point(h) % self.npoints]
         if self.dist == D_JUMP:
@@ -419,7 +441,7 @@ cdef class Hasher:
 
     cdef inline Py_ssize_t ketama_point(self, uint32_t h):
         """The first continuum point at or after ``h`` (``npoints`` past the last)."""
-        cdef Py_ssize_t lo = 0, hi = self.npoints, mid
+        cdef Py_ssize_t lo = self.buckets[h >> BUCKET_SHIFT], hi = self.buckets[(h >> BUCKET_SHIFT) + 1], mid
         while lo < hi:
             mid = lo + (hi - lo) // 2
             if self.points[mid] < h:

@@ -41,6 +41,56 @@ cdef extern from *:
     void mcr_clear_errno() nogil
     bint mcr_erange() nogil
 
+# Whether a get's keys repeat, without a dict: the keys' spans in the line,
+# hashed eight bytes at a time into a small open-addressed table of their
+# indices (a hash match is confirmed by comparing the bytes).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #define MCR_DEDUP_KEYS 64          /* more keys than this: the dict does it */
+    static inline uint64_t mcr_span_hash(const unsigned char *p, Py_ssize_t n) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
+        while (n >= 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 29;
+            p += 8;
+            n -= 8;
+        }
+        w = 0;
+        while (n > 0) {
+            n--;
+            w = (w << 8) | p[n];
+        }
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+        return h ^ (h >> 32);
+    }
+    /* keys i < n at p + ks[i], kl[i] bytes long (n <= MCR_DEDUP_KEYS) */
+    static int mcr_keys_repeat(const unsigned char *p, const Py_ssize_t *ks,
+                               const Py_ssize_t *kl, int n) {
+        unsigned char slot[2 * MCR_DEDUP_KEYS];
+        const unsigned int mask = 2 * MCR_DEDUP_KEYS - 1;
+        int i, j;
+        unsigned int h;
+        memset(slot, 0, sizeof(slot));
+        for (i = 0; i < n; i++) {
+            h = (unsigned int)mcr_span_hash(p + ks[i], kl[i]) & mask;
+            while ((j = slot[h]) != 0) {
+                j--;
+                if (kl[j] == kl[i] && memcmp(p + ks[j], p + ks[i], kl[i]) == 0)
+                    return 1;
+                h = (h + 1) & mask;
+            }
+            slot[h] = (unsigned char)(i + 1);
+        }
+        return 0;
+    }
+    """
+    enum: MCR_DEDUP_KEYS
+    bint mcr_keys_repeat(const unsigned char *p, const Py_ssize_t *ks, const Py_ssize_t *kl,
+                         int n) nogil
+
 DEF KEY_MAX = 250
 DEF LINE_LIMIT = 2048
 DEF BINARY_MAGIC = 0x80      # first byte of every binary-protocol request
@@ -543,6 +593,9 @@ cdef class RequestParser:
         cdef int skip = 1 if (cmd == CMD_GAT or cmd == CMD_GATS) else 0
         cdef list keys = []
         cdef bint too_long = False
+        cdef Py_ssize_t ks[MCR_DEDUP_KEYS]
+        cdef Py_ssize_t kl[MCR_DEDUP_KEYS]
+        cdef int nk = 0
         if skip and self.ntok >= 2 and not mc_strtol(self.token(p, 1), &self.scratch):
             out.append(local_reply(R_BAD_EXPTIME))
             return nxt
@@ -561,6 +614,10 @@ cdef class RequestParser:
                 too_long = True
                 break
             keys.append(PyBytes_FromStringAndSize(<const char *>p + start, i - start))
+            if nk < MCR_DEDUP_KEYS:
+                ks[nk] = start
+                kl[nk] = i - start
+            nk += 1
         if not keys and not too_long:
             # a bare get/gets/gat is unknown; "gat <exptime>" finds nothing (probed)
             out.append(local_reply(R_ERROR if skip or cmd == CMD_GET or cmd == CMD_GETS
@@ -579,7 +636,8 @@ cdef class RequestParser:
                 out.append(local_reply(R_BAD_FORMAT))
             return nxt
         cdef list distinct
-        if len(keys) > 1 and (cmd == CMD_GET or cmd == CMD_GETS):
+        if nk > 1 and (cmd == CMD_GET or cmd == CMD_GETS) and (
+                nk > MCR_DEDUP_KEYS or mcr_keys_repeat(p, ks, kl, nk)):
             distinct = list(dict.fromkeys(keys))
             if len(distinct) < len(keys):
                 # ask for each key once: the client's reply repeats the values

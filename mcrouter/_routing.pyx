@@ -27,8 +27,12 @@ Both collect hits in a ``Gather``.  Values are forwarded verbatim (VALUE
 line and data), so ``gets`` cas values and flags are the servers' own.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport uint8_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from mcrouter._hash cimport Hasher
@@ -47,6 +51,9 @@ cdef extern from *:
     int mcr_popcount(unsigned long long m) nogil
 
 cdef bytes END = b"END\r\n"
+
+DEF SMALL_KEYS = 24         # a Shards keeps the slots of this many keys in itself
+DEF SMALL_SLOTS = 32        # merges over this many destinations use the stack
 cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 
@@ -329,7 +336,7 @@ cdef class HashDispatch(Node):
 
     cpdef dispatch(self, Request req):
         if req.keys is not None:
-            split(req, self.children, group_keys(req, self.hasher, None))
+            split_hashed(req, self.children, self.hasher, None)
         elif len(req.key):
             route_to(self.children[self.hasher.index(req.key)], req)
         else:
@@ -361,14 +368,9 @@ cdef class PolicyDispatch(HashDispatch):
 
     cpdef dispatch(self, Request req):
         cdef int i
-        cdef tuple grouping
         if req.keys is not None:
-            grouping = group_keys(req, self.hasher, None)
-            for i in grouping[0]:
-                if not self.children[i].host.healthy:
-                    grouping = self.regroup(req)
-                    break
-            split(req, self.routes, grouping)
+            if not split_hashed(req, self.children, self.hasher, self.up_mask()):
+                split(req, self.routes, self.regroup(req))      # some destination is down
         elif len(req.key):
             i = self.hasher.index(req.key)
             child = self.children[i]
@@ -537,9 +539,12 @@ cdef class Shards(Gather):
     reply, or the error that cut it)."""
 
     cdef public int left
-    cdef list owners          # owners[i]: index of the destination of keys[i]
-    cdef dict subs            # destination index → its sub-request (each owned by self:
+    cdef list subs            # the sub-requests, one per destination (each owned by self:
                               # a cycle, broken once the last reply is in)
+    cdef int *slot            # slot[i]: the index in subs of keys[i]'s destination; NULL:
+                              # a get's repeated key (the general merge of Gather)
+    cdef int small[SMALL_KEYS]  # slot's storage for a request of few keys
+    cdef list owners          # streaming: slot[i] as a list
     # streaming state, made at the first part (streaming): see the docstring
     cdef bint streaming
     cdef bint frozen          # a destination failed before anything went on: hold all
@@ -558,7 +563,7 @@ cdef class Shards(Gather):
         cdef Request parent = self.parent
         if self.closed:
             return TAKE_YES     # answered already: dropped as they come
-        if self.frozen or not parent.stream or self.owners is None:
+        if self.frozen or not parent.stream or self.slot == NULL:
             return TAKE_NO
         return parent.owner.takes_parts(parent)
 
@@ -588,10 +593,24 @@ cdef class Shards(Gather):
         self.hold(part, spans)
         self.pass_on()
 
+    def __dealloc__(self):
+        if self.slot != NULL and self.slot != self.small:
+            PyMem_Free(self.slot)
+
+    cpdef finish(self):
+        if self.found is None:
+            self.found = {}
+        Gather.finish(self)
+
+    cpdef list take(self, Request sub, bint want_hits=True):
+        if self.found is None:
+            self.found = {}
+        return Gather.take(self, sub, want_hits)
+
     cpdef on_reply(self, Request sub):
         if self.streaming and not self.closed:
             self.streamed_reply(sub)
-        elif self.owners is None:
+        elif self.slot == NULL:
             self.take(sub, False)
         self.left -= 1
         if self.left == 0:
@@ -599,7 +618,7 @@ cdef class Shards(Gather):
                 pass
             elif self.streaming:
                 self.streamed_finish()
-            elif self.owners is None:
+            elif self.slot == NULL:
                 self.finish()
             else:
                 self.assemble()
@@ -620,7 +639,8 @@ cdef class Shards(Gather):
         self.ended = set()
         self.held = {}
         self.posin = []
-        for idx, sub in self.subs.items():
+        self.owners = [self.slot[i] for i in range(len(self.keys))]
+        for idx, sub in enumerate(self.subs):
             self.dest[sub] = idx
             self.passed[idx] = 0
             self.indices[idx] = []
@@ -628,7 +648,7 @@ cdef class Shards(Gather):
             lst = <list>self.indices[self.owners[i]]
             self.posin.append(len(lst))
             lst.append(i)
-        for sub in self.subs.values():
+        for sub in self.subs:
             if (<Request>sub).reply is not None:
                 self.take_whole(sub)
 
@@ -747,62 +767,81 @@ cdef class Shards(Gather):
         parent.streamed += PyBytes_GET_SIZE(block)
 
     cdef assemble(self):
-        cdef Py_ssize_t nkeys = len(self.keys), total = 0, i, k, n, pos, le, start, stop
-        cdef Py_ssize_t *cursor = NULL
-        cdef Py_ssize_t *spans = NULL          # per key: start, stop in its owner's reply
+        """Every destination answered (not streamed): the hits in key order,
+        each VALUE block found by walking its destination's reply with a
+        cursor (memcached answers in the order asked, misses absent) and
+        copied once into the reply."""
+        cdef list subs = self.subs, keys = self.keys
+        cdef Py_ssize_t m = PyList_GET_SIZE(subs), nkeys = PyList_GET_SIZE(keys)
+        cdef Py_ssize_t total = 0, i, s, pos, stop, n
+        cdef Py_ssize_t stack[4 * SMALL_SLOTS]
+        cdef Py_ssize_t sstack[2 * SMALL_KEYS]
+        cdef Py_ssize_t *rp                    # per destination: its reply (0: none) ...
+        cdef Py_ssize_t *rn                    # ... its length ...
+        cdef Py_ssize_t *cur                   # ... and the cursor in it
+        cdef Py_ssize_t *spans                 # per key: start, stop in its destination's reply
         cdef Request sub
-        cdef dict replies = {}                 # destination index → reply, if it answered
-        cdef bytes reply, key, out
-        cdef const unsigned char *p
+        cdef bytes out
+        cdef object reply
+        cdef const char *p
         cdef char *dst
-        for idx, sub in self.subs.items():
-            reply = sub.reply if sub.reply is not None else b""
-            if sub.status == ST_ERROR or not reply.endswith(END):
-                self.error = reply             # an error: these keys stay missing
-                self.error_status = sub.status
-            else:
-                self.answered = True
-                replies[idx] = reply
-        if not self.answered:
-            self.finish()
-            return
-        cursor = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * (max(self.subs) + 1))
-        spans = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * 2 * nkeys)
-        if cursor == NULL or spans == NULL:
-            PyMem_Free(cursor)
-            PyMem_Free(spans)
+        cdef int *slot = self.slot
+        rp = &stack[0] if m <= SMALL_SLOTS else <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * 3 * m)
+        spans = &sstack[0] if nkeys <= SMALL_KEYS else \
+            <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * 2 * nkeys)
+        if rp == NULL or spans == NULL:
+            if rp != &stack[0]:
+                PyMem_Free(rp)
+            if spans != &sstack[0]:
+                PyMem_Free(spans)
             raise MemoryError()
+        rn = rp + m
+        cur = rn + m
         try:
-            for idx in self.subs:
-                cursor[<Py_ssize_t>idx] = 0
-            for i in range(nkeys):
-                spans[2 * i] = spans[2 * i + 1] = 0
-                k = self.owners[i]
-                reply = replies.get(k)
-                if reply is None:
-                    continue
-                key = self.keys[i]
-                p = <const unsigned char *>PyBytes_AS_STRING(reply)
+            for s in range(m):
+                sub = <Request>PyList_GET_ITEM(subs, s)
+                reply = sub.reply if sub.reply is not None else b""
                 n = PyBytes_GET_SIZE(reply)
-                pos = cursor[k]
-                stop = value_end(p, n, pos, key)
+                p = PyBytes_AS_STRING(reply)
+                rp[s] = 0
+                if sub.status == ST_ERROR or n < 5 or memcmp(p + n - 5, b"END\r\n", 5) != 0:
+                    self.error = reply             # an error: these keys stay missing
+                    self.error_status = sub.status
+                else:
+                    self.answered = True
+                    rp[s] = <Py_ssize_t>p
+                    rn[s] = n
+                    cur[s] = 0
+            if not self.answered:
+                self.finish()
+                return
+            for i in range(nkeys):
+                s = slot[i]
+                spans[2 * i + 1] = 0
+                if rp[s] == 0:
+                    continue
+                pos = cur[s]
+                stop = value_end(<const unsigned char *>rp[s], rn[s], pos,
+                                 <bytes>PyList_GET_ITEM(keys, i))
                 if stop > 0:
                     spans[2 * i] = pos
                     spans[2 * i + 1] = stop
-                    cursor[k] = stop
+                    cur[s] = stop
                     total += stop - pos
             out = PyBytes_FromStringAndSize(NULL, total + 5)
             dst = PyBytes_AS_STRING(out)
             for i in range(nkeys):
-                start = spans[2 * i]
                 stop = spans[2 * i + 1]
                 if stop:
-                    memcpy(dst, PyBytes_AS_STRING(replies[self.owners[i]]) + start, stop - start)
-                    dst += stop - start
+                    pos = spans[2 * i]
+                    memcpy(dst, <const char *>rp[slot[i]] + pos, stop - pos)
+                    dst += stop - pos
             memcpy(dst, b"END\r\n", 5)
         finally:
-            PyMem_Free(cursor)
-            PyMem_Free(spans)
+            if rp != &stack[0]:
+                PyMem_Free(rp)
+            if spans != &sstack[0]:
+                PyMem_Free(spans)
         self.parent.finish(out, ST_OK if total else ST_FAIL)
 
 
@@ -858,23 +897,157 @@ cpdef tuple group_keys(Request req, Hasher hasher, object pick):
     return out, owners
 
 
+cdef Shards new_shards(Request req, Py_ssize_t nkeys):
+    """A Shards for ``req`` (Gather's state set here: no Python __init__ per
+    request), with room for ``nkeys`` slots (0: the general merge)."""
+    cdef Shards shards = Shards.__new__(Shards)
+    shards.parent = req
+    shards.keys = req.keys
+    shards.error_status = ST_ERROR
+    shards.subs = []
+    if nkeys == 0:
+        shards.slot = NULL
+    elif nkeys <= SMALL_KEYS:
+        shards.slot = shards.small
+    else:
+        shards.slot = <int *>PyMem_Malloc(sizeof(int) * nkeys)
+        if shards.slot == NULL:
+            raise MemoryError()
+    return shards
+
+
 cpdef split(Request req, list routes, tuple grouping):
     """Send each group of ``req``'s keys to its route; the client gets one
     merged reply.  ``grouping`` is what group_keys returns."""
     cdef dict groups = grouping[0]
+    cdef list owners = grouping[1]
+    cdef Py_ssize_t i
     if len(groups) == 1:
         for i in groups:
             route_to(routes[i], req)      # one destination: the request as it is
         return
-    cdef Shards shards = Shards(req)
-    shards.left = len(groups)
-    shards.owners = grouping[1]
-    shards.subs = {}
+    cdef Shards shards = new_shards(req, len(owners) if owners is not None else 0)
+    cdef dict slot_of = {}
+    cdef list dests = []
     cdef bytes prefix = retrieval_prefix(req)
     cdef Request sub
-    cdef bint stream = req.stream and shards.owners is not None
+    cdef bint stream = req.stream and owners is not None
     for i, keys in groups.items():
+        slot_of[i] = len(dests)
+        dests.append(i)
         sub = for_keys(req, shards, prefix, keys)
         sub.stream = stream         # its values may go on while it arrives (Shards)
-        shards.subs[i] = sub
-        route_to(routes[i], sub)
+        shards.subs.append(sub)
+    if owners is not None:
+        for i in range(len(owners)):
+            shards.slot[i] = slot_of[owners[i]]
+    shards.left = len(dests)
+    for i in range(len(dests)):
+        route_to(routes[dests[i]], shards.subs[i])
+
+
+cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
+    """split(req, routes, group_keys(req, hasher, None)) without the
+    grouping's objects: each key's destination in a C array, each
+    sub-request's keys and wire made at their final size.  A get's keys
+    are distinct here (the parser names a repeated key once); a gat's
+    repeats are each asked, as group_keys does.  With ``up`` (a
+    PolicyDispatch's health of ``routes``): False if a destination is
+    down, and nothing was sent."""
+    cdef list keys = req.keys, lst
+    cdef Py_ssize_t n = PyList_GET_SIZE(keys), nr = PyList_GET_SIZE(routes), i, s, m = 0
+    cdef Py_ssize_t ms = n if n < nr else nr
+    cdef Py_ssize_t need = nr + 4 * ms, d, kl
+    cdef Py_ssize_t stack[4 * SMALL_SLOTS + 64]
+    cdef Py_ssize_t *buf
+    cdef Py_ssize_t *rslot          # per route: its slot, or -1
+    cdef Py_ssize_t *sroute         # per slot: its route ...
+    cdef Py_ssize_t *scount         # ... how many keys ...
+    cdef Py_ssize_t *slen           # ... its wire's length, then its fill position
+    cdef Py_ssize_t *sfill          # ... keys placed so far
+    cdef Shards shards = new_shards(req, n)
+    cdef int *slot = shards.slot
+    cdef bytes k, prefix, wire
+    cdef Request sub
+    cdef list wires, lists
+    cdef Py_ssize_t plen
+    cdef char *dst
+    cdef bint stream = req.stream
+    buf = &stack[0] if need <= 4 * SMALL_SLOTS + 64 else <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * need)
+    if buf == NULL:
+        raise MemoryError()
+    rslot = buf
+    sroute = rslot + nr
+    scount = sroute + ms
+    slen = scount + ms
+    sfill = slen + ms
+    try:
+        if req.cmd == CMD_GET:
+            prefix = b"get"
+        elif req.cmd == CMD_GETS:
+            prefix = b"gets"
+        else:
+            prefix = retrieval_prefix(req)
+        plen = PyBytes_GET_SIZE(prefix)
+        for i in range(nr):
+            rslot[i] = -1
+        for i in range(n):
+            k = <bytes>PyList_GET_ITEM(keys, i)
+            d = hasher.index_span(<const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+            if d < 0 or d >= nr:
+                raise IndexError(f"the hasher placed a key at {d}, past the {nr} routes")
+            s = rslot[d]
+            if s < 0:
+                s = rslot[d] = m
+                sroute[m] = d
+                scount[m] = 0
+                slen[m] = plen + 2
+                m += 1
+            slot[i] = <int>s
+            scount[s] += 1
+            slen[s] += 1 + PyBytes_GET_SIZE(k)
+        if up is not None:
+            for s in range(m):
+                if not (<const unsigned char *>PyBytes_AS_STRING(up))[sroute[s]]:
+                    return False
+        if m == 1:
+            route_to(routes[sroute[0]], req)      # one destination: the request as it is
+            return True
+        # each sub-request's keys and wire, at their final size, in one pass over the keys
+        wires = []
+        lists = []
+        for s in range(m):
+            wire = PyBytes_FromStringAndSize(NULL, slen[s])
+            dst = PyBytes_AS_STRING(wire)
+            memcpy(dst, PyBytes_AS_STRING(prefix), plen)
+            memcpy(dst + slen[s] - 2, b"\r\n", 2)
+            slen[s] = plen
+            sfill[s] = 0
+            wires.append(wire)
+            lists.append(PyList_New(scount[s]))
+        for i in range(n):
+            k = <bytes>PyList_GET_ITEM(keys, i)
+            s = slot[i]
+            kl = PyBytes_GET_SIZE(k)
+            dst = PyBytes_AS_STRING(<bytes>PyList_GET_ITEM(wires, s)) + slen[s]
+            dst[0] = 32
+            memcpy(dst + 1, PyBytes_AS_STRING(k), kl)
+            slen[s] += 1 + kl
+            Py_INCREF(k)
+            PyList_SET_ITEM(<list>PyList_GET_ITEM(lists, s), sfill[s], k)
+            sfill[s] += 1
+        for s in range(m):
+            sub = req.child(shards)
+            lst = <list>PyList_GET_ITEM(lists, s)
+            sub.wire = <bytes>PyList_GET_ITEM(wires, s)
+            sub.key = <bytes>PyList_GET_ITEM(lst, 0)
+            sub.keys = lst if scount[s] > 1 else None
+            sub.stream = stream     # its values may go on while it arrives (Shards)
+            shards.subs.append(sub)
+        shards.left = <int>m
+        for s in range(m):
+            route_to(routes[sroute[s]], <Request>PyList_GET_ITEM(shards.subs, s))
+        return True
+    finally:
+        if buf != &stack[0]:
+            PyMem_Free(buf)
