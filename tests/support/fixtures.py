@@ -3,6 +3,9 @@
 
 * ``memcached``: a factory that starts real memcached processes on free
   loopback ports and kills them (by pid) at teardown.
+* ``pki``: test certificates (``support.pki.Pki``) under ``tmp_path``;
+  ``memcached(*pki.memcached_tls_args())`` is a memcached speaking TLS that
+  requires a client certificate of the test CA.
 * ``router``: a factory that writes a config into ``tmp_path``, starts the
   router as a real process (``sys.executable -m mcrouter run ...``), waits
   until its port accepts connections and stops it at teardown (SIGTERM,
@@ -26,6 +29,7 @@ import pytest
 import yaml
 
 from .client import HOST
+from .pki import Pki
 from .processes import (MEMCACHED, REPO, START_TIMEOUT, Memcached, Router, free_port,
                         wait_port, wait_until)
 
@@ -85,6 +89,13 @@ def memcached() -> Iterable[Callable[..., Memcached]]:
         m.kill()
         if m.proc.stderr:
             m.proc.stderr.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """Certificates for one test (see support/pki.py); skipped without trustme."""
+    pytest.importorskip("trustme")
+    return Pki(tmp_path / "pki")
 
 
 @pytest.fixture
