@@ -13,7 +13,13 @@ descriptor into the loop's buffer and from the ring's (the socket
 module's methods cost more per call than the rest of a read); with a TLS
 session in ``tls`` (issue 14) they go through its socket-like
 ``recv_into``/``send`` instead.  Everything else (rings, routes, the
-loop) sees bytes only, so TLS plugs in at this one place.
+loop) sees bytes only, so TLS plugs in at this one place.  Three things
+only a TLS connection does, each behind one ``tls is not None`` test: a
+read that filled the buffer is repeated at once (``tls.more``: OpenSSL may
+hold decrypted bytes the descriptor will not announce); records the kernel
+refused keep EPOLLOUT asked for (``tls.want_write``); a read error goes to
+``tls_error`` (upstream.py), which tells a TLS alert (the server refusing
+our certificate after a TLS 1.3 handshake) from a broken connection.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
@@ -38,6 +44,7 @@ cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 cdef bytes R_QUEUE_FULL = protocol.UPSTREAM_QUEUE_FULL
 cdef object E_PARSE = _metrics.E_PARSE
+cdef int TLS_READS = 16     # reads in a row while a TLS session has more (then a timer)
 
 
 cdef class HostBase:
@@ -123,6 +130,8 @@ cdef class ConnectionBase(Handler):
                 sent = self.send_out(ring.out)
                 if sent > 0:
                     left = ring.wrote(sent, self.loop.now)
+            if self.tls is not None and self.tls.want_write and not self.tls.flush():
+                left += 1                   # records wait for the kernel: keep EPOLLOUT
         except OSError as e:
             self.fail(f"send: {e.strerror or e}")
             return 0
@@ -134,29 +143,46 @@ cdef class ConnectionBase(Handler):
 
     cdef int c_on_event(self, unsigned int mask) except -1:
         cdef Py_ssize_t n
+        cdef int k
         cdef bytearray buf
         if self.state == C_CONNECTING:
             self.connect_done()
             return 0
         if mask & (EV_IN | EV_ERR):
             buf = self.loop.recv_buf
-            try:
-                n = self.recv_into(buf)
-            except OSError as e:
-                self.fail(f"recv: {e.strerror or e}")
-                return 0
-            if n == 0:
-                self.fail("connection closed by server")
-                return 0
-            if n > 0:
-                if self.ring.feed_ptr(<const unsigned char *>PyByteArray_AS_STRING(buf), n) < 0:
-                    # nothing of the bad reply, nor of what followed it, was delivered
-                    self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
+            for k in range(TLS_READS):
+                try:
+                    n = self.recv_into(buf)
+                except OSError as e:
+                    if self.tls is not None:
+                        self.tls_error(e)
+                    else:
+                        self.fail(f"recv: {e.strerror or e}")
                     return 0
-                self.host.failures = 0
+                if n == 0:
+                    self.fail("connection closed by server")
+                    return 0
+                if n > 0:
+                    if self.ring.feed_ptr(<const unsigned char *>PyByteArray_AS_STRING(buf), n) < 0:
+                        # nothing of the bad reply, nor of what followed it, was delivered
+                        self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
+                        return 0
+                    self.host.failures = 0
+                if self.tls is None or not self.tls.more or self.state != C_UP:
+                    break
+            else:
+                self.loop.call_later(0.0, self.read_more)
+            if self.tls is not None and self.tls.want_write:
+                self.c_want_writable(True)
         if mask & EV_OUT and self.state == C_UP:
             self.c_flush()
         return 0
+
+    def read_more(self):
+        """A TLS session still held decrypted bytes after TLS_READS reads:
+        read them now (a timer, so other connections had their turn)."""
+        if self.state == C_UP and self.tls is not None and self.tls.more:
+            self.c_on_event(EV_IN)
 
     def want_writable(self, bint want):
         """Ask for EPOLLOUT only while the kernel refused bytes."""

@@ -466,13 +466,23 @@ def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, s
 class Seam:
     """Stands in for a TLS session (``Connection.tls``) over the connection's
     socket: takes at most ``chunk`` bytes a send, and records which buffer
-    each recv_into was given."""
+    each recv_into was given.  Like a session, it says whether a read left
+    bytes behind (``more``) and whether records wait (``want_write``)."""
+
+    more = False
+    want_write = False
 
     def __init__(self, sock: socket.socket, chunk: int) -> None:
         self.sock = sock
         self.chunk = chunk
         self.sends: list[bytes] = []
         self.recv_buffers: list[object] = []
+
+    def flush(self) -> bool:
+        return True
+
+    def close_notify(self) -> None:
+        pass
 
     def send(self, data) -> int:
         n = self.sock.send(bytes(data[:self.chunk]))
