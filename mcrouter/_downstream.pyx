@@ -189,6 +189,7 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
     cdef Py_ssize_t charged        # bytes of its replies charged to the reply budget
     cdef Counters counters         # this worker's metrics slot
     cdef public object tls         # None: plain bytes on fd; else a TLS session (docstring)
+    cdef bint tls_pumping          # a read of plaintext the session holds is scheduled
 
     def __init__(self, worker, sock):
         s = worker.settings
@@ -220,6 +221,8 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
     cdef int c_on_event(self, unsigned int mask) except -1:
         if mask & EV_IN:
             self.read()
+            if self.tls is not None:
+                self._tls_after_read()
         elif mask & EV_ERR and not mask & EV_OUT:
             self.close()
             return 0
@@ -544,6 +547,10 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
                 self.close()
                 return 0
             self.counters.add(G_BYTES_OUT, sent)
+        elif self.tls is not None:
+            self._tls_flush()
+            if self.closed:
+                return 0
         if self.queued.size() and not self.quitting:
             self.forward()
             if self.pending.size() and (<Request>self.pending.first()).reply is not None:
@@ -551,13 +558,13 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
         if self.charged and self.out_bytes + self._waiting() <= self.out_limit:
             self._uncharge()
         if not self.out.size() and not self.pending.size() and self.draining \
-                and not self.lingering:
+                and not self.lingering and self._tls_sent():
             self._hang_up()
             return 0
-        if self.quitting and not self.out.size() and not self.lingering:
+        if self.quitting and not self.out.size() and not self.lingering and self._tls_sent():
             self._hang_up()     # the client may still be sending: see the docstring
             return 0
-        if self.eof and not self.pending.size() and not self.out.size():
+        if self.eof and not self.pending.size() and not self.out.size() and self._tls_sent():
             self.close()
             return 0
         if not self.reading:
@@ -567,10 +574,48 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
                 self._set_reading(True)
                 if len(self.parser.buf):
                     self.take(NULL, 0)   # requests read earlier, held back by the bound
+                if self.tls is not None:
+                    self._tls_pump_later()   # plaintext the session held while paused
         elif self.over_limit():
             self._set_reading(False)
-        self._set_want_write(self.out_bytes > 0)
+        self._set_want_write(self.out_bytes > 0 or (self.tls is not None and self.tls.want_write))
         return 0
+
+    # -- TLS (cold: only for a connection with a session; see tls.py) --------
+
+    cdef _tls_after_read(self):
+        """After a read: the session may hold plaintext the descriptor will
+        not announce (read it next, without epoll), or records it could not
+        write while shaking hands (ask for EPOLLOUT)."""
+        if self.closed:
+            return
+        self._tls_pump_later()
+        self._set_want_write(self.out_bytes > 0 or self.tls.want_write)
+
+    cdef _tls_pump_later(self):
+        if self.tls.more and self.reading and not self.tls_pumping and not self.closed:
+            self.tls_pumping = True
+            self.loop.call_later(0.0, self._tls_pump)
+
+    def _tls_pump(self):
+        """Read what the session holds, as epoll would for kernel bytes."""
+        self.tls_pumping = False
+        if not self.closed and self.reading and self.tls.more:
+            self.read()
+            self._tls_after_read()
+
+    cdef _tls_flush(self):
+        """Write records the kernel refused before (the output queue is empty)."""
+        if self.tls.want_write:
+            try:
+                self.tls.flush()
+            except OSError:
+                self.close()
+
+    cdef inline bint _tls_sent(self):
+        """Whether no records wait for the kernel (always, on a plain connection):
+        a hang-up or close before that would cut off the last replies."""
+        return self.tls is None or not self.tls.want_write
 
     # -- state -------------------------------------------------------------
 
@@ -595,6 +640,8 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
         self.lingering = True
         self.parser.discard()   # what is left unparsed is dropped, never run
         self.loop.call_later(LINGER, self.close)
+        if self.tls is not None:
+            self.tls.close_notify()
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -619,6 +666,8 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
         nothing owed for ``idle_timeout`` (0: never)."""
         if self.closed or self.lingering:
             return False
+        if self.tls is not None and not self.tls.handshake_done:
+            return now > self.tls.deadline      # the handshake timeout (the sweep logs it)
         quiet = now - self.last_read
         if self.reading and not self.eof and self.parser.midway and quiet > body_timeout:
             return True

@@ -12,6 +12,8 @@ cpdef enum:
     NREPLY = 16             # reasons of replies the router made itself
     NROUTE = 8              # route decisions
     NERROR = 4              # upstream error reasons
+    NTLS_REASON = 8         # TLS handshake failure reasons (tls.REASONS), per side
+    NTLS = 16               # NTLS_REASON per side (tls.SIDES: client, upstream)
 
     # words of a slot's global part
     G_CLIENTS = 0           # client connections open now (gauge)
@@ -31,6 +33,7 @@ cpdef enum:
     G_WORKERS_CURRENT = 14  # workers that confirmed that generation (master only; /healthz)
     G_REPLIES = 16          # NREPLY counters, by reason
     G_ROUTES = 32           # NROUTE counters, by decision
+    G_TLS_FAILURES = 40     # NTLS counters: TLS handshakes failed, by side then reason
     G_REQUESTS = 64         # NCMD histograms of client request duration, by command
     # what the hosts whose HostTable slots were freed had counted (master only), so that
     # totals summed over hosts never go backwards when a slot is reset for another host

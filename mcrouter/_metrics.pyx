@@ -36,6 +36,7 @@ for _i, _b in enumerate(BOUNDS):
     BOUNDS_NS[_i] = <uint64_t>(_b * 1e9 + 0.5)
 assert len(BOUNDS) + 1 == NBUCKETS
 assert G_REQUESTS + NCMD * HIST_WORDS <= G_LEFT_SENT and G_LEFT_ERRORS + NERROR <= HOSTS_AT
+assert G_ROUTES + NROUTE <= G_TLS_FAILURES and G_TLS_FAILURES + NTLS <= G_REQUESTS
 
 # Why the router answered a request itself, one row per reason (its index is
 # its word after G_REPLIES): the reason's name and the router's reply that

@@ -13,13 +13,11 @@ descriptor into the loop's buffer and from the ring's (the socket
 module's methods cost more per call than the rest of a read); with a TLS
 session in ``tls`` (issue 14) they go through its socket-like
 ``recv_into``/``send`` instead.  Everything else (rings, routes, the
-loop) sees bytes only, so TLS plugs in at this one place.  Three things
-only a TLS connection does, each behind one ``tls is not None`` test: a
-read that filled the buffer is repeated at once (``tls.more``: OpenSSL may
-hold decrypted bytes the descriptor will not announce); records the kernel
-refused keep EPOLLOUT asked for (``tls.want_write``); a read error goes to
-``tls_error`` (upstream.py), which tells a TLS alert (the server refusing
-our certificate after a TLS 1.3 handshake) from a broken connection.
+loop) sees bytes only, so TLS plugs in at this one place.  The handshake
+itself is driven from upstream.py while the connection is CONNECTING; a
+read error on a TLS connection goes to its ``tls_error``, which tells a
+certificate alert (TLS 1.3: memcached refusing ours after our side of the
+handshake) from a broken connection.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
@@ -44,7 +42,6 @@ cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 cdef bytes R_QUEUE_FULL = protocol.UPSTREAM_QUEUE_FULL
 cdef object E_PARSE = _metrics.E_PARSE
-cdef int TLS_READS = 16     # reads in a row while a TLS session has more (then a timer)
 
 
 cdef class HostBase:
@@ -93,6 +90,7 @@ cdef class ConnectionBase(Handler):
     cdef public int state
     cdef public bint want_write
     cdef public object tls              # None: plain bytes on fd; else a TLS session (see above)
+    cdef bint tls_pumping               # a read of plaintext the session holds is scheduled
 
     cdef Py_ssize_t recv_into(self, bytearray buf) except -2:
         """Read into ``buf``: the bytes read, 0 at end of file, -1 if none
@@ -125,64 +123,95 @@ cdef class ConnectionBase(Handler):
             return 0
         try:
             left = len(ring.out)
+            if self.tls is not None:
+                return self._tls_flush(left)
             if left:
                 ring.before_write(self.loop.now)
                 sent = self.send_out(ring.out)
                 if sent > 0:
                     left = ring.wrote(sent, self.loop.now)
-            if self.tls is not None and self.tls.want_write and not self.tls.flush():
-                left += 1                   # records wait for the kernel: keep EPOLLOUT
         except OSError as e:
             self.fail(f"send: {e.strerror or e}")
             return 0
         self.c_want_writable(left > 0)
         return 0
 
+    # -- TLS (cold: only for a connection with a session; see tls.py) --------
+
+    cdef int _tls_flush(self, Py_ssize_t left) except -1:
+        """c_flush over a session: requests wait for the handshake (no
+        EPOLLOUT for them meanwhile: the descriptor is writable, the session
+        is not); records the kernel refused ask for EPOLLOUT."""
+        cdef Ring ring = self.ring
+        cdef Py_ssize_t sent
+        try:
+            if left and self.tls.handshake_done:
+                ring.before_write(self.loop.now)
+                sent = self.send_out(ring.out)
+                if sent > 0:
+                    left = ring.wrote(sent, self.loop.now)
+            elif self.tls.want_write:
+                self.tls.flush()
+        except OSError as e:
+            self.fail(f"send: {e.strerror or e}")
+            return 0
+        self.c_want_writable(self.tls.want_write or (left > 0 and self.tls.handshake_done))
+        return 0
+
+    cdef _tls_after_read(self):
+        """After a read: plaintext the session still holds is read on the
+        next pass (the descriptor will not announce it); requests queued
+        during the handshake go out once it is done; records it could not
+        write ask for EPOLLOUT."""
+        if self.state != C_UP or self.tls is None:
+            return
+        if self.tls.more and not self.tls_pumping:
+            self.tls_pumping = True
+            self.loop.call_later(0.0, self._tls_pump)
+        if self.tls.handshake_done and len(self.ring.out):
+            self.loop.mark_upstream(self)
+        self.c_want_writable(self.tls.want_write or (len(self.ring.out) > 0
+                                                     and self.tls.handshake_done))
+
+    def _tls_pump(self):
+        """Read what the session holds, as epoll would for kernel bytes."""
+        self.tls_pumping = False
+        if self.state == C_UP and self.tls is not None and self.tls.more:
+            self.c_on_event(EV_IN)
+
     def on_event(self, int mask):
         self.c_on_event(mask)
 
     cdef int c_on_event(self, unsigned int mask) except -1:
         cdef Py_ssize_t n
-        cdef int k
         cdef bytearray buf
         if self.state == C_CONNECTING:
             self.connect_done()
             return 0
         if mask & (EV_IN | EV_ERR):
             buf = self.loop.recv_buf
-            for k in range(TLS_READS):
-                try:
-                    n = self.recv_into(buf)
-                except OSError as e:
-                    if self.tls is not None:
-                        self.tls_error(e)
-                    else:
-                        self.fail(f"recv: {e.strerror or e}")
+            try:
+                n = self.recv_into(buf)
+            except OSError as e:
+                if self.tls is not None:    # a TLS alert may say which certificate is wrong
+                    self.tls_error(e)
+                else:
+                    self.fail(f"recv: {e.strerror or e}")
+                return 0
+            if n == 0:
+                self.fail("connection closed by server")
+                return 0
+            if n > 0:
+                if self.ring.feed_ptr(<const unsigned char *>PyByteArray_AS_STRING(buf), n) < 0:
+                    # nothing of the bad reply, nor of what followed it, was delivered
+                    self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
                     return 0
-                if n == 0:
-                    self.fail("connection closed by server")
-                    return 0
-                if n > 0:
-                    if self.ring.feed_ptr(<const unsigned char *>PyByteArray_AS_STRING(buf), n) < 0:
-                        # nothing of the bad reply, nor of what followed it, was delivered
-                        self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
-                        return 0
-                    self.host.failures = 0
-                if self.tls is None or not self.tls.more or self.state != C_UP:
-                    break
-            else:
-                self.loop.call_later(0.0, self.read_more)
-            if self.tls is not None and self.tls.want_write:
-                self.c_want_writable(True)
+                self.host.failures = 0
+            if self.tls is not None:
+                self._tls_after_read()
         if mask & EV_OUT and self.state == C_UP:
             self.c_flush()
         return 0
-
-    def read_more(self):
-        """A TLS session still held decrypted bytes after TLS_READS reads:
-        read them now (a timer, so other connections had their turn)."""
-        if self.state == C_UP and self.tls is not None and self.tls.more:
-            self.c_on_event(EV_IN)
 
     def want_writable(self, bint want):
         """Ask for EPOLLOUT only while the kernel refused bytes."""

@@ -79,8 +79,21 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 def run(
     router_config: str = typer.Option("router.yaml", "-f", "--router-config",
                                       help="Route config (YAML)."),
-    listen: str = typer.Option("tcp://:8080", "-l", "--listen",
-                               help="tcp://[host]:port, host:port, [::1]:port or unix:///path."),
+    listen: list[str] = typer.Option(["tcp://:8080"], "-l", "--listen",
+                                     help="tcp://[host]:port, host:port, [::1]:port, "
+                                          "unix:///path, or tls://[host]:port for TLS clients; "
+                                          "repeat -l to listen on several."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert",
+                                           help="Certificate (PEM, with its chain) of the "
+                                                "tls:// listeners; re-read on reload."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key",
+                                          help="Private key (PEM) of --tls-cert."),
+    tls_client_ca: Optional[str] = typer.Option(None, "--tls-client-ca",
+                                                help="Require client certificates signed by "
+                                                     "this CA (PEM) on tls:// listeners (mTLS)."),
+    tls_handshake_timeout: str = typer.Option("5s", "--tls-handshake-timeout",
+                                              help="Close a client that has not finished its "
+                                                   "TLS handshake this long after connecting."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     log_format: str = typer.Option("text", "--log-format", help="text or json (one object per line)."),
     metrics_listen_addr: str = typer.Option(
@@ -170,18 +183,27 @@ def run(
             _die(f"{flag} {text!r} is not a duration; write e.g. 10s, 500ms or 2m")
         if durations[flag] < 0.01:
             _die(f"{flag} must be at least 10ms (got {text})")
-    for flag, text in (("--body-timeout", body_timeout), ("--idle-timeout", idle_timeout)):
+    for flag, text in (("--body-timeout", body_timeout), ("--idle-timeout", idle_timeout),
+                       ("--tls-handshake-timeout", tls_handshake_timeout)):
         try:
             durations[flag] = parse_duration(text)
         except ValueError:
             _die(f"{flag} {text!r} is not a duration; write e.g. 5s, 500ms or 2m")
     if durations["--body-timeout"] < 0.1:
         _die(f"--body-timeout must be at least 100ms (got {body_timeout})")
+    if durations["--tls-handshake-timeout"] < 0.1:
+        _die(f"--tls-handshake-timeout must be at least 100ms (got {tls_handshake_timeout})")
     try:
-        addr = parse_listen(listen)
+        addrs = [parse_listen(text) for text in listen]
         metrics_addr = parse_metrics_listen(metrics_listen_addr)
     except ListenError as e:
         _die(str(e))
+    tls_addrs = [str(a) for a in addrs if a.tls]
+    if tls_addrs and not (tls_cert and tls_key):
+        _die(f"-l {tls_addrs[0]} needs --tls-cert FILE and --tls-key FILE")
+    if not tls_addrs and (tls_cert or tls_key or tls_client_ca):
+        _die("--tls-cert/--tls-key/--tls-client-ca are given but no -l tls://host:port "
+             "listener; add one, or drop them")
     settings = Settings(config_path=router_config, workers=server_event_loops,
                         upstream_connections=upstream_connections, timeout_ms=timeout_ms,
                         connect_timeout_ms=connect_timeout_ms,
@@ -193,7 +215,15 @@ def run(
                         idle_timeout=durations["--idle-timeout"],
                         graceful_timeout=graceful_timeout, watch_config=watch_config,
                         confirm_timeout=confirm_timeout, host_slots=host_slots,
-                        count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off")
+                        count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off",
+                        tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+                        tls_handshake_timeout=durations["--tls-handshake-timeout"])
+    if tls_addrs:
+        from mcrouter.tls import TlsConfigError
+        try:
+            settings.listener_context()
+        except TlsConfigError as e:
+            _die(str(e))
     from mcrouter.reload import load
     try:
         config, text = load(router_config)
@@ -203,11 +233,12 @@ def run(
     from mcrouter.hosttable import TableFull
     from mcrouter.master import Master
     try:
-        code = Master(settings, config, addr, metrics_addr, text).run()
+        code = Master(settings, config, addrs, metrics_addr, text).run()
     except (ListenError, TableFull) as e:
         _die(str(e))
     except OSError as e:
-        _die(f"cannot listen on {addr}: {e.strerror or e}; choose another address with -l")
+        where = getattr(e, "listen_addr", None) or " ".join(map(str, addrs))
+        _die(f"cannot listen on {where}: {e.strerror or e}; choose another address with -l")
     raise typer.Exit(code)
 
 

@@ -1,10 +1,10 @@
-"""Listen addresses: parsing ``-l`` and binding sockets."""
+"""Listen addresses: parsing ``-l`` (``tls://`` for a TLS listener) and binding sockets."""
 from __future__ import annotations
 
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 BACKLOG = 1024
@@ -19,19 +19,27 @@ class ListenError(ValueError):
 class ListenAddr:
     family: int
     address: Any                # a path (str) for AF_UNIX, (host, port) otherwise
+    tls: bool = False           # clients speak TLS (-l tls://host:port)
 
     def __str__(self) -> str:
         if self.family == socket.AF_UNIX:
             return f"unix://{self.address}"
         host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+        return f"tls://{where}" if self.tls else where
 
 
 _TCP = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 
 def parse_listen(text: str) -> ListenAddr:
-    """``tcp://:8080``, ``host:port``, ``[::1]:port`` or ``unix:///path``."""
+    """``tcp://:8080``, ``tls://:8443``, ``host:port``, ``[::1]:port`` or ``unix:///path``."""
+    if text.startswith("tls://"):
+        addr = parse_listen(text[len("tls://"):])
+        if addr.family == socket.AF_UNIX or text[len("tls://"):].startswith(("tcp://", "tls://")):
+            raise ListenError(f"listen address {text!r} is not valid; write tls://:8443, "
+                              "tls://host:port or tls://[::1]:port")
+        return replace(addr, tls=True)
     if text.startswith("unix://"):
         path = text[len("unix://"):]
         if not path:
@@ -107,3 +115,12 @@ def activated_sockets() -> list[socket.socket]:
     for sock in socks:
         sock.setblocking(False)
     return socks
+
+
+def port_of(sock: socket.socket) -> int | None:
+    """The TCP port a listening socket is bound to (None for a unix socket)."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return None
+    return int(name[1]) if isinstance(name, tuple) else None

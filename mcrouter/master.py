@@ -54,7 +54,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from mcrouter import discovery, reload, sdnotify
 from mcrouter._metrics import (G_GENERATION, G_MASTER_PID, G_RELOAD_LAST_OK, G_SIDECAR_RESTARTS,
@@ -66,10 +66,11 @@ from mcrouter.discovery import Address
 from mcrouter.dns import DnsCache
 from mcrouter.hosttable import DOWN, HostTable, TableFull
 from mcrouter.limits import raise_fd_limit
-from mcrouter.listen import ListenAddr, ListenError, activated_sockets, bind
+from mcrouter.listen import ListenAddr, ListenError, activated_sockets, bind, port_of
 from mcrouter.metrics import MetricsBlock, note_reload
 from mcrouter.settings import Settings
 from mcrouter.sidecar import run_sidecar
+from mcrouter.tls import TlsConfigError
 from mcrouter.worker import EXIT_BOOT_FAILED, run_worker
 
 log = logging.getLogger("mcrouter.master")
@@ -100,7 +101,8 @@ class Master:
                signal.SIGTTIN, signal.SIGTTOU]
     SIG_NAMES = {s: s.name[3:].lower() for s in SIGNALS}
 
-    def __init__(self, settings: Settings, config: RouterConfig, addr: ListenAddr,
+    def __init__(self, settings: Settings, config: RouterConfig,
+                 addr: ListenAddr | Sequence[ListenAddr],
                  metrics_addr: ListenAddr | None = None, config_text: str | None = None) -> None:
         self.settings = settings
         # the config as the file says it (DNS pools empty), its text, and the
@@ -111,8 +113,14 @@ class Master:
         config = config.with_members(self.members)
         self.config = config
         self.generation = 1                          # bumped by every applied reload
-        self.addr = addr
+        # every -l; the first is ``addr`` (what the log and errors name when one is enough)
+        self.addrs = [addr] if isinstance(addr, ListenAddr) else list(addr)
+        self.addr = self.addrs[0]
         self.metrics_addr = metrics_addr
+        self.tls_fds: set[int] = set()               # of self.listeners: the tls:// ones
+        # the tls:// listeners' context: made here (the workers forked later inherit
+        # it), and anew on each reload, which a bad certificate refuses
+        self.tls_context: Any = settings.listener_context() if settings.tls_cert else None
         self.metrics_sock: socket.socket | None = None
         self.num_workers = settings.workers
         self.listeners: list[socket.socket] = []
@@ -132,6 +140,7 @@ class Master:
         self.pause_until = 0.0                       # set by guard after a duty raised
         self.pid = os.getpid()
         self.watch: reload.FileWatch | None = None
+        self.tls_watches: list[reload.FileWatch] = []    # --watch-config: the TLS files too
         self.activated = False                       # listening sockets came from systemd
         self.table = HostTable(settings.host_slots)
         hosts = config.hosts()
@@ -162,24 +171,40 @@ class Master:
     def bind_per_worker(self) -> bool:
         """With --reuseport each worker binds its own TCP socket (not a unix
         path, not a socket systemd passed)."""
-        return (self.settings.reuseport and self.addr.family != socket.AF_UNIX
-                and not self.activated)
+        return any(self.per_worker(a) for a in self.addrs)
+
+    def per_worker(self, addr: ListenAddr) -> bool:
+        return self.settings.reuseport and addr.family != socket.AF_UNIX and not self.activated
 
     def open_listeners(self) -> str:
-        """Take systemd's sockets, or bind -l (with --reuseport only check that
-        it can be bound: each worker binds its own); say where we listen."""
+        """Take systemd's sockets, or bind every -l (with --reuseport only check
+        that a TCP one can be bound: each worker binds its own); say where we
+        listen.  A socket systemd passed is a TLS one when its port is that
+        of a -l tls:// address."""
         self.listeners = activated_sockets()
         self.activated = bool(self.listeners)
         if self.activated:
-            log.info("socket activation: -l%s not used",
-                     " and --reuseport" if self.settings.reuseport else "")
+            tls_ports = {a.address[1] for a in self.addrs if a.tls}
+            self.tls_fds = {s.fileno() for s in self.listeners if port_of(s) in tls_ports}
+            log.info("socket activation: -l%s not used%s",
+                     " and --reuseport" if self.settings.reuseport else "",
+                     " (but for which ports speak TLS)" if tls_ports else "")
             return "the socket(s) systemd passed: " + ", ".join(
-                str(s.getsockname()) for s in self.listeners)
-        if not self.bind_per_worker:
-            self.listeners = [bind(self.addr)]
-        else:
-            bind(self.addr, reuseport=True).close()   # fail fast on a bad address
-        return str(self.addr)
+                str(s.getsockname()) + (" (tls)" if s.fileno() in self.tls_fds else "")
+                for s in self.listeners)
+        for a in self.addrs:
+            try:
+                if not self.per_worker(a):
+                    sock = bind(a)
+                    self.listeners.append(sock)
+                    if a.tls:
+                        self.tls_fds.add(sock.fileno())
+                else:
+                    bind(a, reuseport=True).close()   # fail fast on a bad address
+            except OSError as e:
+                e.listen_addr = str(a)      # type: ignore[attr-defined]  # cli names it
+                raise
+        return ", ".join(map(str, self.addrs))
 
     def open_metrics(self) -> None:
         """Bind -L for the sidecar; a port in use stops the router with one line."""
@@ -211,6 +236,10 @@ class Master:
         self.spawn_sidecar()
         if self.settings.watch_config:
             self.watch = reload.FileWatch(self.settings.config_path, self.clock())
+            s = self.settings
+            self.tls_watches = [reload.FileWatch(p, self.clock())
+                                for p in (s.tls_cert, s.tls_key, s.tls_client_ca)
+                                if p and self.tls_context is not None]
         self.await_workers("start")
         for slot in range(self.num_workers):
             self.spawn_worker(slot)
@@ -284,6 +313,10 @@ class Master:
         if self.watch and self.watch.due(self.clock()):
             log.info("%s changed; reloading", self.settings.config_path)
             self.reload()
+        changed = [w.path for w in self.tls_watches if w.due(self.clock())]
+        if changed:
+            log.info("%s changed; reloading", ", ".join(changed))
+            self.reload()
 
     def init_signals(self) -> None:
         self.wake_r, self.wake_w = os.pipe()
@@ -310,6 +343,8 @@ class Master:
             timeout = min(timeout, min(self.respawn_at.values()) - now)
         if self.watch:
             timeout = min(timeout, self.watch.timeout(now))
+        for w in self.tls_watches:
+            timeout = min(timeout, w.timeout(now))
         if self.confirm_by:
             timeout = min(timeout, self.confirm_by - now)
         return max(timeout, self.pause_until - now, 0.0)
@@ -373,15 +408,21 @@ class Master:
             mine.close()
             if self.metrics_sock is not None:
                 self.metrics_sock.close()           # the sidecar's, not a worker's
-            listeners = self.listeners
-            if self.bind_per_worker:
-                try:
-                    listeners = [bind(self.addr, reuseport=True)]
-                except OSError as e:
-                    log.error("worker cannot bind %s: %s", self.addr, e.strerror)
-                    return EXIT_BOOT_FAILED
+            listeners = list(self.listeners)
+            tls_fds = set(self.tls_fds)
+            for a in self.addrs:
+                if self.per_worker(a):
+                    try:
+                        sock = bind(a, reuseport=True)
+                    except OSError as e:
+                        log.error("worker cannot bind %s: %s", a, e.strerror)
+                        return EXIT_BOOT_FAILED
+                    listeners.append(sock)
+                    if a.tls:
+                        tls_fds.add(sock.fileno())
             return run_worker(self.settings, self.config, self.generation, listeners,
-                              self.pid, theirs, self.table, self.metrics, slot)
+                              self.pid, theirs, self.table, self.metrics, slot,
+                              frozenset(tls_fds), self.tls_context)
         pid = self._fork(slot, "mcr-worker", body)
         theirs.close()
         self.channels[pid] = mine
@@ -516,11 +557,12 @@ class Master:
         self.children.clear()
         for pid in list(self.channels):
             self.drop_channel(pid)
-        if self.addr.family == socket.AF_UNIX and not self.activated:
-            try:
-                os.unlink(str(self.addr.address))
-            except OSError:
-                pass
+        for a in self.addrs:
+            if a.family == socket.AF_UNIX and not self.activated:
+                try:
+                    os.unlink(str(a.address))
+                except OSError:
+                    pass
 
     # -- control channel ---------------------------------------------------
 
@@ -646,6 +688,13 @@ class Master:
         except ConfigError as e:
             self.refuse(e)
             return
+        if self.tls_context is not None:
+            # the certificate and key too: a bad one refuses the whole reload
+            try:
+                self.tls_context = self.settings.listener_context()
+            except TlsConfigError as e:
+                self.refuse(e)
+                return
         # DNS pools whose source stays keep their members (the latest the
         # sidecar reported, applied or not); a new source is asked now
         old_sources = self.file_config.dns_pools()
@@ -734,11 +783,14 @@ class Master:
         self.counters.set(G_GENERATION, self.generation)
         note_reload(True)
         log.info("%s: generation %d: %s, %d host(s) (%d added, %d removed); "
-                 "the listen address and other flags are restart-level and keep their values",
+                 "the listen address and other flags are restart-level and keep their values%s",
                  what, self.generation, config.route.type, len(new), len(new - old),
-                 len(old - new))
+                 len(old - new),
+                 "; new TLS handshakes use the certificate files as re-read now"
+                 if kind == "reload" and self.tls_context is not None else "")
         msg = {"config": text, "path": path, "generation": self.generation,
-               "members": {name: list(ms) for name, ms in members.items()}}
+               "members": {name: list(ms) for name, ms in members.items()},
+               "tls": kind == "reload" and self.tls_context is not None}
         for pid, ch in list(self.channels.items()):
             try:
                 sent = ch.send(msg)

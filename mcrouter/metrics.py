@@ -20,6 +20,8 @@ Layout (native-endian uint64 words; the word indices live in ``_metrics.pxd``)::
            slot:    0     G_*         global counters (clients, bytes, restarts, reloads)
                     16    G_REPLIES   16 counters: replies the router made itself, by reason
                     32    G_ROUTES    8 counters: route decisions
+                    40    G_TLS_FAILURES  16 counters: TLS handshakes failed, by side
+                                      (client, upstream) then reason (tls.REASONS)
                     64    G_REQUESTS  32 histograms (one per command id) of client
                                       request duration, 18 words each
                     640   G_LEFT_*    (master's slot) what the hosts whose HostTable

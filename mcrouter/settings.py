@@ -7,6 +7,7 @@ format to ``logs.setup_logging``, so none is carried twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mcrouter.hosttable import DEFAULT_CAPACITY
 
@@ -35,3 +36,14 @@ class Settings:
                                         # (hidden --confirm-timeout: tests shorten it)
     host_slots: int = DEFAULT_CAPACITY  # the shared host table; a config names at most half
                                         # (hidden --host-slots: tests shrink it)
+    tls_cert: str | None = None         # --tls-cert: the tls:// listeners' certificate (PEM)
+    tls_key: str | None = None          # --tls-key: its key
+    tls_client_ca: str | None = None    # --tls-client-ca: require client certificates it signed
+    tls_handshake_timeout: float = 5.0  # --tls-handshake-timeout, seconds
+
+    def listener_context(self) -> Any:
+        """A new ssl.SSLContext for tls:// listeners from the files as they
+        are now (at start, and again on each reload); TlsConfigError if bad."""
+        from mcrouter.tls import server_context
+        assert self.tls_cert is not None and self.tls_key is not None
+        return server_context(self.tls_cert, self.tls_key, self.tls_client_ca)

@@ -33,11 +33,13 @@ from mcrouter._metrics import (ERROR_REASONS, G_BYTES_IN, G_BYTES_OUT, G_CLIENTS
                                G_LEFT_ERRORS, G_LEFT_HITS, G_LEFT_MISSES, G_LEFT_SENT,
                                G_MASTER_PID, G_RELOAD_LAST_OK, G_RELOADS_FAILED, G_RELOADS_OK,
                                G_REPLIES, G_ROUTES, G_SIDECAR_RESTARTS, G_START_TIME,
+                               G_TLS_FAILURES, NTLS_REASON,
                                G_WORKER_RESTARTS, G_WORKERS, G_WORKERS_CURRENT, H_CONNS,
                                H_ERRORS, H_HITS, H_MISSES, REPLY_REASONS, ROUTE_DECISIONS)
 from mcrouter.hosttable import DOWN, HostStatus, HostTable
 from mcrouter.metrics import Histogram, MetricsBlock
 from mcrouter.protocol import COMMAND_IDS
+from mcrouter.tls import REASONS as TLS_REASONS, SIDES as TLS_SIDES
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -208,6 +210,15 @@ COUNTERS: tuple[Counter, ...] = (
              [("success", G_RELOADS_OK), ("failure", G_RELOADS_FAILED)]),
     word(("config_last_reload_success",), "mcrouter_config_last_reload_success_timestamp_seconds",
          GAUGE, "When the config in force was loaded (unix time).", G_RELOAD_LAST_OK),
+    Counter(tuple(f"tls_handshake_failures_{side}" for side in TLS_SIDES),
+            "mcrouter_tls_handshake_failures", COUNTER,
+            "TLS handshakes that failed, by side (client: to the router's tls:// listener; "
+            "upstream: to memcached) and reason.", ("side", "reason"),
+            lambda r: [sum(r.snap.value(G_TLS_FAILURES + i * NTLS_REASON + j)
+                           for j in range(len(TLS_REASONS))) for i in range(len(TLS_SIDES))],
+            lambda r: [((side, reason), r.snap.value(G_TLS_FAILURES + i * NTLS_REASON + j))
+                       for i, side in enumerate(TLS_SIDES)
+                       for j, reason in enumerate(TLS_REASONS)]),
 )
 
 # The order /metrics has always listed its families in (the table's is that of stats mcrouter).
@@ -221,7 +232,7 @@ METRICS_ORDER = (
     "mcrouter_upstream_request_duration_seconds", "mcrouter_upstream_errors",
     "mcrouter_upstream_connections", "mcrouter_get_hits", "mcrouter_get_misses",
     "mcrouter_host_up", "mcrouter_healthy_hosts", "mcrouter_restarts", "mcrouter_config_reloads",
-    "mcrouter_config_last_reload_success_timestamp_seconds",
+    "mcrouter_config_last_reload_success_timestamp_seconds", "mcrouter_tls_handshake_failures",
 )
 if sorted(c.metric for c in COUNTERS if c.metric) != sorted(METRICS_ORDER):
     raise RuntimeError("stats.METRICS_ORDER must name every metric of stats.COUNTERS once")

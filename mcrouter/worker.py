@@ -5,6 +5,13 @@ Signals (handlers only note them; the loop acts):
   QUIT       exit now
 A worker also exits when its master is gone.
 
+A ``tls://`` listener's clients get a TLS session (tls.py) in their
+connection's ``tls``; the handshake runs in the connection's reads, and the
+sweep closes a client whose handshake is not done within
+``--tls-handshake-timeout``.  A reload (not a DNS change) re-reads the
+certificate files: new handshakes use them, established sessions keep
+theirs.
+
 Config reloads arrive from the master over the control channel
 (``control.py``) as the text the master has already validated, with the
 members of its DNS pools (a DNS change arrives the same way).  The worker
@@ -43,6 +50,7 @@ from mcrouter.routes import Route, build_route
 from mcrouter.stats import router_stats
 from mcrouter.routes.simple import BackendVersion, use_backend_version
 from mcrouter.settings import Settings
+from mcrouter.tls import TlsConfigError, TlsSession, peer_name
 from mcrouter.upstream import Host, tls_contexts
 
 log = logging.getLogger("mcrouter.worker")
@@ -62,9 +70,10 @@ class _Listener(Handler):
     file descriptors, refuses them as memcached does (one error line, then
     close) instead of leaving them in the backlog."""
 
-    def __init__(self, worker: "Worker", sock: socket.socket) -> None:
+    def __init__(self, worker: "Worker", sock: socket.socket, tls: bool = False) -> None:
         self.worker = worker
         self.sock = sock
+        self.tls = tls                    # its clients speak TLS
         self.resting = False
 
     def on_event(self, mask: int) -> None:
@@ -83,7 +92,7 @@ class _Listener(Handler):
             if len(worker.clients) >= worker.max_clients:
                 worker.refuse(conn, "past -c/--max-conns")
             else:
-                worker.adopt(conn)
+                worker.adopt(conn, self.tls)
 
     def rest(self, seconds: float) -> None:
         """Leave the loop for a while: no spinning on an accept that fails."""
@@ -133,6 +142,8 @@ class _Control(Handler):
             return
         for msg in messages:
             if "config" in msg:
+                if msg.get("tls"):
+                    self.worker.reload_tls()
                 self.worker.reload(msg["config"], msg["path"], msg["generation"],
                                    msg.get("members", {}))
 
@@ -146,8 +157,11 @@ class _Control(Handler):
 class Worker:
     def __init__(self, settings: Settings, config: RouterConfig, generation: int,
                  listeners: list[socket.socket], master_pid: int, channel: Channel,
-                 table: HostTable, metrics: MetricsBlock, index: int) -> None:
+                 table: HostTable, metrics: MetricsBlock, index: int,
+                 tls_fds: frozenset[int] = frozenset(), tls_context: Any = None) -> None:
         self.settings = settings
+        self.tls_fds = tls_fds            # of listeners: the tls:// ones
+        self.tls_context = tls_context    # what new TLS clients shake hands with
         self.config = config
         self.generation = generation
         self.listeners = listeners
@@ -161,7 +175,7 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
         self.route: Route
-        self.tls: dict[Any, Any] = {}     # TlsSettings → client context, of the current config
+        self.upstream_tls: dict[Any, Any] = {}    # TlsSettings → client context (upstream)
         self.held = generation           # the oldest generation whose hosts are open here
         self.stopping_at = 0.0
         self.idle_since = 0.0
@@ -200,8 +214,10 @@ class Worker:
         # the shared table's status bytes (HostTable.signature), compared in C each turn
         self.health = SignatureWatch(self.table.mm, USED_AT, STATUS_AT, 2, 2 * self.table.capacity,
                                      self.sync_hosts)
+        if self.tls_fds and self.tls_context is None:
+            self.tls_context = s.listener_context()
         for sock in self.listeners:
-            self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock))
+            self.loop.add(sock.fileno(), EV_IN, _Listener(self, sock, sock.fileno() in self.tls_fds))
         self.loop.add(self.control.channel.fileno(), EV_IN, self.control)
         self.control.send({"ready": self.generation, "holds": self.held})
         gc.freeze()     # what boot built lives as long as the worker: the collector skips it
@@ -214,20 +230,20 @@ class Worker:
                     s.upstream_connections, s.timeout_ms / 1000.0,
                     s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.policy(addr).tko)
         settings = self.config.tls_of(addr)
-        host.use_tls(settings, self.tls.get(settings))
+        host.use_tls(settings, self.upstream_tls.get(settings))
         return host
 
     def build(self, config: RouterConfig, contexts: dict[Any, Any] | None = None) -> Route:
         """The route tree of ``config`` over hosts kept, revived or new
         (HostSet); ``contexts``: its TLS client contexts (read from the
         files now when not given)."""
-        self.tls = tls_contexts(config) if contexts is None else contexts
+        self.upstream_tls = tls_contexts(config) if contexts is None else contexts
         addrs = config.hosts()
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients, self.generation)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
             settings = config.tls_of(h.addr)
-            h.use_tls(settings, self.tls.get(settings))
+            h.use_tls(settings, self.upstream_tls.get(settings))
         slots = [self.table.slot_of(str(a)) for a in addrs]
         use_backend_version(BackendVersion(self.table, slots))
         return build_route(config, hosts, router_stats(self.table, self.metrics, frozenset(slots)))
@@ -255,6 +271,17 @@ class Worker:
         self.generation = generation
         self.held = self.hosts.oldest(generation)
         self.control.send({"applied": generation, "holds": self.held})
+
+    def reload_tls(self) -> None:
+        """Re-read the listener's certificate files (the master has just
+        checked them): new handshakes use them.  Should they have changed
+        into something unusable since, the previous ones stay."""
+        if not self.tls_fds:
+            return
+        try:
+            self.tls_context = self.settings.listener_context()
+        except TlsConfigError as e:
+            log.error("tls: keeping the previous certificate: %s", e)
 
     def refuse(self, sock: socket.socket, why: str) -> None:
         """memcached's refusal: one error line, then close; counted, and
@@ -298,13 +325,19 @@ class Worker:
         past --idle-timeout."""
         s = self.settings
         for c in [c for c in self.clients if c.stale(now, s.body_timeout, s.idle_timeout)]:
+            if c.tls is not None and not c.tls.handshake_done:
+                c.tls.timed_out()       # past --tls-handshake-timeout: counted, logged
             c.close()
 
-    def adopt(self, sock: socket.socket) -> None:
+    def adopt(self, sock: socket.socket, tls: bool = False) -> None:
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.clients.add(ClientConnection(self, sock))
+        conn = ClientConnection(self, sock)
+        if tls:
+            conn.tls = TlsSession(self.tls_context, sock, "client", peer_name(sock),
+                                  self.loop.now + self.settings.tls_handshake_timeout)
+        self.clients.add(conn)
 
     # -- loop --------------------------------------------------------------
 
@@ -391,10 +424,11 @@ class Worker:
 
 def run_worker(settings: Settings, config: RouterConfig, generation: int,
                listeners: list[socket.socket], master_pid: int, channel: Channel,
-               table: HostTable, metrics: MetricsBlock, index: int) -> int:
+               table: HostTable, metrics: MetricsBlock, index: int,
+               tls_fds: frozenset[int] = frozenset(), tls_context: Any = None) -> int:
     """Entry point in the forked child; returns the process exit code."""
     worker = Worker(settings, config, generation, listeners, master_pid, channel, table,
-                    metrics, index)
+                    metrics, index, tls_fds, tls_context)
     try:
         worker.boot()
     except Exception as e:      # noqa: BLE001 - reported in one line, then the master stops

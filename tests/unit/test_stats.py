@@ -19,7 +19,7 @@ from mcrouter import __version__, _metrics
 from mcrouter._metrics import (G_LEFT_ERRORS, G_LEFT_HITS, G_LEFT_MISSES, G_LEFT_SENT,
                                G_REPLIES, G_REQUESTS, G_ROUTES, H_CONNS, H_DURATION, H_ERRORS,
                                H_HITS, H_MISSES, H_SENT, HIST_WORDS, HOST_WORDS, HOSTS_AT,
-                               NERROR, NREPLY, NROUTE)
+                               NERROR, NREPLY, NROUTE, NTLS, G_TLS_FAILURES)
 from mcrouter.exposition import registry_for
 from mcrouter.hosts_view import parse_servers, render_hosts
 from mcrouter.hosttable import DOWN, HostTable
@@ -64,6 +64,9 @@ def router_state(monkeypatch):
         put(1, G_REPLIES + i, 2000 + i)
     for i in range(NROUTE):
         put(1, G_ROUTES + i, 3000 + i)
+    for i in range(NTLS):                            # TLS failures: two workers add up
+        put(0, G_TLS_FAILURES + i, 5000 + i)
+        put(1, G_TLS_FAILURES + i, 100 * i)
     for n, cmd in enumerate((CMD_GET, CMD_SET, CMD_ADMIN, CMD_LOCAL)):
         at = G_REQUESTS + cmd * HIST_WORDS
         put(0, at, 1_500_000 * (n + 1))               # the sum, in ns

@@ -466,17 +466,18 @@ def test_a_connection_silent_for_twice_the_timeout_is_dropped(make_host, loop, s
 class Seam:
     """Stands in for a TLS session (``Connection.tls``) over the connection's
     socket: takes at most ``chunk`` bytes a send, and records which buffer
-    each recv_into was given.  Like a session, it says whether a read left
-    bytes behind (``more``) and whether records wait (``want_write``)."""
-
-    more = False
-    want_write = False
+    each recv_into was given."""
 
     def __init__(self, sock: socket.socket, chunk: int) -> None:
         self.sock = sock
         self.chunk = chunk
         self.sends: list[bytes] = []
         self.recv_buffers: list[object] = []
+        # the rest of tls.TlsSession's face: the handshake is done, the
+        # socket holds whatever was not read, nothing waits to be written
+        self.handshake_done = True
+        self.more = False
+        self.want_write = False
 
     def flush(self) -> bool:
         return True
