@@ -312,11 +312,8 @@ class Connection(ConnectionBase):
             n = session.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             n = -1
-        except tls.TlsError as e:
-            self._handshake_failed(e)
-            return
         except OSError as e:
-            self.fail(f"tls handshake: {e.strerror or e}", kind=E_CONNECT)
+            self.tls_error(e, handshaking=True)
             return
         if n == 0:
             self.fail("tls handshake: connection closed by server", kind=E_CONNECT)
@@ -328,11 +325,12 @@ class Connection(ConnectionBase):
         if n > 0 and self.ring.feed(buf, n) < 0:       # the server spoke first: no reply was owed
             self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
 
-    def tls_error(self, e: OSError) -> None:
-        """A read failed on a TLS connection (the compiled seam calls this).
-        An alert about certificates (TLS 1.3: memcached refusing ours after
-        our side of the handshake) is a handshake failure; anything else
-        breaks the connection as on plain TCP."""
+    def tls_error(self, e: OSError, handshaking: bool = False) -> None:
+        """A read failed on a TLS connection (the compiled seam calls this;
+        ``handshaking`` while CONNECTING).  An alert about certificates
+        (TLS 1.3: memcached refusing ours after our side of the handshake,
+        often in the same read that finished it) is a handshake failure;
+        anything else breaks the connection as on plain TCP."""
         from mcrouter import tls
         if isinstance(e, tls.TlsError):
             self._handshake_failed(e)
@@ -342,8 +340,10 @@ class Connection(ConnectionBase):
             detail = str(getattr(e, "reason", "") or e)
             tls.failures.failed("upstream", str(self.host.addr), reason, ours, detail)
             self._handshake_failed(tls.TlsError(reason, detail))
-            return
-        self.fail(f"recv: {e.strerror or e}")
+        elif handshaking:
+            self.fail(f"tls handshake: {e.strerror or e}", kind=E_CONNECT)
+        else:
+            self.fail(f"recv: {e.strerror or e}")
 
     def _handshake_failed(self, e: Exception) -> None:
         """Counted and logged already (mcrouter.tls): the host is down at
