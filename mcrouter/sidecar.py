@@ -79,10 +79,10 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
         except ConfigError as e:        # changed since the master read them: probes fail
             contexts[settings] = e
     for i, (slot, addr, policy) in enumerate(hosts):
-        settings = (tls or {}).get(addr)
+        wanted = (tls or {}).get(addr)
         probe = Probe(loop, table, slot, addr, policy, interval,
-                      contexts[settings] if settings else None,
-                      (settings.server_name or addr.host) if settings else "")
+                      contexts[wanted] if wanted else None,
+                      (wanted.server_name or addr.host) if wanted else "")
         # spread the first probes over one interval rather than all at once
         loop.call_later(interval * (i + 1) / (len(hosts) + 1), probe.begin)
     named = [(slot, addr) for slot, addr, _ in hosts if addr not in (discovered or set())]

@@ -303,7 +303,6 @@ class Connection(ConnectionBase):
     def _handshake(self) -> None:
         """A handshake step on an event while CONNECTING over TLS: the
         connection counts as up once the session says the handshake is done."""
-        from mcrouter import tls
         session = self.tls
         buf = self.loop.recv_buf
         try:

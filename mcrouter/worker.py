@@ -175,7 +175,7 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
         self.route: Route
-        self.upstream_tls: dict[Any, Any] = {}    # TlsSettings → client context (upstream)
+        self.upstream_tls: dict[Any, Any] = {}    # TlsSettings (or None) → client context
         self.held = generation           # the oldest generation whose hosts are open here
         self.stopping_at = 0.0
         self.idle_since = 0.0
@@ -230,7 +230,7 @@ class Worker:
                     s.upstream_connections, s.timeout_ms / 1000.0,
                     s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.policy(addr).tko)
         settings = self.config.tls_of(addr)
-        host.use_tls(settings, self.upstream_tls.get(settings))
+        host.use_tls(settings, self.upstream_tls.get(settings) if settings else None)
         return host
 
     def build(self, config: RouterConfig, contexts: dict[Any, Any] | None = None) -> Route:
@@ -243,7 +243,7 @@ class Worker:
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
             settings = config.tls_of(h.addr)
-            h.use_tls(settings, self.upstream_tls.get(settings))
+            h.use_tls(settings, self.upstream_tls.get(settings) if settings else None)
         slots = [self.table.slot_of(str(a)) for a in addrs]
         use_backend_version(BackendVersion(self.table, slots))
         return build_route(config, hosts, router_stats(self.table, self.metrics, frozenset(slots)))
