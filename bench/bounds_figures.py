@@ -221,8 +221,34 @@ def three_clients(t: Target, n: int) -> str:
     return f"3 clients x {n} `get big`, read after 2 s: " + "; ".join(summary(o) for o in out)
 
 
+def window_overshoot(t: Target, n: int) -> str:
+    """``n`` clients whose windows small replies opened (32 keys in flight),
+    each then pipelining 40 `get big` without reading: what the router
+    already asked for when their output filled is the reply budget's."""
+    t.set("small", b"s")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", t.port))
+        s.sendall(b"get small\r\n" * 200)
+        want = len(b"VALUE small 0 1\r\ns\r\nEND\r\n") * 200
+        got = 0
+        while got < want:
+            got += len(s.recv(65536))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        socks.append(s)
+    for s in socks:
+        s.sendall(b"get big\r\n" * 40)
+    time.sleep(3.0)
+    out = [drain(s) for s in socks]
+    for s in socks:
+        s.close()
+    seen = summary(b"".join(out))
+    return f"{n} clients x 40 `get big` after 200 small gets, read after 3 s: {seen}"
+
+
 SCENARIOS = {
     "never-reads": (never_reads, 300, []),
+    "window-overshoot": (window_overshoot, 20, []),
     "amplification": (amplification, 400, []),
     "slow-bodies": (slow_bodies, 200, []),
     "three-clients": (three_clients, 300, ["-r", "1000"]),

@@ -11,14 +11,16 @@ requests cancels out.  Modes: ``on`` (as deployed) and ``off``
 (``MCROUTER_METRICS=off -L off``).  About 2 minutes per run.
 
 ``--config default``: DefaultRoute over one memcached; ``bundled``: the
-repo's router.yaml (MissFailoverRoute gets, AllFastestRoute sets) over two.
+repo's router.yaml (MissFailoverRoute gets, AllFastestRoute sets) over two;
+``pool``: PoolRoute over two (ketama, as bench/run.py's sharded workloads;
+twemproxy then shards over both too).
 ``--twemproxy``: also nutcracker under callgrind on the same load, in front of
 the first memcached (one pool, ketama, two server connections as the router's
 ``-C 2``), and the router/twemproxy ratio.
 
 Usage: python3 bench/instructions.py [--small 3000] [--large 23000]
        [--workload get90|multiget10|set1k] [--depth N] [--modes on,off]
-       [--config default|bundled] [--twemproxy] [--no-router] [--keep]
+       [--config default|bundled|pool] [--twemproxy] [--no-router] [--keep]
 """
 import argparse
 import glob
@@ -55,13 +57,13 @@ def one_run(loadgen: str, mode: str, requests: int, tmp: str, workload: str = "g
     """One callgrind run of ``requests`` requests; mode on, off or twemproxy."""
     out_dir = tempfile.mkdtemp(dir=tmp)
     port = free_port()
-    mc_ports = [free_port() for _ in range(2 if config == "bundled" else 1)]
+    mc_ports = [free_port() for _ in range(1 if config == "default" else 2)]
     mcs = [subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(p),
                              "-U", "0", "-t", "1"]) for p in mc_ports]
     callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.{mode}.%p"]
     if mode == "twemproxy":
         cfg = os.path.join(out_dir, "nutcracker.yml")
-        twemproxy_conf(cfg, port, mc_ports[:1], 2)
+        twemproxy_conf(cfg, port, mc_ports if config == "pool" else mc_ports[:1], 2)
         argv = callgrind + ["nutcracker", "-c", cfg, "-o", os.path.join(out_dir, "nc.log"),
                             "-a", "127.0.0.1", "-s", str(free_port())]
         env = dict(os.environ)
@@ -99,8 +101,8 @@ def main() -> int:
     ap.add_argument("--workload", default="get90", help="loadgen workload (get90, multiget10, set1k)")
     ap.add_argument("--depth", type=int, default=1, help="pipeline depth per connection")
     ap.add_argument("--modes", default="on,off", help="on (as deployed), off (no metrics), or both")
-    ap.add_argument("--config", default="default", choices=("default", "bundled"),
-                    help="the router's config: DefaultRoute, or the bundled router.yaml")
+    ap.add_argument("--config", default="default", choices=("default", "bundled", "pool"),
+                    help="the router's config: DefaultRoute, the bundled router.yaml, or a 2-server PoolRoute")
     ap.add_argument("--twemproxy", action="store_true", help="also measure twemproxy")
     ap.add_argument("--no-router", action="store_true", help="measure twemproxy only")
     ap.add_argument("--keep", action="store_true",

@@ -62,6 +62,7 @@ after that was never executed and is safe to send again elsewhere.
 
 import select
 import socket
+from ssl import SSLWantReadError, SSLWantWriteError
 
 cimport cython
 
@@ -88,6 +89,9 @@ MAX_IOV = 64                 # parts one sendmsg takes
 DEF C_MAX_IOV = 64
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 cdef Py_ssize_t C_COALESCE = COALESCE
+# what a TLS session raises when it has nothing now: an ``ssl`` session's
+# want-read/want-write are OSErrors, not BlockingIOError, yet mean EAGAIN
+cdef tuple TRY_AGAIN = (BlockingIOError, InterruptedError, SSLWantReadError, SSLWantWriteError)
 cdef bytes R_GET_OOM = b"SERVER_ERROR out of memory writing get response\r\n"
 
 # The worker's reply budget (see the module docstring): bytes charged now,
@@ -237,7 +241,7 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
             return fd_recv(self.fd, PyByteArray_AS_STRING(buf), size)
         try:
             return self.tls.recv_into(buf, size)
-        except (BlockingIOError, InterruptedError):
+        except TRY_AGAIN:
             return -1
 
     cdef read(self):
@@ -491,7 +495,7 @@ cdef class ClientConnection(Handler):     # a Handler is also an Owner (_loop.px
             first = out.first()
             try:
                 return self.tls.send(memoryview(first)[self.out_off:] if self.out_off else first)
-            except (BlockingIOError, InterruptedError):
+            except TRY_AGAIN:
                 return -1
         for i in range(parts):
             part = out.at(i)

@@ -26,6 +26,7 @@ from mcrouter._parser cimport Request
 from mcrouter._ring cimport Ring
 
 import select
+from ssl import SSLWantReadError, SSLWantWriteError
 
 from mcrouter import _metrics, protocol
 
@@ -42,6 +43,9 @@ cdef bytes R_NO_HEALTHY = protocol.NO_HEALTHY_UPSTREAM
 cdef bytes R_UPSTREAM_ERROR = protocol.UPSTREAM_ERROR
 cdef bytes R_QUEUE_FULL = protocol.UPSTREAM_QUEUE_FULL
 cdef object E_PARSE = _metrics.E_PARSE
+# what a TLS session raises when it has nothing now: an ``ssl`` session's
+# want-read/want-write are OSErrors, not BlockingIOError, yet mean EAGAIN
+cdef tuple TRY_AGAIN = (BlockingIOError, InterruptedError, SSLWantReadError, SSLWantWriteError)
 
 
 cdef class HostBase:
@@ -99,7 +103,7 @@ cdef class ConnectionBase(Handler):
             return fd_recv(self.fd, PyByteArray_AS_STRING(buf), len(buf))
         try:
             return self.tls.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
+        except TRY_AGAIN:
             return -1
 
     cdef Py_ssize_t send_out(self, bytearray data) except -2:
@@ -109,7 +113,7 @@ cdef class ConnectionBase(Handler):
             return fd_send(self.fd, PyByteArray_AS_STRING(data), len(data))
         try:
             return self.tls.send(data)
-        except (BlockingIOError, InterruptedError):
+        except TRY_AGAIN:
             return -1
 
     def flush(self):

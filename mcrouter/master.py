@@ -789,8 +789,9 @@ class Master:
                  "; new TLS handshakes use the certificate files as re-read now"
                  if kind == "reload" and self.tls_context is not None else "")
         msg = {"config": text, "path": path, "generation": self.generation,
-               "members": {name: list(ms) for name, ms in members.items()},
-               "tls": kind == "reload" and self.tls_context is not None}
+               "members": {name: list(ms) for name, ms in members.items()}}
+        if kind == "reload" and self.tls_context is not None:
+            msg["tls"] = True               # the workers re-read the certificate files
         for pid, ch in list(self.channels.items()):
             try:
                 sent = ch.send(msg)

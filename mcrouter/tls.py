@@ -237,7 +237,7 @@ def classify(e: BaseException) -> tuple[str, bool]:
     return "other", False
 
 
-# (side, reason, ours) → what to fix; "" picks the side's protocol advice
+# (side, reason, ours) → what to fix; fix_for falls back to ours=False where one row serves
 _FIXES: dict[tuple[str, str, bool], str] = {
     ("client", "expired", True): "renew the router's certificate (--tls-cert)",
     ("client", "expired", False): "the client must renew its certificate",

@@ -132,7 +132,7 @@ def test_a_repeated_gat_to_a_client_that_never_reads_stays_within_the_bound(memc
     one = block(b"big", value)
     s.sendall(b"get small\r\n")
     tail = TOO_LARGE + block(b"small", b"s") + b"END\r\n"
-    got = read_replies(s, count * len(one) + len(tail), timeout=10)
+    got = read_replies(s, count * len(one) + len(tail), timeout=10, until=tail)
     s.close()
     assert sent == len(line)
     # whole values, then the router's error (memcached: all 200, then END)

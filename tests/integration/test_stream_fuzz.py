@@ -5,7 +5,7 @@ tests/streamfuzz.py.  Here: one bounded CI run over DefaultRoute and a
 2-server PoolRoute with a fixed seed, plus checks that the comparison
 itself rejects what it must (a test that cannot fail proves nothing).
 
-Bounds: MCROUTER_FUZZ_SECONDS (default 45) and MCROUTER_FUZZ_CASES
+Bounds: MCROUTER_FUZZ_SECONDS (default 25) and MCROUTER_FUZZ_CASES
 (default 20000), whichever comes first; MCROUTER_FUZZ_SEED (default 1).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 import streamfuzz as sf
 
-SECONDS = float(os.environ.get("MCROUTER_FUZZ_SECONDS", "45"))
+SECONDS = float(os.environ.get("MCROUTER_FUZZ_SECONDS", "25"))
 CASES = int(os.environ.get("MCROUTER_FUZZ_CASES", "20000"))
 SEED = int(os.environ.get("MCROUTER_FUZZ_SEED", "1"))
 

@@ -53,8 +53,10 @@ def send_without_reading(port: int, data: bytes, seconds: float = 5.0) -> tuple[
     return s, sent
 
 
-def read_replies(s: socket.socket, size: int, timeout: float = 30.0) -> bytes:
-    """Up to ``size`` bytes, or what came before EOF or ``timeout`` seconds of silence."""
+def read_replies(s: socket.socket, size: int, timeout: float = 30.0,
+                 until: bytes | None = None) -> bytes:
+    """Up to ``size`` bytes, or what came before EOF or ``timeout`` seconds of
+    silence, or (``until``) up to the first time the bytes end with it."""
     s.setblocking(True)
     s.settimeout(timeout)
     got = bytearray()
@@ -66,6 +68,8 @@ def read_replies(s: socket.socket, size: int, timeout: float = 30.0) -> bytes:
         if not chunk:
             break
         got += chunk
+        if until is not None and got.endswith(until):
+            break
     return bytes(got)
 
 

@@ -5,6 +5,7 @@ router, so what is checked is exactly the bytes a client receives."""
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from types import SimpleNamespace
@@ -169,3 +170,43 @@ def test_a_tls_session_takes_the_connections_reads_and_writes(loop, accepted):
     assert bytes(got) == expected
     assert seam.reads[0] == 14 and b"".join(seam.sends) == expected
     assert all(len(s) <= 30_000 for s in seam.sends) and len(seam.sends) >= 7
+
+
+class WantRead(Seam):
+    """A non-blocking ``ssl`` session: a read that meets only part of a TLS
+    record raises SSLWantReadError (an OSError, not a BlockingIOError), and
+    a send the kernel refuses raises SSLWantWriteError."""
+
+    def __init__(self, sock: socket.socket, chunk: int) -> None:
+        super().__init__(sock, chunk)
+        self.want_read = 1
+        self.want_write = 1
+
+    def recv_into(self, buf, nbytes: int) -> int:
+        if self.want_read:
+            self.want_read -= 1
+            raise ssl.SSLWantReadError("The operation did not complete (read)")
+        return super().recv_into(buf, nbytes)
+
+    def send(self, data) -> int:
+        if self.want_write:
+            self.want_write -= 1
+            raise ssl.SSLWantWriteError("The operation did not complete (write)")
+        return super().send(data)
+
+
+def test_a_tls_session_that_wants_more_is_waited_for_not_closed(loop, accepted):
+    """What an ``ssl`` session says when it has nothing now is "try again",
+    as EAGAIN: the connection stays, and the client gets its replies."""
+    client, side = accepted()
+    worker = Worker(loop)
+    conn = ClientConnection(worker, side)
+    seam = WantRead(side, chunk=30_000)
+    conn.tls = seam
+    client.sendall(b"get a\r\n")
+    expected = value_reply(b"a")
+    client.setblocking(False)
+    got = bytearray()
+
+    drive(loop, reader(client, got, len(expected)), "the reply read")
+    assert bytes(got) == expected and not conn.closed
