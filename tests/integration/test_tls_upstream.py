@@ -79,16 +79,17 @@ def test_pipelines_through_a_tls_pool_are_memcacheds_bytes(tls_memcached, memcac
 
 def test_pool_route_over_two_tls_hosts(tls_memcached, router, pki):
     ms = [tls_memcached(), tls_memcached()]
-    r = router({"pools": {"secure": {"servers": [m.addr for m in ms], "tls": tls_settings(pki)}},
+    r = router({"pools": {"secure": {"servers": [m.addr for m in ms], "tls": tls_settings(pki),
+                                     "hash": {"function": "md5"}}},
                 "route": "PoolRoute|secure"}, conns=2)
-    keys = [f"key{i}" for i in range(40)]
+    keys = [f"user:{i}:profile" for i in range(100)]
     with r.client() as c:
         stream = b"".join(f"set {k} 0 0 {len(k)}\r\n{k}\r\n".encode() for k in keys)
-        assert c.pipeline(stream, b"STORED\r\n" * 40) == b"STORED\r\n" * 40
+        assert c.pipeline(stream, b"STORED\r\n" * 100) == b"STORED\r\n" * 100
         got = c.call(f"get {' '.join(keys)}\r\n".encode(), b"END\r\n")
     assert got == b"".join(f"VALUE {k} 0 {len(k)}\r\n{k}\r\n".encode() for k in keys) + b"END\r\n"
     held = [m.get_raw(*keys).count(b"VALUE ") for m in ms]
-    assert sum(held) == 40 and min(held) > 0, held
+    assert sum(held) == 100 and min(held) > 0, held      # both hosts, each key once
 
 
 # one row per failure: the pool's tls: changes, memcached's certificate, the
