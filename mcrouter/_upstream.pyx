@@ -13,7 +13,11 @@ descriptor into the loop's buffer and from the ring's (the socket
 module's methods cost more per call than the rest of a read); with a TLS
 session in ``tls`` (issue 14) they go through its socket-like
 ``recv_into``/``send`` instead.  Everything else (rings, routes, the
-loop) sees bytes only, so TLS plugs in at this one place.
+loop) sees bytes only, so TLS plugs in at this one place.  The handshake
+itself is driven from upstream.py while the connection is CONNECTING; a
+read error on a TLS connection goes to its ``tls_error``, which tells a
+certificate alert (TLS 1.3: memcached refusing ours after our side of the
+handshake) from a broken connection.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
@@ -193,7 +197,10 @@ cdef class ConnectionBase(Handler):
             try:
                 n = self.recv_into(buf)
             except OSError as e:
-                self.fail(f"recv: {e.strerror or e}")
+                if self.tls is not None:    # a TLS alert may say which certificate is wrong
+                    self.tls_error(e)
+                else:
+                    self.fail(f"recv: {e.strerror or e}")
                 return 0
             if n == 0:
                 self.fail("connection closed by server")

@@ -246,8 +246,10 @@ def run(
 def check_config(router_config: str = typer.Option("router.yaml", "-f", "--router-config",
                                                    help="Route config (YAML).")) -> None:
     """Validate a config file and exit: 0 when valid, 2 with one line when not."""
+    from mcrouter.upstream import tls_contexts
     try:
         config = load_config(router_config)
+        tls_contexts(config)                # the certificates and keys are usable too
     except ConfigError as e:
         _die(str(e))
     typer.echo(f"{router_config}: ok ({config.route.type}, {len(config.hosts())} host(s))")

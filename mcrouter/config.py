@@ -22,6 +22,11 @@ happens to a down host's keys (``on_down``: fail, rehash, or a gutter pool);
 see ``DnsSource`` and ``DownPolicy``.  A DNS pool has no servers until the
 discovery (``discovery.py``) fills them in (``RouterConfig.with_members``).
 
+A pool's hosts may be reached over TLS (``tls:`` in the pool, or at the top
+level for ``orderedPool``; see ``TlsSettings``).  A host is one set of
+connections however many pools list it, so an address listed with two
+different ``tls:`` settings is refused.
+
 plus an optional ``health:`` mapping (fail, rise, tko, probe_timeout_ms) and
 an optional ``admin:`` mapping (``allow:``, the commands that change or
 expose a backend which clients may send; see ``ADMIN_COMMANDS``).
@@ -32,6 +37,7 @@ gomcrouter, anything unknown is refused.  Every error is one line,
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
@@ -91,9 +97,10 @@ POLICY_COMMANDS = tuple(COMMAND_IDS)
 ERROR_CLASSES = ("timeout", "connect_error", "tko", "remote_error")
 OPERATION_GROUPS = ("gets", "updates", "deletes", "other")
 FAILOVER_ORDERS = ("in_order", "by_key")
-TOP_KEYS = ("orderedPool", "pools", "route", "health", "admin")
+TOP_KEYS = ("orderedPool", "pools", "route", "health", "admin", "tls")
 HEALTH_KEYS = ("fail", "rise", "tko", "probe_timeout_ms")
-POOL_KEYS = ("servers", "dns", "srv", "resolver", "hash", "weights", "health", "on_down")
+POOL_KEYS = ("servers", "dns", "srv", "resolver", "hash", "weights", "health", "on_down", "tls")
+TLS_KEYS = ("ca", "cert", "key", "server_name", "verify")
 ON_DOWN_ACTIONS = ("fail", "rehash")            # or a mapping {gutter: POOL, max_ttl: N}
 GUTTER_KEYS = ("gutter", "max_ttl")
 GUTTER_MAX_TTL = 60         # seconds: as mcrouter's failover_exptime; memcached's own 30-day
@@ -176,6 +183,28 @@ class DownPolicy:
     max_ttl: int = GUTTER_MAX_TTL
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the hosts of a pool are reached over TLS (README "TLS").  Paths
+    are absolute (a relative one is relative to the config file).  ``ca``
+    empty: the system's trust store; ``cert`` (and ``key``, when not in the
+    cert file): the router's client certificate; ``server_name`` empty: each
+    host's own name or address is checked and sent (SNI); ``verify`` False
+    accepts any server certificate.  ``where`` (file:line:col of the
+    ``tls:`` mapping) is for messages only and does not make two settings
+    differ."""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+    verify: bool = True
+    where: str = field(default="", compare=False)
+
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """(key, path) of each file these settings read."""
+        return tuple((k, getattr(self, k)) for k in ("ca", "cert", "key") if getattr(self, k))
+
+
 # one member of a DNS pool, as the discovery reports it: host (an SRV target
 # name or an address), port, weight; JSON-friendly for the control channel
 Member = tuple[str, int, int]
@@ -190,6 +219,7 @@ class PoolConfig:
     health: dict[str, int] = field(default_factory=dict)    # overrides of the top-level health
     source: DnsSource | None = None                          # servers from DNS (filled in later)
     on_down: DownPolicy = DownPolicy()
+    tls: TlsSettings | None = None                           # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -229,6 +259,7 @@ class RouterConfig:
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
     admin: AdminPolicy = AdminPolicy()
+    tls: TlsSettings | None = None          # the top-level tls:, for orderedPool
 
     def policy(self, addr: HostAddr) -> HealthPolicy:
         """The health settings of one host: the top-level ``health:`` with the
@@ -257,6 +288,23 @@ class RouterConfig:
 
     def policies(self) -> dict[HostAddr, HealthPolicy]:
         return {addr: self.policy(addr) for addr in self.hosts()}
+
+    def tls_of(self, addr: HostAddr) -> TlsSettings | None:
+        """How ``addr`` is reached: the ``tls:`` of orderedPool or of the
+        first pool listing it (they agree for listed servers, parse_config
+        checks; for DNS members the first pool in config order wins)."""
+        if addr in self.ordered_pool:
+            return self.tls
+        for pool in self.pools.values():
+            if addr in pool.servers:
+                return pool.tls
+        return None
+
+    def tls_settings(self) -> tuple[TlsSettings, ...]:
+        """Every distinct TLS setting in use, in config order."""
+        found = [self.tls] if self.tls is not None and self.ordered_pool else []
+        found += [p.tls for p in self.pools.values() if p.tls is not None]
+        return tuple(dict.fromkeys(found))
 
     def hosts(self) -> tuple[HostAddr, ...]:
         """Every distinct upstream address, in config order: one Host each,
@@ -380,6 +428,7 @@ class _Checker:
         on_down = self.on_down(name, items["on_down"][1]) if "on_down" in items else DownPolicy()
         hconf = self.hash(items["hash"][1]) if "hash" in items else HashConfig()
         health = self.health_values(items["health"][1]) if "health" in items else {}
+        tls = self.tls(items["tls"][1]) if "tls" in items else None
         if on_down.action == "rehash" and hconf.distribution == "jump":
             raise self.fail(items["on_down"][1], "jump hashing has no next host to rehash to",
                             "use distribution: ketama or rendezvous with on_down: rehash")
@@ -389,7 +438,7 @@ class _Checker:
                                 "remove weights (srv: records carry their own)")
             source = self.dns_source(given[0], items[given[0]][1],
                                      items["resolver"][1] if "resolver" in items else None)
-            return PoolConfig(name, (), (), hconf, health, source, on_down)
+            return PoolConfig(name, (), (), hconf, health, source, on_down, tls)
         if "resolver" in items:
             raise self.fail(items["resolver"][0], "resolver is only for a pool with dns: or srv:",
                             "remove it, or replace servers: with dns: name:port or srv: name")
@@ -413,7 +462,57 @@ class _Checker:
         if hconf.distribution == "jump" and len(set(weights)) > 1:
             raise self.fail(items["weights"][1], "jump hashing cannot weigh servers",
                             "use distribution: ketama or rendezvous, or drop weights")
-        return PoolConfig(name, tuple(servers), weights, hconf, health, None, on_down)
+        return PoolConfig(name, tuple(servers), weights, hconf, health, None, on_down, tls)
+
+    def tls(self, node: yaml.Node) -> TlsSettings:
+        """``tls: {ca: FILE, cert: FILE, key: FILE, server_name: NAME, verify: true}``;
+        every file must be readable now (its contents are checked when the
+        contexts are built: ``upstream_tls.contexts``)."""
+        if isinstance(node, yaml.ScalarNode) and node.value in ("true", "on", "yes"):
+            raise self.fail(node, "tls: takes its settings, not true",
+                            "write e.g. tls: {ca: ca.pem} (or tls: {} for the system's CAs)")
+        items = self.keyed(node, "tls", TLS_KEYS)
+        opts: dict[str, Any] = {}
+        for key, (_, v) in items.items():
+            if key == "verify":
+                text = self.scalar(v, "tls.verify")
+                if text not in ("true", "false"):
+                    raise self.fail(v, f"tls.verify must be true or false (got {text!r})",
+                                    "write verify: true (or false to accept any server certificate)")
+                opts[key] = text == "true"
+            elif key == "server_name":
+                name = self.scalar(v, "tls.server_name")
+                if not _DNS_NAME_RE.match(name):
+                    raise self.fail(v, f"tls.server_name {name!r} is not a host name",
+                                    "write the name in the servers' certificates, e.g. "
+                                    "server_name: memcached.internal")
+                opts[key] = name.rstrip(".")
+            else:
+                opts[key] = self.readable(v, f"tls.{key}")
+        if "key" in opts and "cert" not in opts:
+            raise self.fail(items["key"][0], "tls.key without tls.cert",
+                            "add cert: FILE (the client certificate the key belongs to)")
+        if opts.get("verify") is False and "server_name" in opts:
+            raise self.fail(items["server_name"][0], "tls.server_name with verify: false is "
+                            "never checked", "remove server_name, or set verify: true")
+        m = node.start_mark
+        return TlsSettings(**opts, where=f"{self.path}:{m.line + 1}:{m.column + 1}")
+
+    def readable(self, node: yaml.Node, what: str) -> str:
+        """A file path, relative to the config file's directory, that can be read now."""
+        text = self.scalar(node, what)
+        if not text or text in _NULL:
+            raise self.fail(node, f"{what} is empty", f"write a file path, or remove {what}")
+        base = os.path.dirname(os.path.abspath(self.path)) if self.path != "<config>" else os.getcwd()
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise self.fail(node, f"{what} {path}: cannot read it ({e.strerror})",
+                            "give a readable PEM file (a relative path is relative to the "
+                            "config file)") from None
+        return path
 
     def dns_source(self, kind: str, node: yaml.Node, resolver: yaml.Node | None) -> DnsSource:
         """``dns: name:port`` or ``srv: name``, and the optional ``resolver: host:port``."""
@@ -718,6 +817,8 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
     route: RouteConfig | None = None
     health = HealthPolicy()
     admin = AdminPolicy()
+    tls: TlsSettings | None = None
+    tls_node: Any = None
     for k, v in check.mapping(root, "the config"):
         key = check.scalar(k, "a top-level key")
         if key == "orderedPool":
@@ -730,6 +831,8 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
             health = HealthPolicy(**check.health_values(v))
         elif key == "admin":
             admin = check.admin(v)
+        elif key == "tls":
+            tls, tls_node = check.tls(v), k
         else:
             raise check.fail(k, f"unknown key {key!r}", "valid keys: " + ", ".join(TOP_KEYS))
     if route is None:
@@ -752,4 +855,37 @@ def parse_config(text: str, path: str = "<config>") -> RouterConfig:
                          f"{rtype} needs hosts but orderedPool is empty",
                          "list at least one host:port in orderedPool"
                          + (" or give the route a pool" if pools_node is not None else ""))
-    return RouterConfig(path, ordered, route, pools, health, admin)
+    if tls is not None and not ordered:
+        raise check.fail(tls_node, "the top-level tls: is for orderedPool, which is empty",
+                         "move it into the pools that need it (pools: NAME: tls:)")
+    check_tls_agreement(check, ordered, tls, ordered_node, pools, pools_node)
+    return RouterConfig(path, ordered, route, pools, health, admin, tls)
+
+
+def check_tls_agreement(check: _Checker, ordered: tuple[HostAddr, ...], tls: TlsSettings | None,
+                        ordered_node: Any, pools: dict[str, PoolConfig], pools_node: Any) -> None:
+    """A host is one set of connections, whichever pools list it: refuse an
+    address that two of them would reach with different TLS settings."""
+    seen: dict[HostAddr, tuple[str, TlsSettings | None]] = dict.fromkeys(ordered, ("orderedPool", tls))
+    for name, pool in pools.items():
+        for addr in pool.servers:
+            where, first = seen.setdefault(addr, (f"pool {name!r}", pool.tls))
+            if first == pool.tls:
+                continue
+            if first is not None and pool.tls is not None:
+                what = f"server {addr} has different tls settings in {where} and pool {name!r}"
+            else:
+                what = (f"server {addr} is listed {'with' if first else 'without'} tls in {where} "
+                        f"and {'with' if pool.tls else 'without'} in pool {name!r}")
+            raise check.fail(_pool_node(pools_node, name) or ordered_node, what,
+                             "a host is one set of connections: give every pool that lists "
+                             "it the same tls: settings")
+
+
+def _pool_node(pools_node: Any, name: str) -> yaml.Node | None:
+    """The YAML node of pool ``name``, to point an error at it."""
+    if isinstance(pools_node, yaml.MappingNode):
+        for k, v in pools_node.value:
+            if getattr(k, "value", None) == name:
+                return v
+    return None

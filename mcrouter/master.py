@@ -434,12 +434,13 @@ class Master:
         sources = self.config.dns_pools()
         members = {name: self.members.get(name, ()) for name in sources}
         discovered = {HostAddr(h, p) for ms in members.values() for h, p, _ in ms}
+        tls = {addr: t for addr in self.config.hosts() if (t := self.config.tls_of(addr))}
 
         def body() -> int:
             mine.close()
             return run_sidecar(self.table, hosts, s.healthcheck_interval, s.dns_cache_ttl,
                                self.pid, self.metrics, self.metrics_sock, theirs, sources,
-                               members, discovered)
+                               members, discovered, tls)
         pid = self._fork(SIDECAR, "mcr-sidecar", body)
         theirs.close()
         self.sidecar_channels[pid] = mine
@@ -764,8 +765,10 @@ class Master:
                 self.table.set_address(slot, *found)
         old = set(self.config.hosts())
         new = set(hosts)
+        # a TLS host's probes read the certificates again: a new sidecar
         restart_sidecar = (new != old or config.policies() != self.config.policies()
-                           or config.dns_pools() != self.config.dns_pools())
+                           or config.dns_pools() != self.config.dns_pools()
+                           or bool(config.tls_settings() or self.config.tls_settings()))
         self.config, self.file_config, self.config_text = config, file_config, text
         self.members = members
         self.dns_wanted = {name: members.get(name, ()) for name in file_config.dns_pools()}

@@ -9,6 +9,12 @@ HostTable too: it is what the router answers to ``version`` itself
 (LocalRoute), so clients see the backends' version, the lowest when they
 differ.
 
+A host reached over TLS is probed over TLS with the same settings
+(certificates, server name): a probe that could not pass the handshake
+the data path needs must not call the host up.  The handshake is a step
+of the probe, inside its timeout; a failure is logged as the workers log
+theirs (``mcrouter.tls``, once per interval per host).
+
 A host is marked down after ``fail`` failed probes in a row and up after
 ``rise`` good ones; a worker's TKO (down at once) restarts the count, so
 only ``rise`` probes after the TKO bring the host back.  Only the probes
@@ -36,7 +42,8 @@ class Probe(Handler):
     """One host's probe: connect if needed, send ``version``, judge the reply."""
 
     def __init__(self, loop: Loop, table: HostTable, slot: int, addr: HostAddr,
-                 policy: HealthPolicy, interval: float) -> None:
+                 policy: HealthPolicy, interval: float, tls_context: Any = None,
+                 tls_name: str = "") -> None:
         self.loop = loop
         self.table = table
         self.slot = slot
@@ -50,6 +57,9 @@ class Probe(Handler):
         self.running = False
         self.good = self.bad = 0
         self.seen = table.state(slot)
+        self.tls_context = tls_context  # an ssl.SSLContext, or the ConfigError that prevented one
+        self.tls_name = tls_name
+        self.tls: Any = None            # the session on the socket, once connected
 
     def begin(self) -> None:
         self.loop.call_later(self.interval, self.begin)
@@ -85,9 +95,41 @@ class Probe(Handler):
     def _send(self) -> None:
         self.buf = b""
         try:
-            self.sock.send(PROBE)
+            if self.tls is not None:
+                if self.tls.send(PROBE) != len(PROBE) or not self.tls.flush():
+                    raise OSError("the socket did not take the probe at once")
+            else:
+                self.sock.send(PROBE)
         except OSError as e:
             self.end(False, f"probe: send: {e.strerror or e}")
+
+    def _start_tls(self) -> bool:
+        """TLS on the connected socket; True once the probe may be sent."""
+        from mcrouter import tls
+        if isinstance(self.tls_context, Exception):
+            self.end(False, f"probe: {self.tls_context}")
+            return False
+        self.tls = tls.TlsSession(self.tls_context, self.sock, "upstream", str(self.addr),
+                                  server_hostname=self.tls_name)
+        try:
+            return self.tls.start()
+        except OSError as e:
+            self.end(False, f"probe: {e.strerror or e}")
+            return False
+
+    def _recv(self) -> bytes | None:
+        """What the socket (or the TLS session) has; None when nothing yet."""
+        if self.tls is None:
+            try:
+                return self.sock.recv(MAX_PROBE_REPLY)
+            except (BlockingIOError, InterruptedError):
+                return None
+        buf = bytearray(MAX_PROBE_REPLY)
+        try:
+            n = self.tls.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return bytes(buf[:n])
 
     def on_event(self, mask: int) -> None:
         if not self.running:
@@ -99,17 +141,24 @@ class Probe(Handler):
                 self.end(False, f"probe: connect: {errno.errorcode.get(err, err)}")
                 return
             self.loop.modify(self.sock.fileno(), EV_IN)
-            self._send()
+            if self.tls_context is None or self._start_tls():
+                self._send()
             return
+        handshaking = self.tls is not None and not self.tls.handshake_done
         try:
-            data = self.sock.recv(MAX_PROBE_REPLY)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = self._recv()
         except OSError as e:
-            self.end(False, f"probe: recv: {e.strerror or e}")
+            self.end(False, f"probe: {'' if handshaking else 'recv: '}{e.strerror or e}")
+            return
+        if data is None:
+            if handshaking and self.tls.handshake_done:
+                self._send()
             return
         if not data:
             self.end(False, "probe: connection closed by server")
+            return
+        if handshaking:
+            self.end(False, "probe: bytes before the probe was sent")
             return
         self.buf += data
         if b"\r\n" in self.buf:
@@ -148,8 +197,11 @@ class Probe(Handler):
     def _close(self) -> None:
         if self.sock is not None:
             self.loop.remove(self.sock.fileno())
+            if self.tls is not None:
+                self.tls.close_notify()
             self.sock.close()
             self.sock = None
+            self.tls = None
 
     def abort(self) -> None:
         self.running = False

@@ -18,9 +18,14 @@ POLL = 0.25            # seconds between two looks at the file
 
 
 def load(path: str) -> tuple[RouterConfig, str]:
-    """The validated config and the exact text it came from; ConfigError if invalid."""
+    """The validated config and the exact text it came from; ConfigError if
+    invalid, or if a certificate or key of its ``tls:`` settings cannot be
+    used (each worker reads them again when it applies the config)."""
+    from mcrouter.upstream import tls_contexts
     text = read_config_text(path)
-    return parse_config(text, path), text
+    config = parse_config(text, path)
+    tls_contexts(config)
+    return config, text
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

@@ -18,10 +18,10 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from mcrouter._metrics import Counters, install
-from mcrouter.config import DnsSource, HealthPolicy, HostAddr, Member
+from mcrouter.config import ConfigError, DnsSource, HealthPolicy, HostAddr, Member, TlsSettings
 from mcrouter.control import Channel, ChannelClosed
 from mcrouter.discovery import Address, Discovery
 from mcrouter.dns import DnsCache
@@ -30,6 +30,7 @@ from mcrouter.hosttable import HostTable
 from mcrouter.loop import Loop
 from mcrouter.metrics import MetricsBlock
 from mcrouter.probes import Probe
+from mcrouter.upstream import tls_context
 
 
 def report_to(channel: Channel) -> Callable[[dict[str, tuple[Member, ...]], dict[str, Address]], None]:
@@ -55,11 +56,13 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
                 metrics: MetricsBlock, metrics_sock: socket.socket | None,
                 channel: Channel | None = None, sources: dict[str, DnsSource] | None = None,
                 members: dict[str, tuple[Member, ...]] | None = None,
-                discovered: set[HostAddr] | None = None) -> int:
+                discovered: set[HostAddr] | None = None,
+                tls: dict[HostAddr, TlsSettings] | None = None) -> int:
     """Entry point in the forked child; returns the process exit code.
     ``sources`` are the DNS pools (``members`` what the master knows of
     them); ``discovered`` the hosts whose addresses the discovery keeps, not
-    the host-name cache."""
+    the host-name cache; ``tls`` the settings of the hosts reached over TLS,
+    whose probes use them too (the files read now, once per sidecar)."""
     install(Counters())                 # the sidecar reads the block; it never writes
 
     def stop(_signum: int, _frame: object) -> None:
@@ -69,8 +72,17 @@ def run_sidecar(table: HostTable, hosts: list[tuple[int, HostAddr, HealthPolicy]
         signal.signal(sig, stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loop = Loop()
+    contexts: dict[TlsSettings, Any] = {}
+    for settings in dict.fromkeys((tls or {}).values()):
+        try:
+            contexts[settings] = tls_context(settings)
+        except ConfigError as e:        # changed since the master read them: probes fail
+            contexts[settings] = e
     for i, (slot, addr, policy) in enumerate(hosts):
-        probe = Probe(loop, table, slot, addr, policy, interval)
+        wanted = (tls or {}).get(addr)
+        probe = Probe(loop, table, slot, addr, policy, interval,
+                      contexts[wanted] if wanted else None,
+                      (wanted.server_name or addr.host) if wanted else "")
         # spread the first probes over one interval rather than all at once
         loop.call_later(interval * (i + 1) / (len(hosts) + 1), probe.begin)
     named = [(slot, addr) for slot, addr, _ in hosts if addr not in (discovered or set())]

@@ -14,6 +14,20 @@ reconnect, so a dead host costs one probe per interval and no storm.
 Socket I/O stays inside the connection: its life here (connect, close),
 its bytes in ``ConnectionBase.recv_into``/``send_out`` (_upstream.pyx), the
 one place a TLS session plugs in without touching rings or routes.
+
+TLS (issue 14): the hosts of a pool with ``tls:`` get a client session
+(``mcrouter.tls``) on each connected socket; the connection stays
+CONNECTING, its requests queued, until the handshake is done, and the
+connect timeout covers the handshake.  A failed handshake is a connect
+failure that marks the host down at once, as a refused connection does
+(the same certificate fails the same way on every retry); it is counted
+by reason and logged once per interval per host with the setting to fix.
+With TLS 1.3 the server judges the client certificate after the client's
+side of the handshake is done, so its refusal arrives as an alert on the
+first read: ``tls_error`` classifies that the same way.  The contexts
+(certificates and keys) are the worker's, rebuilt from the files on every
+reload; a host's new connections use the current one, established
+connections keep the session they have.
 """
 from __future__ import annotations
 
@@ -21,12 +35,13 @@ import errno
 import logging
 import random
 import socket
+import ssl
 from typing import Any
 
-from mcrouter._metrics import E_CONNECT, E_RESET, E_TIMEOUT, local as local_counters
+from mcrouter._metrics import E_CONNECT, E_PARSE, E_RESET, E_TIMEOUT, local as local_counters
 from mcrouter._ring import Ring
 from mcrouter._upstream import CONN_CONNECTING, CONN_DOWN, CONN_UP, ConnectionBase, HostBase
-from mcrouter.config import HostAddr
+from mcrouter.config import ConfigError, HostAddr, RouterConfig, TlsSettings
 from mcrouter.hosttable import DOWN as HOST_DOWN, HostTable, sockaddr
 from mcrouter.loop import EV_IN, EV_OUT, Loop
 from mcrouter.protocol import COMMAND_NAMES, UPSTREAM_ERROR, UPSTREAM_TIMEOUT
@@ -41,6 +56,25 @@ HARD_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.
 # at most one protocol-error line per host in this many seconds (per worker):
 # a broken backend must not flood the log; the metric counts every one
 PROTOCOL_LOG_INTERVAL = 10.0
+# TLS alerts after the handshake that are about certificates: the host is
+# unusable until an operator acts (tls.REASONS)
+CERTIFICATE_REASONS = ("expired", "unknown_ca", "hostname_mismatch", "no_client_cert")
+
+
+def tls_context(settings: TlsSettings) -> Any:
+    """The client context of one ``tls:`` setting, its files read now;
+    ConfigError, one line naming where the setting is, when one cannot be used."""
+    from mcrouter import tls
+    try:
+        return tls.client_context(ca=settings.ca or None, cert=settings.cert or None,
+                                  key=settings.key or None, verify=settings.verify)
+    except tls.TlsConfigError as e:
+        raise ConfigError(f"{settings.where}: {e}") from None
+
+
+def tls_contexts(config: RouterConfig) -> dict[TlsSettings, Any]:
+    """A client context for each distinct ``tls:`` setting of ``config``."""
+    return {t: tls_context(t) for t in config.tls_settings()}
 
 
 class Host(HostBase):
@@ -65,8 +99,18 @@ class Host(HostBase):
         self.protocol_logged_at = float("-inf")
         self.protocol_unlogged = 0        # protocol errors since the last line logged
         self.counters = local_counters()
+        self.tls_context: Any = None       # an ssl.SSLContext for new connections: None is plain
+        self.tls_name = ""                # the name the server's certificate must carry
+        self.tls_fix = ""                 # the settings to look at when a handshake fails
         self.conns = [Connection(self) for _ in range(max(1, connections))]
         self.retiring: list[Connection] = []      # old address, finishing their requests
+
+    def use_tls(self, settings: TlsSettings | None, context: Any) -> None:
+        """Reach the host with ``context`` from its next connection on
+        (None: plain TCP); connections already up keep their session."""
+        self.tls_context = context if settings is not None else None
+        self.tls_name = (settings.server_name or self.addr.host) if settings else ""
+        self.tls_fix = f"the tls: settings at {settings.where}" if settings else ""
 
     def start(self) -> None:
         for c in self.conns:
@@ -179,7 +223,11 @@ class Connection(ConnectionBase):
         if stalled and now - ring.progress_at > 2 * timeout:
             self.fail("no reply within twice the timeout", kind=None)  # counted as timeouts
         elif self.state == CONN_CONNECTING and now > self.connect_deadline:
-            self.fail("connect timeout", kind=E_CONNECT)
+            if self.tls is not None:            # counted and logged as a TLS failure too
+                self.tls.timed_out()
+                self.fail("tls handshake timeout", kind=E_CONNECT)
+            else:
+                self.fail("connect timeout", kind=E_CONNECT)
         elif ring.inflight == 0 and self.state != CONN_CONNECTING:
             self.loop.busy.discard(self)
             if self.retiring and not ring.pending:
@@ -231,6 +279,78 @@ class Connection(ConnectionBase):
             self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
 
     def _connected(self) -> None:
+        """The TCP connection is up: start TLS if the host wants it, else serve."""
+        ctx = self.host.tls_context
+        if ctx is None:
+            self._up()
+            return
+        from mcrouter import tls
+        self.tls = tls.TlsSession(ctx, self.sock, "upstream", str(self.host.addr),
+                                  self.connect_deadline, self.host.tls_name)
+        try:
+            done = self.tls.start()
+        except tls.TlsError as e:
+            self._handshake_failed(e)
+            return
+        except OSError as e:
+            self.fail(f"tls handshake: {e.strerror or e}", kind=E_CONNECT)
+            return
+        if done:
+            self._up()
+        else:
+            self.loop.modify(self.fd, EV_IN | EV_OUT if self.tls.want_write else EV_IN)
+
+    def _handshake(self) -> None:
+        """A handshake step on an event while CONNECTING over TLS: the
+        connection counts as up once the session says the handshake is done."""
+        session = self.tls
+        buf = self.loop.recv_buf
+        try:
+            if session.want_write:
+                session.flush()
+            n = session.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            n = -1
+        except OSError as e:
+            self.tls_error(e, handshaking=True)
+            return
+        if n == 0:
+            self.fail("tls handshake: connection closed by server", kind=E_CONNECT)
+            return
+        if not session.handshake_done:
+            self.loop.modify(self.fd, EV_IN | EV_OUT if session.want_write else EV_IN)
+            return
+        self._up()
+        if n > 0 and self.ring.feed(buf, n) < 0:       # the server spoke first: no reply was owed
+            self.fail(self.host.protocol_error(self.ring), kind=E_PARSE)
+
+    def tls_error(self, e: OSError, handshaking: bool = False) -> None:
+        """A read failed on a TLS connection (the compiled seam calls this;
+        ``handshaking`` while CONNECTING).  An alert about certificates
+        (TLS 1.3: memcached refusing ours after our side of the handshake,
+        often in the same read that finished it) is a handshake failure;
+        anything else breaks the connection as on plain TCP."""
+        from mcrouter import tls
+        if isinstance(e, tls.TlsError):
+            self._handshake_failed(e)
+            return
+        reason, ours = tls.classify(e) if isinstance(e, ssl.SSLError) else ("other", False)
+        if reason in CERTIFICATE_REASONS:
+            detail = str(getattr(e, "reason", "") or e)
+            tls.failures.failed("upstream", str(self.host.addr), reason, ours, detail)
+            self._handshake_failed(tls.TlsError(reason, detail))
+        elif handshaking:
+            self.fail(f"tls handshake: {e.strerror or e}", kind=E_CONNECT)
+        else:
+            self.fail(f"recv: {e.strerror or e}")
+
+    def _handshake_failed(self, e: Exception) -> None:
+        """Counted and logged already (mcrouter.tls): the host is down at
+        once, as for a refused connection; the same certificates would fail
+        the same way on every retry, until an operator fixes them."""
+        self.fail(str(e), hard=True, kind=E_CONNECT)
+
+    def _up(self) -> None:
         self.host.counters.upstream_connections(self.host.slot, 1)
         self.state = CONN_UP
         self.backoff = BACKOFF_MIN
@@ -241,7 +361,11 @@ class Connection(ConnectionBase):
             self.loop.dirty_upstreams.append(self)
 
     def connect_done(self) -> None:
-        """The socket became writable or failed while connecting."""
+        """The socket became writable or failed while connecting (or, over
+        TLS, an event during the handshake)."""
+        if self.tls is not None:
+            self._handshake()
+            return
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.fail(f"connect: {errno.errorcode.get(err, err)}", err in HARD_ERRORS, E_CONNECT)
@@ -277,8 +401,10 @@ class Connection(ConnectionBase):
             if self.state == CONN_UP:
                 self.host.counters.upstream_connections(self.host.slot, -1)
             self.loop.remove(self.fd)
+            if self.tls is not None and self.state == CONN_UP:
+                self.tls.close_notify()
             self.sock.close()
-            self.sock, self.fd = None, -1
+            self.sock, self.fd, self.tls = None, -1, None
 
     def close(self, reply: bytes) -> None:
         if self.retiring:

@@ -51,7 +51,7 @@ from mcrouter.stats import router_stats
 from mcrouter.routes.simple import BackendVersion, use_backend_version
 from mcrouter.settings import Settings
 from mcrouter.tls import TlsConfigError, TlsSession, peer_name
-from mcrouter.upstream import Host
+from mcrouter.upstream import Host, tls_contexts
 
 log = logging.getLogger("mcrouter.worker")
 
@@ -175,6 +175,7 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.hosts = HostSet(self.make_host)
         self.route: Route
+        self.upstream_tls: dict[Any, Any] = {}    # TlsSettings (or None) → client context
         self.held = generation           # the oldest generation whose hosts are open here
         self.stopping_at = 0.0
         self.idle_since = 0.0
@@ -225,16 +226,24 @@ class Worker:
         """A host in the master's shared table (which has a slot for every
         address of every config the master has accepted)."""
         s = self.settings
-        return Host(addr, self.loop, self.table, self.table.slot_of(str(addr)),
+        host = Host(addr, self.loop, self.table, self.table.slot_of(str(addr)),
                     s.upstream_connections, s.timeout_ms / 1000.0,
                     s.connect_timeout_ms / 1000.0, s.max_item_size, self.config.policy(addr).tko)
+        settings = self.config.tls_of(addr)
+        host.use_tls(settings, self.upstream_tls.get(settings) if settings else None)
+        return host
 
-    def build(self, config: RouterConfig) -> Route:
-        """The route tree of ``config`` over hosts kept, revived or new (HostSet)."""
+    def build(self, config: RouterConfig, contexts: dict[Any, Any] | None = None) -> Route:
+        """The route tree of ``config`` over hosts kept, revived or new
+        (HostSet); ``contexts``: its TLS client contexts (read from the
+        files now when not given)."""
+        self.upstream_tls = tls_contexts(config) if contexts is None else contexts
         addrs = config.hosts()
         hosts = dict(zip(addrs, self.hosts.use(addrs, self.clients, self.generation)))
         for h in self.hosts.live.values():
             h.tko = config.policy(h.addr).tko
+            settings = config.tls_of(h.addr)
+            h.use_tls(settings, self.upstream_tls.get(settings) if settings else None)
         slots = [self.table.slot_of(str(a)) for a in addrs]
         use_backend_version(BackendVersion(self.table, slots))
         return build_route(config, hosts, router_stats(self.table, self.metrics, frozenset(slots)))
@@ -251,13 +260,14 @@ class Worker:
             unknown = [str(a) for a in config.hosts() if self.table.slot_of(str(a)) < 0]
             if unknown:
                 raise ConfigError(f"{path}: no shared health slot for {', '.join(unknown)}")
+            contexts = tls_contexts(config)     # certificates re-read: new handshakes use them
         except ConfigError as e:
             log.error("reload %d refused, keeping generation %d: %s",
                       generation, self.generation, e)
             self.control.send({"rejected": generation, "error": str(e)})
             return
         self.config = config
-        self.route = self.build(config)
+        self.route = self.build(config, contexts)
         self.generation = generation
         self.held = self.hosts.oldest(generation)
         self.control.send({"applied": generation, "holds": self.held})

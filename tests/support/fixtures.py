@@ -3,6 +3,11 @@
 
 * ``memcached``: a factory that starts real memcached processes on free
   loopback ports and kills them (by pid) at teardown.
+* ``pki``: test certificates (``support.pki.Pki``) under ``tmp_path``;
+  ``memcached(*pki.memcached_tls_args())`` is a memcached speaking TLS that
+  requires a client certificate of the test CA.
+* ``tls_memcached``: a factory like ``memcached`` for a memcached speaking
+  TLS (``-Z``) with the ``pki`` certificates, plus a plain side port.
 * ``router``: a factory that writes a config into ``tmp_path``, starts the
   router as a real process (``sys.executable -m mcrouter run ...``), waits
   until its port accepts connections and stops it at teardown (SIGTERM,
@@ -26,8 +31,9 @@ import pytest
 import yaml
 
 from .client import HOST
-from .processes import (MEMCACHED, REPO, START_TIMEOUT, Memcached, Router, free_port,
-                        wait_port, wait_until)
+from .pki import Pki
+from .processes import (MEMCACHED, REPO, START_TIMEOUT, Memcached, Router, TlsMemcached,
+                        free_port, wait_port, wait_until)
 
 TEST_WATCHDOG = 120         # seconds one test may run at most
 
@@ -51,6 +57,39 @@ def _watchdog(request: pytest.FixtureRequest):
         signal.signal(signal.SIGALRM, old)
 
 
+def _start_memcached(started: list[Memcached], listen: Callable[[int], list[str]],
+                     extra: Iterable[str], wrap: Callable[[Memcached], Memcached] = lambda m: m
+                     ) -> Memcached:
+    """Start memcached with ``listen(port)`` (its -l/-p options for a free
+    port) and ``extra``; retried when the free port was taken in between."""
+    last_err = b""
+    for _attempt in range(5):
+        port = free_port()
+        args = [MEMCACHED, "-u", "root", *listen(port), "-U", "0", "-t", "1", *extra]
+        # a file, not a pipe: "verbosity 2" makes memcached log every
+        # command, and a pipe nobody reads would stall it once full
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        m = wrap(Memcached(port, proc, args))
+        started.append(m)
+        if wait_port(port, proc):
+            err.close()         # the process keeps its own descriptor
+            return m
+        m.kill()
+        err.seek(0)
+        last_err = err.read()
+        err.close()
+    raise RuntimeError(f"memcached did not start: {last_err.decode(errors='replace')}")
+
+
+def _stop_memcached(started: list[Memcached]) -> None:
+    for m in started:
+        m.kill()
+        if m.proc.stderr:
+            m.proc.stderr.close()
+
+
 @pytest.fixture
 def memcached() -> Iterable[Callable[..., Memcached]]:
     """``memcached(*extra_args)`` → a running, empty memcached on a free port."""
@@ -59,32 +98,42 @@ def memcached() -> Iterable[Callable[..., Memcached]]:
     started: list[Memcached] = []
 
     def start(*extra: str) -> Memcached:
-        last_err = b""
-        for _attempt in range(5):          # the free port may be taken in between
-            port = free_port()
-            args = [MEMCACHED, "-u", "root", "-l", HOST, "-p", str(port), "-U", "0", "-t", "1",
-                    *extra]
-            # a file, not a pipe: "verbosity 2" makes memcached log every
-            # command, and a pipe nobody reads would stall it once full
-            err = tempfile.TemporaryFile()
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err)
-            m = Memcached(port, proc, args)
-            started.append(m)
-            if wait_port(port, proc):
-                err.close()         # the process keeps its own descriptor
-                return m
-            m.kill()
-            err.seek(0)
-            last_err = err.read()
-            err.close()
-        raise RuntimeError(f"memcached did not start: {last_err.decode(errors='replace')}")
+        return _start_memcached(started, lambda port: ["-l", HOST, "-p", str(port)], extra)
 
     yield start
-    for m in started:
-        m.kill()
-        if m.proc.stderr:
-            m.proc.stderr.close()
+    _stop_memcached(started)
+
+
+@pytest.fixture
+def tls_memcached(pki: Pki) -> Iterable[Callable[..., TlsMemcached]]:
+    """``tls_memcached(*extra, cert=..., key=..., verify=2)`` → a memcached
+    speaking TLS on ``.port`` (``.addr``), requiring a client certificate of
+    the test CA, and plain TCP on ``.plain_port`` (``-l notls:``), where
+    ``.client()``, ``.set`` and ``.get_raw`` look behind the router."""
+    if MEMCACHED is None:
+        pytest.skip("memcached is not installed")
+    started: list[Memcached] = []
+
+    def start(*extra: str, cert: str = "", key: str = "", verify: int = 2) -> TlsMemcached:
+        plain = free_port()
+
+        def listen(port: int) -> list[str]:
+            return ["-l", f"{HOST},notls:{HOST}:{plain}", "-p", str(port)]
+
+        m = _start_memcached(started, listen, [*pki.memcached_tls_args(cert, key, verify), *extra],
+                             lambda m: TlsMemcached(m.port, m.proc, m.args, plain))
+        assert wait_port(plain, m.proc), "memcached's plain side port did not open"
+        return m      # type: ignore[return-value]
+
+    yield start
+    _stop_memcached(started)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """Certificates for one test (see support/pki.py); skipped without trustme."""
+    pytest.importorskip("trustme")
+    return Pki(tmp_path / "pki")
 
 
 @pytest.fixture

@@ -162,6 +162,17 @@ class Memcached:
             return c.call(f"{cmd} {' '.join(keys)}\r\n".encode(), b"END\r\n")
 
 
+@dataclass
+class TlsMemcached(Memcached):
+    """A memcached speaking TLS on ``port`` (what the router is given, ``addr``)
+    and plain TCP on ``plain_port`` (``-l notls:``), which the direct helpers
+    use to set up and inspect what the router did over TLS."""
+    plain_port: int = 0
+
+    def client(self, timeout: float = READ_TIMEOUT) -> Client:
+        return Client(self.plain_port, timeout)
+
+
 # ---------------------------------------------------------------------------
 # router
 

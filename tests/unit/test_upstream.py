@@ -482,6 +482,9 @@ class Seam:
     def flush(self) -> bool:
         return True
 
+    def close_notify(self) -> None:
+        pass
+
     def send(self, data) -> int:
         n = self.sock.send(bytes(data[:self.chunk]))
         self.sends.append(bytes(data[:n]))
