@@ -12,6 +12,7 @@ import threading
 import time
 
 from support import Client, wait_until
+from support.polling import stop_process
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
@@ -161,7 +162,7 @@ def test_sigstop_times_out_marks_down_and_fails_over(memcached, router):
     with r.client() as c:
         assert c.request(b"get k\r\n", value("k", b"one")) == value("k", b"one")
         assert c.request(b"set k 0 0 1\r\nx\r\n", b"STORED\r\n") == b"STORED\r\n"
-    m1.proc.send_signal(signal.SIGSTOP)
+    stop_process(m1.proc.pid)
     try:
         with r.client() as c:
             t0 = time.monotonic()
@@ -225,7 +226,7 @@ def test_probe_marks_a_hung_host_down_in_every_worker(memcached, router):
     m2.set("k", b"two")
     r = router(config([m1, m2], fail=1, rise=1, probe_timeout_ms=100), workers=2,
                extra=["--reuseport", "-H", f"{int(INTERVAL * 1000)}ms", "-r", "5000"])
-    m1.proc.send_signal(signal.SIGSTOP)
+    stop_process(m1.proc.pid)
     try:
         t0 = time.monotonic()
         assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
@@ -285,7 +286,7 @@ def test_a_killed_sidecar_is_restarted_and_probes_again(memcached, router):
     assert wait_until(lambda: len(r.sidecar_pids()) == 1 and r.sidecar_pids() != [sidecar], 5), \
         r.stderr()
     # the new sidecar's probes notice a hung host on their own (no traffic)
-    m1.proc.send_signal(signal.SIGSTOP)
+    stop_process(m1.proc.pid)
     try:
         assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
     finally:
@@ -331,7 +332,7 @@ route: {{type: AllSyncRoute, children: [PoolRoute|quick, PoolRoute|patient]}}
 """
     r = router(cfg, extra=["-H", f"{int(INTERVAL * 1000)}ms"])
     for m in (m1, m2):
-        m.proc.send_signal(signal.SIGSTOP)
+        stop_process(m.proc.pid)
     try:
         assert wait_until(lambda: states(r).get(m1.addr) == "down", 5), states(r)
         time.sleep(4 * INTERVAL)

@@ -146,7 +146,8 @@ replies_no_healthy_upstream replies_upstream_timeout replies_upstream_error
 replies_upstream_queue_full replies_reply_too_large replies_not_handled_locally
 replies_not_supported replies_shutting_down replies_bad_request route_failover
 route_miss_failover route_fanout worker_restarts sidecar_restarts config_reloads
-config_reload_failures config_last_reload_success""".split()
+config_reload_failures config_last_reload_success tls_handshake_failures_client
+tls_handshake_failures_upstream""".split()
 
 
 def test_stats_mcrouter_format(memcached, router):
@@ -502,6 +503,22 @@ mcrouter_config_reloads_total{result="failure"} 0.0
 # HELP mcrouter_config_last_reload_success_timestamp_seconds When the config in force was loaded (unix time).
 # TYPE mcrouter_config_last_reload_success_timestamp_seconds gauge
 mcrouter_config_last_reload_success_timestamp_seconds *
+# HELP mcrouter_tls_handshake_failures_total TLS handshakes that failed, by side (client: to the router's tls:// listener; upstream: to memcached) and reason.
+# TYPE mcrouter_tls_handshake_failures_total counter
+mcrouter_tls_handshake_failures_total{reason="expired",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="unknown_ca",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="hostname_mismatch",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="no_client_cert",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="handshake_timeout",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="protocol",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="other",side="client"} 0.0
+mcrouter_tls_handshake_failures_total{reason="expired",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="unknown_ca",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="hostname_mismatch",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="no_client_cert",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="handshake_timeout",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="protocol",side="upstream"} 0.0
+mcrouter_tls_handshake_failures_total{reason="other",side="upstream"} 0.0
 """
 BUCKET_BOUNDS = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
                  "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "+Inf")

@@ -2,6 +2,8 @@
 while hosts die and come back (the route tests share these)."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -50,3 +52,17 @@ def reader(sock, got: bytearray, total: int):
             pass
         return len(got) >= total
     return read_some
+
+
+def stop_process(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once the kernel shows it stopped: the signal
+    is delivered asynchronously, and on a busy machine a request sent right
+    after ``kill`` can still be served."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+        time.sleep(0.005)
+    pytest.fail(f"process {pid} did not stop within {timeout} s of SIGSTOP")
