@@ -153,6 +153,24 @@ class Commands:
                 f"ejected after {h.tko} failures in a row; tried again in "
                 f"{h.down_until[slot] - time.monotonic():.2f}s", server=self.names[slot])
 
+    timeout: float
+
+    def _failed(self, slot: int) -> None:
+        raise NotImplementedError       # the client's: count, and close its connections on ejection
+
+    def settle_one(self, slot: int, req: Request, closed: bool) -> MemcacheError | None:
+        """After a one-request call's wait: the server's health, and the
+        error standing for the reply if none came in time."""
+        if req.reply is None:
+            self._failed(slot)
+            return MemcacheTimeoutError(f"no reply within {self.timeout}s",
+                                        server=self.names[slot])
+        if closed:
+            self._failed(slot)
+        else:
+            self.health.succeeded(slot)
+        return None
+
     def _key(self, key: Key) -> bytes:
         return key_bytes(key, self.key_prefix)
 

@@ -241,15 +241,7 @@ class AsyncClient(Commands):
                 await fut
             finally:
                 handle.cancel()
-        if req.reply is None:
-            self._failed(slot)
-            return plan.done([MemcacheTimeoutError(f"no reply within {self.timeout}s",
-                                                   server=self.names[slot])])
-        if conn.closed:
-            self._failed(slot)
-        else:
-            self.health.succeeded(slot)
-        return plan.done([None])
+        return plan.done([self.settle_one(slot, req, conn.closed)])
 
     async def _run_many(self, plan: Plan[T]) -> T:
         reqs = plan.reqs

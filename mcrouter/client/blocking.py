@@ -277,17 +277,10 @@ class Client(Commands):
         try:
             conn.push(req)
             conn.wait_for(req, deadline)
-            if req.reply is None:
-                self._failed(slot)
-                return plan.done([MemcacheTimeoutError(f"no reply within {self.timeout}s",
-                                                       server=self.names[slot])])
-            if conn.closed:
-                self._failed(slot)
-            else:
-                self.health.succeeded(slot)
+            err = self.settle_one(slot, req, conn.closed)
         finally:
             self.pools[slot].release(conn)
-        return plan.done([None])
+        return plan.done([err])
 
     def _run_many(self, plan: Plan[T]) -> T:
         reqs = plan.reqs
