@@ -274,7 +274,7 @@ def main() -> int:
                 continue
             try:
                 results[n] = CLIENTS[n][1](ports, a)
-            except Exception as e:      # one peer failing must not lose the others' figures
+            except Exception as e:  # noqa: BLE001 -- one peer failing must not lose the others' figures
                 print(f"{n}: failed: {type(e).__name__}: {e}", file=sys.stderr)
             print(f"{n:<11}" + "".join(f"{results.get(n, {}).get(c, 0):>14,.0f}"
                                          for c in COLUMNS), file=sys.stderr)
