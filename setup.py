@@ -11,6 +11,7 @@ extensions = [
     Extension("mcrouter._routing", ["mcrouter/_routing.pyx"]),
     Extension("mcrouter._loop", ["mcrouter/_loop.pyx"]),
     Extension("mcrouter._upstream", ["mcrouter/_upstream.pyx"]),
+    Extension("mcrouter.client._fast", ["mcrouter/client/_fast.pyx"]),
 ]
 
 setup(

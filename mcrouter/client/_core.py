@@ -20,9 +20,10 @@ import time
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from mcrouter._parser import Request
-from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, Serde, check_int, error_of,
-                                   get_request, key_bytes, line_request, parse_stats,
-                                   parse_values, reply_of, stats_request, store_request)
+from mcrouter.client._fast import group_keys, parse_get_into, parse_one
+from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, RawSerde, Serde, check_int,
+                                   error_of, get_request, key_bytes, line_error, line_request,
+                                   parse_stats, reply_of, stats_request, store_request)
 from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheIllegalInputError, MemcachePartialError, MemcacheServerDownError,
                                     MemcacheTimeoutError)
@@ -126,6 +127,8 @@ class Commands:
         self.names = [str(a) for a in placement.servers]
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
         self.serde = serde
+        # None: values are the bytes as stored (no call per value)
+        self.deserialize = None if type(serde) is RawSerde else serde.deserialize
         self.default_noreply = default_noreply
         self.ignore_exc = ignore_exc
         self.health = Health(len(self.names), tko, retry_interval)
@@ -149,6 +152,24 @@ class Commands:
             raise MemcacheServerDownError(
                 f"ejected after {h.tko} failures in a row; tried again in "
                 f"{h.down_until[slot] - time.monotonic():.2f}s", server=self.names[slot])
+
+    timeout: float
+
+    def _failed(self, slot: int) -> None:
+        raise NotImplementedError       # the client's: count, and close its connections on ejection
+
+    def settle_one(self, slot: int, req: Request, closed: bool) -> MemcacheError | None:
+        """After a one-request call's wait: the server's health, and the
+        error standing for the reply if none came in time."""
+        if req.reply is None:
+            self._failed(slot)
+            return MemcacheTimeoutError(f"no reply within {self.timeout}s",
+                                        server=self.names[slot])
+        if closed:
+            self._failed(slot)
+        else:
+            self.health.succeeded(slot)
+        return None
 
     def _key(self, key: Key) -> bytes:
         return key_bytes(key, self.key_prefix)
@@ -185,11 +206,16 @@ class Commands:
         req = get_request(cmd, [k], exptime)
 
         def decode(req: Request, server: str) -> Any:
-            values = parse_values(reply_of(req), server)
-            if not values:
+            got = parse_one(reply_of(req))
+            if got is None:
                 return (default, cas_default) if with_cas else default
-            _, flags, data, cas = values[0]
-            value = self.serde.deserialize(key, data, flags)
+            if type(got) is int:
+                err = line_error(reply_of(req), server, got)
+                if err is not None:
+                    raise err
+                return (default, cas_default) if with_cas else default
+            flags, data, cas = got
+            value = data if self.deserialize is None else self.deserialize(key, data, flags)
             return (value, cas) if with_cas else value
         return self._one(k, req, decode, (default, cas_default) if with_cas else default)
 
@@ -209,15 +235,13 @@ class Commands:
                            True, cas_default)
 
     def _by_server(self, keys: Iterable[Key]) -> tuple[dict[bytes, Key], dict[int, list[bytes]]]:
-        """Keys as sent → as given, and the keys of each server (each once)."""
-        given: dict[bytes, Key] = {}
-        groups: dict[int, list[bytes]] = {}
-        for key in keys:
-            k = self._key(key)
-            if k not in given:
-                given[k] = key
-                groups.setdefault(self.slot(k), []).append(k)
-        return given, groups
+        """Keys as sent → as given, and the keys of each server (each once),
+        checked and placed in one compiled call (``_fast.group_keys``)."""
+        p = self.placement
+        slot = None if self.health.all_up or not p.rehash else self.slot
+        given, lists = group_keys(keys, self.key_prefix, None if p.single else p.hasher,
+                                  len(self.names), slot, key_bytes)
+        return given, {i: ks for i, ks in enumerate(lists) if ks}
 
     def _failed_keys(self, reqs: list[tuple[int, Request]], errors: Errors,
                      given: Mapping[bytes, Key]) -> tuple[dict[Key, MemcacheError], list[bool]]:
@@ -251,19 +275,17 @@ class Commands:
         def done(errors: Errors) -> dict[Key, Any]:
             out: dict[Key, Any] = {}
             failed, bad = self._failed_keys(reqs, errors, given)
-            deserialize = self.serde.deserialize
             for (slot, req), b in zip(reqs, bad):
                 if b:
                     continue
-                try:
-                    values = parse_values(reply_of(req), self.names[slot])
-                except MemcacheError as e:      # an error line after some values
-                    failed.update({given[k]: e for k in (req.keys or [req.key])})
-                    continue
-                for k, flags, data, cas in values:
-                    key = given[k]
-                    value = deserialize(key, data, flags)
-                    out[key] = (value, cas) if with_cas else value
+                reply = reply_of(req)
+                at = parse_get_into(reply, given, out, self.deserialize, with_cas)
+                if at >= 0:
+                    e = line_error(reply, self.names[slot], at)
+                    if e is not None:           # an error line after some values
+                        for k in (req.keys or [req.key]):
+                            out.pop(given[k], None)
+                            failed[given[k]] = e
             return self._partial(out, failed)
         return Plan(reqs, done)
 

@@ -59,6 +59,12 @@ class _Replies(Owner):
 _REPLIES = _Replies()
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    """A one-request call's deadline: stop waiting (its request stays in the ring)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 class AsyncConnection(asyncio.Protocol):
     """One connection: its transport and its Ring."""
 
@@ -216,6 +222,28 @@ class AsyncClient(Commands):
     # -- running a plan -------------------------------------------------------------
 
     async def _run(self, plan: Plan[T]) -> T:
+        """One request to an open connection of a live server: queued and
+        awaited with one timer and no context manager; anything else: _run_many."""
+        if len(plan.reqs) != 1:
+            return await self._run_many(plan)
+        slot, req = plan.reqs[0]
+        conn = self.servers[slot].ready() if self.health.up[slot] else None
+        if conn is None:
+            return await self._run_many(plan)
+        loop = conn.loop
+        fut = loop.create_future()
+        waiter = _Waiter(fut)
+        conn.push(req, waiter)
+        waiter.hit()
+        if not fut.done():
+            handle = loop.call_at(loop.time() + self.timeout, _wake, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+        return plan.done([self.settle_one(slot, req, conn.closed)])
+
+    async def _run_many(self, plan: Plan[T]) -> T:
         reqs = plan.reqs
         errors: Errors = [None] * len(reqs)
         loop = asyncio.get_running_loop()

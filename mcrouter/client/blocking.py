@@ -74,6 +74,31 @@ class Connection(Owner):
         self.why = ""
         self.gen = 0
         self.tls = isinstance(sock, ssl.SSLSocket)
+        self.poller = select.poll()     # this socket alone: a one-server call's wait
+        self.mask = _POLL_IN
+        self.poller.register(self.fd, self.mask)
+
+    def wait_for(self, req: Request, deadline: float) -> None:
+        """Write and read until ``req`` is answered, the connection closes
+        or the deadline passes: one connection, so no poll set to build."""
+        pending = self.flush()
+        while req.reply is None and not self.closed:
+            mask = _POLL_IN | _POLL_OUT if pending else _POLL_IN
+            if mask != self.mask:
+                self.poller.modify(self.fd, mask)
+                self.mask = mask
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                events = self.poller.poll(left * 1000.0)
+            except InterruptedError:
+                continue
+            for _, ev in events:
+                if ev & select.POLLOUT:
+                    pending = self.flush()
+                if ev & ~select.POLLOUT:
+                    self.read()
 
     def on_reply(self, req: Request) -> None:
         pass
@@ -237,6 +262,27 @@ class Client(Commands):
     # -- running a plan -------------------------------------------------------------
 
     def _run(self, plan: Plan[T]) -> T:
+        """One request: one connection, waited on by itself; else _run_many."""
+        if len(plan.reqs) != 1:
+            return self._run_many(plan)
+        slot, req = plan.reqs[0]
+        deadline = time.monotonic() + self.timeout
+        try:
+            self.check_up(slot)
+            conn = self.pools[slot].acquire(deadline)
+        except MemcacheError as e:
+            if not isinstance(e, MemcacheServerDownError):
+                self._failed(slot)
+            return plan.done([e])
+        try:
+            conn.push(req)
+            conn.wait_for(req, deadline)
+            err = self.settle_one(slot, req, conn.closed)
+        finally:
+            self.pools[slot].release(conn)
+        return plan.done([err])
+
+    def _run_many(self, plan: Plan[T]) -> T:
         reqs = plan.reqs
         errors: Errors = [None] * len(reqs)
         deadline = time.monotonic() + self.timeout

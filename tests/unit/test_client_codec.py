@@ -213,3 +213,43 @@ def test_placement_errors_are_the_routers_one_line(options, message):
         Placement.from_values(["h:1", "h:2"], **options)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert str(e.value).startswith("Client(servers, hash=...): ")
+
+
+def test_fast_parse_get_into_matches_parse_values():
+    from mcrouter.client._fast import parse_get_into, parse_one
+    reply = b"VALUE a 5 3 9\r\nabc\r\nVALUE b 0 0 10\r\n\r\nEND\r\n"
+    out: dict = {}
+    assert parse_get_into(reply, {b"a": "a"}, out, None, True) == -1
+    assert out == {"a": (b"abc", 9), b"b": (b"", 10)}
+    out = {}
+    got = parse_get_into(reply, {}, out, lambda k, d, f: (k, d, f), False)
+    assert got == -1 and out == {b"a": (b"a", b"abc", 5), b"b": (b"b", b"", 0)}
+    err = b"VALUE a 0 1\r\nx\r\nSERVER_ERROR out of memory\r\n"
+    out = {}
+    assert parse_get_into(err, {}, out, None, False) == 16 and out == {b"a": b"x"}
+    assert parse_get_into(b"CLIENT_ERROR bad\r\n", {}, {}, None, False) == 0
+    assert parse_one(b"END\r\n") is None
+    assert parse_one(b"VALUE k 7 2 123\r\nhi\r\nEND\r\n") == (7, b"hi", 123)
+    assert parse_one(b"VALUE k 4294967295 2\r\nhi\r\nEND\r\n") == (4294967295, b"hi", 0)
+    assert parse_one(b"VALUE k 0 1\r\nx\r\nSERVER_ERROR oom\r\n") == 16
+    assert parse_one(b"SERVER_ERROR oom\r\n") == 0
+
+
+def test_fast_group_keys_checks_and_places_as_the_codec():
+    from mcrouter._hash import Hasher
+    from mcrouter.client._fast import group_keys
+    from mcrouter.client.codec import key_bytes
+    h = Hasher(["a:1", "b:2", "c:3"])
+    keys = ["k%d" % i for i in range(50)] + [b"k1", "k1"]
+    given, groups = group_keys(keys, b"p:", h, 3, None, key_bytes)
+    assert list(given) == [b"p:k%d" % i for i in range(50)]
+    assert given[b"p:k1"] == "k1"                   # the first occurrence is kept
+    assert sorted(k for g in groups for k in g) == sorted(given)
+    assert all(h.index(k) == i for i, g in enumerate(groups) for k in g)
+    assert group_keys([b"x"], b"", None, 1, None, key_bytes) == ({b"x": b"x"}, [[b"x"]])
+    assert group_keys(["x", "y"], b"", h, 3, lambda k: 2, key_bytes)[1] == [[], [], [b"x", b"y"]]
+    for bad in ("", "a b", "a\x00", "k" * 251, b"\x7f"):
+        with pytest.raises(MemcacheIllegalInputError):
+            group_keys(["ok", bad], b"", None, 1, None, key_bytes)
+    with pytest.raises(MemcacheIllegalInputError):
+        group_keys(["k" * 249], b"pp", None, 1, None, key_bytes)

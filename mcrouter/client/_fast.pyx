@@ -1,0 +1,163 @@
+# cython: language_level=3
+"""The client's per-key work in C: checking and placing the keys of a bulk
+call, and turning a get reply into values.
+
+``codec.key_bytes`` and ``codec.parse_values`` say what is meant; these do
+the same for a whole batch in one call (no tuple or function call per key),
+and fall back to them for anything unusual (a bad key, to raise its error).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
+from cpython.list cimport PyList_Append
+from libc.string cimport memchr, memcmp
+
+from mcrouter._hash cimport Hasher
+
+DEF KEY_MAX = 250
+
+
+cdef inline bint good_key(bytes k, Py_ssize_t raw_len):
+    """What the text protocol can carry: 1..250 bytes (1+ before the prefix),
+    no space or control byte."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(k), i
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(k)
+    if raw_len == 0 or n > KEY_MAX:
+        return False
+    for i in range(n):
+        if p[i] <= 32 or p[i] == 127:
+            return False
+    return True
+
+
+def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes):
+    """(given, groups): each key as sent → as given (first occurrence), and
+    per server slot the keys as sent, in order, each once.  ``hasher`` None
+    means one server; ``slot`` (the client's, for rehash while a server is
+    out) replaces the hasher when not None; ``key_bytes`` raises a bad key's error."""
+    cdef dict given = {}
+    cdef list groups = [[] for _ in range(nservers)]
+    cdef bytes k, raw
+    cdef int i
+    cdef bint plain = len(prefix) == 0
+    for key in keys:
+        if type(key) is bytes:
+            raw = <bytes>key
+        elif isinstance(key, str):
+            raw = (<str>key).encode()
+        else:
+            raw = key_bytes(key, prefix)            # the codec's own error or conversion
+            if not plain:
+                raw = raw[len(prefix):]
+        k = raw if plain else prefix + raw
+        if not good_key(k, PyBytes_GET_SIZE(raw)):
+            key_bytes(key, prefix)                  # raises MemcacheIllegalInputError
+            raise AssertionError(f"key {k!r} refused here but not by codec.key_bytes")
+        if PyDict_Contains(given, k):
+            continue
+        PyDict_SetItem(given, k, key)
+        if slot is not None:
+            i = slot(k)
+        elif hasher is None:
+            i = 0
+        else:
+            i = hasher.index(k)
+        PyList_Append(<list>groups[i], k)
+    return given, groups
+
+
+cdef inline Py_ssize_t find_crlf(const char *p, Py_ssize_t pos, Py_ssize_t n):
+    cdef const char *q
+    while pos < n:
+        q = <const char *>memchr(p + pos, b'\r', n - pos)
+        if q == NULL:
+            return -1
+        pos = q - p
+        if pos + 1 < n and p[pos + 1] == b'\n':
+            return pos
+        pos += 1
+    return -1
+
+
+cdef inline Py_ssize_t read_uint(const char *p, Py_ssize_t *pos, Py_ssize_t end,
+                                 unsigned long long *out):
+    """A decimal number at pos (skipping one space before it); -1 if none."""
+    cdef unsigned long long v = 0
+    cdef Py_ssize_t i = pos[0], start
+    if i < end and p[i] == b' ':
+        i += 1
+    start = i
+    while i < end and b'0' <= p[i] <= b'9':
+        v = v * 10 + <unsigned long long>(p[i] - 48)
+        i += 1
+    if i == start:
+        return -1
+    pos[0] = i
+    out[0] = v
+    return 0
+
+
+def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas):
+    """Every VALUE of a get-family reply (checked by the Ring's scan_reply)
+    into ``out`` as {given key: value} (``(value, cas)`` with ``with_cas``);
+    ``deserialize(key, data, flags)`` unless None (raw bytes).  Returns -1
+    if the reply ends with END, else the offset of what ends it (an error line)."""
+    cdef const char *p = PyBytes_AS_STRING(reply)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, le, ks, ke, vs
+    cdef unsigned long long flags, size, cas
+    cdef bytes k, data
+    cdef object key, value
+    cdef void *found
+    while n - pos >= 6 and memcmp(p + pos, b"VALUE ", 6) == 0:
+        le = find_crlf(p, pos + 6, n)
+        if le < 0:
+            return pos
+        ks = pos + 6
+        ke = ks
+        while ke < le and p[ke] != b' ':
+            ke += 1
+        vs = ke
+        cas = 0
+        if read_uint(p, &vs, le, &flags) < 0 or read_uint(p, &vs, le, &size) < 0:
+            return pos
+        if vs < le:
+            read_uint(p, &vs, le, &cas)
+        if le + 2 + <Py_ssize_t>size > n:
+            return pos
+        k = p[ks:ke]
+        data = p[le + 2:le + 2 + <Py_ssize_t>size]
+        found = PyDict_GetItem(given, k)
+        key = <object>found if found != NULL else k
+        value = data if deserialize is None else deserialize(key, data, flags)
+        PyDict_SetItem(out, key, (value, cas) if with_cas else value)
+        pos = le + 4 + <Py_ssize_t>size
+    if n - pos == 5 and memcmp(p + pos, b"END\r\n", 5) == 0:
+        return -1
+    return pos
+
+
+def parse_one(bytes reply):
+    """A one-key get reply: (flags, data, cas), None for a miss (END), or the
+    offset of an error line as an int."""
+    cdef const char *p = PyBytes_AS_STRING(reply)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), le, vs
+    cdef unsigned long long flags, size, cas = 0
+    if n == 5 and memcmp(p, b"END\r\n", 5) == 0:
+        return None
+    if n < 6 or memcmp(p, b"VALUE ", 6) != 0:
+        return 0
+    le = find_crlf(p, 6, n)
+    if le < 0:
+        return 0
+    vs = 6
+    while vs < le and p[vs] != b' ':
+        vs += 1
+    if read_uint(p, &vs, le, &flags) < 0 or read_uint(p, &vs, le, &size) < 0:
+        return 0
+    if vs < le:
+        read_uint(p, &vs, le, &cas)
+    if le + 2 + <Py_ssize_t>size > n:
+        return 0
+    if n - (le + 4 + <Py_ssize_t>size) != 5 or \
+            memcmp(p + le + 4 + size, b"END\r\n", 5) != 0:
+        return le + 4 + <Py_ssize_t>size
+    return (flags, p[le + 2:le + 2 + <Py_ssize_t>size], cas)
