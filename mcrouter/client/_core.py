@@ -209,7 +209,7 @@ class Commands:
             got = parse_one(reply_of(req))
             if got is None:
                 return (default, cas_default) if with_cas else default
-            if type(got) is int:
+            if isinstance(got, int):
                 err = line_error(reply_of(req), server, got)
                 if err is not None:
                     raise err
