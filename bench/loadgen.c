@@ -16,7 +16,11 @@
  * Output: one JSON line on stdout. Exit status 0 = ok, 3 = error replies
  * seen, 2 = fatal (connect failure, desync, EOF, stall).
  *
- * Build: cc -O2 -o loadgen loadgen.c
+ * TLS (--tls-ca): every connection, the preload's too, speaks TLS (OpenSSL,
+ * the server's certificate verified against the CA and --tls-name); the
+ * handshakes are done before the warm-up, so only the records are measured.
+ *
+ * Build: cc -O2 -o loadgen loadgen.c -lssl -lcrypto
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -35,6 +39,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #define MAX_DEPTH 1024
 #define MAX_CONNS 4096
@@ -47,6 +54,7 @@ enum { W_GET90, W_MULTIGET10, W_SET1K };
 
 typedef struct {
     int fd;
+    SSL *ssl;                      /* NULL in plain TCP */
     char *out; size_t out_len, out_off, out_cap;
     char *in;  size_t in_len, in_cap;
     unsigned char kind[MAX_DEPTH]; /* outstanding requests, in send order */
@@ -62,6 +70,8 @@ static int workload = W_GET90, preload = 1, verbose = 0;
 static double duration = 5.0, warmup = 1.0;
 static long max_requests = 0;      /* 0 = only bounded by duration */
 static const char *wl_name = "get90";
+static const char *tls_ca, *tls_name;   /* TLS when tls_ca is set */
+static SSL_CTX *tls_ctx;
 
 /* state */
 static int epfd, measuring, running = 1;
@@ -79,6 +89,35 @@ static void die(const char *fmt, ...) {
     fputc('\n', stderr);
     va_end(ap);
     exit(2);
+}
+
+static const char *ssl_why(void) {
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+    if (!e) return strerror(errno);
+    ERR_error_string_n(e, buf, sizeof buf);
+    return buf;
+}
+
+/* One write or read: bytes moved; 0 for "not now" (would block); dies on errors.
+ * In TLS the record layer decides: a read may want a write and the reverse
+ * (not after a TLS 1.3 handshake without key updates; treated as "not now"). */
+static ssize_t io(conn_t *c, int writing, void *buf, size_t len) {
+    if (!c->ssl) {
+        ssize_t n = writing ? write(c->fd, buf, len) : read(c->fd, buf, len);
+        if (n > 0) return n;
+        if (n == 0) die("server closed connection");
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+        die("%s: %s", writing ? "write" : "read", strerror(errno));
+    }
+    size_t n = 0;
+    int ok = writing ? SSL_write_ex(c->ssl, buf, len, &n) : SSL_read_ex(c->ssl, buf, len, &n);
+    if (ok) return (ssize_t)n;
+    int err = SSL_get_error(c->ssl, 0);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return 0;
+    if (err == SSL_ERROR_ZERO_RETURN) die("server closed connection (close_notify)");
+    die("TLS %s: %s", writing ? "write" : "read", ssl_why());
+    return -1;
 }
 
 static double now(void) {
@@ -128,12 +167,8 @@ static void set_events(conn_t *c, int want_out) {
 
 static void flush_out(conn_t *c) {
     while (c->out_off < c->out_len) {
-        ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) { set_events(c, 1); return; }
-            if (errno == EINTR) continue;
-            die("write: %s", strerror(errno));
-        }
+        ssize_t n = io(c, 1, c->out + c->out_off, c->out_len - c->out_off);
+        if (n == 0) { set_events(c, 1); return; }
         c->out_off += n;
     }
     c->out_off = c->out_len = 0;
@@ -229,15 +264,12 @@ static void on_readable(conn_t *c) {
             c->in_cap *= 2;
             if (!(c->in = realloc(c->in, c->in_cap))) die("out of memory");
         }
-        ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
-        if (n == 0) die("server closed connection");
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            if (errno == EINTR) continue;
-            die("read: %s", strerror(errno));
-        }
+        ssize_t n = io(c, 0, c->in + c->in_len, c->in_cap - c->in_len);
+        if (n == 0) break;
         c->in_len += n;
-        if (c->in_len < c->in_cap) break;    /* short read: socket drained */
+        /* plain: a short read drained the socket; TLS: one record per read,
+         * so read on until OpenSSL wants more from the socket */
+        if (!c->ssl && c->in_len < c->in_cap) break;
     }
     parse(c);
 }
@@ -253,22 +285,46 @@ static int dial(void) {
     return fd;
 }
 
+/* A TLS session over a connected (blocking) socket, handshake done; NULL in plain TCP. */
+static SSL *tls_session(int fd) {
+    if (!tls_ca) return NULL;
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || !SSL_set_fd(ssl, fd)) die("SSL_new: %s", ssl_why());
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (tls_name) {
+        if (!SSL_set_tlsext_host_name(ssl, tls_name) || !SSL_set1_host(ssl, tls_name))
+            die("TLS name %s: %s", tls_name, ssl_why());
+    }
+    if (SSL_connect(ssl) != 1) die("TLS handshake with %s:%d: %s", host, port, ssl_why());
+    return ssl;
+}
+
+static void tls_init(void) {
+    if (!tls_ca) return;
+    if (!(tls_ctx = SSL_CTX_new(TLS_client_method()))) die("SSL_CTX_new: %s", ssl_why());
+    if (SSL_CTX_load_verify_locations(tls_ctx, tls_ca, NULL) != 1)
+        die("--tls-ca %s: %s", tls_ca, ssl_why());
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+}
+
 /* Blocking preload: set every key once, pipelined in chunks, check replies. */
 static void do_preload(void) {
     int fd = dial();
     struct timeval tv = { .tv_sec = (long)STALL_S };  /* bounded blocking reads */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    conn_t c = { .fd = fd, .out_cap = 1 << 16 };
+    conn_t c = { .fd = fd, .out_cap = 1 << 16, .ssl = tls_session(fd) };
     c.out = malloc(c.out_cap);
     char buf[1 << 16];
     size_t have = 0;
-    const int chunk = 200;
+    /* memcached 1.6.18's TLS stalls on one flight over ~16 KB (README, TLS) */
+    const int chunk = tls_ca ? 50 : 200;
     for (long k = 0; k < keyspace; k += chunk) {
         long n = keyspace - k < chunk ? keyspace - k : chunk;
         c.out_len = 0;
         for (long i = 0; i < n; i++) add_set(&c, k + i);
         for (size_t off = 0; off < c.out_len;) {
-            ssize_t w = write(fd, c.out + off, c.out_len - off);
+            ssize_t w = io(&c, 1, c.out + off, c.out_len - off);
             if (w <= 0) die("preload write: %s", strerror(errno));
             off += w;
         }
@@ -283,12 +339,13 @@ static void do_preload(void) {
                 got++;
             }
             if (got == n) break;
-            ssize_t r = read(fd, buf + have, sizeof buf - have);
-            if (r <= 0) die("preload read: %s", r ? strerror(errno) : "EOF");
+            ssize_t r = io(&c, 0, buf + have, sizeof buf - have);
+            if (r <= 0) die("preload read: %s", strerror(errno));
             have += r;
         }
     }
     free(c.out);
+    if (c.ssl) SSL_free(c.ssl);
     close(fd);
 }
 
@@ -328,7 +385,9 @@ static void usage(void) {
         "  -s, --seed N          RNG seed\n"
         "  -C, --cpu-pids LIST   comma-separated pids whose CPU seconds (utime+stime)\n"
         "                        during the measured window are reported\n"
-        "  -v, --verbose         print every unexpected reply\n", MAX_DURATION);
+        "  -v, --verbose         print every unexpected reply\n"
+        "      --tls-ca FILE     speak TLS, trusting the CA certificates in FILE\n"
+        "      --tls-name NAME   the name (SNI, checked in the certificate)\n", MAX_DURATION);
     exit(1);
 }
 
@@ -338,6 +397,7 @@ int main(int argc, char **argv) {
         {"depth", 1, 0, 'd'}, {"workload", 1, 0, 'w'}, {"keyspace", 1, 0, 'k'},
         {"duration", 1, 0, 't'}, {"requests", 1, 0, 'n'}, {"warmup", 1, 0, 'W'},
         {"no-preload", 0, 0, 'P'}, {"seed", 1, 0, 's'}, {"verbose", 0, 0, 'v'}, {"cpu-pids", 1, 0, 'C'},
+        {"tls-ca", 1, 0, 'A'}, {"tls-name", 1, 0, 'N'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "H:p:c:d:w:k:t:n:W:s:C:vh", opts, NULL)) != -1) {
@@ -354,6 +414,8 @@ int main(int argc, char **argv) {
         case 'P': preload = 0; break;
         case 's': rng = strtoull(optarg, NULL, 0) | 1; break;
         case 'v': verbose = 1; break;
+        case 'A': tls_ca = optarg; break;
+        case 'N': tls_name = optarg; break;
         case 'C':
             for (char *tok = strtok(optarg, ","); tok && n_cpu_pids < MAX_PIDS; tok = strtok(NULL, ","))
                 cpu_pids[n_cpu_pids++] = atoi(tok);
@@ -372,6 +434,7 @@ int main(int argc, char **argv) {
     memset(value, 'x', sizeof value);
     if (!(hist = calloc(HIST_US, sizeof *hist))) die("out of memory");
 
+    tls_init();
     if (preload) do_preload();
 
     epfd = epoll_create1(0);
@@ -379,6 +442,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++) {
         conn_t *c = &conns[i];
         c->fd = dial();
+        c->ssl = tls_session(c->fd);    /* blocking handshake, then non-blocking records */
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
         c->out_cap = c->in_cap = 1 << 16;
         c->out = malloc(c->out_cap);

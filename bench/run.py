@@ -42,11 +42,17 @@ WORKLOADS = {
     "mget10-2sh": ("multiget10", 1, 2, "pool"),
     "mget10-4sh": ("multiget10", 1, 4, "pool"),
     "get90-bundled": ("get90", 1, 2, "bundled"),
+    # TLS on both sides (memcached -Z, a tls:// listener, a tls: pool) beside plain,
+    # all against one memcached listening both ways
+    "get90-tls": ("get90", 1, 1, "tls"),
 }
 SHARD_HASH = "fnv1a_64"     # twemproxy's default, and the router's
-TARGETS = ("direct", "twemproxy", "router", "router-off")
+TARGETS = ("direct", "twemproxy", "router", "router-off", "direct-tls", "router-tls")
 RATIOS = (("router/twemproxy", "router", "twemproxy"), ("router/direct", "router", "direct"),
-          ("metrics on/off", "router", "router-off"))
+          ("metrics on/off", "router", "router-off"),
+          ("router-tls/direct-tls", "router-tls", "direct-tls"),
+          ("router tls/plain", "router-tls", "router"), ("direct tls/plain", "direct-tls", "direct"))
+TLS_NAME = "bench.test"     # in the server certificate, checked by loadgen and the router
 
 
 # ---------------------------------------------------------------- processes
@@ -177,17 +183,38 @@ def tail(path, n=15):
 
 # ---------------------------------------------------------------- targets
 
-def start_memcached(procs, tmp):
+def start_memcached(procs, tmp, tls=None):
+    """memcached on a free port: (port, Popen).  With ``tls`` (make_cert's
+    (cert, key)) it speaks TLS there (-Z, no client certificate asked) and
+    plain TCP on another port: (port, Popen, tls_port)."""
     port = free_port()
-    argv = ["taskset", "-c", SERVER_CORE, "memcached", "-l", "127.0.0.1", "-p", str(port),
+    listen = "127.0.0.1"
+    if tls:
+        tls_port = free_port()
+        listen = f"127.0.0.1:{tls_port},notls:127.0.0.1:{port}"
+    argv = ["taskset", "-c", SERVER_CORE, "memcached", "-l", listen, "-p", str(port),
             "-U", "0", "-t", "1", "-m", "256", "-c", "4096"]
+    if tls:
+        argv += ["-Z", "-o", f"ssl_chain_cert={tls[0]},ssl_key={tls[1]}"]
     if os.geteuid() == 0:
         argv[4:4] = ["-u", "root"]  # memcached refuses to run as root without -u
     log = os.path.join(tmp, f"memcached-{port}.log")
     p = procs.start("memcached", argv, log)
     if not wait_ready(port, p):
         sys.exit("memcached did not start:\n" + tail(log))
-    return port, p
+    return (port, p, tls_port) if tls else (port, p)
+
+
+def make_cert(tmp):
+    """A self-signed certificate (its own CA) for 127.0.0.1 and TLS_NAME:
+    (cert, key) paths; made by the openssl command, P-256."""
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                    "-subj", f"/CN={TLS_NAME}", "-addext",
+                    f"subjectAltName=DNS:{TLS_NAME},IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
 
 
 def twemproxy_conf(path, port, mc_ports, server_conns):
@@ -204,13 +231,16 @@ def twemproxy_conf(path, port, mc_ports, server_conns):
 {servers}""")
 
 
-def router_conf(path, mc_ports, kind):
+def router_conf(path, mc_ports, kind, ca=None):
     """The router's config over mc_ports: kind is default, pool or bundled
-    (the repo's router.yaml policies with these servers as orderedPool)."""
+    (the repo's router.yaml policies with these servers as orderedPool);
+    ``ca``: the pool speaks TLS to them, trusting this certificate."""
     servers = ", ".join(f"127.0.0.1:{p}" for p in mc_ports)
     with open(path, "w") as f:
         if kind == "default":
             f.write(f"orderedPool: [{servers}]\nroute:\n  type: DefaultRoute\n")
+            if ca:
+                f.write(f"tls: {{ca: {ca}, server_name: {TLS_NAME}}}\n")
         elif kind == "pool":
             f.write(f"pools:\n  main:\n    servers: [{servers}]\n"
                     f"    hash: {{function: {SHARD_HASH}, distribution: ketama}}\n"
@@ -250,16 +280,21 @@ def router_argv(args, cfg, port, metrics):
             "-n", str(args.workers), "-L", metrics]
 
 
-def start_router(procs, tmp, mc_ports, args, name="router", kind="default"):
+def start_router(procs, tmp, mc_ports, args, name="router", kind="default", tls=None):
     """Start the router; return (port, Popen) or None with a message printed.
     ``kind``: the config (router_conf).
-    ``router-off``: no /metrics and no counting (MCROUTER_METRICS=off)."""
+    ``router-off``: no /metrics and no counting (MCROUTER_METRICS=off).
+    ``tls`` (cert, key): TLS to mc_ports, and a tls:// listener beside the
+    plain one: (port, Popen, tls_port)."""
     port = free_port()
     off = name == "router-off"
     metrics = "off" if off else f"127.0.0.1:{free_port()}"
-    cfg = os.path.join(tmp, f"router-{kind}-{len(mc_ports)}.yaml")
-    router_conf(cfg, mc_ports, kind)
+    cfg = os.path.join(tmp, f"{name}-{kind}-{len(mc_ports)}.yaml")
+    router_conf(cfg, mc_ports, kind, ca=tls[0] if tls else None)
     argv = ["taskset", "-c", SERVER_CORE] + router_argv(args, cfg, port, metrics)
+    if tls:
+        tls_port = free_port()
+        argv += ["-l", f"tls://127.0.0.1:{tls_port}", "--tls-cert", tls[0], "--tls-key", tls[1]]
     log = os.path.join(tmp, f"{name}-{kind}-{len(mc_ports)}.log")
     try:
         p = procs.start(name, argv, log, env={"MCROUTER_METRICS": "off"} if off else None)
@@ -273,15 +308,45 @@ def start_router(procs, tmp, mc_ports, args, name="router", kind="default"):
         procs.stop(p)
         return None
     time.sleep(0.3)  # let worker processes finish starting
-    return port, p
+    return (port, p, tls_port) if tls else (port, p)
 
 
 # ---------------------------------------------------------------- measuring
 
 def build_loadgen(tmp):
     exe = os.path.join(tmp, "loadgen")
-    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(BENCH_DIR, "loadgen.c")], check=True)
+    if subprocess.run(["cc", "-O2", "-o", exe, os.path.join(BENCH_DIR, "loadgen.c"),
+                       "-lssl", "-lcrypto"]).returncode:
+        sys.exit("bench: cannot build bench/loadgen.c (OpenSSL's headers and libraries: "
+                 "apt-get install libssl-dev)")
     return exe
+
+
+def start_tls_targets(procs, tmp, args, cert):
+    """get90-tls: one memcached listening in TLS and in plain TCP, each
+    reached directly and through the router (TLS both sides, or plain)."""
+    port, mc, tls_port = start_memcached(procs, tmp, tls=cert)
+    lg_tls = ["--tls-ca", cert[0], "--tls-name", TLS_NAME]
+    targets, skipped = [], {}
+    if "direct" in args.targets:
+        targets.append({"name": "direct", "port": port, "proc": mc})
+    if "direct-tls" in args.targets:
+        targets.append({"name": "direct-tls", "port": tls_port, "proc": mc, "loadgen_args": lg_tls})
+    for name in ("router", "router-tls"):
+        if name not in args.targets:
+            continue
+        tls = name == "router-tls"
+        r = start_router(procs, tmp, [tls_port if tls else port], args, name, "default",
+                         tls=cert if tls else None)
+        if r:
+            targets.append({"name": name, "port": r[2] if tls else r[0], "proc": r[1],
+                            "loadgen_args": lg_tls if tls else []})
+            print(f"{name} pids: {[r[1].pid] + descendants(r[1].pid)}", file=sys.stderr)
+        else:
+            skipped[name] = "could not be started (see message above)"
+    for t in targets:
+        t["mc_pids"] = [mc.pid]
+    return targets, skipped
 
 
 def start_targets(procs, tmp, mcs, args, kind="default"):
@@ -315,12 +380,12 @@ def start_targets(procs, tmp, mcs, args, kind="default"):
     return targets, skipped
 
 
-def run_loadgen(args, exe, port, workload, depth, pids, procs):
+def run_loadgen(args, exe, port, workload, depth, pids, procs, extra=()):
     """One measured run; returns loadgen's JSON result (or {'failed': msg})."""
     argv = ["taskset", "-c", LOADGEN_CORE, exe, "-p", str(port), "-w", workload,
             "-d", str(depth), "-c", str(args.conns), "-k", str(args.keyspace),
             "-t", str(args.duration), "-W", str(args.warmup),
-            "-C", ",".join(map(str, pids))]
+            "-C", ",".join(map(str, pids)), *extra]
     if args.max_requests:
         argv += ["-n", str(args.max_requests)]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -351,15 +416,16 @@ def measure(args, exe, target, port, workload, depth, procs):
     else:
         target_pids = [tpid]
     mc_pids = target["mc_pids"]
-    pids = target_pids if target["name"] == "direct" else target_pids + mc_pids
-    res = run_loadgen(args, exe, port, workload, depth, pids, procs)
+    direct = target["name"].startswith("direct")
+    pids = target_pids if direct else target_pids + mc_pids
+    res = run_loadgen(args, exe, port, workload, depth, pids, procs, target.get("loadgen_args", ()))
     if "failed" in res:
         return res
     cpu = res.pop("cpu_s")
     reqs = max(res["requests"], 1)
     tcpu = sum(c for c in cpu[:len(target_pids)] if c >= 0)
     res["cpu_us_per_req"] = tcpu / reqs * 1e6
-    mc_cpu = cpu[0] if target["name"] == "direct" else sum(cpu[len(target_pids):])
+    mc_cpu = cpu[0] if direct else sum(cpu[len(target_pids):])
     res["mc_cpu_us_per_req"] = mc_cpu / reqs * 1e6
     res["target_pids"] = target_pids
     return res
@@ -411,7 +477,8 @@ def print_table(results, args):
     print(hdr)
     print("-" * len(hdr))
     for wl, per in results.items():
-        for t in [t for t in TARGETS if t in args.targets]:
+        for t in [t for t in TARGETS if t in args.targets
+                  and (t in per["summary"] or t in per["skipped"])]:
             s = per["summary"].get(t)
             if s is None:
                 why = per["skipped"].get(t, "no successful run")
@@ -424,7 +491,9 @@ def print_table(results, args):
         r = per["ratios"]
         for name, _, _ in RATIOS:
             x = r.get(name, {})
-            print(f"{'':<12} {name:<17} ops {fmt(x.get('ops_per_s'), '.3f')}x  "
+            if all(v is None for v in x.values()):
+                continue            # a target not measured in this workload
+            print(f"{'':<12} {name:<21} ops {fmt(x.get('ops_per_s'), '.3f')}x  "
                   f"p50 {fmt(x.get('p50_us'), '.3f')}x  p99 {fmt(x.get('p99_us'), '.3f')}x  "
                   f"cpu/req {fmt(x.get('cpu_us_per_req'), '.3f')}x")
         print()
@@ -470,7 +539,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    for tool in ("memcached", "taskset", "cc") + (("nutcracker",) if "twemproxy" in args.targets else ()):
+    tls = any(WORKLOADS[wl][3] == "tls" for wl in args.workloads)
+    for tool in (("memcached", "taskset", "cc") + (("nutcracker",) if "twemproxy" in args.targets else ())
+                 + (("openssl",) if tls else ())):
         if not shutil.which(tool):
             sys.exit(f"missing required tool: {tool}")
     if (os.cpu_count() or 1) < 2:
@@ -488,9 +559,11 @@ def main():
     try:
         exe = build_loadgen(tmp)
         setups = sorted({WORKLOADS[wl][2:] for wl in args.workloads})
-        mcs = [start_memcached(procs, tmp) for _ in range(max(n for n, _ in setups))]
-        topologies = {(n, kind): start_targets(procs, tmp, mcs[:n], args, kind)
-                      for n, kind in setups}
+        mcs = [start_memcached(procs, tmp)
+               for _ in range(max((n for n, kind in setups if kind != "tls"), default=0))]
+        cert = make_cert(tmp) if any(kind == "tls" for _, kind in setups) else None
+        topologies = {(n, kind): start_tls_targets(procs, tmp, args, cert) if kind == "tls"
+                      else start_targets(procs, tmp, mcs[:n], args, kind) for n, kind in setups}
 
         results = {}
         for wl in args.workloads:

@@ -12,6 +12,8 @@ answered before closing is its reply.  (Half-closing at once is wrong:
 memcached drops replies it has queued when EOF ends an open data block.)
 The replies must be equal after the normalisations below, and the
 reference's trailing ``MN`` must be the router's too (smuggling/desync).
+A target with ``tls`` (a client context) is reached over TLS (``TlsStream``):
+the same writes and reads, the half-close being a close_notify then the FIN.
 
 Keys carry a per-case prefix, so concurrent cases never share a key and
 PoolRoute (keys over two servers) answers as one memcached would; the
@@ -44,6 +46,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -458,14 +461,93 @@ def next_source() -> str:
     return f"127.1.{_source[0] // 254}.{_source[0] % 254 + 1}"
 
 
-async def exchange(port: int, pieces: list[bytes], timeout: float, idle: float = 0.15) -> Outcome:
+class TlsStream:
+    """The client side of a TLS connection with the reads and writes of an
+    asyncio (reader, writer) pair, over a MemoryBIO session, so that
+    ``exchange`` does the same over TLS as in plain TCP: ``write_eof`` is the
+    TLS half-close (a close_notify, then the TCP one); ``read`` returns b""
+    at the peer's close_notify or its TCP EOF, whichever comes first.
+    (asyncio's own TLS transport cannot half-close.)"""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: ssl.SSLContext, server_name: str) -> None:
+        self.reader, self.writer = reader, writer
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+
+    def _flush(self) -> None:
+        if self.outgoing.pending:
+            self.writer.write(self.outgoing.read())
+
+    async def _fill(self) -> None:
+        """Ciphertext from the socket into the session; EOF is passed on too."""
+        self._flush()
+        data = await self.reader.read(1 << 20)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                self._flush()
+                return
+            except ssl.SSLWantReadError:
+                await self._fill()
+
+    def write(self, data: bytes) -> None:
+        for i in range(0, len(data), 1 << 16):
+            self.obj.write(data[i:i + (1 << 16)])
+            self._flush()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` plaintext bytes; b"" at the end.  Cancellation-safe
+        (a cancelled socket read leaves its bytes in the StreamReader)."""
+        while True:
+            try:
+                data = self.obj.read(size)
+            except ssl.SSLWantReadError:
+                await self._fill()
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            self._flush()           # a TLS 1.3 key update's answer
+            return data
+
+    def write_eof(self) -> None:
+        try:
+            self.obj.unwrap()       # sends close_notify; its answer is read as EOF
+        except ssl.SSLWantReadError:
+            pass
+        self._flush()
+        self.writer.write_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def exchange(port: int, pieces: list[bytes], timeout: float, idle: float = 0.15,
+                   tls: Optional[ssl.SSLContext] = None, server_name: str = "localhost") -> Outcome:
     """Fresh connection: send; once the trailing mn is answered (or nothing came for
-    ``idle`` s) half-close and read to EOF; everything bounded by ``timeout``."""
+    ``idle`` s) half-close and read to EOF; everything bounded by ``timeout``.
+    With ``tls``, the same over a TLS session (handshake also within ``timeout``)."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection("127.0.0.1", port, local_addr=(next_source(), 0)), timeout)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        stream = TlsStream(reader, writer, tls, server_name)
+        try:
+            await asyncio.wait_for(stream.handshake(), timeout)
+        except BaseException:
+            writer.close()
+            raise
+        reader, writer = stream, stream     # type: ignore[assignment]
     try:
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         chunks: list[bytes] = []
         for piece in pieces[:-1]:
             # let memcached write what it has queued before the next piece (see split_points)
@@ -526,6 +608,8 @@ class Target:
     name: str
     port: int
     local_version: bool = False          # PoolRoute answers version itself
+    tls: Optional[ssl.SSLContext] = None  # the router's listener speaks TLS (a client context)
+    server_name: str = "localhost"       # the name checked in its certificate
 
 
 @dataclass
@@ -570,7 +654,8 @@ async def run_case(seed: int, number: int, ref_port: int, targets: list[Target],
         if cut is not None:
             reference = reference[:cut]
         outs = await asyncio.gather(exchange(ref_port, split_reference(reference), timeout),
-                                    *(exchange(t.port, [case.stream], timeout) for t in targets))
+                                    *(exchange(t.port, [case.stream], timeout, tls=t.tls, server_name=t.server_name)
+                                      for t in targets))
         ref = outs[0]
         found = []
         for t, got in zip(targets, outs[1:]):

@@ -4,6 +4,9 @@ The engine, the known-differences table and the normalisations are in
 tests/streamfuzz.py.  Here: one bounded CI run over DefaultRoute and a
 2-server PoolRoute with a fixed seed, plus checks that the comparison
 itself rejects what it must (a test that cannot fail proves nothing).
+Short sessions through TLS: test_tls_upstream.py (a TLS host behind the
+router) and test_tls_listener.py (TLS clients, ``Target.tls``, to a tls://
+listener, with a plain and with a TLS host).
 
 Bounds: MCROUTER_FUZZ_SECONDS (default 25) and MCROUTER_FUZZ_CASES
 (default 20000), whichever comes first; MCROUTER_FUZZ_SEED (default 1).

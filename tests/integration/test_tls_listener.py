@@ -6,6 +6,7 @@ handshakes closed after the timeout; certificate rotation on SIGHUP under
 load; 1 MB values and a client that never reads stay within the Limits."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,9 +18,11 @@ import time
 import pytest
 from cryptography import x509
 
+import streamfuzz as sf
 from support import HOST, pool_config, wait_until
 from support.certs import Certs, make_certs
 from support.hostile import PeakRss, rss_kib
+from support.pki import SERVER_NAME
 from support.processes import free_port
 from support.scrape import Scrape
 
@@ -271,3 +274,33 @@ def test_a_tls_client_that_never_reads_stays_within_b(router, memcached, certs):
             ask(other, b"get nothing\r\n", b"END\r\n")
     finally:
         s.close()
+
+
+FUZZ_SECONDS = float(os.environ.get("MCROUTER_TLS_FUZZ_SECONDS", "8"))
+
+
+def test_stream_fuzz_through_a_tls_listener(tls_memcached, router, pki):
+    """The differential session of test_stream_fuzz.py, short, with the
+    fuzzer's clients speaking TLS (client certificates) to a tls:// listener:
+    the same bytes as memcached in plain TCP, through a plain upstream and
+    through a TLS one.  The client half-closes with a close_notify, then its
+    TCP FIN.  Every memcached is started with -Z and read (or reached by the
+    plain router) on its plain port, so that ``stats`` lists the same names."""
+    reference, plain, secure = (tls_memcached("-m", "1024") for _ in range(3))
+    for m in (reference, plain, secure):
+        if m.proc.stderr is not None:
+            m.proc.stderr.close()
+    targets = []
+    for name, cfg in (("tls-listener", {"orderedPool": [f"{HOST}:{plain.plain_port}"],
+                                        "route": {"type": "DefaultRoute"}}),
+                      ("tls-both", {"orderedPool": [secure.addr], "tls": pki.upstream_tls(),
+                                    "route": {"type": "DefaultRoute"}})):
+        port = free_port()
+        router(cfg, extra=pki.listener_args(port))
+        targets.append(sf.Target(name, port, tls=pki.client_context(), server_name=SERVER_NAME))
+    stats = asyncio.run(sf.fuzz(11, reference.plain_port, targets,
+                                [plain.plain_port, secure.plain_port], 3000, FUZZ_SECONDS,
+                                concurrency=16))
+    print(f"tls listener stream fuzz: {stats.cases} cases in {stats.elapsed:.1f}s")
+    assert stats.cases >= 100
+    assert not stats.divergences, "\n\n".join(d.report() for d in stats.divergences[:4])

@@ -19,20 +19,11 @@ from pathlib import Path
 import pytest
 
 import streamfuzz as sf
-from support.pki import SERVER_NAME, tls_call
+from support.pki import tls_call
 from support.processes import wait_until
 from support.scrape import Scrape
 
 NO_HEALTHY = b"SERVER_ERROR mcrouter: no healthy upstream\r\n"
-
-
-def tls_settings(pki, **over: object) -> dict:
-    """The pool's tls: mapping: the test CA, the client certificate, the
-    name in the server certificate; ``over`` replaces or (None) removes keys."""
-    t = {"ca": pki.ca_file, "cert": pki.client_cert, "key": pki.client_key,
-         "server_name": SERVER_NAME}
-    t.update(over)
-    return {k: v for k, v in t.items() if v is not None}
 
 
 def split_config(tls_hosts: list, plain_hosts: list, tls: dict) -> dict:
@@ -65,7 +56,7 @@ def test_fixture_memcached_requires_a_client_certificate(tls_memcached, pki):
 
 def test_pipelines_through_a_tls_pool_are_memcacheds_bytes(tls_memcached, memcached, router, pki):
     secure, plain, reference = tls_memcached(), memcached(), memcached()
-    r = router(split_config([secure], [plain], tls_settings(pki)))
+    r = router(split_config([secure], [plain], pki.upstream_tls()))
     with reference.client() as c:
         want = c.pipeline(pipeline("s:"), b"MN\r\n")
     assert want.endswith(b"MN\r\n") and b"VALUE s:k1 5 8\r\nhello!!!\r\n" in want
@@ -79,7 +70,7 @@ def test_pipelines_through_a_tls_pool_are_memcacheds_bytes(tls_memcached, memcac
 
 def test_pool_route_over_two_tls_hosts(tls_memcached, router, pki):
     ms = [tls_memcached(), tls_memcached()]
-    r = router({"pools": {"secure": {"servers": [m.addr for m in ms], "tls": tls_settings(pki),
+    r = router({"pools": {"secure": {"servers": [m.addr for m in ms], "tls": pki.upstream_tls(),
                                      "hash": {"function": "md5"}}},
                 "route": "PoolRoute|secure"}, conns=2)
     keys = [f"user:{i}:profile" for i in range(100)]
@@ -112,7 +103,7 @@ def test_a_failed_handshake_is_a_host_down_with_one_log_line(tls_memcached, memc
             for k, v in over.items()}
     secure = tls_memcached(cert=pki.expired_cert, key=pki.expired_key) if server else tls_memcached()
     plain = memcached()
-    r = router(split_config([secure], [plain], tls_settings(pki, **over)), metrics=True)
+    r = router(split_config([secure], [plain], pki.upstream_tls(**over)), metrics=True)
     assert r.wait_log(f"host {secure.addr}: up -> down (tls handshake failed ({reason})")
     with r.client() as c:
         assert c.request(b"get s:a\r\n", NO_HEALTHY) == NO_HEALTHY
@@ -131,7 +122,7 @@ def test_a_failed_handshake_is_a_host_down_with_one_log_line(tls_memcached, memc
 
 def test_probes_use_tls_and_bring_the_host_back(tls_memcached, router, pki):
     m = tls_memcached()
-    r = router({"pools": {"secure": {"servers": [m.addr], "tls": tls_settings(pki)}},
+    r = router({"pools": {"secure": {"servers": [m.addr], "tls": pki.upstream_tls()}},
                 "route": "PoolRoute|secure"}, extra=("-H", "100ms"))
     with r.client() as c:
         assert c.request(b"set a 0 0 1\r\nx\r\n", b"STORED\r\n") == b"STORED\r\n"
@@ -151,7 +142,7 @@ def test_reload_rereads_certificates_for_new_connections_only(tls_memcached, rou
     ca.write_bytes(Path(pki.ca_file).read_bytes())
     m = tls_memcached()
     # probes every second: the new CA's failed probes take 2 s to call the host down
-    r = router({"pools": {"secure": {"servers": [m.addr], "tls": tls_settings(pki, ca=str(ca))}},
+    r = router({"pools": {"secure": {"servers": [m.addr], "tls": pki.upstream_tls(ca=str(ca))}},
                 "route": "PoolRoute|secure"}, extra=("-H", "1s"))
     worker = r.worker_pids()[0]
     with r.client() as c:
@@ -201,7 +192,7 @@ def test_stream_fuzz_through_a_tls_upstream(tls_memcached, router, pki):
     for m in (reference, secure):
         if m.proc.stderr is not None:
             m.proc.stderr.close()
-    cfg = {"orderedPool": [secure.addr], "tls": tls_settings(pki), "route": {"type": "DefaultRoute"}}
+    cfg = {"orderedPool": [secure.addr], "tls": pki.upstream_tls(), "route": {"type": "DefaultRoute"}}
     target = sf.Target("tls", router(cfg).port)
     stats = asyncio.run(sf.fuzz(7, reference.plain_port, [target], [secure.plain_port], 3000,
                                 FUZZ_SECONDS, concurrency=16))

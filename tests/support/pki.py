@@ -58,6 +58,21 @@ class Pki:
                 f"ssl_key={key or self.server_key},ssl_ca_cert={self.ca_file},"
                 f"ssl_verify_mode={verify}"]
 
+    def upstream_tls(self, **over: object) -> dict:
+        """A router pool's ``tls:`` mapping: the test CA, the client
+        certificate, the name in the server certificate; ``over`` replaces
+        or (None) removes keys."""
+        t: dict[str, object] = {"ca": self.ca_file, "cert": self.client_cert,
+                                "key": self.client_key, "server_name": SERVER_NAME}
+        t.update(over)
+        return {k: v for k, v in t.items() if v is not None}
+
+    def listener_args(self, port: int) -> list[str]:
+        """Router options for a ``tls://`` listener on ``port`` with the
+        server certificate, requiring client certificates of the test CA."""
+        return ["-l", f"tls://{HOST}:{port}", "--tls-cert", self.server_cert,
+                "--tls-key", self.server_key, "--tls-client-ca", self.ca_file]
+
     def client_context(self, cert: bool = True) -> ssl.SSLContext:
         """A client context trusting the test CA, with the client certificate."""
         ctx = ssl.create_default_context(cafile=self.ca_file)
