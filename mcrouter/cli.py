@@ -91,6 +91,10 @@ def run(
     tls_client_ca: Optional[str] = typer.Option(None, "--tls-client-ca",
                                                 help="Require client certificates signed by "
                                                      "this CA (PEM) on tls:// listeners (mTLS)."),
+    tls_client_cert: str = typer.Option("required", "--tls-client-cert",
+                                        help="With --tls-client-ca: required (mTLS), or "
+                                             "optional (a client may present none; one it "
+                                             "presents must be signed by that CA)."),
     tls_handshake_timeout: str = typer.Option("5s", "--tls-handshake-timeout",
                                               help="Close a client that has not finished its "
                                                    "TLS handshake this long after connecting."),
@@ -201,6 +205,8 @@ def run(
     tls_addrs = [str(a) for a in addrs if a.tls]
     if tls_addrs and not (tls_cert and tls_key):
         _die(f"-l {tls_addrs[0]} needs --tls-cert FILE and --tls-key FILE")
+    if tls_client_cert not in ("required", "optional"):
+        _die(f"--tls-client-cert {tls_client_cert!r} is not valid; write required or optional")
     if not tls_addrs and (tls_cert or tls_key or tls_client_ca):
         _die("--tls-cert/--tls-key/--tls-client-ca are given but no -l tls://host:port "
              "listener; add one, or drop them")
@@ -217,6 +223,7 @@ def run(
                         confirm_timeout=confirm_timeout, host_slots=host_slots,
                         count_metrics=os.environ.get("MCROUTER_METRICS", "on") != "off",
                         tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+                        tls_client_cert_required=tls_client_cert == "required",
                         tls_handshake_timeout=durations["--tls-handshake-timeout"])
     if tls_addrs:
         from mcrouter.tls import TlsConfigError

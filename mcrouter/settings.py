@@ -38,7 +38,8 @@ class Settings:
                                         # (hidden --host-slots: tests shrink it)
     tls_cert: str | None = None         # --tls-cert: the tls:// listeners' certificate (PEM)
     tls_key: str | None = None          # --tls-key: its key
-    tls_client_ca: str | None = None    # --tls-client-ca: require client certificates it signed
+    tls_client_ca: str | None = None    # --tls-client-ca: client certificates must be signed by it
+    tls_client_cert_required: bool = True   # --tls-client-cert required|optional
     tls_handshake_timeout: float = 5.0  # --tls-handshake-timeout, seconds
 
     def listener_context(self) -> Any:
@@ -46,4 +47,5 @@ class Settings:
         are now (at start, and again on each reload); TlsConfigError if bad."""
         from mcrouter.tls import server_context
         assert self.tls_cert is not None and self.tls_key is not None
-        return server_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+        return server_context(self.tls_cert, self.tls_key, self.tls_client_ca,
+                              self.tls_client_cert_required)

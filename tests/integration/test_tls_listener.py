@@ -132,6 +132,23 @@ def test_mtls_refusals(router, memcached, certs, case, reason, detail):
     assert "Traceback" not in r.stderr()
 
 
+def test_optional_client_certificates(router, memcached, certs):
+    """--tls-client-cert optional: a client without a certificate is served;
+    one presenting a certificate of another CA is still refused."""
+    r, port, _ = start(router, memcached, certs, extra=("--tls-client-cert", "optional"))
+    with connect(port, certs) as anonymous:
+        ask(anonymous, b"set o 0 0 2\r\nok\r\nget o\r\n",
+            b"STORED\r\nVALUE o 0 2\r\nok\r\nEND\r\n")
+    with connect(port, certs, certs.client) as signed:
+        ask(signed, b"get o\r\n", b"VALUE o 0 2\r\nok\r\nEND\r\n")
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        with connect(port, certs, certs.other_client) as bad:
+            bad.sendall(b"get o\r\n")
+            assert bad.recv(100) == b"", "a refused client got a reply"
+            raise ConnectionResetError("closed without an alert")
+    assert wait_until(lambda: failures(r, "unknown_ca") == 1, TIMEOUT), r.scrape()
+
+
 def client_hello() -> bytes:
     """The first flight of a real TLS client."""
     ctx = ssl.create_default_context()
