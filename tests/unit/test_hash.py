@@ -147,3 +147,27 @@ def test_bad_arguments_are_refused():
         Hasher(["a", "b"], weights=[1])
     with pytest.raises(ValueError):
         Hasher(["a"], function="sha1")
+
+
+def test_ketama_bucket_search_matches_a_plain_continuum_including_the_wrap():
+    """The bucketed search (ketama_point) against a continuum built here with
+    hashlib and bisect: a key hashing above the last point goes to the
+    first point's server, one hashing at or below a point to that point's."""
+    import bisect
+    import random
+    names = [b"10.0.0.4", b"10.0.0.5"]          # equal weights: 160 points each
+    pts = sorted(((int.from_bytes(hashlib.md5(n + b"-%d" % i).digest()[4 * x:4 * x + 4], "little"), s)
+                  for s, n in enumerate(names) for i in range(40) for x in range(4)),
+                 key=lambda t: t[0])
+    values = [p for p, _ in pts]
+    h = Hasher([n.decode() for n in names], function="md5")
+    rng = random.Random(5)
+    wrapped = 0
+    for _ in range(20000):
+        key = b"%x" % rng.getrandbits(64)
+        hv = hash_key("md5", key)
+        j = bisect.bisect_left(values, hv)
+        wrapped += j == len(values)
+        assert h.index(key) == pts[j % len(pts)][1], key
+    assert wrapped > 10          # the wrap-around was exercised
+    assert pts[0][1] != pts[-1][1]     # so landing on the last point instead would show
