@@ -405,12 +405,14 @@ class TlsSession:
 
     def _fill(self, size: int) -> int:
         """One read from the descriptor into the incoming BIO: bytes read,
-        0 at end of file; BlockingIOError when none."""
+        0 at end of file; BlockingIOError when none.  The end of file is not
+        passed to OpenSSL: a TCP close without close_notify is a fatal error
+        there, after which nothing more can be written, and a client that
+        half-closes after its requests is owed their replies (memcached
+        answers what it read before the end)."""
         data = self.sock.recv(size)
         if data:
             self.incoming.write(data)
-        else:
-            self.incoming.write_eof()
         return len(data)
 
     def _handshake(self) -> bool:
@@ -460,7 +462,11 @@ class TlsSession:
                 if read_fd:
                     read_fd = False
                     try:
-                        self._fill(size)
+                        if self._fill(size) == 0:       # the peer's end of file
+                            if total:
+                                break       # the end again on the next call
+                            self.more = False
+                            return 0
                     except (BlockingIOError, InterruptedError):
                         break
                     continue

@@ -337,10 +337,6 @@ def read_to_eof(s: socket.socket, limit: int) -> bytes:
     return bytes(got)
 
 
-@pytest.mark.xfail(strict=True, raises=ssl.SSLError, reason=(
-    "review7: after a TLS client's TCP half-close the router sends a decode_error alert "
-    "instead of the replies to what it read (even one request; without the half-close the "
-    "1000 replies arrive): the EOF path of TlsSession.recv_into / close_notify, not diagnosed"))
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_a_thousand_pipelined_requests_then_a_half_close(router, memcached, certs, version):
     """1000 requests in one write, then the client's TCP half-close (no
