@@ -179,6 +179,26 @@ cpdef Counters local():
     return _local
 
 
+cdef extern from *:
+    """
+    static int mcr_cas_u8(unsigned char *p, unsigned char expected, unsigned char desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                           __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    """
+    int mcr_cas_u8(unsigned char *p, unsigned char expected, unsigned char desired) nogil
+
+
+def swap_byte(buf, Py_ssize_t at, unsigned char expected, unsigned char desired):
+    """Set byte ``at`` of a shared mapping to ``desired`` if it is ``expected``,
+    atomically across processes; whether it was.  Two workers seeing a host
+    fail at the same moment both try: one wins, one logs the change."""
+    cdef unsigned char[::1] view = buf
+    if not 0 <= at < view.shape[0]:
+        raise ValueError("a byte outside the mapping")
+    return bool(mcr_cas_u8(&view[at], expected, desired))
+
+
 def sum_slots(buf, Py_ssize_t first, Py_ssize_t nslots, Py_ssize_t slot_words,
               Py_ssize_t at, Py_ssize_t count):
     """Words ``at`` .. ``at + count`` of every slot, summed (slot 0 starts at

@@ -70,6 +70,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from mcrouter._metrics import swap_byte
+
 MAGIC = 0x4D435254          # "MCRT"
 LAYOUT_VERSION = 3
 HEADER = struct.Struct("<IIIII12x")
@@ -232,14 +234,17 @@ class HostTable:
         return self.mm[STATUS_AT + 2 * slot]
 
     def set_state(self, slot: int, state: int, reason: str) -> bool:
-        """Record a verdict; True when it changed the state (so the caller logs it)."""
-        if self.state(slot) == state:
+        """Record a verdict; True when it changed the state (so the caller
+        logs it).  Workers and the sidecar may judge a host at the same
+        moment: the state byte is swapped atomically, so exactly one of them
+        changes it, counts the change and logs it."""
+        old = self.state(slot)
+        if old == state or not swap_byte(self.mm, STATUS_AT + 2 * slot, old, state):
             return False
         at = self._rec(slot) + 116
         changes = struct.unpack_from("<I", self.mm, at)[0]
         REC_CHANGE.pack_into(self.mm, at, (changes + 1) & 0xFFFFFFFF, time.time(),
                              reason.encode()[:127])
-        self.mm[STATUS_AT + 2 * slot] = state          # last: readers act on this byte
         return True
 
     # -- addresses (master at boot, then the sidecar's resolver) --------------

@@ -42,6 +42,32 @@ def test_state_changes_are_counted_and_move_the_signature():
     assert t.status(s).changes == 2 and t.status(s).state == "up"
 
 
+def test_processes_judging_a_host_at_once_change_it_once():
+    """Two workers that see a host fail in the same moment: each read "up"
+    before either wrote "down", and both logged the change (CI, two
+    workers, one ECONNREFUSED).  The swap is atomic: exactly one wins."""
+    t = HostTable(capacity=8)
+    s = t.assign("h:1")
+    wins = 0
+    for _ in range(200):
+        assert t.set_state(s, UP, "reset") in (True, False)
+        r, w = os.pipe()
+        pids = []
+        for _child in range(4):
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                os.read(r, 1)                   # all four start together
+                os._exit(1 if t.set_state(s, DOWN, "raced") else 0)
+            pids.append(pid)
+        os.close(r)
+        os.close(w)                             # releases the children
+        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+        assert sum(codes) == 1, codes
+        wins += 1
+    assert wins == 200 and t.state(s) == DOWN
+
+
 def test_the_table_is_shared_with_a_forked_child():
     t = HostTable(capacity=8)
     s = t.assign("h:1")
