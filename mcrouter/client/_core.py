@@ -16,19 +16,21 @@ to try it again.
 """
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from mcrouter._parser import Request
 from mcrouter.client._fast import group_keys, parse_get_into, parse_one
 from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, RawSerde, Serde, check_int,
+                                   serde_of,
                                    error_of, get_request, key_bytes, line_error, line_request,
                                    parse_stats, reply_of, stats_request, store_request)
 from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheIllegalInputError, MemcachePartialError, MemcacheServerDownError,
                                     MemcacheTimeoutError)
 from mcrouter.client.meta import MetaRequest
-from mcrouter.client.placement import Placement
+from mcrouter.client.placement import Placement, Server
 from mcrouter.protocol import (CMD_CAS, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT, CMD_GATS,
                                CMD_GET, CMD_GETS, CMD_INCR, CMD_TOUCH, CMD_VERSION)
 
@@ -120,9 +122,25 @@ class Reconnect:
 class Commands:
     """The calls, as plans; a client subclass adds the running of them."""
 
-    def __init__(self, placement: Placement, *, key_prefix: str | bytes = b"",
-                 serde: Serde, default_noreply: bool = False, ignore_exc: bool = False,
-                 tko: int = 3, retry_interval: float = 5.0) -> None:
+    def __init__(self, servers: Sequence[Server] | Placement, *,
+                 hash: Mapping[str, Any] | None = None, weights: Sequence[int] | None = None,
+                 on_down: str = "fail", key_prefix: str | bytes = b"",
+                 serde: Serde | None = None, serializer: Any = None, deserializer: Any = None,
+                 default_noreply: bool = False, ignore_exc: bool = False,
+                 connect_timeout: float = 1.0, timeout: float = 1.0,
+                 tko: int = 3, retry_interval: float = 5.0, backoff_initial: float = 0.05,
+                 tls_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        """The options both clients take (Client's docstring says what they mean)."""
+        placement = servers if isinstance(servers, Placement) else \
+            Placement.from_values(servers, hash, weights, on_down)
+        serde = serde_of(serde, serializer, deserializer)
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.backoff_initial = backoff_initial
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname
         self.placement = placement
         self.names = [str(a) for a in placement.servers]
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix

@@ -12,14 +12,12 @@ them and dropped.  No reply can ever be given to a later request.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any, Iterable, Mapping, Sequence, TypeVar, cast
 
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client.blocking import MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
-from mcrouter.client.codec import Serde, serde_of
 from mcrouter.client.errors import (MemcacheError,
                                     MemcacheServerDownError, MemcacheTimeoutError)
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -191,27 +189,10 @@ class AsyncClient(Commands):
     """An asyncio memcached client placing keys as a router pool does; the
     arguments are Client's, with ``pool_size`` connections per server."""
 
-    def __init__(self, servers: Sequence[Server] | Placement, *,
-                 hash: Mapping[str, Any] | None = None, weights: Sequence[int] | None = None,
-                 on_down: str = "fail", key_prefix: str | bytes = b"",
-                 serde: Serde | None = None, serializer: Any = None, deserializer: Any = None,
-                 default_noreply: bool = False, ignore_exc: bool = False,
-                 connect_timeout: float = 1.0, timeout: float = 1.0, pool_size: int = 1,
-                 tko: int = 3, retry_interval: float = 5.0, backoff_initial: float = 0.05,
-                 tls_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
-        placement = servers if isinstance(servers, Placement) else \
-            Placement.from_values(servers, hash, weights, on_down)
-        super().__init__(placement, key_prefix=key_prefix,
-                         serde=serde_of(serde, serializer, deserializer),
-                         default_noreply=default_noreply, ignore_exc=ignore_exc, tko=tko,
-                         retry_interval=retry_interval)
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self.retry_interval = retry_interval
-        self.backoff_initial = backoff_initial
-        self.tls_context = tls_context
-        self.server_hostname = server_hostname
+    def __init__(self, servers: Sequence[Server] | Placement, *, pool_size: int = 1,
+                 **options: Any) -> None:
+        super().__init__(servers, **options)
+        placement = self.placement
         self.servers = [AsyncServer(self, a, max(1, pool_size)) for a in placement.servers]
 
     @classmethod
