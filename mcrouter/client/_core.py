@@ -319,7 +319,9 @@ class Commands:
         quiet = self._noreply(noreply) and cmd != CMD_CAS
         casv = None
         if cmd == CMD_CAS:
-            casv = check_int(int(cas) if cas is not None else -1, "cas unique", MAX_U64)
+            if isinstance(cas, (bytes, str)) and cas.isascii() and cas.isdigit():
+                cas = int(cas)                  # as gets gave it (pymemcache's bytes)
+            casv = check_int(cas, "cas unique", MAX_U64)  # type: ignore[arg-type]
         req = store_request(cmd, k, data, dflags, check_int(expire, "expire", MAX_EXPTIME),
                             quiet, casv)
 
@@ -430,12 +432,21 @@ class Commands:
         return self._each(lambda: line_request(CMD_FLUSH_ALL, b"", line, quiet), server,
                           lambda r, s: True)
 
-    def plan_version(self, server: str | None) -> Plan[dict[str, str]]:
+    def one_server(self, server: str | None, call: str, every: str) -> str:
+        """The server a one-server call (``version``, ``stats``) asks: the
+        one named, or the client's only one; with several, naming one is
+        required rather than silently asking the first."""
+        if server is not None or len(self.names) == 1:
+            return server or self.names[0]
+        raise MemcacheIllegalInputError(f"{call}(): this client has {len(self.names)} servers; "
+                                        f"name one with server=, or call {every}()")
+
+    def plan_version(self, server: str | None) -> Plan[dict[str, bytes]]:
         return self._each(lambda: line_request(CMD_VERSION, b"", b"version"), server,
-                          lambda r, s: reply_of(r)[8:-2].decode())
+                          lambda r, s: reply_of(r)[8:-2])
 
     def plan_stats(self, args: tuple[str, ...],
-                   server: str | None) -> Plan[dict[str, dict[str, str]]]:
+                   server: str | None) -> Plan[dict[str, dict[bytes, Any]]]:
         for a in args:
             if not a or any(c.isspace() for c in a):
                 raise MemcacheIllegalInputError(f"stats argument {a!r}: one word")

@@ -96,14 +96,27 @@ cdef inline Py_ssize_t read_uint(const char *p, Py_ssize_t *pos, Py_ssize_t end,
     return 0
 
 
+cdef inline object cas_token(const char *p, Py_ssize_t vs, Py_ssize_t le):
+    """The cas unique after the size (``gets``/``gats``), as the bytes sent; None if absent."""
+    cdef Py_ssize_t e
+    if vs >= le or p[vs] != b' ':
+        return None
+    vs += 1
+    e = vs
+    while e < le and b'0' <= p[e] <= b'9':
+        e += 1
+    return p[vs:e] if e > vs else None
+
+
 def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas):
     """Every VALUE of a get-family reply (checked by the Ring's scan_reply)
-    into ``out`` as {given key: value} (``(value, cas)`` with ``with_cas``);
+    into ``out`` as {given key: value} (``(value, cas)`` with ``with_cas``, the
+    cas as the bytes sent, as pymemcache gives it);
     ``deserialize(key, data, flags)`` unless None (raw bytes).  Returns -1
     if the reply ends with END, else the offset of what ends it (an error line)."""
     cdef const char *p = PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, le, ks, ke, vs
-    cdef unsigned long long flags, size, cas
+    cdef unsigned long long flags, size
     cdef bytes k, data
     cdef object key, value
     cdef void *found
@@ -116,11 +129,8 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
         while ke < le and p[ke] != b' ':
             ke += 1
         vs = ke
-        cas = 0
         if read_uint(p, &vs, le, &flags) < 0 or read_uint(p, &vs, le, &size) < 0:
             return pos
-        if vs < le:
-            read_uint(p, &vs, le, &cas)
         if le + 2 + <Py_ssize_t>size > n:
             return pos
         k = p[ks:ke]
@@ -128,7 +138,7 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
         found = PyDict_GetItem(given, k)
         key = <object>found if found != NULL else k
         value = data if deserialize is None else deserialize(key, data, flags)
-        PyDict_SetItem(out, key, (value, cas) if with_cas else value)
+        PyDict_SetItem(out, key, (value, cas_token(p, vs, le)) if with_cas else value)
         pos = le + 4 + <Py_ssize_t>size
     if n - pos == 5 and memcmp(p + pos, b"END\r\n", 5) == 0:
         return -1
@@ -136,11 +146,11 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
 
 
 def parse_one(bytes reply):
-    """A one-key get reply: (flags, data, cas), None for a miss (END), or the
-    offset of an error line as an int."""
+    """A one-key get reply: (flags, data, cas bytes or None), None for a miss
+    (END), or the offset of an error line as an int."""
     cdef const char *p = PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), le, vs
-    cdef unsigned long long flags, size, cas = 0
+    cdef unsigned long long flags, size
     if n == 5 and memcmp(p, b"END\r\n", 5) == 0:
         return None
     if n < 6 or memcmp(p, b"VALUE ", 6) != 0:
@@ -153,11 +163,9 @@ def parse_one(bytes reply):
         vs += 1
     if read_uint(p, &vs, le, &flags) < 0 or read_uint(p, &vs, le, &size) < 0:
         return 0
-    if vs < le:
-        read_uint(p, &vs, le, &cas)
     if le + 2 + <Py_ssize_t>size > n:
         return 0
     if n - (le + 4 + <Py_ssize_t>size) != 5 or \
             memcmp(p + le + 4 + size, b"END\r\n", 5) != 0:
         return le + 4 + <Py_ssize_t>size
-    return (flags, p[le + 2:le + 2 + <Py_ssize_t>size], cas)
+    return (flags, p[le + 2:le + 2 + <Py_ssize_t>size], cas_token(p, vs, le))

@@ -302,7 +302,7 @@ class AsyncClient(Commands):
 
     get_multi = get_many
 
-    async def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, int]]:
+    async def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, bytes | None]]:
         return await self._run(self.plan_get_many(keys, with_cas=True))
 
     async def set(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
@@ -357,17 +357,18 @@ class AsyncClient(Commands):
         await self._run(self.plan_flush_all(delay, noreply, server))
         return True
 
-    async def version(self, server: str | None = None) -> str:
-        return next(iter((await self._run(self.plan_version(server or self.names[0]))).values()))
+    async def version(self, server: str | None = None) -> bytes:
+        name = self.one_server(server, "version", "versions")
+        return (await self._run(self.plan_version(name)))[name]
 
-    async def versions(self) -> dict[str, str]:
+    async def versions(self) -> dict[str, bytes]:
         return await self._run(self.plan_version(None))
 
-    async def stats(self, *args: str, server: str | None = None) -> dict[str, str]:
-        out = await self._run(self.plan_stats(args, server or self.names[0]))
-        return next(iter(out.values()))
+    async def stats(self, *args: str, server: str | None = None) -> dict[bytes, Any]:
+        name = self.one_server(server, "stats", "stats_all")
+        return (await self._run(self.plan_stats(args, name)))[name]
 
-    async def stats_all(self, *args: str) -> dict[str, dict[str, str]]:
+    async def stats_all(self, *args: str) -> dict[str, dict[bytes, Any]]:
         return await self._run(self.plan_stats(args, None))
 
     async def meta(self, request: MetaRequest) -> Any:

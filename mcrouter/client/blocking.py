@@ -376,7 +376,7 @@ class Client(Commands):
 
     get_multi = get_many
 
-    def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, int]]:
+    def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, bytes | None]]:
         return self._run(self.plan_get_many(keys, with_cas=True))
 
     def set(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
@@ -439,18 +439,22 @@ class Client(Commands):
         self._run(self.plan_flush_all(delay, noreply, server))
         return True
 
-    def version(self, server: str | None = None) -> str:
-        """The version of ``server`` (default: the first)."""
-        return next(iter(self._run(self.plan_version(server or self.names[0])).values()))
+    def version(self, server: str | None = None) -> bytes:
+        """The version of ``server`` (pymemcache's bytes); it may be left out
+        when the client has one server."""
+        name = self.one_server(server, "version", "versions")
+        return self._run(self.plan_version(name))[name]
 
-    def versions(self) -> dict[str, str]:
+    def versions(self) -> dict[str, bytes]:
         return self._run(self.plan_version(None))
 
-    def stats(self, *args: str, server: str | None = None) -> dict[str, str]:
-        """``stats [args]`` of ``server`` (default: the first) as {name: value}."""
-        return next(iter(self._run(self.plan_stats(args, server or self.names[0])).values()))
+    def stats(self, *args: str, server: str | None = None) -> dict[bytes, Any]:
+        """``stats [args]`` of ``server`` (may be left out with one server) as
+        pymemcache gives it: {name: value}, values converted as it does."""
+        name = self.one_server(server, "stats", "stats_all")
+        return self._run(self.plan_stats(args, name))[name]
 
-    def stats_all(self, *args: str) -> dict[str, dict[str, str]]:
+    def stats_all(self, *args: str) -> dict[str, dict[bytes, Any]]:
         return self._run(self.plan_stats(args, None))
 
     # -- meta -------------------------------------------------------------------------

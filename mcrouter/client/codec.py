@@ -147,9 +147,10 @@ def line_error(reply: bytes, server: str, at: int = 0) -> MemcacheError | None:
     return None
 
 
-def parse_values(reply: bytes, server: str) -> list[tuple[bytes, int, bytes, int]]:
+def parse_values(reply: bytes, server: str) -> list[tuple[bytes, int, bytes, bytes | None]]:
     """A get-family reply (checked by scan_reply) as [(key, flags, data, cas)];
-    cas is 0 for get/gat.  An error line raises."""
+    cas is the unique as sent (bytes, as pymemcache gives it), None for
+    get/gat.  An error line raises."""
     out = []
     pos = 0
     find = reply.find
@@ -158,7 +159,7 @@ def parse_values(reply: bytes, server: str) -> list[tuple[bytes, int, bytes, int
         parts = reply[pos + 6:le].split(b" ")
         n = int(parts[2])
         out.append((parts[0], int(parts[1]), reply[le + 2:le + 2 + n],
-                    int(parts[3]) if len(parts) > 3 else 0))
+                    parts[3] if len(parts) > 3 else None))
         pos = le + 4 + n
     if not reply.startswith(b"END\r\n", pos):
         err = line_error(reply, server, pos)
@@ -167,13 +168,36 @@ def parse_values(reply: bytes, server: str) -> list[tuple[bytes, int, bytes, int
     return out
 
 
-def parse_stats(reply: bytes) -> dict[str, str]:
-    """STAT/ITEM/PREFIX lines as {name: value} (the rest of the line)."""
-    out: dict[str, str] = {}
+def _bool_int(v: bytes) -> bool:
+    return int(v) != 0
+
+
+# pymemcache's conversions of stats values (its STAT_TYPES): named ones here,
+# every other value an int where it parses as one, else the bytes sent.
+STAT_TYPES: dict[bytes, Callable[[bytes], Any]] = {
+    b"version": bytes, b"inter": bytes, b"stat_key_prefix": bytes,
+    b"rusage_user": lambda v: float(v.replace(b":", b".")),
+    b"rusage_system": lambda v: float(v.replace(b":", b".")),
+    b"growth_factor": float,
+    b"umask": lambda v: int(v, 8),
+    b"auth_enabled_sasl": lambda v: v == b"yes",
+    **{name: _bool_int for name in (b"hash_is_expanding", b"slab_reassign_running",
+                                    b"detail_enabled", b"cas_enabled", b"maxconns_fast",
+                                    b"slab_reassign", b"slab_automove")},
+}
+
+
+def parse_stats(reply: bytes) -> dict[bytes, Any]:
+    """STAT/ITEM/PREFIX lines as {name: value}, names as bytes and values
+    converted as pymemcache's ``stats`` converts them (STAT_TYPES)."""
+    out: dict[bytes, Any] = {}
     for line in reply.split(b"\r\n"):
         if line.startswith((b"STAT ", b"ITEM ", b"PREFIX ")):
             _, name, value = (line.split(b" ", 2) + [b""])[:3]
-            out[name.decode(errors="replace")] = value.decode(errors="replace")
+            try:
+                out[name] = STAT_TYPES.get(name, int)(value)
+            except ValueError:
+                out[name] = value
     return out
 
 

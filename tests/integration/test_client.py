@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mcrouter.client import (Client, Ma, Md, Me, MemcacheClientError, MemcacheConnectionError,
-                             MemcacheError, MemcachePartialError, MemcacheServerDownError,
+                             MemcacheError, MemcacheIllegalInputError, MemcachePartialError, MemcacheServerDownError,
                              MemcacheServerError, MemcacheTimeoutError,
                              MemcacheUnknownCommandError, Mg, Mn, Ms, PickleSerde)
 
@@ -27,7 +27,7 @@ def test_every_call_one_server(memcached):
         assert c.get("b") == b"wyz"
         assert c.append("nope", b"z") is False
         value, cas = c.gets("b")
-        assert value == b"wyz" and isinstance(cas, int)
+        assert value == b"wyz" and isinstance(cas, bytes) and cas.isdigit()   # pymemcache's bytes
         assert c.cas("b", b"new", cas) is True
         assert c.cas("b", b"newer", cas) is False           # changed since
         assert c.cas("nope", b"x", 1) is None               # gone
@@ -44,9 +44,11 @@ def test_every_call_one_server(memcached):
         assert c.get_many(["k1", "k2", "k3"]) == {"k1": b"1", "k2": b"2"}
         assert c.gets_many(["k1"])["k1"][0] == b"1"
         assert c.delete_many(["k1", "k2"]) is True and c.get_many(["k1", "k2"]) == {}
-        assert c.version() == "1.6.18"
-        assert c.stats()["version"] == "1.6.18"
-        assert c.stats("settings")["maxconns"] == "1024"
+        assert c.version() == b"1.6.18"
+        assert c.stats()[b"version"] == b"1.6.18"
+        st = c.stats("settings")                            # converted as pymemcache does
+        assert (st[b"maxconns"], st[b"growth_factor"], st[b"cas_enabled"], st[b"umask"],
+                st[b"evictions"]) == (1024, 1.25, b"yes", 0o700, b"on")
         assert c.set("x", b"1") and c.flush_all() is True and c.get("x") is None
         with pytest.raises(MemcacheServerError) as e:
             c.set("big", b"x" * (2 << 20))
@@ -150,6 +152,26 @@ def test_bulk_over_three_servers_and_one_killed(memcached):
         got = quiet.get_many(KEYS)
         assert set(got) == set(KEYS) - lost
         assert sorted(quiet.set_many({k: b"3" for k in KEYS})) == sorted(lost)
+
+
+def test_one_server_calls_name_their_server_when_there_are_several(memcached):
+    """pymemcache's version()/stats() ask one server; with several, the
+    client refuses to guess which instead of silently asking the first."""
+    servers = three(memcached)
+    addrs = [m.addr for m in servers]
+    with Client(addrs, hash=MD5) as c:
+        for call, every in ((c.version, "versions"), (c.stats, "stats_all")):
+            with pytest.raises(MemcacheIllegalInputError) as e:
+                call()
+            assert str(e.value) == (f"{call.__name__}(): this client has 3 servers; "
+                                    f"name one with server=, or call {every}()")
+        assert c.version(server=addrs[1]) == b"1.6.18"
+        assert c.versions() == {a: b"1.6.18" for a in addrs}
+        assert c.stats(server=addrs[2])[b"pid"] == servers[2].pid
+        assert {a: st[b"pid"] for a, st in c.stats_all().items()} == \
+            {m.addr: m.pid for m in servers}
+        with pytest.raises(MemcacheIllegalInputError):
+            c.cas("k", b"v", "12x")                     # a cas unique is digits only
 
 
 def test_server_killed_mid_bulk(memcached, fake):

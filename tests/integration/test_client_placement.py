@@ -35,7 +35,7 @@ POOLS = {
 
 def items(m) -> int:
     with Client([m.addr]) as c:
-        return int(c.stats()["curr_items"])
+        return c.stats()[b"curr_items"]
 
 
 @pytest.mark.parametrize("name", POOLS)

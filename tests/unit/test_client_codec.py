@@ -141,14 +141,23 @@ def test_meta_replies_typed():
 
 def test_text_replies():
     reply = b"VALUE a 5 3 9\r\nabc\r\nVALUE b 0 0 10\r\n\r\nEND\r\n"
-    assert parse_values(reply, "s") == [(b"a", 5, b"abc", 9), (b"b", 0, b"", 10)]
+    assert parse_values(reply, "s") == [(b"a", 5, b"abc", b"9"), (b"b", 0, b"", b"10")]
+    assert parse_values(b"VALUE a 1 1\r\nx\r\nEND\r\n", "s") == [(b"a", 1, b"x", None)]
     with pytest.raises(MemcacheServerError) as e:
         parse_values(b"VALUE a 0 1\r\nx\r\nSERVER_ERROR out of memory\r\n", "s")
     assert e.value.text == "out of memory"
     assert isinstance(line_error(b"ERROR\r\n", "s"), MemcacheUnknownCommandError)
     assert line_error(b"STORED\r\n", "s") is None
-    assert parse_stats(b"STAT pid 12\r\nSTAT version 1.6.18\r\nEND\r\n") == \
-        {"pid": "12", "version": "1.6.18"}
+    # pymemcache's conversions: int by default, its named types, else the bytes
+    assert parse_stats(b"STAT pid 12\r\nSTAT version 1.6.18\r\nSTAT rusage_user 0.5\r\n"
+                       b"STAT rusage_system 1:25\r\nSTAT umask 700\r\nSTAT cas_enabled yes\r\n"
+                       b"STAT hash_is_expanding 0\r\nSTAT auth_enabled_sasl yes\r\n"
+                       b"STAT evictions on\r\nSTAT empty\r\nSTAT inter 10.0.0.1\r\n"
+                       b"ITEM k [5 b; 0 s]\r\nEND\r\n") == \
+        {b"pid": 12, b"version": b"1.6.18", b"rusage_user": 0.5, b"rusage_system": 1.25,
+         b"umask": 0o700, b"cas_enabled": b"yes", b"hash_is_expanding": False,
+         b"auth_enabled_sasl": True, b"evictions": b"on", b"empty": b"", b"inter": b"10.0.0.1",
+         b"k": b"[5 b; 0 s]"}
 
 
 def test_replies_through_the_ring_decode_per_request(c):
@@ -220,7 +229,7 @@ def test_fast_parse_get_into_matches_parse_values():
     reply = b"VALUE a 5 3 9\r\nabc\r\nVALUE b 0 0 10\r\n\r\nEND\r\n"
     out: dict = {}
     assert parse_get_into(reply, {b"a": "a"}, out, None, True) == -1
-    assert out == {"a": (b"abc", 9), b"b": (b"", 10)}
+    assert out == {"a": (b"abc", b"9"), b"b": (b"", b"10")}
     out = {}
     got = parse_get_into(reply, {}, out, lambda k, d, f: (k, d, f), False)
     assert got == -1 and out == {b"a": (b"a", b"abc", 5), b"b": (b"b", b"", 0)}
@@ -229,8 +238,8 @@ def test_fast_parse_get_into_matches_parse_values():
     assert parse_get_into(err, {}, out, None, False) == 16 and out == {b"a": b"x"}
     assert parse_get_into(b"CLIENT_ERROR bad\r\n", {}, {}, None, False) == 0
     assert parse_one(b"END\r\n") is None
-    assert parse_one(b"VALUE k 7 2 123\r\nhi\r\nEND\r\n") == (7, b"hi", 123)
-    assert parse_one(b"VALUE k 4294967295 2\r\nhi\r\nEND\r\n") == (4294967295, b"hi", 0)
+    assert parse_one(b"VALUE k 7 2 123\r\nhi\r\nEND\r\n") == (7, b"hi", b"123")
+    assert parse_one(b"VALUE k 4294967295 2\r\nhi\r\nEND\r\n") == (4294967295, b"hi", None)
     assert parse_one(b"VALUE k 0 1\r\nx\r\nSERVER_ERROR oom\r\n") == 16
     assert parse_one(b"SERVER_ERROR oom\r\n") == 0
 
