@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.fake_upstream import fake  # noqa: F401 - registered here for every test
-from support.fixtures import _watchdog, memcached, pki, router, tls_memcached  # noqa: F401 - registered here
+from support.fixtures import _watchdog, loop_factory, memcached, pki, router, run, tls_memcached  # noqa: F401 - registered here
 from support.processes import MEMCACHED
 
 

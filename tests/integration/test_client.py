@@ -1,10 +1,10 @@
 """mcrouter.client.Client against real memcached 1.6.18 (and a fake one for
 faults): every call's result, bulk calls over three servers, a server
 killed before and during a bulk call, ejection and return, timeouts whose
-late replies are dropped, a router in front, threads, TLS."""
+late replies are dropped, a router in front, threads.  TLS and mTLS:
+test_client_tls.py."""
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 
@@ -290,21 +290,6 @@ def test_threads_share_a_pool(memcached):
             t.join(60)
         assert errors == []
         assert all(p.count <= 2 for p in c.pools)
-
-
-def test_tls(memcached, tmp_path):
-    from support.certs import make_certs
-    certs = make_certs(tmp_path / "certs")
-    m = memcached("-Z", "-o", f"ssl_chain_cert={certs.server.cert},ssl_key={certs.server.key}")
-    ctx = ssl.create_default_context(cafile=certs.ca_file)
-    with Client([m.addr], tls_context=ctx) as c:
-        assert c.set("k", b"v" * 100_000) and c.get("k") == b"v" * 100_000
-        assert c.get_many(["k", "x"]) == {"k": b"v" * 100_000}
-    other = ssl.create_default_context(cafile=certs.other_ca_file)
-    with Client([m.addr], tls_context=other) as bad:
-        with pytest.raises(MemcacheConnectionError) as e:
-            bad.get("k")
-        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
 
 
 EXAMPLE_OUTPUT = """get: b'hello'

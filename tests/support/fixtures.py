@@ -12,11 +12,15 @@
   router as a real process (``sys.executable -m mcrouter run ...``), waits
   until its port accepts connections and stops it at teardown (SIGTERM,
   then SIGKILL after a timeout).
+* ``loop_factory`` and ``run``: ``run(coro)`` runs a coroutine on a fresh
+  event loop, once on asyncio's own and once on uvloop's (a test taking
+  ``run`` runs twice); AsyncClient promises both.
 * ``_watchdog`` (autouse): every integration test fails (SIGALRM) rather
   than hang the whole run when it runs far longer than it should.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Coroutine, Iterable, Optional
 
 import pytest
 import yaml
@@ -36,6 +40,7 @@ from .processes import (MEMCACHED, REPO, START_TIMEOUT, Memcached, Router, TlsMe
                         free_port, wait_port, wait_until)
 
 TEST_WATCHDOG = 120         # seconds one test may run at most
+RUN_TIMEOUT = 60            # seconds one ``run(coro)`` may take at most
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +60,37 @@ def _watchdog(request: pytest.FixtureRequest):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A new event loop of each kind: asyncio's selector loop, then uvloop's
+    (whose transports, SSL and timers are its own code, not asyncio's)."""
+    if request.param == "asyncio":
+        return asyncio.SelectorEventLoop    # named: not whatever a policy would give
+    try:
+        import uvloop
+    except ImportError:
+        pytest.fail("uvloop is not installed; it is in the test extra: pip install -e '.[test]'")
+    return uvloop.new_event_loop
+
+
+@pytest.fixture
+def run(loop_factory: Callable[[], asyncio.AbstractEventLoop]
+        ) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """``run(coro)``: ``coro`` to its end on a fresh loop from ``loop_factory``
+    (at most RUN_TIMEOUT seconds); checks the loop is the kind asked for."""
+    sample = loop_factory()
+    kind = type(sample)
+    sample.close()
+
+    def run_(coro: Coroutine[Any, Any, Any]) -> Any:
+        async def main() -> Any:
+            assert type(asyncio.get_running_loop()) is kind
+            return await asyncio.wait_for(coro, RUN_TIMEOUT)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
+    return run_
 
 
 def _start_memcached(started: list[Memcached], listen: Callable[[int], list[str]],
