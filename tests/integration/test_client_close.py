@@ -8,9 +8,6 @@ import asyncio
 import os
 import threading
 
-import pytest
-import uvloop
-
 from mcrouter.client import AsyncClient, Client
 
 MD5 = {"function": "md5"}
@@ -65,8 +62,7 @@ def test_blocking_close_closes_every_pooled_socket(memcached):
     assert server_sockets(servers) == 0
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_async_close_closes_every_transport(memcached, loop):
+def test_async_close_closes_every_transport(memcached, run):
     servers = [memcached(), memcached(), memcached()]
 
     async def main() -> None:
@@ -81,6 +77,4 @@ def test_async_close_closes_every_transport(memcached, loop):
         await c.close()
         assert server_sockets(servers) == 0
 
-    factory = uvloop.new_event_loop if loop == "uvloop" else None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(asyncio.wait_for(main(), 60))
+    run(main())
