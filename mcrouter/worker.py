@@ -351,6 +351,8 @@ class Worker:
             if loop.now >= next_tick:
                 next_tick = loop.now + 0.01
                 self.tick()
+            elif self.stopping_at:
+                self.check_drained(loop.now)    # a client's last close ends the wait at once
         return EXIT_OK
 
     def sync_hosts(self) -> None:
@@ -415,6 +417,8 @@ class Worker:
         self.listeners = []
         for c in list(self.clients):
             c.drain()
+        self.check_drained(monotonic())     # now, not at the next tick: the loop's next
+                                            # wait may be a whole idle timeout away
 
     def close(self) -> None:
         for c in list(self.clients):
