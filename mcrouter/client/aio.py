@@ -18,7 +18,8 @@ from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client.blocking import MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
-from mcrouter.client.errors import (MemcacheError,
+from mcrouter.client.codec import PROTOCOL_ERROR
+from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheServerDownError, MemcacheTimeoutError)
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
 from mcrouter.client.placement import Placement, Server
@@ -81,7 +82,7 @@ class AsyncConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ring.feed(data) < 0:
-            self.close(f"protocol error: reply {self.ring.fault_bytes!r} answers no request")
+            self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone(f"connection lost: {exc}" if exc else "connection closed by the server")
@@ -154,6 +155,13 @@ class AsyncServer:
             pending = self.connecting[i] = asyncio.ensure_future(self._connect(i))
         try:
             return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # the connect was cancelled under us (close()), not this caller's task
+            task = asyncio.current_task()
+            if pending.cancelled() and task is not None and not task.cancelling():
+                raise MemcacheConnectionError("connect abandoned: the client was closed",
+                                              server=self.name) from None
+            raise
         finally:
             if pending.done() and self.connecting[i] is pending:
                 self.connecting[i] = None
