@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar, cast
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client.blocking import MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
+from mcrouter.client.blocking import INTERRUPTED, MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
 from mcrouter.client.codec import PROTOCOL_ERROR
 from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheServerDownError, MemcacheTimeoutError)
@@ -81,7 +81,12 @@ class AsyncConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.ring.feed(data) < 0:
+        try:
+            fed = self.ring.feed(data)
+        except BaseException:           # raised in a reply's callback (see blocking.INTERRUPTED)
+            self.close(INTERRUPTED)
+            raise
+        if fed < 0:
             self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -99,6 +104,9 @@ class AsyncConnection(asyncio.Protocol):
         waiter.left += 1
         if self.closed:
             req.finish(lost(self.why), 2)
+        elif self.transport is not None and self.transport.get_write_buffer_size() > MAX_OUT:
+            # a server that does not read: the transport would buffer without bound
+            req.finish(lost(f"more than {MAX_OUT} bytes queued and not taken by the server"), 2)
         elif not self.ring.push(req, 0.0):
             req.finish(lost(f"more than {MAX_INFLIGHT} requests or {MAX_OUT} bytes queued"), 2)
         elif not self.scheduled:

@@ -35,6 +35,9 @@ MAX_OUT = 256 << 20             # bytes queued on one connection and not yet wri
 MAX_REPLY = 64 << 20            # a reply larger than this (per key) is dropped with an error
 READS_PER_WAKE = 16             # reads before polling again: a server sending faster than we
                                 # read cannot hold a call past its deadline
+# why a connection is dropped when an exception (KeyboardInterrupt, a signal
+# handler's) cuts through its Ring: where its byte stream stands is unknown
+INTERRUPTED = "interrupted mid-read or mid-write: the connection is out of step"
 _POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _POLL_OUT = select.POLLOUT | select.POLLERR | select.POLLHUP
 
@@ -116,6 +119,9 @@ class Connection(Owner):
         except OSError as e:
             self.close(f"write failed: {e}")
             return 0
+        except BaseException:           # KeyboardInterrupt, a signal handler's error: bytes
+            self.close(INTERRUPTED)     # may have gone that the Ring would send again
+            raise
 
     def in_step(self) -> bool:
         """Before reuse: a connection owed no reply has nothing to read.  Bytes
@@ -143,7 +149,12 @@ class Connection(Owner):
             if n == 0:
                 self.close("connection closed by the server")
                 return
-            if self.ring.feed(self.buf, n) < 0:
+            try:
+                fed = self.ring.feed(self.buf, n)
+            except BaseException:       # raised in a reply's callback: the bytes after it
+                self.close(INTERRUPTED)   # are lost, the next reply would go to the wrong request
+                raise
+            if fed < 0:
                 self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
                 return
             reads += 1

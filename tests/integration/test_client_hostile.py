@@ -187,6 +187,87 @@ def test_a_busy_pool_does_not_count_against_the_server(memcached):
         assert c.health.fails == [0] and c.health.up == bytearray(b"\x01")
 
 
+def test_an_exception_mid_read_drops_the_connection_not_the_next_reply(memcached, monkeypatch):
+    """Bug: an exception raised while the Ring handed out replies (a
+    KeyboardInterrupt, a signal handler's error, landing in a reply's
+    callback) left the rest of that read unmatched: the pipelined second
+    reply was lost, and the next call's reply was taken by the interrupted
+    call's second request (the next call timed out; with compatible calls
+    in flight, a call would get another's reply)."""
+    m = memcached()
+    with Client([m.addr], max_pool_size=1, timeout=0.5, tko=100) as c:
+        assert c.set_many({"a": b"A", "b": b"B", "c": b"C"}) == []
+        fired = []
+
+        def on_reply(self, req):
+            if not fired:
+                fired.append(req)
+                raise KeyboardInterrupt
+        monkeypatch.setattr(blocking.Connection, "on_reply", on_reply)
+        with pytest.raises(KeyboardInterrupt):
+            c.meta_many([Mg("a"), Mg("b")])
+        monkeypatch.undo()
+        assert c.meta(Mg("c")).value == b"C"
+        assert c.get("a") == b"A"
+
+
+def test_an_exception_mid_write_drops_the_connection_not_resends(memcached, monkeypatch):
+    """Bug: an exception raised after the socket took a request's bytes but
+    before the Ring heard so left them queued: the next call sent them again,
+    and the duplicate's reply answered the next call (an ``add`` of an
+    existing key said True: the repeated set's STORED)."""
+    m = memcached()
+    with Client([m.addr], max_pool_size=1, timeout=0.5, tko=100) as c:
+        assert c.get("a") is None                   # connected
+        real = blocking._Sender.send
+        fired = []
+
+        def send(self, data):
+            n = real(self, data)
+            if not fired:
+                fired.append(n)
+                raise KeyboardInterrupt
+            return n
+        monkeypatch.setattr(blocking._Sender, "send", send)
+        with pytest.raises(KeyboardInterrupt):
+            c.set("a", b"1")
+        assert c.add("a", b"2") is False            # memcached's NOT_STORED: a exists
+        assert c.get("a") == b"1"
+
+
+def test_async_writes_to_a_server_that_does_not_read_are_bounded(monkeypatch):
+    """Bug: AsyncClient handed every request to its transport at once, so
+    the Ring's bound on unwritten bytes (MAX_OUT) never applied: calls to a
+    server that accepts and never reads piled up in the transport's buffer
+    without limit (each call timing out, its bytes staying)."""
+    from mcrouter.client import aio
+    monkeypatch.setattr(aio, "MAX_OUT", 4 << 20)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)                                    # connections complete; nothing is read
+    addr = "127.0.0.1:%d" % ls.getsockname()[1]
+    value = b"x" * (1 << 20)
+
+    async def main() -> None:
+        async with AsyncClient([addr], timeout=0.02, tko=10**6) as c:
+            refused: list[MemcacheError] = []
+            for i in range(64):
+                try:
+                    await c.set(f"k{i}", value)
+                except MemcacheTimeoutError:
+                    pass
+                except MemcacheConnectionError as e:
+                    refused.append(e)
+            buffered = c.servers[0].conns[0].transport.get_write_buffer_size()
+            assert buffered <= (5 << 20)
+            assert refused and str(refused[0]) == \
+                f"{addr}: more than {4 << 20} bytes queued and not taken by the server"
+    try:
+        run(main())
+    finally:
+        ls.close()
+
+
 # -- deadlines ---------------------------------------------------------------------------
 
 class _Endless(socket.socket):
@@ -328,6 +409,17 @@ def test_empty_meta_key_with_a_prefix_is_refused(memcached):
             assert str(e.value).startswith("key of 0 bytes")
     with Client([m.addr]) as raw:
         assert raw.get("app:") == b"not yours"
+
+
+def test_stats_arguments_are_one_plain_word(memcached):
+    """Bug: a bytes argument raised AttributeError, and a NUL passed (memcached
+    ends the line there: ``stats \\x00items`` was plain ``stats``)."""
+    m = memcached()
+    with Client([m.addr]) as c:
+        for bad in (b"items", "\x00items", "a\tb", "it\u00e9ms", ""):
+            with pytest.raises(MemcacheIllegalInputError):
+                c.stats(bad)                        # type: ignore[arg-type]
+        assert c.stats("settings")[b"maxconns"] == 1024
 
 
 def test_a_key_that_cannot_be_encoded_is_illegal_input(memcached):
