@@ -41,12 +41,17 @@ _BAD_KEY_BYTES = bytes(range(33)) + b"\x7f"
 
 def text_bytes(key: str | bytes) -> bytes:
     """A key's bytes: a str as UTF-8 (one with a lone surrogate has none)."""
-    if not isinstance(key, str):
+    if isinstance(key, bytes):
         return key
-    try:
-        return key.encode()
-    except UnicodeEncodeError:
-        raise MemcacheIllegalInputError(f"key {key!r} is not UTF-8 text: give bytes") from None
+    if isinstance(key, str):
+        try:
+            return key.encode()
+        except UnicodeEncodeError:
+            raise MemcacheIllegalInputError(f"key {key!r} is not UTF-8 text: give bytes") \
+                from None
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise MemcacheIllegalInputError(f"key of type {type(key).__name__}: give str or bytes")
 
 
 def plain(token: bytes) -> bool:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import uvloop
 
 from mcrouter.client import (AsyncClient, Client, Ma, Md, Me, MemcacheClientError,
                              MemcacheConnectionError, MemcacheError, MemcacheIllegalInputError,
@@ -361,7 +362,8 @@ def test_a_malformed_meta_reply_is_a_protocol_error(fake, request_, reply, what)
         assert c.meta(Mg("k")) == MetaResult("EN")       # the connection is in step
 
 
-def test_async_close_during_connect_is_a_connection_error(fake):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_async_close_during_connect_is_a_connection_error(fake, loop):
     """Bug: close() while a call was connecting (a TLS handshake the server
     never answers) cancelled the shared connect, and the call, whose own task
     was not cancelled, got CancelledError instead of a MemcacheError."""
@@ -389,7 +391,10 @@ def test_async_close_during_connect_is_a_connection_error(fake):
         with pytest.raises(asyncio.CancelledError):
             await call2
         await c.close()
-    run(main())
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(main(), 60))
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -423,8 +428,9 @@ def test_stats_arguments_are_one_plain_word(memcached):
 
 
 def test_a_key_that_cannot_be_encoded_is_illegal_input(memcached):
-    """Bug: a str key with a lone surrogate raised UnicodeEncodeError, not a
-    MemcacheError (single and bulk calls, meta)."""
+    """Bug: a str key with a lone surrogate raised UnicodeEncodeError, and a
+    key of another type TypeError, not a MemcacheError (single and bulk
+    calls, meta)."""
     m = memcached()
     with Client([m.addr]) as c:
         for call in (lambda: c.get("a\ud800"), lambda: c.get_many(["ok", "a\ud800"]),
@@ -433,6 +439,12 @@ def test_a_key_that_cannot_be_encoded_is_illegal_input(memcached):
             with pytest.raises(MemcacheIllegalInputError) as e:
                 call()
             assert str(e.value) == "key 'a\\ud800' is not UTF-8 text: give bytes"
+        for key in (1, None, 2.5):                  # TypeError before: can't concat int to bytes
+            for call in (c.get, lambda k: c.get_many([k]), lambda k: c.set(k, b"v"),
+                         lambda k: c.meta(Mg(k)), lambda k: c.meta(Mg(k, base64=True))):
+                with pytest.raises(MemcacheIllegalInputError) as e:
+                    call(key)
+                assert str(e.value) == f"key of type {type(key).__name__}: give str or bytes"
 
 
 # -- bounds (not fixed here: the Ring's rule, see the test) ---------------------------------
