@@ -12,6 +12,8 @@ them and dropped.  No reply can ever be given to a later request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any, Iterable, Mapping, Sequence, TypeVar, cast
 
 from mcrouter._parser import Owner, Request
@@ -127,8 +129,22 @@ class AsyncConnection(asyncio.Protocol):
 
     def close(self, why: str = "closed by the client") -> None:
         self._gone(why)
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if not self.loop.is_closed():
             self.transport.abort()
+        else:                           # its loop is over (asyncio.run returned): no abort
+            with contextlib.suppress(OSError, AttributeError):
+                self.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+    def usable(self) -> bool:
+        """Open, on a loop still running (a client may outlive one asyncio.run)."""
+        if self.closed:
+            return False
+        if self.loop.is_closed():
+            self.close("its event loop was closed")
+            return False
+        return True
 
 
 class AsyncServer:
@@ -148,16 +164,18 @@ class AsyncServer:
         i = self.turn
         self.turn = (i + 1) % len(self.conns)
         conn = self.conns[i]
-        if conn is not None and not conn.closed:
+        if conn is not None and conn.usable():
             return conn
         return None
 
     async def get(self) -> AsyncConnection:
         i = (self.turn - 1) % len(self.conns)
         conn = self.conns[i]
-        if conn is not None and not conn.closed:
+        if conn is not None and conn.usable():
             return conn
         pending = self.connecting[i]
+        if pending is not None and pending.get_loop().is_closed():
+            pending = self.connecting[i] = None
         if pending is None:
             self.reconnect.check()
             pending = self.connecting[i] = asyncio.ensure_future(self._connect(i))

@@ -397,6 +397,26 @@ def test_async_close_during_connect_is_a_connection_error(fake, loop):
         runner.run(asyncio.wait_for(main(), 60))
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_async_client_outlives_its_event_loop(memcached, loop):
+    """Bug: an AsyncClient used again after its event loop ended (a second
+    asyncio.run) kept its connection bound to the closed loop: every call,
+    and close() itself, raised RuntimeError("Event loop is closed")."""
+    m = memcached()
+    c = AsyncClient([m.addr])
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+
+    def once(coro):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(asyncio.wait_for(coro, 30))
+    assert once(c.set("a", b"1")) is True
+    assert once(c.get("a")) == b"1"
+    assert once(c.get_many(["a", "b"])) == {"a": b"1"}
+    once(c.close())
+    assert once(c.get("a")) == b"1"
+    once(c.close())
+
+
 # -- arguments ---------------------------------------------------------------------------
 
 def test_empty_meta_key_with_a_prefix_is_refused(memcached):
