@@ -25,7 +25,7 @@ from mcrouter.client._fast import group_keys, parse_get_into, parse_one
 from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, RawSerde, Serde, check_int,
                                    serde_of,
                                    error_of, get_request, key_bytes, line_error, line_request,
-                                   parse_stats, reply_of, stats_request, store_request)
+                                   parse_stats, plain, reply_of, stats_request, store_request)
 from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheIllegalInputError, MemcachePartialError, MemcacheServerDownError,
                                     MemcacheTimeoutError)
@@ -448,8 +448,9 @@ class Commands:
     def plan_stats(self, args: tuple[str, ...],
                    server: str | None) -> Plan[dict[str, dict[bytes, Any]]]:
         for a in args:
-            if not a or any(c.isspace() for c in a):
-                raise MemcacheIllegalInputError(f"stats argument {a!r}: one word")
+            if not isinstance(a, str) or not a or not a.isascii() or not plain(a.encode()):
+                raise MemcacheIllegalInputError(f"stats argument {a!r}: one word (ASCII, "
+                                                "no space or control byte)")
         return self._each(lambda: stats_request(args), server,
                           lambda r, s: parse_stats(reply_of(r)))
 

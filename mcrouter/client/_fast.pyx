@@ -43,7 +43,11 @@ def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes)
         if type(key) is bytes:
             raw = <bytes>key
         elif isinstance(key, str):
-            raw = (<str>key).encode()
+            try:
+                raw = (<str>key).encode()
+            except UnicodeEncodeError:
+                key_bytes(key, prefix)              # raises MemcacheIllegalInputError
+                raise
         else:
             raw = key_bytes(key, prefix)            # the codec's own error or conversion
             if not plain:

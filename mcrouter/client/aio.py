@@ -12,13 +12,16 @@ them and dropped.  No reply can ever be given to a later request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any, Iterable, Mapping, Sequence, TypeVar, cast
 
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client.blocking import MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
-from mcrouter.client.errors import (MemcacheError,
+from mcrouter.client.blocking import INTERRUPTED, MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
+from mcrouter.client.codec import PROTOCOL_ERROR
+from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheServerDownError, MemcacheTimeoutError)
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
 from mcrouter.client.placement import Placement, Server
@@ -80,8 +83,13 @@ class AsyncConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.ring.feed(data) < 0:
-            self.close(f"protocol error: reply {self.ring.fault_bytes!r} answers no request")
+        try:
+            fed = self.ring.feed(data)
+        except BaseException:           # raised in a reply's callback (see blocking.INTERRUPTED)
+            self.close(INTERRUPTED)
+            raise
+        if fed < 0:
+            self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone(f"connection lost: {exc}" if exc else "connection closed by the server")
@@ -98,6 +106,9 @@ class AsyncConnection(asyncio.Protocol):
         waiter.left += 1
         if self.closed:
             req.finish(lost(self.why), 2)
+        elif self.transport is not None and self.transport.get_write_buffer_size() > MAX_OUT:
+            # a server that does not read: the transport would buffer without bound
+            req.finish(lost(f"more than {MAX_OUT} bytes queued and not taken by the server"), 2)
         elif not self.ring.push(req, 0.0):
             req.finish(lost(f"more than {MAX_INFLIGHT} requests or {MAX_OUT} bytes queued"), 2)
         elif not self.scheduled:
@@ -118,8 +129,22 @@ class AsyncConnection(asyncio.Protocol):
 
     def close(self, why: str = "closed by the client") -> None:
         self._gone(why)
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if not self.loop.is_closed():
             self.transport.abort()
+        else:                           # its loop is over (asyncio.run returned): no abort
+            with contextlib.suppress(OSError, AttributeError):
+                self.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+    def usable(self) -> bool:
+        """Open, on a loop still running (a client may outlive one asyncio.run)."""
+        if self.closed:
+            return False
+        if self.loop.is_closed():
+            self.close("its event loop was closed")
+            return False
+        return True
 
 
 class AsyncServer:
@@ -139,21 +164,30 @@ class AsyncServer:
         i = self.turn
         self.turn = (i + 1) % len(self.conns)
         conn = self.conns[i]
-        if conn is not None and not conn.closed:
+        if conn is not None and conn.usable():
             return conn
         return None
 
     async def get(self) -> AsyncConnection:
         i = (self.turn - 1) % len(self.conns)
         conn = self.conns[i]
-        if conn is not None and not conn.closed:
+        if conn is not None and conn.usable():
             return conn
         pending = self.connecting[i]
+        if pending is not None and pending.get_loop().is_closed():
+            pending = self.connecting[i] = None
         if pending is None:
             self.reconnect.check()
             pending = self.connecting[i] = asyncio.ensure_future(self._connect(i))
         try:
             return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # the connect was cancelled under us (close()), not this caller's task
+            task = asyncio.current_task()
+            if pending.cancelled() and task is not None and not task.cancelling():
+                raise MemcacheConnectionError("connect abandoned: the client was closed",
+                                              server=self.name) from None
+            raise
         finally:
             if pending.done() and self.connecting[i] is pending:
                 self.connecting[i] = None

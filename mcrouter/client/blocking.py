@@ -21,10 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client.codec import LOST_PREFIX
-from mcrouter.client.errors import (MemcacheError,
-                                    MemcacheServerDownError,
-                                    MemcacheTimeoutError)
+from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR
+from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
 from mcrouter.client.placement import Placement, Server
 from mcrouter.config import HostAddr
@@ -35,6 +33,11 @@ RECV_SIZE = 256 * 1024
 MAX_INFLIGHT = 1 << 20          # requests queued on one connection
 MAX_OUT = 256 << 20             # bytes queued on one connection and not yet written
 MAX_REPLY = 64 << 20            # a reply larger than this (per key) is dropped with an error
+READS_PER_WAKE = 16             # reads before polling again: a server sending faster than we
+                                # read cannot hold a call past its deadline
+# why a connection is dropped when an exception (KeyboardInterrupt, a signal
+# handler's) cuts through its Ring: where its byte stream stands is unknown
+INTERRUPTED = "interrupted mid-read or mid-write: the connection is out of step"
 _POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _POLL_OUT = select.POLLOUT | select.POLLERR | select.POLLHUP
 
@@ -116,9 +119,24 @@ class Connection(Owner):
         except OSError as e:
             self.close(f"write failed: {e}")
             return 0
+        except BaseException:           # KeyboardInterrupt, a signal handler's error: bytes
+            self.close(INTERRUPTED)     # may have gone that the Ring would send again
+            raise
+
+    def in_step(self) -> bool:
+        """Before reuse: a connection owed no reply has nothing to read.  Bytes
+        there answer nothing (a stale extra reply: a protocol error, not the
+        next call's reply) and EOF means the server closed it while idle."""
+        if self.ring.inflight == 0:
+            for _, ev in self.poller.poll(0):
+                if ev & ~select.POLLOUT:
+                    self.read()
+        return not self.closed
 
     def read(self) -> None:
-        """Read what has arrived and match it; closes on EOF or garbage."""
+        """Read what has arrived (READS_PER_WAKE reads at most) and match it;
+        closes on EOF or garbage."""
+        reads = 0
         while True:
             try:
                 n = self.sock.recv_into(self.buf)
@@ -131,10 +149,18 @@ class Connection(Owner):
             if n == 0:
                 self.close("connection closed by the server")
                 return
-            if self.ring.feed(self.buf, n) < 0:
-                self.close(f"protocol error: reply {self.ring.fault_bytes!r} answers no request")
+            try:
+                fed = self.ring.feed(self.buf, n)
+            except BaseException:       # raised in a reply's callback: the bytes after it
+                self.close(INTERRUPTED)   # are lost, the next reply would go to the wrong request
+                raise
+            if fed < 0:
+                self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
                 return
-            if n < RECV_SIZE and not (self.tls and self.sock.pending()):  # type: ignore[attr-defined]
+            reads += 1
+            if self.tls and self.sock.pending():  # type: ignore[attr-defined]
+                continue        # decrypted bytes poll cannot see (the rest of one record)
+            if n < RECV_SIZE or reads >= READS_PER_WAKE:
                 return
 
     def close(self, why: str = "closed by the client") -> None:
@@ -150,9 +176,10 @@ class Connection(Owner):
 class ServerPool:
     """The connections of one server: idle ones, and how many exist (at most ``size``)."""
 
-    def __init__(self, client: "Client", addr: HostAddr, size: int) -> None:
+    def __init__(self, client: "Client", addr: HostAddr, size: int, slot: int) -> None:
         self.client = client
         self.addr = addr
+        self.slot = slot
         self.name = str(addr)
         self.size = size
         self.idle: list[Connection] = []
@@ -162,16 +189,22 @@ class ServerPool:
         self.gen = 0                # close() moves it on: older connections close on release
 
     def acquire(self, deadline: float) -> Connection:
-        with self.cond:
-            while True:
-                if self.idle:
-                    return self.idle.pop()
-                if self.count < self.size:
+        """An idle connection still in step with its server, else a new one;
+        MemcacheTimeoutError if all ``size`` stay busy until ``deadline`` (the
+        client's own congestion: not a failure of the server)."""
+        while True:
+            with self.cond:
+                while not self.idle and self.count >= self.size:
+                    if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                        raise MemcacheTimeoutError(f"all {self.size} connections busy",
+                                                   server=self.name)
+                if not self.idle:
                     self.count += 1
                     break
-                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise MemcacheTimeoutError(f"all {self.size} connections busy",
-                                               server=self.name)
+                conn = self.idle.pop()
+            if conn.in_step():
+                return conn
+            self.release(conn)          # closed: its place is free
         try:
             return self.connect(deadline)
         except BaseException:
@@ -192,9 +225,13 @@ class ServerPool:
 
     def connect(self, deadline: float) -> Connection:
         """A new connection (TLS if the client has a context), with backoff
-        between failed attempts (Reconnect)."""
+        between failed attempts (Reconnect); a failure counts against the server."""
         c = self.client
-        self.reconnect.check()
+        try:
+            self.reconnect.check()
+        except MemcacheError:
+            c._failed(self.slot)
+            raise
         timeout = max(0.001, min(c.connect_timeout, deadline - time.monotonic()))
         sock: socket.socket | None = None
         try:
@@ -207,7 +244,9 @@ class ServerPool:
         except OSError as e:            # ssl.SSLError and socket.timeout are OSErrors
             if sock is not None:
                 sock.close()
-            raise self.reconnect.failed(e) from None
+            err = self.reconnect.failed(e)
+            c._failed(self.slot)
+            raise err from None
         self.reconnect.connected()
         conn = Connection(self.name, sock, c.timeout)
         conn.gen = self.gen
@@ -234,7 +273,8 @@ class Client(Commands):
                  **options: Any) -> None:
         super().__init__(servers, **options)
         placement = self.placement
-        self.pools = [ServerPool(self, a, max(1, max_pool_size)) for a in placement.servers]
+        self.pools = [ServerPool(self, a, max(1, max_pool_size), i)
+                      for i, a in enumerate(placement.servers)]
 
     @classmethod
     def from_config(cls, path: str, pool: str, **options: Any) -> "Client":
@@ -253,9 +293,7 @@ class Client(Commands):
         try:
             self.check_up(slot)
             conn = self.pools[slot].acquire(deadline)
-        except MemcacheError as e:
-            if not isinstance(e, MemcacheServerDownError):
-                self._failed(slot)
+        except MemcacheError as e:      # a failed connect was counted (ServerPool.connect)
             return plan.done([e])
         try:
             conn.push(req)
@@ -273,21 +311,20 @@ class Client(Commands):
         refused: dict[int, MemcacheError] = {}
         health = self.health
         try:
+            # connections taken in slot order, as every call takes them: no two
+            # threads can each hold one the other waits for
+            for slot in sorted({slot for slot, _ in reqs}):
+                try:
+                    self.check_up(slot)
+                    conns[slot] = self.pools[slot].acquire(deadline)
+                except MemcacheError as e:  # a failed connect was counted (ServerPool.connect)
+                    refused[slot] = e
             for i, (slot, req) in enumerate(reqs):
                 conn = conns.get(slot)
                 if conn is None:
-                    if slot in refused:
-                        errors[i] = refused[slot]
-                        continue
-                    try:
-                        self.check_up(slot)
-                        conn = conns[slot] = self.pools[slot].acquire(deadline)
-                    except MemcacheError as e:
-                        refused[slot] = errors[i] = e
-                        if not isinstance(e, MemcacheServerDownError):
-                            self._failed(slot)
-                        continue
-                conn.push(req)
+                    errors[i] = refused[slot]
+                else:
+                    conn.push(req)
             if conns:
                 self._wait(conns, reqs, deadline)
             for i, (slot, req) in enumerate(reqs):

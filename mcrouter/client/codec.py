@@ -20,7 +20,8 @@ from typing import Any, Callable, Protocol, cast
 from mcrouter._parser import Request
 from mcrouter.client.errors import (MemcacheClientError, MemcacheConnectionError,
                                     MemcacheError, MemcacheIllegalInputError,
-                                    MemcacheServerError, MemcacheUnknownCommandError)
+                                    MemcacheProtocolError, MemcacheServerError,
+                                    MemcacheUnknownCommandError)
 from mcrouter.protocol import (CMD_ADD, CMD_APPEND, CMD_CAS, CMD_GAT, CMD_GATS, CMD_GET, CMD_GETS, CMD_PREPEND, CMD_REPLACE, CMD_SET, CMD_STATS, REPLY_TOO_LARGE, RK_GET, RK_LINE, RK_QUIET,
                                RK_STATS, ST_ERROR)
 
@@ -31,22 +32,44 @@ MAX_FLAGS = 2**32 - 1
 MAX_U64 = 2**64 - 1
 # a reply of ours, never of a server: what a request lost with its connection is answered
 LOST_PREFIX = b"\x00lost "
+PROTOCOL_ERROR = "protocol error: "     # what a connection dropped for garbage says it lost
 
 STORE_CMDS = {"set": CMD_SET, "add": CMD_ADD, "replace": CMD_REPLACE, "append": CMD_APPEND,
               "prepend": CMD_PREPEND, "cas": CMD_CAS}
 _BAD_KEY_BYTES = bytes(range(33)) + b"\x7f"
 
 
+def text_bytes(key: str | bytes) -> bytes:
+    """A key's bytes: a str as UTF-8 (one with a lone surrogate has none)."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        try:
+            return key.encode()
+        except UnicodeEncodeError:
+            raise MemcacheIllegalInputError(f"key {key!r} is not UTF-8 text: give bytes") \
+                from None
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise MemcacheIllegalInputError(f"key of type {type(key).__name__}: give str or bytes")
+
+
+def plain(token: bytes) -> bool:
+    """No space or control byte: what memcached reads as one token of a line
+    (a NUL ends its line there; a CR or LF starts another command)."""
+    return len(token.translate(None, _BAD_KEY_BYTES)) == len(token)
+
+
 def key_bytes(key: str | bytes, prefix: bytes = b"") -> bytes:
     """The key as sent (prefix included), or MemcacheIllegalInputError when
     the text protocol cannot carry it: empty (before the prefix), over 250 bytes, or with a
     space or control byte (memcached would read the rest as another command)."""
-    raw = key.encode() if isinstance(key, str) else key
+    raw = text_bytes(key)
     k = prefix + raw
     if not raw or len(k) > KEY_MAX:
         raise MemcacheIllegalInputError(f"key of {len(k)} bytes: a key has 1 to {KEY_MAX} "
                                         f"bytes: {k[:60]!r}")
-    if len(k.translate(None, _BAD_KEY_BYTES)) != len(k):
+    if not plain(k):
         raise MemcacheIllegalInputError(f"key {k[:60]!r} has a space or control byte; "
                                         "use the meta API with base64=True for binary keys")
     return k
@@ -117,8 +140,10 @@ def error_of(req: Request, server: str) -> MemcacheError | None:
     reply = reply_of(req)
     if req.status == ST_ERROR:
         if reply.startswith(LOST_PREFIX):
-            return MemcacheConnectionError(reply[len(LOST_PREFIX):].decode(errors="replace"),
-                                           server=server)
+            why = reply[len(LOST_PREFIX):].decode(errors="replace")
+            kind = MemcacheProtocolError if why.startswith(PROTOCOL_ERROR) else \
+                MemcacheConnectionError
+            return kind(why, server=server)
         if reply == REPLY_TOO_LARGE:
             return MemcacheServerError("reply larger than the client's max_reply",
                                        server=server)

@@ -53,7 +53,9 @@ class MemcacheUnknownCommandError(MemcacheClientError):
 
 
 class MemcacheProtocolError(MemcacheConnectionError):
-    """The server sent bytes that answer no request: the connection is dropped."""
+    """The server sent bytes that answer no request (the connection is
+    dropped), or a meta reply framed as one but unreadable (a flag that is no
+    letter, a number that is none: its connection is still in step)."""
 
 
 class MemcachePartialError(MemcacheError):

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from mcrouter._parser import Request
-from mcrouter.client.codec import KEY_MAX, MAX_EXPTIME, MAX_FLAGS, MAX_U64, MN, check_int, \
-    key_bytes, line_error, reply_of, request
-from mcrouter.client.errors import MemcacheIllegalInputError
+from mcrouter.client.codec import KEY_MAX, MAX_EXPTIME, MAX_FLAGS, MAX_U64, MN, \
+    check_int, key_bytes, line_error, plain, reply_of, request, text_bytes
+from mcrouter.client.errors import MemcacheIllegalInputError, MemcacheProtocolError
 from mcrouter.protocol import CMD_MA, CMD_MD, CMD_ME, CMD_MG, CMD_MN, CMD_MS, RK_META, RK_QUIET
 
 OPAQUE_MAX = 31             # memcached: 32 bytes with the O
+# memcached 1.6.18 refuses an ms with more flag tokens ("options flags too
+# long") before it knows to swallow the data block, and runs the data as a command
+MS_FLAGS_MAX = 16
 MS_MODES = {"set": b"S", "add": b"E", "replace": b"R", "append": b"A", "prepend": b"P"}
 MA_MODES = {"incr": b"I", "decr": b"D"}
 _CODES = ("HD", "VA", "EN", "NF", "NS", "EX", "MN", "ME")
@@ -131,7 +134,10 @@ class MetaDebug:
 
 def wire_key(key: str | bytes, prefix: bytes, base64: bool) -> tuple[bytes, bytes]:
     """(the key as placed: prefix and raw bytes, the key as sent)."""
-    raw = prefix + (key.encode() if isinstance(key, str) else key)
+    key = text_bytes(key)
+    if not key:         # the prefix alone would be a key no text call can name
+        raise MemcacheIllegalInputError(f"key of 0 bytes: a key has 1 to {KEY_MAX} bytes")
+    raw = prefix + key
     if not base64:
         return key_bytes(raw), raw
     sent = b64.b64encode(raw)
@@ -151,15 +157,19 @@ class Flags:
             self.tokens.append(b"b")
         if opaque is not None:
             token = opaque.encode() if isinstance(opaque, str) else opaque
-            if not 0 < len(token) <= OPAQUE_MAX or b" " in token or b"\r" in token \
-                    or b"\n" in token:
+            if not 0 < len(token) <= OPAQUE_MAX or not plain(token):
                 raise MemcacheIllegalInputError(f"opaque {opaque!r}: 1 to {OPAQUE_MAX} bytes, "
-                                                "no space or line break")
+                                                "no space or control byte")
             self.tokens.append(b"O" + token)
         for t in extra:
             token = t.encode() if isinstance(t, str) else t
-            if not token or b" " in token or b"\r" in token or b"\n" in token:
-                raise MemcacheIllegalInputError(f"meta flag token {t!r}: one token, no space")
+            # a control byte: memcached reads the line as a C string (a NUL ends it)
+            if not token or not plain(token):
+                raise MemcacheIllegalInputError(f"meta flag token {t!r}: one token, no space "
+                                                "or control byte")
+            if token.startswith(b"q"):      # unframed, a suppressed reply shifts every later one
+                raise MemcacheIllegalInputError("meta flag q in extra: use quiet=True "
+                                                "(q is sent with an mn)")
             self.tokens.append(token)
         self.quiet = quiet
 
@@ -171,8 +181,13 @@ class Flags:
         if value is not None:
             self.tokens.append(letter + b"%d" % check_int(value, what, top, low))
 
-    def line(self, head: bytes) -> bytes:
-        return b" ".join([head, *self.tokens, *([b"q"] if self.quiet else [])]) + b"\r\n"
+    def line(self, head: bytes, most: int = 0) -> bytes:
+        """The request line; more than ``most`` flag tokens (if given) are refused."""
+        tokens = [*self.tokens, *([b"q"] if self.quiet else [])]
+        if most and len(tokens) > most:
+            raise MemcacheIllegalInputError(f"meta request with {len(tokens)} flag tokens: "
+                                            f"memcached takes at most {most}")
+        return b" ".join([head, *tokens]) + b"\r\n"
 
 
 def _finish(cmd: int, key: bytes, line: bytes, quiet: bool, data: bytes | None = None) -> Request:
@@ -282,8 +297,8 @@ class Ms(MetaRequest):
         f.bare(self.return_key, b"k")
         f.bare(self.return_size, b"s")
         f.number(self.vivify, b"N", "vivify TTL", MAX_EXPTIME, -1)
-        return placed, _finish(CMD_MS, sent, f.line(b"ms %s %d" % (sent, len(self.value))),
-                               f.quiet, self.value)
+        line = f.line(b"ms %s %d" % (sent, len(self.value)), MS_FLAGS_MAX)
+        return placed, _finish(CMD_MS, sent, line, f.quiet, self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,13 +389,22 @@ class Mn(MetaRequest):
     key: str | bytes = ""
 
     def build(self, prefix: bytes) -> tuple[bytes, Request]:
-        placed = prefix + (self.key.encode() if isinstance(self.key, str) else self.key)
+        placed = prefix + text_bytes(self.key)
         return (placed if self.key else b""), request(CMD_MN, RK_META, b"", b"mn\r\n")
+
+
+NUMBER_FLAGS = b"cftslh"       # returned flags whose token is a number (MetaResult's ints)
+
+
+def malformed(reply: bytes, what: str, server: str) -> MemcacheProtocolError:
+    """A reply framed as one but unreadable (a flag that is no letter, a
+    number that is none): an error now rather than later from a property."""
+    return MemcacheProtocolError(f"malformed reply {reply[:60]!r}: {what}", server=server)
 
 
 def parse_meta(cmd: int, reply: bytes, quiet: bool, server: str) -> MetaResult:
     """A complete meta reply (checked by scan_reply) as a MetaResult; an
-    error line raises."""
+    error line raises, and so does a flag MetaResult could not read."""
     if quiet and not reply:
         return MetaResult("EN" if cmd == CMD_MG else "HD", quiet=True)
     err = line_error(reply, server)
@@ -394,10 +418,28 @@ def parse_meta(cmd: int, reply: bytes, quiet: bool, server: str) -> MetaResult:
         n = int(toks[1])
         value = reply[le + 2:le + 2 + n]
         toks = toks[2:]
+        if cmd == CMD_MA and not (value.isdigit() and len(value) <= 20):
+            raise malformed(reply, f"value {value!r}", server)
     else:
         toks = toks[1:]
-    return MetaResult(code, value, {t[:1].decode(): t[1:].decode(errors="replace")
-                                    for t in toks if t})
+    flags: dict[str, str] = {}
+    for t in toks:
+        if not t:
+            continue
+        letter, token = t[:1], t[1:]
+        if not letter.isalpha():
+            raise malformed(reply, f"flag {t!r}", server)
+        text = token.decode(errors="replace")
+        if letter in NUMBER_FLAGS and not (token.removeprefix(b"-").isdigit()
+                                           and len(token) <= 21):
+            raise malformed(reply, f"flag {letter.decode()} {text!r}", server)
+        flags[letter.decode()] = text
+    if "k" in flags and "b" in flags:
+        try:
+            b64.b64decode(flags["k"], validate=True)
+        except ValueError:
+            raise malformed(reply, f"flag k {flags['k']!r}", server) from None
+    return MetaResult(code, value, flags)
 
 
 def parse_me(reply: bytes, server: str) -> MetaDebug | None:
@@ -407,8 +449,12 @@ def parse_me(reply: bytes, server: str) -> MetaDebug | None:
     if reply.startswith(b"EN"):
         return None
     toks = reply[:reply.find(b"\r\n")].split(b" ")
+    if len(toks) < 2 or not toks[1]:
+        raise malformed(reply, "no key", server)
     fields = {}
     for t in toks[2:]:
         name, _, value = t.partition(b"=")
+        if not name.isascii():
+            raise malformed(reply, f"field {name!r}", server)
         fields[name.decode()] = value.decode(errors="replace")
     return MetaDebug(toks[1], fields)
