@@ -93,6 +93,7 @@ cdef extern from *:
 
 DEF KEY_MAX = 250
 DEF LINE_LIMIT = 2048
+DEF REPLY_LINE_MAX = 65536   # no reply line is longer: more without \r\n is garbage
 DEF BINARY_MAGIC = 0x80      # first byte of every binary-protocol request
 
 cdef bytes MN_SUFFIX = b"mn\r\n"
@@ -926,6 +927,16 @@ cdef inline Py_ssize_t line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize
     return nl + 1
 
 
+cdef inline Py_ssize_t reply_line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n):
+    """line_end for a reply: -2 (garbage) once REPLY_LINE_MAX bytes came
+    without an end, so a server's endless line is refused at 64 KiB rather
+    than held up to the reply bound times the keys asked."""
+    cdef Py_ssize_t le = line_end(p, pos, n)
+    if le == -1 and n - pos > REPLY_LINE_MAX:
+        return -2
+    return le
+
+
 cdef inline bint starts(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, const char *w, Py_ssize_t wl):
     return le - pos >= wl and memcmp(p + pos, w, wl) == 0
 
@@ -1176,7 +1187,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
     cdef bint hit = False
     cdef int rkind = req.rkind, cmd = req.cmd
     if rkind == RK_LINE:
-        le = line_end(p, 0, n)
+        le = reply_line_end(p, 0, n)
         if le < 0:
             return le
         if not line_fits(p, 0, le, cmd):
@@ -1184,7 +1195,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
         status[0] = line_status(p, 0, le)
         return le
     if rkind == RK_META:
-        le = line_end(p, 0, n)
+        le = reply_line_end(p, 0, n)
         if le < 0:
             return le
         if not meta_fits(p, 0, le, cmd):
@@ -1197,7 +1208,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
         cursor = req.cursor         # past the keys of parts already delivered
         hit = cursor > 0
         while True:
-            le = line_end(p, pos, n)
+            le = reply_line_end(p, pos, n)
             if le < 0:
                 return le
             if starts(p, pos, le, "VALUE ", 6):
@@ -1216,7 +1227,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             return -2
     if rkind == RK_STATS:
         while True:
-            le = line_end(p, pos, n)
+            le = reply_line_end(p, pos, n)
             if le < 0:
                 return le
             if starts(p, pos, le, "STAT ", 5) or starts(p, pos, le, "ITEM ", 5) \
@@ -1236,7 +1247,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
         # at most one reply (what memcached did not suppress), then the MN
         # the router appended
         status[0] = ST_OK
-        le = line_end(p, 0, n)
+        le = reply_line_end(p, 0, n)
         if le < 0:
             return le
         if line_is(p, 0, le, "MN\r\n", 4):
@@ -1249,7 +1260,7 @@ cdef Py_ssize_t scan_reply(const unsigned char *p, Py_ssize_t n, Request req, in
             pos = block_end(p, le, n, field_number(p, 0, le, 1))
             if pos < 0:
                 return pos
-        le = line_end(p, pos, n)
+        le = reply_line_end(p, pos, n)
         if le < 0:
             return le
         if line_is(p, pos, le, "MN\r\n", 4):
@@ -1299,7 +1310,7 @@ cdef Py_ssize_t skip_reply(const unsigned char *p, Py_ssize_t n, Request req,
             return pos
         le = line_end(p, pos, n)
         if le == -1:
-            return -2 if n - pos > 65536 else pos
+            return -2 if n - pos > REPLY_LINE_MAX else pos
         if le < 0:
             return -2
         if rkind == RK_GET:

@@ -147,6 +147,28 @@ def test_garbage_reply_fails_in_flight_and_recovers(fake, router, garbage):
     assert f.accepted >= 2, "the router did not reconnect"
 
 
+def test_an_endless_reply_line_is_garbage_at_64_kib_not_held_per_key(fake, router):
+    """A reply line never longer than a few hundred bytes: 3 MB without a
+    CRLF to a 100-key get was held (up to the reply bound times the keys
+    asked, 100 MB here) until the request timed out; it is garbage once
+    64 KiB came without an end, so the request fails at once as an error."""
+    f = fake()
+    f.set(b"k", b"V")
+    r = router(pool_config([f], "DefaultRoute"), conns=1, timeout_ms=20000)
+    good = b"VALUE k 0 1\r\nV\r\nEND\r\n"
+    keys = b" ".join(b"k%d" % i for i in range(100))
+    with r.client() as c:
+        assert c.request(b"get k\r\n", good) == good
+        f.behave("garbage", count=1, garbage=b"VALUE k0 0 1\r\nV\r\nVALUE " + b"x" * (3 << 20))
+        # the complete value already went out (streamed); the error ends the reply
+        want = b"VALUE k0 0 1\r\nV\r\n" + ERROR
+        start = time.monotonic()
+        assert c.request(b"get " + keys + b"\r\n", want, timeout=10) == want
+        assert time.monotonic() - start < 10        # not the 20 s upstream timeout
+        assert c.recv_idle(0.3) == b""
+    wait_serving(r.port, b"get k\r\n", good, (ERROR, NO_HEALTHY))
+
+
 def test_torn_reply_fails_in_flight_and_recovers(fake, router):
     f = fake()
     f.set(b"k", b"V")

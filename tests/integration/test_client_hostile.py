@@ -509,16 +509,14 @@ class _Flood:
         self.thread.join(10)
 
 
-@pytest.mark.xfail(strict=True, reason="the Ring holds an unfinished get reply up to "
-                   "max_reply x keys asked before it looks at it: needs a line bound in "
-                   "_parser.scan_reply (as skip_reply has), outside mcrouter/client")
 def test_an_endless_line_in_a_multiget_reply_is_refused_early(monkeypatch):
-    """Not fixed: a get of many keys answered by a line that never ends is held
-    until max_reply (64 MB) times the keys asked (64 GB for a 1000-key chunk)
-    before the Ring calls it garbage; the blocking call times out holding all
-    that arrived, and AsyncClient keeps reading after the call is over.  A
-    reply line (VALUE, END, an error) is a few hundred bytes: past 64 KB
-    without a CRLF it answers nothing (the rule skip_reply already applies)."""
+    """A get of many keys answered by a line that never ends was held until
+    max_reply (64 MB) times the keys asked (64 GB for a 1000-key chunk)
+    before the Ring called it garbage; the blocking call timed out holding
+    all that arrived, and AsyncClient kept reading after the call was over.
+    A reply line (VALUE, END, an error) is a few hundred bytes: past 64 KiB
+    without a CRLF it answers nothing (_parser.reply_line_end), for the
+    router's upstreams as for the client."""
     monkeypatch.setattr(blocking, "MAX_REPLY", 1 << 20)    # 1 MB per key: 100 MB for 100 keys
     flood = _Flood(b"VALUE k0 0 5\r\nhello\r\nV", 40 << 20)
     try:
