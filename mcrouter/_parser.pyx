@@ -1118,6 +1118,27 @@ cdef inline Py_ssize_t number_after_space(const unsigned char *p, Py_ssize_t i, 
     return i
 
 
+cdef inline Py_ssize_t uint_after_space(const unsigned char *p, Py_ssize_t i, Py_ssize_t e,
+                                        unsigned long long top):
+    """p[i] is a space followed by a decimal number from 0 to ``top`` (and
+    then a space or ``e``): the index past it, else -1."""
+    cdef Py_ssize_t s
+    cdef unsigned long long v = 0, d
+    if i >= e or p[i] != b' ':
+        return -1
+    i += 1
+    s = i
+    while i < e and p[i] >= b'0' and p[i] <= b'9':
+        d = p[i] - 48
+        if v > (top - d) // 10:
+            return -1                       # past top (and never wraps)
+        v = v * 10 + d
+        i += 1
+    if i == s or (i < e and p[i] != b' '):
+        return -1
+    return i
+
+
 cdef bint key_asked(Request req, const unsigned char *k, Py_ssize_t kl, Py_ssize_t *cursor):
     """``k`` is a key ``req`` asked for, at or after ``*cursor`` (memcached
     answers hits in the order of the keys asked); moves the cursor past it."""
@@ -1145,19 +1166,19 @@ cdef long value_line(const unsigned char *p, Py_ssize_t pos, Py_ssize_t le, Requ
     line cannot answer ``req``: a key it did not ask (or out of order), a
     cas unique missing on gets/gats or present on get/gat, a bad number."""
     cdef Py_ssize_t e = le - 2, i = pos + 6, ks = pos + 6
-    cdef long size = -1, ignored = 0
+    cdef long size = -1
     while i < e and p[i] != b' ':
         i += 1
     if i == ks or not key_asked(req, p + ks, i - ks, cursor):
         return -1
-    i = number_after_space(p, i, e, 10, &ignored)          # flags: a uint32
+    i = uint_after_space(p, i, e, 0xffffffff)              # flags: a uint32
     if i < 0:
         return -1
     i = number_after_space(p, i, e, 10, &size)
     if i < 0 or size < 0:
         return -1
     if req.cmd == CMD_GETS or req.cmd == CMD_GATS:
-        i = number_after_space(p, i, e, 20, &ignored)      # cas unique: a uint64
+        i = uint_after_space(p, i, e, 0xffffffffffffffff)  # cas unique: a uint64
         if i < 0:
             return -1
     return size if i == e else -1

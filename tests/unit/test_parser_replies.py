@@ -25,6 +25,16 @@ CASES = [
     (b"get k\r\n", b"VALUE k 0 x\r\nabc\r\nEND\r\n", GARBAGE, ST_OK),
     (b"get k\r\n", b"CLIENT_ERROR bad command line format\r\n", 38, ST_FAIL),
     (b"get k\r\n", b"STORED\r\n", GARBAGE, ST_OK),
+    # flags are a uint32, a cas unique a uint64: memcached never sends more
+    (b"get k\r\n", b"VALUE k 4294967296 0\r\n\r\nEND\r\n", GARBAGE, ST_OK),
+    (b"get k\r\n", b"VALUE k 9999999999 0\r\n\r\nEND\r\n", GARBAGE, ST_OK),
+    (b"gets k\r\n", b"VALUE k 0 0 18446744073709551616\r\n\r\nEND\r\n", GARBAGE, ST_OK),
+    (b"gets k\r\n", b"VALUE k 0 0 99999999999999999999\r\n\r\nEND\r\n", GARBAGE, ST_OK),
+    (b"gets k\r\n", b"VALUE k 0 0 0\r\n\r\nEND\r\n", 22, ST_OK),
+    # no reply line is longer than 64 KiB: an endless one is garbage, not held
+    (b"get k\r\n", b"VALUE k 0 1\r\nx\r\nVALUE " + b"k" * 70000, GARBAGE, ST_OK),
+    (b"stats\r\n", b"STAT " + b"x" * 70000, GARBAGE, ST_OK),
+    (b"get k\r\n", b"VALUE " + b"k" * 60000, INCOMPLETE, ST_OK),
     (b"set k 0 0 1\r\nx\r\n", b"STORED\r\n", 8, ST_OK),
     (b"add k 0 0 1\r\nx\r\n", b"NOT_STORED\r\n", 12, ST_FAIL),
     (b"cas k 0 0 1 5\r\nx\r\n", b"EXISTS\r\n", 8, ST_FAIL),
