@@ -9,7 +9,7 @@ Clients that cannot be imported are listed and skipped: peers belong in the
 bench's own environment, never in the package's dependencies (see
 bench/README.md).  Every loop is bounded by ``--duration`` and ``--max-ops``.
 
-    python3 bench/client.py [--duration 2] [--only mcrouter] [--json out.json]
+    python3 bench/client.py [--duration 2] [--rounds 3] [--only mcrouter] [--json out.json]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -123,7 +124,10 @@ def bench_mcrouter(ports: list[int], a: argparse.Namespace) -> dict[str, float]:
     from mcrouter.client import AsyncClient, Client
 
     def make(ps: list[int]) -> Any:
-        return Client([f"127.0.0.1:{p}" for p in ps])
+        # md5 ketama, as pylibmc's ketama: the 100 keys spread 34/34/32 over the
+        # three servers (the default fnv1a_64 puts 90 of these keys on one)
+        return Client([f"127.0.0.1:{p}" for p in ps],
+                      hash={"function": "md5", "distribution": "ketama"})
     out = blocking_figures(make, lambda c: c.get_many(KEYS), ports, a, "mcrouter")
 
     holder: dict[str, Any] = {}
@@ -248,6 +252,9 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated clients (default: all importable)")
     p.add_argument("--memcached", default=shutil.which("memcached") or "memcached")
     p.add_argument("--json", default="", help="also write the figures here")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every client this many times, in alternating order, "
+                        "and report each figure's median (1)")
     a = p.parse_args()
     names = [n for n in (a.only.split(",") if a.only else CLIENTS) if n]
     for n in names:
@@ -262,26 +269,31 @@ def main() -> int:
         print(f"not importable, skipped: {', '.join(missing)} (install them in a venv: "
               "see bench/README.md)", file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
-    results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {}
     try:
         ports = []
         for _ in range(3):
             proc, port = start_memcached(a.memcached)
             procs.append(proc)
             ports.append(port)
-        for n in names:
-            if n in missing:
-                continue
-            try:
-                results[n] = CLIENTS[n][1](ports, a)
-            except Exception as e:  # noqa: BLE001 -- one peer failing must not lose the others' figures
-                print(f"{n}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-            print(f"{n:<11}" + "".join(f"{results.get(n, {}).get(c, 0):>14,.0f}"
-                                         for c in COLUMNS), file=sys.stderr)
+        present = [n for n in names if n not in missing]
+        for r in range(max(1, a.rounds)):
+            # alternate the order, so no client is always measured first or last
+            for n in (present if r % 2 == 0 else present[::-1]):
+                try:
+                    got = CLIENTS[n][1](ports, a)
+                except Exception as e:  # noqa: BLE001 -- one peer failing must not lose the others' figures
+                    print(f"{n}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    continue
+                rounds.setdefault(n, []).append(got)
+                print(f"{n:<11}" + "".join(f"{got.get(c, 0):>14,.0f}" for c in COLUMNS),
+                      file=sys.stderr)
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
+    results = {n: {c: statistics.median(g[c] for g in got) for c in COLUMNS if c in got[0]}
+               for n, got in rounds.items()}
     print(f"{'client':<11}" + "".join(f"{c:>14}" for c in COLUMNS))
     for n, r in results.items():
         print(f"{n:<11}" + "".join(f"{r[c]:>14,.0f}" if c in r else f"{'-':>14}"

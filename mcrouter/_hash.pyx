@@ -36,6 +36,16 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport floorf, log
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
+cdef extern from *:
+    """
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define MCR_LITTLE_ENDIAN 1
+    #else
+    #define MCR_LITTLE_ENDIAN 0
+    #endif
+    """
+    const bint LITTLE_ENDIAN "MCR_LITTLE_ENDIAN"
+
 cdef extern from "string.h":
     void *memmem(const void *haystack, size_t hl, const void *needle, size_t nl)
 
@@ -78,44 +88,107 @@ _init_tables()
 
 
 # MD5 (RFC 1321), for the ketama points and the md5 key hash.
-cdef uint32_t MD5_K[64]
-cdef int MD5_S[64]
-_md5_s = (7, 12, 17, 22) * 4 + (5, 9, 14, 20) * 4 + (4, 11, 16, 23) * 4 + (6, 10, 15, 21) * 4
-for _i in range(64):
-    MD5_S[_i] = _md5_s[_i]
-    # floor(abs(sin(i + 1)) * 2**32), as the RFC defines the table
-    MD5_K[_i] = int(abs(__import__("math").sin(_i + 1)) * 4294967296.0) & 0xFFFFFFFFU
-
-
 cdef inline uint32_t rotl(uint32_t x, int c) nogil:
     return (x << c) | (x >> (32 - c))
 
 
+cdef inline uint32_t step_f(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t x,
+                            int s, uint32_t k) noexcept nogil:
+    return rotl(a + ((b & c) | (~b & d)) + x + k, s) + b
+
+
+cdef inline uint32_t step_g(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t x,
+                            int s, uint32_t k) noexcept nogil:
+    return rotl(a + ((d & b) | (~d & c)) + x + k, s) + b
+
+
+cdef inline uint32_t step_h(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t x,
+                            int s, uint32_t k) noexcept nogil:
+    return rotl(a + (b ^ c ^ d) + x + k, s) + b
+
+
+cdef inline uint32_t step_i(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t x,
+                            int s, uint32_t k) noexcept nogil:
+    return rotl(a + (c ^ (b | ~d)) + x + k, s) + b
+
+
 cdef void md5_block(uint32_t *st, const uint8_t *blk) noexcept nogil:
+    """One 64-byte block, its 64 steps written out (the RFC's order, message
+    word and shift per step; constants floor(abs(sin(i + 1)) * 2**32)): a
+    loop choosing them per step cost about 2,000 instructions a block, 3x this."""
     cdef uint32_t m[16]
-    cdef uint32_t a = st[0], b = st[1], c = st[2], d = st[3], f, t
-    cdef int i, g
-    for i in range(16):
-        m[i] = (<uint32_t>blk[4 * i] | (<uint32_t>blk[4 * i + 1] << 8)
-                | (<uint32_t>blk[4 * i + 2] << 16) | (<uint32_t>blk[4 * i + 3] << 24))
-    for i in range(64):
-        if i < 16:
-            f = (b & c) | (~b & d)
-            g = i
-        elif i < 32:
-            f = (d & b) | (~d & c)
-            g = (5 * i + 1) & 15
-        elif i < 48:
-            f = b ^ c ^ d
-            g = (3 * i + 5) & 15
-        else:
-            f = c ^ (b | ~d)
-            g = (7 * i) & 15
-        t = d
-        d = c
-        c = b
-        b = b + rotl(a + f + MD5_K[i] + m[g], MD5_S[i])
-        a = t
+    cdef uint32_t a = st[0], b = st[1], c = st[2], d = st[3]
+    cdef int i
+    if LITTLE_ENDIAN:
+        memcpy(m, blk, 64)          # the words are little-endian: as they lie
+    else:
+        for i in range(16):
+            m[i] = (<uint32_t>blk[4 * i] | (<uint32_t>blk[4 * i + 1] << 8)
+                    | (<uint32_t>blk[4 * i + 2] << 16) | (<uint32_t>blk[4 * i + 3] << 24))
+    a = step_f(a, b, c, d, m[0], 7, 0xd76aa478U)
+    d = step_f(d, a, b, c, m[1], 12, 0xe8c7b756U)
+    c = step_f(c, d, a, b, m[2], 17, 0x242070dbU)
+    b = step_f(b, c, d, a, m[3], 22, 0xc1bdceeeU)
+    a = step_f(a, b, c, d, m[4], 7, 0xf57c0fafU)
+    d = step_f(d, a, b, c, m[5], 12, 0x4787c62aU)
+    c = step_f(c, d, a, b, m[6], 17, 0xa8304613U)
+    b = step_f(b, c, d, a, m[7], 22, 0xfd469501U)
+    a = step_f(a, b, c, d, m[8], 7, 0x698098d8U)
+    d = step_f(d, a, b, c, m[9], 12, 0x8b44f7afU)
+    c = step_f(c, d, a, b, m[10], 17, 0xffff5bb1U)
+    b = step_f(b, c, d, a, m[11], 22, 0x895cd7beU)
+    a = step_f(a, b, c, d, m[12], 7, 0x6b901122U)
+    d = step_f(d, a, b, c, m[13], 12, 0xfd987193U)
+    c = step_f(c, d, a, b, m[14], 17, 0xa679438eU)
+    b = step_f(b, c, d, a, m[15], 22, 0x49b40821U)
+    a = step_g(a, b, c, d, m[1], 5, 0xf61e2562U)
+    d = step_g(d, a, b, c, m[6], 9, 0xc040b340U)
+    c = step_g(c, d, a, b, m[11], 14, 0x265e5a51U)
+    b = step_g(b, c, d, a, m[0], 20, 0xe9b6c7aaU)
+    a = step_g(a, b, c, d, m[5], 5, 0xd62f105dU)
+    d = step_g(d, a, b, c, m[10], 9, 0x02441453U)
+    c = step_g(c, d, a, b, m[15], 14, 0xd8a1e681U)
+    b = step_g(b, c, d, a, m[4], 20, 0xe7d3fbc8U)
+    a = step_g(a, b, c, d, m[9], 5, 0x21e1cde6U)
+    d = step_g(d, a, b, c, m[14], 9, 0xc33707d6U)
+    c = step_g(c, d, a, b, m[3], 14, 0xf4d50d87U)
+    b = step_g(b, c, d, a, m[8], 20, 0x455a14edU)
+    a = step_g(a, b, c, d, m[13], 5, 0xa9e3e905U)
+    d = step_g(d, a, b, c, m[2], 9, 0xfcefa3f8U)
+    c = step_g(c, d, a, b, m[7], 14, 0x676f02d9U)
+    b = step_g(b, c, d, a, m[12], 20, 0x8d2a4c8aU)
+    a = step_h(a, b, c, d, m[5], 4, 0xfffa3942U)
+    d = step_h(d, a, b, c, m[8], 11, 0x8771f681U)
+    c = step_h(c, d, a, b, m[11], 16, 0x6d9d6122U)
+    b = step_h(b, c, d, a, m[14], 23, 0xfde5380cU)
+    a = step_h(a, b, c, d, m[1], 4, 0xa4beea44U)
+    d = step_h(d, a, b, c, m[4], 11, 0x4bdecfa9U)
+    c = step_h(c, d, a, b, m[7], 16, 0xf6bb4b60U)
+    b = step_h(b, c, d, a, m[10], 23, 0xbebfbc70U)
+    a = step_h(a, b, c, d, m[13], 4, 0x289b7ec6U)
+    d = step_h(d, a, b, c, m[0], 11, 0xeaa127faU)
+    c = step_h(c, d, a, b, m[3], 16, 0xd4ef3085U)
+    b = step_h(b, c, d, a, m[6], 23, 0x04881d05U)
+    a = step_h(a, b, c, d, m[9], 4, 0xd9d4d039U)
+    d = step_h(d, a, b, c, m[12], 11, 0xe6db99e5U)
+    c = step_h(c, d, a, b, m[15], 16, 0x1fa27cf8U)
+    b = step_h(b, c, d, a, m[2], 23, 0xc4ac5665U)
+    a = step_i(a, b, c, d, m[0], 6, 0xf4292244U)
+    d = step_i(d, a, b, c, m[7], 10, 0x432aff97U)
+    c = step_i(c, d, a, b, m[14], 15, 0xab9423a7U)
+    b = step_i(b, c, d, a, m[5], 21, 0xfc93a039U)
+    a = step_i(a, b, c, d, m[12], 6, 0x655b59c3U)
+    d = step_i(d, a, b, c, m[3], 10, 0x8f0ccc92U)
+    c = step_i(c, d, a, b, m[10], 15, 0xffeff47dU)
+    b = step_i(b, c, d, a, m[1], 21, 0x85845dd1U)
+    a = step_i(a, b, c, d, m[8], 6, 0x6fa87e4fU)
+    d = step_i(d, a, b, c, m[15], 10, 0xfe2ce6e0U)
+    c = step_i(c, d, a, b, m[6], 15, 0xa3014314U)
+    b = step_i(b, c, d, a, m[13], 21, 0x4e0811a1U)
+    a = step_i(a, b, c, d, m[4], 6, 0xf7537e82U)
+    d = step_i(d, a, b, c, m[11], 10, 0xbd3af235U)
+    c = step_i(c, d, a, b, m[2], 15, 0x2ad7d2bbU)
+    b = step_i(b, c, d, a, m[9], 21, 0xeb86d391U)
     st[0] += a
     st[1] += b
     st[2] += c

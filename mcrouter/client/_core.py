@@ -297,7 +297,7 @@ class Commands:
                 if b:
                     continue
                 reply = reply_of(req)
-                at = parse_get_into(reply, given, out, self.deserialize, with_cas)
+                at = parse_get_into(reply, given, out, self.deserialize, with_cas, req.keys)
                 if at >= 0:
                     e = line_error(reply, self.names[slot], at)
                     if e is not None:           # an error line after some values

@@ -9,11 +9,25 @@ and fall back to them for anything unusual (a bad key, to raise its error).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
 from cpython.list cimport PyList_Append
+from libc.errno cimport errno, EINTR
+from libc.stdlib cimport malloc, free
 from libc.string cimport memchr, memcmp
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLPRI
+        POLLOUT
 
 from mcrouter._hash cimport Hasher
 
 DEF KEY_MAX = 250
+DEF POLL_STACK = 16                 # descriptors polled without an allocation
 
 
 cdef inline bint good_key(bytes k, Py_ssize_t raw_len):
@@ -112,14 +126,19 @@ cdef inline object cas_token(const char *p, Py_ssize_t vs, Py_ssize_t le):
     return p[vs:e] if e > vs else None
 
 
-def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas):
+def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas,
+                   list asked=None):
     """Every VALUE of a get-family reply (checked by the Ring's scan_reply)
     into ``out`` as {given key: value} (``(value, cas)`` with ``with_cas``, the
     cas as the bytes sent, as pymemcache gives it);
-    ``deserialize(key, data, flags)`` unless None (raw bytes).  Returns -1
-    if the reply ends with END, else the offset of what ends it (an error line)."""
+    ``deserialize(key, data, flags)`` unless None (raw bytes).  ``asked``, the
+    keys as sent, lets each VALUE's key be found by walking them in order
+    (memcached answers hits in the order asked) instead of a new bytes
+    object hashed per key.  Returns -1 if the reply ends with END, else the
+    offset of what ends it (an error line)."""
     cdef const char *p = PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, le, ks, ke, vs
+    cdef Py_ssize_t j = 0, nasked = len(asked) if asked is not None else 0
     cdef unsigned long long flags, size
     cdef bytes k, data
     cdef object key, value
@@ -137,7 +156,14 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
             return pos
         if le + 2 + <Py_ssize_t>size > n:
             return pos
-        k = p[ks:ke]
+        while j < nasked:
+            k = <bytes>asked[j]
+            j += 1
+            if PyBytes_GET_SIZE(k) == ke - ks and memcmp(PyBytes_AS_STRING(k), p + ks,
+                                                         ke - ks) == 0:
+                break
+        else:
+            k = p[ks:ke]
         data = p[le + 2:le + 2 + <Py_ssize_t>size]
         found = PyDict_GetItem(given, k)
         key = <object>found if found != NULL else k
@@ -173,3 +199,34 @@ def parse_one(bytes reply):
             memcmp(p + le + 4 + size, b"END\r\n", 5) != 0:
         return le + 4 + <Py_ssize_t>size
     return (flags, p[le + 2:le + 2 + <Py_ssize_t>size], cas_token(p, vs, le))
+
+
+def poll_fds(list fds, list want_out, int timeout_ms):
+    """One poll(2) over the descriptors of a call's connections: their
+    revents, in order (all 0 if a signal interrupted it, so the caller looks
+    again).  ``want_out[i]`` adds POLLOUT for a connection with bytes still
+    to write.  One system call for every server of a bulk call, where a
+    select.poll object per call, or one poll per connection, cost more."""
+    cdef Py_ssize_t n = len(fds), i
+    cdef pollfd stack[POLL_STACK]
+    cdef pollfd *p = stack
+    cdef int r
+    if n > POLL_STACK:
+        p = <pollfd *>malloc(n * sizeof(pollfd))
+        if p == NULL:
+            raise MemoryError()
+    try:
+        for i in range(n):
+            p[i].fd = fds[i]
+            p[i].events = POLLIN | POLLPRI
+            if want_out[i]:
+                p[i].events |= POLLOUT
+            p[i].revents = 0
+        with nogil:
+            r = poll(p, n, timeout_ms)
+        if r < 0 and errno != EINTR:
+            raise OSError(errno, "poll failed")
+        return [p[i].revents if r > 0 else 0 for i in range(n)]
+    finally:
+        if p != stack:
+            free(p)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
+from mcrouter.client._fast import poll_fds
 from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR
 from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -184,16 +185,19 @@ class ServerPool:
         self.size = size
         self.idle: list[Connection] = []
         self.count = 0
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()    # taken directly on the fast path: a C context manager
+        self.cond = threading.Condition(self.lock)
         self.reconnect = Reconnect(self.name, client.backoff_initial, client.retry_interval)
         self.gen = 0                # close() moves it on: older connections close on release
 
-    def acquire(self, deadline: float) -> Connection:
+    def acquire(self, deadline: float, check: bool = True) -> Connection:
         """An idle connection still in step with its server, else a new one;
         MemcacheTimeoutError if all ``size`` stay busy until ``deadline`` (the
-        client's own congestion: not a failure of the server)."""
+        client's own congestion: not a failure of the server).  ``check``
+        False leaves Connection.in_step to the caller (a bulk call checks all
+        its connections with one poll)."""
         while True:
-            with self.cond:
+            with self.lock:
                 while not self.idle and self.count >= self.size:
                     if not self.cond.wait(max(0.0, deadline - time.monotonic())):
                         raise MemcacheTimeoutError(f"all {self.size} connections busy",
@@ -202,19 +206,19 @@ class ServerPool:
                     self.count += 1
                     break
                 conn = self.idle.pop()
-            if conn.in_step():
+            if not check or conn.in_step():
                 return conn
             self.release(conn)          # closed: its place is free
         try:
             return self.connect(deadline)
         except BaseException:
-            with self.cond:
+            with self.lock:
                 self.count -= 1
                 self.cond.notify()
             raise
 
     def release(self, conn: Connection) -> None:
-        with self.cond:
+        with self.lock:
             if conn.gen != self.gen:
                 conn.close()
             if conn.closed:
@@ -253,7 +257,7 @@ class ServerPool:
         return conn
 
     def close(self) -> None:
-        with self.cond:
+        with self.lock:
             self.gen += 1
             for conn in self.idle:
                 conn.close()
@@ -316,24 +320,26 @@ class Client(Commands):
             for slot in sorted({slot for slot, _ in reqs}):
                 try:
                     self.check_up(slot)
-                    conns[slot] = self.pools[slot].acquire(deadline)
+                    conns[slot] = self.pools[slot].acquire(deadline, check=False)
                 except MemcacheError as e:  # a failed connect was counted (ServerPool.connect)
                     refused[slot] = e
+            self._in_step(conns, refused, deadline)
+            last: dict[int, Request] = {}  # each connection's last request of this call
             for i, (slot, req) in enumerate(reqs):
                 conn = conns.get(slot)
                 if conn is None:
                     errors[i] = refused[slot]
                 else:
                     conn.push(req)
+                    last[slot] = req
             if conns:
-                self._wait(conns, reqs, deadline)
+                self._wait(conns, last, deadline)
             for i, (slot, req) in enumerate(reqs):
                 if errors[i] is None and req.reply is None:
                     errors[i] = MemcacheTimeoutError(f"no reply within {self.timeout}s",
                                                      server=self.names[slot])
             for slot, conn in conns.items():
-                last = [r for s, r in reqs if s == slot][-1]
-                if conn.closed or last.reply is None:
+                if conn.closed or last[slot].reply is None:
                     self._failed(slot)
                 else:
                     health.succeeded(slot)
@@ -346,45 +352,51 @@ class Client(Commands):
         if self.health.failed(slot):
             self.pools[slot].close()        # ejected: start afresh when it is tried again
 
-    def _wait(self, conns: dict[int, Connection], reqs: list[tuple[int, Request]],
+    def _in_step(self, conns: dict[int, Connection], refused: dict[int, MemcacheError],
+                 deadline: float) -> None:
+        """Connection.in_step for every connection of a bulk call in one poll:
+        one found out of step (stray bytes, or closed while idle) is replaced
+        by a connection checked the usual way."""
+        items = list(conns.items())
+        revents = poll_fds([c.fd for _, c in items], [False] * len(items), 0)
+        for (slot, conn), ev in zip(items, revents):
+            if ev and conn.ring.inflight == 0:
+                conn.read()
+                if conn.closed:
+                    pool = self.pools[slot]
+                    pool.release(conn)
+                    del conns[slot]
+                    try:
+                        conns[slot] = pool.acquire(deadline)
+                    except MemcacheError as e:
+                        refused[slot] = e
+
+    def _wait(self, conns: dict[int, Connection], last: dict[int, Request],
               deadline: float) -> None:
         """Write to every server, then read and write until each connection's
-        last request of this call is answered (replies come in order)."""
-        last = {slot: req for slot, req in reqs if slot in conns}
-        todo: dict[int, Connection] = {}
-        for slot, conn in conns.items():
-            conn.flush()
-            todo[conn.fd] = conn
-        by_fd = {conn.fd: (slot, conn) for slot, conn in conns.items()}
-        poller = select.poll()
-        registered: dict[int, int] = {}
-        while todo:
-            for fd in [fd for fd, c in todo.items() if c.closed or last[by_fd[fd][0]].reply
-                       is not None]:
-                del todo[fd]
-                if fd in registered:
-                    poller.unregister(fd)
-                    del registered[fd]
+        last request of this call is answered (replies come in order), all
+        the connections watched by one poll (_fast.poll_fds)."""
+        todo = [(conn, last[slot]) for slot, conn in conns.items()]
+        unsent = [conn.flush() > 0 for conn, _ in todo]
+        while True:
+            if any(conn.closed or req.reply is not None for conn, req in todo):
+                keep = [i for i, (conn, req) in enumerate(todo)
+                        if not conn.closed and req.reply is None]
+                todo = [todo[i] for i in keep]
+                unsent = [unsent[i] for i in keep]
             if not todo:
                 return
-            for fd, conn in todo.items():
-                mask = _POLL_IN | (_POLL_OUT if conn.ring.pending else 0)
-                if registered.get(fd) != mask:
-                    poller.register(fd, mask)
-                    registered[fd] = mask
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            try:
-                events = poller.poll(left * 1000.0)
-            except InterruptedError:
-                continue
-            for fd, ev in events:
-                conn = todo[fd]
-                if ev & select.POLLOUT:
-                    conn.flush()
-                if ev & ~select.POLLOUT:
-                    conn.read()
+            revents = poll_fds([conn.fd for conn, _ in todo], unsent, int(left * 1000.0) + 1)
+            for i, ev in enumerate(revents):
+                if ev:
+                    conn = todo[i][0]
+                    if ev & select.POLLOUT:
+                        unsent[i] = conn.flush() > 0
+                    if ev & ~select.POLLOUT:
+                        conn.read()
 
     # -- pymemcache's calls ------------------------------------------------------
 

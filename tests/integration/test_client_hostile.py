@@ -106,6 +106,27 @@ def test_an_extra_reply_on_an_idle_connection_is_not_the_next_calls(fake):
     run(main())
 
 
+def test_a_bulk_call_checks_every_idle_connection_it_takes(fake, memcached):
+    """The same for a bulk call, which checks all its connections with one
+    poll: the stale bytes on one server's connection, and another server's
+    connection closed while idle, each cost a fresh connection, not a reply."""
+    f, m = fake(), memcached()
+    with Client([f.addr, m.addr], hash=MD5, max_pool_size=1, timeout=1.0) as c:
+        on_f = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 0][:5]
+        on_m = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 1][:5]
+        assert c.set_many({k: k for k in on_f + on_m}) == []
+        assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m}
+        f.conns[0].sendall(b"VALUE k0 0 5\r\nstale\r\nEND\r\n")  # a reply to nothing
+        time.sleep(0.2)
+        assert c.delete_many(on_m[:1]) is True
+        assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m[1:]}
+        assert f.accepted == 2
+        m.restart()                                 # its idle connection is closed
+        time.sleep(0.2)
+        assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f}
+        assert c.health.usable(1)                   # a closed idle socket is no failure
+
+
 def test_an_idle_connection_the_server_closed_is_not_used(fake):
     """Bug: a pooled connection the server had closed while idle (a restart,
     an idle timeout) failed the next call with "connection closed by the
@@ -135,10 +156,10 @@ def test_meta_many_threads_take_connections_in_one_order(memcached, monkeypatch)
     barrier = threading.Barrier(2)
     first = threading.local()
 
-    def acquire(self, deadline):
+    def acquire(self, deadline, check=True):
         # each thread's first connection: both callers hold one before either
         # asks for its second (the interleaving that deadlocked)
-        conn = real(self, deadline)
+        conn = real(self, deadline, check)
         if not getattr(first, "done", False):
             first.done = True
             try:
