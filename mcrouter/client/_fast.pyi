@@ -2,6 +2,8 @@
 from typing import Any, Callable, Iterable
 
 from mcrouter._hash import Hasher
+from mcrouter._parser import Request
+from mcrouter._ring import Ring
 
 def group_keys(keys: Iterable[Any], prefix: bytes, hasher: Hasher | None, nservers: int,
                slot: Callable[[bytes], int] | None,
@@ -11,3 +13,12 @@ def parse_get_into(reply: bytes, given: dict[bytes, Any], out: dict[Any, Any],
                    asked: list[bytes] | None = None) -> int: ...
 def parse_one(reply: bytes) -> tuple[int, bytes, bytes | None] | int | None: ...
 def poll_fds(fds: list[int], want_out: list[bool], timeout_ms: int) -> list[int]: ...
+
+EX_OK: int
+EX_EOF: int
+EX_READ: int
+EX_WRITE: int
+EX_PROTOCOL: int
+
+def exchange(fds: list[int], rings: list[Ring], lasts: list[Request], buf: bytearray,
+             deadline: float, reads_per_wake: int) -> list[tuple[int, int]]: ...

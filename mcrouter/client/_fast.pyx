@@ -9,7 +9,9 @@ and fall back to them for anything unusual (a bad key, to raise its error).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
 from cpython.list cimport PyList_Append
-from libc.errno cimport errno, EINTR
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport errno, EINTR, EAGAIN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memchr, memcmp
 
@@ -25,6 +27,22 @@ cdef extern from "<poll.h>" nogil:
         POLLOUT
 
 from mcrouter._hash cimport Hasher
+from mcrouter._parser cimport Request
+from mcrouter._ring cimport Ring
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
+    ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
+    enum:
+        MSG_NOSIGNAL
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    enum:
+        CLOCK_MONOTONIC
 
 DEF KEY_MAX = 250
 DEF POLL_STACK = 16                 # descriptors polled without an allocation
@@ -230,3 +248,127 @@ def poll_fds(list fds, list want_out, int timeout_ms):
     finally:
         if p != stack:
             free(p)
+
+
+# what exchange() says of a connection that must be closed
+EX_OK, EX_EOF, EX_READ, EX_WRITE, EX_PROTOCOL = 0, 1, 2, 3, 4
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int send_out(Ring ring, int fd) except -1:
+    """One send of what the ring has queued; 0, or errno of a failed send."""
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(ring.out)
+    cdef ssize_t sent
+    if n == 0:
+        return 0
+    ring.before_write(0.0)
+    sent = c_send(fd, PyByteArray_AS_STRING(ring.out), n, MSG_NOSIGNAL)
+    if sent < 0:
+        return 0 if errno == EAGAIN or errno == EINTR else errno
+    ring.wrote(sent, 0.0)
+    return 0
+
+
+def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
+             int reads_per_wake):
+    """A bulk call's wait on plain sockets, in C: write each ring's queued
+    requests to its descriptor, then poll them all and read, until each
+    connection's last request (``lasts``) is answered, a connection fails
+    or ``deadline`` (time.monotonic) passes.  Returns per connection
+    (EX_OK, 0) or why it must be closed: (EX_EOF, 0), (EX_READ or EX_WRITE,
+    errno), (EX_PROTOCOL, 0) (the Ring's fault_bytes say what came).  What
+    blocking.Client._wait does with Python calls per step, for TLS sockets."""
+    cdef Py_ssize_t n = len(fds), i, k, nact
+    cdef pollfd stack[POLL_STACK]
+    cdef Py_ssize_t idx_stack[POLL_STACK]
+    cdef pollfd *p = stack
+    cdef Py_ssize_t *idx = idx_stack
+    cdef int r, err, reads, fd
+    cdef ssize_t got
+    cdef double left
+    cdef Ring ring
+    cdef char *bp = PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t bn = PyByteArray_GET_SIZE(buf)
+    cdef list result = [(EX_OK, 0)] * n
+    cdef list closed = [False] * n
+    if n > POLL_STACK:
+        p = <pollfd *>malloc(n * sizeof(pollfd))
+        idx = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
+        if p == NULL or idx == NULL:
+            free(p)
+            free(idx)
+            raise MemoryError()
+    try:
+        for i in range(n):
+            err = send_out(<Ring>rings[i], <int>fds[i])
+            if err:
+                result[i] = (EX_WRITE, err)
+                closed[i] = True
+        while True:
+            nact = 0
+            for i in range(n):
+                if closed[i] or (<Request>lasts[i]).reply is not None:
+                    continue
+                ring = <Ring>rings[i]
+                p[nact].fd = <int>fds[i]
+                p[nact].events = POLLIN | POLLPRI
+                if PyByteArray_GET_SIZE(ring.out):
+                    p[nact].events |= POLLOUT
+                p[nact].revents = 0
+                idx[nact] = i
+                nact += 1
+            if nact == 0:
+                break
+            left = deadline - monotonic()
+            if left <= 0:
+                break
+            with nogil:
+                r = poll(p, nact, <int>(left * 1000.0) + 1)
+            if r < 0:
+                if errno != EINTR:
+                    raise OSError(errno, "poll failed")
+                PyErr_CheckSignals()        # Ctrl-C: raised here (the caller closes)
+                continue
+            for k in range(nact):
+                if not p[k].revents:
+                    continue
+                i = idx[k]
+                ring = <Ring>rings[i]
+                fd = p[k].fd
+                if p[k].revents & POLLOUT:
+                    err = send_out(ring, fd)
+                    if err:
+                        result[i] = (EX_WRITE, err)
+                        closed[i] = True
+                        continue
+                if not (p[k].revents & ~POLLOUT):
+                    continue
+                reads = 0
+                while reads < reads_per_wake:
+                    got = c_recv(fd, bp, bn, 0)
+                    if got < 0:
+                        if errno != EAGAIN and errno != EINTR:
+                            result[i] = (EX_READ, errno)
+                            closed[i] = True
+                        break
+                    if got == 0:
+                        result[i] = (EX_EOF, 0)
+                        closed[i] = True
+                        break
+                    if ring.feed_ptr(<const unsigned char *>bp, got) < 0:
+                        result[i] = (EX_PROTOCOL, 0)
+                        closed[i] = True
+                        break
+                    reads += 1
+                    if got < bn:
+                        break
+        return result
+    finally:
+        if p != stack:
+            free(p)
+            free(idx)

@@ -11,6 +11,7 @@ the connection next, so no later reply is ever matched to the wrong request.
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -21,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client._fast import poll_fds
+from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, exchange,
+                                   poll_fds)
 from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR
 from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -377,6 +379,9 @@ class Client(Commands):
         last request of this call is answered (replies come in order), all
         the connections watched by one poll (_fast.poll_fds)."""
         todo = [(conn, last[slot]) for slot, conn in conns.items()]
+        if not any(conn.tls for conn, _ in todo):
+            self._exchange(todo, deadline)
+            return
         unsent = [conn.flush() > 0 for conn, _ in todo]
         while True:
             if any(conn.closed or req.reply is not None for conn, req in todo):
@@ -397,6 +402,30 @@ class Client(Commands):
                         unsent[i] = conn.flush() > 0
                     if ev & ~select.POLLOUT:
                         conn.read()
+
+    def _exchange(self, todo: list[tuple[Connection, Request]], deadline: float) -> None:
+        """_wait's loop in C (_fast.exchange) for plain sockets: the same
+        writes, one poll for all and reads; then each connection it found
+        broken is closed here, with the reason Connection.read would give.
+        The receive buffer is the first connection's: this call holds it."""
+        conns = [conn for conn, _ in todo]
+        try:
+            verdicts = exchange([c.fd for c in conns], [c.ring for c in conns],
+                                [req for _, req in todo], conns[0].buf, deadline,
+                                READS_PER_WAKE)
+        except BaseException:           # Ctrl-C, a signal handler's error: where each
+            for c in conns:             # stream stands is unknown
+                c.close(INTERRUPTED)
+            raise
+        for conn, (kind, err) in zip(conns, verdicts):
+            if kind == EX_EOF:
+                conn.close("connection closed by the server")
+            elif kind == EX_READ:
+                conn.close(f"read failed: {os.strerror(err)}")
+            elif kind == EX_WRITE:
+                conn.close(f"write failed: {os.strerror(err)}")
+            elif kind == EX_PROTOCOL:
+                conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers no request")
 
     # -- pymemcache's calls ------------------------------------------------------
 

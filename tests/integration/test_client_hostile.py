@@ -127,6 +127,28 @@ def test_a_bulk_call_checks_every_idle_connection_it_takes(fake, memcached):
         assert c.health.usable(1)                   # a closed idle socket is no failure
 
 
+def test_a_bulk_call_over_plain_sockets_reports_each_broken_server(fake, memcached):
+    """A bulk call's wait runs in C (_fast.exchange) on plain sockets: a server
+    answering garbage costs its keys a MemcacheProtocolError, one closing
+    the connection a MemcacheConnectionError, and the other's values arrive."""
+    f, m = fake(), memcached()
+    with Client([f.addr, m.addr], hash=MD5, timeout=2.0) as c:
+        on_f = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 0][:5]
+        on_m = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 1][:5]
+        assert c.set_many({k: k for k in on_f + on_m}) == []
+        for mode, kind, text in (("garbage", MemcacheProtocolError, "protocol error: reply "),
+                                 ("torn", MemcacheConnectionError,
+                                  "connection closed by the server")):
+            f.behave(mode, count=1)
+            with pytest.raises(MemcachePartialError) as e:
+                c.get_many(on_f + on_m)
+            assert e.value.result == {k: k.encode() for k in on_m}
+            assert set(e.value.errors) == set(on_f)
+            assert {type(x) for x in e.value.errors.values()} == {kind}
+            assert all(text in str(x) and x.server == f.addr for x in e.value.errors.values())
+            assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m}
+
+
 def test_an_idle_connection_the_server_closed_is_not_used(fake):
     """Bug: a pooled connection the server had closed while idle (a restart,
     an idle timeout) failed the next call with "connection closed by the
