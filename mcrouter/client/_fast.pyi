@@ -2,7 +2,7 @@
 from typing import Any, Callable, Iterable
 
 from mcrouter._hash import Hasher
-from mcrouter._parser import Request
+from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 
 def group_keys(keys: Iterable[Any], prefix: bytes, hasher: Hasher | None, nservers: int,
@@ -22,3 +22,6 @@ EX_PROTOCOL: int
 
 def exchange(fds: list[int], rings: list[Ring], lasts: list[Request], buf: bytearray,
              deadline: float, reads_per_wake: int) -> list[tuple[int, int]]: ...
+
+class Waited(Owner):
+    def on_reply(self, req: Request) -> None: ...

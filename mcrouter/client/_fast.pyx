@@ -27,7 +27,7 @@ cdef extern from "<poll.h>" nogil:
         POLLOUT
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Request
+from mcrouter._parser cimport Owner, Request
 from mcrouter._ring cimport Ring
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -372,3 +372,12 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
         if p != stack:
             free(p)
             free(idx)
+
+
+cdef class Waited(Owner):
+    """The owner of requests whose callers wait for them (the blocking
+    client's connections): a reply needs nothing more than the Ring setting
+    it, and this says so in C, not through a Python method per reply."""
+
+    cpdef on_reply(self, Request req):
+        pass

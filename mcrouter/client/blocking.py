@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
-from mcrouter._parser import Owner, Request
+from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, exchange,
+from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, Waited, exchange,
                                    poll_fds)
 from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR
 from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
@@ -65,9 +65,10 @@ class _Sender:
             raise BlockingIOError from None
 
 
-class Connection(Owner):
+class Connection(Waited):
     """One socket and its Ring; the owner of its requests (whose replies
-    the Ring sets on them: nothing else to do on each)."""
+    the Ring sets on them: nothing else to do on each, so the owner's
+    on_reply is _fast.Waited's, in C)."""
 
     def __init__(self, server: str, sock: socket.socket, timeout: float) -> None:
         self.server = server
@@ -105,9 +106,6 @@ class Connection(Owner):
                     pending = self.flush()
                 if ev & ~select.POLLOUT:
                     self.read()
-
-    def on_reply(self, req: Request) -> None:
-        pass
 
     def push(self, req: Request) -> None:
         req.owner = self
@@ -191,6 +189,7 @@ class ServerPool:
         self.cond = threading.Condition(self.lock)
         self.reconnect = Reconnect(self.name, client.backoff_initial, client.retry_interval)
         self.gen = 0                # close() moves it on: older connections close on release
+        self.waiting = 0            # threads in cond.wait: only then is a release notified
 
     def acquire(self, deadline: float, check: bool = True) -> Connection:
         """An idle connection still in step with its server, else a new one;
@@ -201,7 +200,12 @@ class ServerPool:
         while True:
             with self.lock:
                 while not self.idle and self.count >= self.size:
-                    if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    self.waiting += 1
+                    try:
+                        woke = self.cond.wait(max(0.0, deadline - time.monotonic()))
+                    finally:
+                        self.waiting -= 1
+                    if not woke:
                         raise MemcacheTimeoutError(f"all {self.size} connections busy",
                                                    server=self.name)
                 if not self.idle:
@@ -216,7 +220,8 @@ class ServerPool:
         except BaseException:
             with self.lock:
                 self.count -= 1
-                self.cond.notify()
+                if self.waiting:
+                    self.cond.notify()
             raise
 
     def release(self, conn: Connection) -> None:
@@ -227,7 +232,8 @@ class ServerPool:
                 self.count -= 1
             else:
                 self.idle.append(conn)
-            self.cond.notify()
+            if self.waiting:
+                self.cond.notify()
 
     def connect(self, deadline: float) -> Connection:
         """A new connection (TLS if the client has a context), with backoff
@@ -319,9 +325,11 @@ class Client(Commands):
         try:
             # connections taken in slot order, as every call takes them: no two
             # threads can each hold one the other waits for
+            all_up = health.all_up
             for slot in sorted({slot for slot, _ in reqs}):
                 try:
-                    self.check_up(slot)
+                    if not all_up:
+                        self.check_up(slot)
                     conns[slot] = self.pools[slot].acquire(deadline, check=False)
                 except MemcacheError as e:  # a failed connect was counted (ServerPool.connect)
                     refused[slot] = e
@@ -340,11 +348,12 @@ class Client(Commands):
                 if errors[i] is None and req.reply is None:
                     errors[i] = MemcacheTimeoutError(f"no reply within {self.timeout}s",
                                                      server=self.names[slot])
+            fails = health.fails
             for slot, conn in conns.items():
                 if conn.closed or last[slot].reply is None:
                     self._failed(slot)
                 else:
-                    health.succeeded(slot)
+                    fails[slot] = 0             # health.succeeded, inline: once per server
         finally:
             for slot, conn in conns.items():
                 self.pools[slot].release(conn)

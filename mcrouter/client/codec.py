@@ -96,12 +96,21 @@ def request(cmd: int, rkind: int, key: bytes, wire: bytes,
 
 # -- text requests ------------------------------------------------------------
 
+GET_HEADS = {CMD_GET: b"get ", CMD_GETS: b"gets ", CMD_GAT: b"gat ", CMD_GATS: b"gats "}
+
+
 def get_request(cmd: int, keys: list[bytes], exptime: int | None = None) -> Request:
     """``get``/``gets`` (``gat``/``gats`` with ``exptime``) of one or more keys."""
-    name = {CMD_GET: b"get", CMD_GETS: b"gets", CMD_GAT: b"gat", CMD_GATS: b"gats"}[cmd]
-    head = name if exptime is None else b"%s %d" % (name, exptime)
-    return request(cmd, RK_GET, keys[0], b"%s %s\r\n" % (head, b" ".join(keys)),
-                   keys if len(keys) > 1 else None)
+    head = GET_HEADS[cmd]
+    if exptime is not None:
+        head += b"%d " % exptime
+    r = Request()
+    r.cmd = cmd
+    r.rkind = RK_GET
+    r.key = keys[0]
+    r.keys = keys if len(keys) > 1 else None
+    r.wire = head + b" ".join(keys) + b"\r\n"
+    return r
 
 
 def store_request(cmd: int, key: bytes, data: bytes, flags: int, exptime: int, noreply: bool,
