@@ -406,7 +406,8 @@ class Client(Commands):
     def _exchange(self, todo: list[tuple[Connection, Request]], deadline: float) -> None:
         """_wait's loop in C (_fast.exchange) for plain sockets: the same
         writes, one poll for all and reads; then each connection it found
-        broken is closed here, with the reason Connection.read would give.
+        broken is closed here, with the reason Connection.read would give
+        (str of the OSError it would have caught: "[Errno 104] ...").
         The receive buffer is the first connection's: this call holds it."""
         conns = [conn for conn, _ in todo]
         try:
@@ -421,9 +422,9 @@ class Client(Commands):
             if kind == EX_EOF:
                 conn.close("connection closed by the server")
             elif kind == EX_READ:
-                conn.close(f"read failed: {os.strerror(err)}")
+                conn.close(f"read failed: {OSError(err, os.strerror(err))}")
             elif kind == EX_WRITE:
-                conn.close(f"write failed: {os.strerror(err)}")
+                conn.close(f"write failed: {OSError(err, os.strerror(err))}")
             elif kind == EX_PROTOCOL:
                 conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers no request")
 
