@@ -36,6 +36,7 @@ RECV_SIZE = 256 * 1024
 MAX_INFLIGHT = 1 << 20          # requests queued on one connection
 MAX_OUT = 256 << 20             # bytes queued on one connection and not yet written
 MAX_REPLY = 64 << 20            # a reply larger than this (per key) is dropped with an error
+POLL_MAX_MS = 1 << 30           # one poll's wait at most (poll takes a C int of ms)
 READS_PER_WAKE = 16             # reads before polling again: a server sending faster than we
                                 # read cannot hold a call past its deadline
 # why a connection is dropped when an exception (KeyboardInterrupt, a signal
@@ -97,7 +98,7 @@ class Connection(Owner):
             if left <= 0:
                 return
             try:
-                events = self.poller.poll(left * 1000.0)
+                events = self.poller.poll(min(left * 1000.0, POLL_MAX_MS))
             except InterruptedError:
                 continue
             for _, ev in events:
@@ -394,7 +395,8 @@ class Client(Commands):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            revents = poll_fds([conn.fd for conn, _ in todo], unsent, int(left * 1000.0) + 1)
+            revents = poll_fds([conn.fd for conn, _ in todo], unsent,
+                               min(int(left * 1000.0) + 1, POLL_MAX_MS))
             for i, ev in enumerate(revents):
                 if ev:
                     conn = todo[i][0]

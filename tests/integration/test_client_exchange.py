@@ -166,3 +166,51 @@ def test_threads_sharing_a_client_get_their_own_replies(memcached):
         for t in ts:
             t.join(60)
         assert bad == []
+
+
+def test_signals_that_do_not_raise_only_interrupt_the_poll(fake, memcached):
+    """EINTR every 5 ms (a profiler's timer): exchange runs the handler and
+    polls again; the slow server's values still arrive, each to its key."""
+    f, m = fake(), memcached()
+    with Client([f.addr, m.addr], hash=MD5, timeout=5.0) as c:
+        on_f, on_m = keys_on(c, 0, 3), keys_on(c, 1, 3)
+        for k in on_f:
+            f.set(k.encode(), k.encode())
+        assert c.set_many({k: k for k in on_m}) == []
+        ticks = []
+        old = signal.signal(signal.SIGALRM, lambda s, fr: ticks.append(s))
+        try:
+            f.behave("delay", count=1, delay=0.3)
+            signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+            assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert len(ticks) > 10
+
+
+def test_descriptors_past_1024(memcached):
+    """poll, not select: connections whose descriptors are past FD_SETSIZE."""
+    m1, m2 = memcached(), memcached()
+    filler = [socket.socket() for _ in range(1100)]
+    try:
+        with Client([m1.addr, m2.addr], hash=MD5, timeout=2.0) as c:
+            keys = [f"fd{i}" for i in range(50)]
+            assert c.set_many({k: k for k in keys}) == []
+            assert c.get_many(keys) == {k: k.encode() for k in keys}
+            assert min(conn.fd for p in c.pools for conn in p.idle) > 1024
+    finally:
+        for s in filler:
+            s.close()
+
+
+def test_a_timeout_of_months_waits_rather_than_overflows(memcached):
+    """Bug: a timeout past 2**31 ms (about 25 days) made a one-key call raise
+    OverflowError from poll, and exchange cast the wait past INT_MAX in C
+    (undefined); each poll now waits at most 2**30 ms and looks again."""
+    m1, m2 = memcached(), memcached()
+    with Client([m1.addr, m2.addr], hash=MD5, timeout=1e7) as c:
+        keys = [f"far{i}" for i in range(20)]
+        assert c.set_many({k: k for k in keys}) == []
+        assert c.get_many(keys) == {k: k.encode() for k in keys}
+        assert c.get(keys[0]) == keys[0].encode()
