@@ -154,13 +154,13 @@ class Connection(Owner):
                 self.close("connection closed by the server")
                 return
             try:
-                fed = self.ring.feed(self.buf, n)
-            except BaseException:       # raised in a reply's callback: the bytes after it
-                self.close(INTERRUPTED)   # are lost, the next reply would go to the wrong request
+                if self.ring.feed(self.buf, n) < 0:
+                    self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers "
+                               "no request")
+                    return
+            except BaseException:       # raised in a reply's callback, or Ctrl-C before the
+                self.close(INTERRUPTED)   # close: the next reply would go to the wrong request
                 raise
-            if fed < 0:
-                self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
-                return
             reads += 1
             if self.tls and self.sock.pending():  # type: ignore[attr-defined]
                 continue        # decrypted bytes poll cannot see (the rest of one record)
@@ -416,19 +416,20 @@ class Client(Commands):
             verdicts = exchange([c.fd for c in conns], [c.ring for c in conns],
                                 [req for _, req in todo], conns[0].buf, deadline,
                                 READS_PER_WAKE)
-        except BaseException:           # Ctrl-C, a signal handler's error: where each
-            for c in conns:             # stream stands is unknown
-                c.close(INTERRUPTED)
-            raise
-        for conn, (kind, err) in zip(conns, verdicts):
-            if kind == EX_EOF:
-                conn.close("connection closed by the server")
-            elif kind == EX_READ:
-                conn.close(f"read failed: {OSError(err, os.strerror(err))}")
-            elif kind == EX_WRITE:
-                conn.close(f"write failed: {OSError(err, os.strerror(err))}")
-            elif kind == EX_PROTOCOL:
-                conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers no request")
+            for conn, (kind, err) in zip(conns, verdicts):
+                if kind == EX_EOF:
+                    conn.close("connection closed by the server")
+                elif kind == EX_READ:
+                    conn.close(f"read failed: {OSError(err, os.strerror(err))}")
+                elif kind == EX_WRITE:
+                    conn.close(f"write failed: {OSError(err, os.strerror(err))}")
+                elif kind == EX_PROTOCOL:
+                    conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers "
+                               "no request")
+        except BaseException:           # Ctrl-C, a signal handler's error (a signal that came
+            for c in conns:             # during exchange is raised once it returns, maybe
+                c.close(INTERRUPTED)    # before a broken connection was closed): where each
+            raise                       # stream stands is unknown
 
     # -- pymemcache's calls ------------------------------------------------------
 

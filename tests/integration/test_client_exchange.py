@@ -214,3 +214,62 @@ def test_a_timeout_of_months_waits_rather_than_overflows(memcached):
         assert c.set_many({k: k for k in keys}) == []
         assert c.get_many(keys) == {k: k.encode() for k in keys}
         assert c.get(keys[0]) == keys[0].encode()
+
+
+class _RaisesOnce:
+    """A str whose first formatting raises KeyboardInterrupt: Ctrl-C landing
+    in _exchange between exchange's return and the closing of what it found."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.fired = text, False
+
+    def __format__(self, spec: str) -> str:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return self.text
+
+
+def test_ctrl_c_after_exchange_still_drops_the_broken_connection(fake, memcached, monkeypatch):
+    """Bug: a KeyboardInterrupt raised after exchange returned, while _exchange
+    closed the connections it reported (a signal arriving during exchange's C
+    loop is raised at the first bytecode after it), left a connection whose
+    Ring had refused garbage open in the pool, its request still at the head:
+    the next call's first reply went to that request, every later one shifted."""
+    f, m = fake(), memcached()
+    with Client([f.addr, m.addr], hash=MD5, timeout=1.0, max_pool_size=1, tko=100) as c:
+        on_f, on_m = keys_on(c, 0, 4), keys_on(c, 1, 4)
+        for k in on_f:
+            f.set(k.encode(), k.encode())
+        assert c.set_many({k: k for k in on_m}) == []
+        assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m}
+        from mcrouter.client import blocking
+        monkeypatch.setattr(blocking, "PROTOCOL_ERROR",
+                            _RaisesOnce(blocking.PROTOCOL_ERROR))
+        f.behave("garbage", count=1, garbage=b"NOT_FOUND\r\n")
+        with pytest.raises(KeyboardInterrupt):
+            c.get_many(on_f + on_m)
+        monkeypatch.undo()
+        for k in on_f:
+            f.set(k.encode(), b"v-" + k.encode())
+        assert c.get_many(on_f + on_m) == {**{k: b"v-" + k.encode() for k in on_f},
+                                           **{k: k.encode() for k in on_m}}
+
+
+def test_ctrl_c_after_a_refused_reply_drops_a_one_key_calls_connection(fake, monkeypatch):
+    """The same window in Connection.read (one-key calls, TLS bulk calls):
+    between the Ring refusing garbage and the connection being closed."""
+    f = fake()
+    f.set(b"a", b"A")
+    f.set(b"b", b"B")
+    with Client([f.addr], timeout=1.0, max_pool_size=1, tko=100) as c:
+        assert c.get("a") == b"A"
+        from mcrouter.client import blocking
+        monkeypatch.setattr(blocking, "PROTOCOL_ERROR",
+                            _RaisesOnce(blocking.PROTOCOL_ERROR))
+        f.behave("garbage", count=1, garbage=b"NOT_FOUND\r\n")
+        with pytest.raises(KeyboardInterrupt):
+            c.get("a")
+        monkeypatch.undo()
+        assert c.get("b") == b"B"
+        assert c.get("a") == b"A"
