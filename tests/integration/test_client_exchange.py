@@ -23,6 +23,15 @@ def keys_on(c: Client, slot: int, n: int) -> list[str]:
     return [k for k in (f"k{i}" for i in range(2000)) if c.slot(k.encode()) == slot][:n]
 
 
+def seeded(c: Client, f, n: int) -> tuple[list[str], list[str]]:
+    """``n`` keys on the fake (slot 0) and on memcached (slot 1), each its own value."""
+    on_f, on_m = keys_on(c, 0, n), keys_on(c, 1, n)
+    for k in on_f:
+        f.set(k.encode(), k.encode())
+    assert c.set_many({k: k for k in on_m}) == []
+    return on_f, on_m
+
+
 @contextlib.contextmanager
 def resetting_server() -> Iterator[str]:
     """A server that reads a request and answers it with a TCP reset."""
@@ -98,10 +107,7 @@ def test_a_timed_out_bulk_call_leaves_its_late_replies_behind(fake, memcached):
     are dropped by the next call on that connection, not taken as its own."""
     f, m = fake(), memcached()
     with Client([f.addr, m.addr], hash=MD5, timeout=0.3, max_pool_size=1, tko=100) as c:
-        on_f, on_m = keys_on(c, 0, 4), keys_on(c, 1, 4)
-        for k in on_f:
-            f.set(k.encode(), k.encode())
-        assert c.set_many({k: k for k in on_m}) == []
+        on_f, on_m = seeded(c, f, 4)
         f.behave("delay", count=1, delay=0.6)
         with pytest.raises(MemcachePartialError) as e:
             c.get_many(on_f + on_m)
@@ -120,10 +126,7 @@ def test_ctrl_c_during_a_bulk_call_drops_its_connections(fake, memcached):
     the caller at once, and the next call gets its own replies."""
     f, m = fake(), memcached()
     with Client([f.addr, m.addr], hash=MD5, timeout=5.0, max_pool_size=1, tko=100) as c:
-        on_f, on_m = keys_on(c, 0, 3), keys_on(c, 1, 3)
-        for k in on_f:
-            f.set(k.encode(), k.encode())
-        assert c.set_many({k: k for k in on_m}) == []
+        on_f, on_m = seeded(c, f, 3)
         f.behave("delay", count=1, delay=1.0)
 
         def boom(signum, frame):
@@ -173,10 +176,7 @@ def test_signals_that_do_not_raise_only_interrupt_the_poll(fake, memcached):
     polls again; the slow server's values still arrive, each to its key."""
     f, m = fake(), memcached()
     with Client([f.addr, m.addr], hash=MD5, timeout=5.0) as c:
-        on_f, on_m = keys_on(c, 0, 3), keys_on(c, 1, 3)
-        for k in on_f:
-            f.set(k.encode(), k.encode())
-        assert c.set_many({k: k for k in on_m}) == []
+        on_f, on_m = seeded(c, f, 3)
         ticks = []
         old = signal.signal(signal.SIGALRM, lambda s, fr: ticks.append(s))
         try:
@@ -238,10 +238,7 @@ def test_ctrl_c_after_exchange_still_drops_the_broken_connection(fake, memcached
     the next call's first reply went to that request, every later one shifted."""
     f, m = fake(), memcached()
     with Client([f.addr, m.addr], hash=MD5, timeout=1.0, max_pool_size=1, tko=100) as c:
-        on_f, on_m = keys_on(c, 0, 4), keys_on(c, 1, 4)
-        for k in on_f:
-            f.set(k.encode(), k.encode())
-        assert c.set_many({k: k for k in on_m}) == []
+        on_f, on_m = seeded(c, f, 4)
         assert c.get_many(on_f + on_m) == {k: k.encode() for k in on_f + on_m}
         from mcrouter.client import blocking
         monkeypatch.setattr(blocking, "PROTOCOL_ERROR",
