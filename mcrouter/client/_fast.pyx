@@ -46,6 +46,8 @@ cdef extern from "<time.h>" nogil:
 
 DEF KEY_MAX = 250
 DEF POLL_STACK = 16                 # descriptors polled without an allocation
+DEF POLL_MAX_MS = 1 << 30           # one poll's wait at most: a far deadline (a timeout of
+                                    # days) is waited for in parts, not cast past INT_MAX
 
 
 cdef inline bint good_key(bytes k, Py_ssize_t raw_len):
@@ -290,7 +292,7 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
     cdef Py_ssize_t *idx = idx_stack
     cdef int r, err, reads, fd
     cdef ssize_t got
-    cdef double left
+    cdef double left, ms
     cdef Ring ring
     cdef char *bp = PyByteArray_AS_STRING(buf)
     cdef Py_ssize_t bn = PyByteArray_GET_SIZE(buf)
@@ -327,8 +329,11 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
             left = deadline - monotonic()
             if left <= 0:
                 break
+            ms = left * 1000.0 + 1.0
+            if ms > POLL_MAX_MS:
+                ms = POLL_MAX_MS
             with nogil:
-                r = poll(p, nact, <int>(left * 1000.0) + 1)
+                r = poll(p, nact, <int>ms)
             if r < 0:
                 if errno != EINTR:
                     raise OSError(errno, "poll failed")

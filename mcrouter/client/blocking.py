@@ -36,6 +36,7 @@ RECV_SIZE = 256 * 1024
 MAX_INFLIGHT = 1 << 20          # requests queued on one connection
 MAX_OUT = 256 << 20             # bytes queued on one connection and not yet written
 MAX_REPLY = 64 << 20            # a reply larger than this (per key) is dropped with an error
+POLL_MAX_MS = 1 << 30           # one poll's wait at most (poll takes a C int of ms)
 READS_PER_WAKE = 16             # reads before polling again: a server sending faster than we
                                 # read cannot hold a call past its deadline
 # why a connection is dropped when an exception (KeyboardInterrupt, a signal
@@ -98,7 +99,7 @@ class Connection(Waited):
             if left <= 0:
                 return
             try:
-                events = self.poller.poll(left * 1000.0)
+                events = self.poller.poll(min(left * 1000.0, POLL_MAX_MS))
             except InterruptedError:
                 continue
             for _, ev in events:
@@ -151,13 +152,13 @@ class Connection(Waited):
                 self.close("connection closed by the server")
                 return
             try:
-                fed = self.ring.feed(self.buf, n)
-            except BaseException:       # raised in a reply's callback: the bytes after it
-                self.close(INTERRUPTED)   # are lost, the next reply would go to the wrong request
+                if self.ring.feed(self.buf, n) < 0:
+                    self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers "
+                               "no request")
+                    return
+            except BaseException:       # raised in a reply's callback, or Ctrl-C before the
+                self.close(INTERRUPTED)   # close: the next reply would go to the wrong request
                 raise
-            if fed < 0:
-                self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
-                return
             reads += 1
             if self.tls and self.sock.pending():  # type: ignore[attr-defined]
                 continue        # decrypted bytes poll cannot see (the rest of one record)
@@ -403,7 +404,8 @@ class Client(Commands):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            revents = poll_fds([conn.fd for conn, _ in todo], unsent, int(left * 1000.0) + 1)
+            revents = poll_fds([conn.fd for conn, _ in todo], unsent,
+                               min(int(left * 1000.0) + 1, POLL_MAX_MS))
             for i, ev in enumerate(revents):
                 if ev:
                     conn = todo[i][0]
@@ -415,26 +417,28 @@ class Client(Commands):
     def _exchange(self, todo: list[tuple[Connection, Request]], deadline: float) -> None:
         """_wait's loop in C (_fast.exchange) for plain sockets: the same
         writes, one poll for all and reads; then each connection it found
-        broken is closed here, with the reason Connection.read would give.
+        broken is closed here, with the reason Connection.read would give
+        (str of the OSError it would have caught: "[Errno 104] ...").
         The receive buffer is the first connection's: this call holds it."""
         conns = [conn for conn, _ in todo]
         try:
             verdicts = exchange([c.fd for c in conns], [c.ring for c in conns],
                                 [req for _, req in todo], conns[0].buf, deadline,
                                 READS_PER_WAKE)
-        except BaseException:           # Ctrl-C, a signal handler's error: where each
-            for c in conns:             # stream stands is unknown
-                c.close(INTERRUPTED)
-            raise
-        for conn, (kind, err) in zip(conns, verdicts):
-            if kind == EX_EOF:
-                conn.close("connection closed by the server")
-            elif kind == EX_READ:
-                conn.close(f"read failed: {os.strerror(err)}")
-            elif kind == EX_WRITE:
-                conn.close(f"write failed: {os.strerror(err)}")
-            elif kind == EX_PROTOCOL:
-                conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers no request")
+            for conn, (kind, err) in zip(conns, verdicts):
+                if kind == EX_EOF:
+                    conn.close("connection closed by the server")
+                elif kind == EX_READ:
+                    conn.close(f"read failed: {OSError(err, os.strerror(err))}")
+                elif kind == EX_WRITE:
+                    conn.close(f"write failed: {OSError(err, os.strerror(err))}")
+                elif kind == EX_PROTOCOL:
+                    conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers "
+                               "no request")
+        except BaseException:           # Ctrl-C, a signal handler's error (a signal that came
+            for c in conns:             # during exchange is raised once it returns, maybe
+                c.close(INTERRUPTED)    # before a broken connection was closed): where each
+            raise                       # stream stands is unknown
 
     # -- pymemcache's calls ------------------------------------------------------
 
