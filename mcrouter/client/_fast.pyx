@@ -7,7 +7,14 @@ the same for a whole batch in one call (no tuple or function call per key),
 and fall back to them for anything unusual (a bad key, to raise its error).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+
+from cpython.ref cimport PyObject
+
+cdef extern from "Python.h":
+    # one lookup where Contains then SetItem took two; a borrowed reference
+    PyObject *PyDict_SetDefault(object d, object key, object default) except NULL
+    Py_ssize_t PyDict_GET_SIZE(object d)
 from cpython.list cimport PyList_Append
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
@@ -72,6 +79,7 @@ def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes)
     cdef list groups = [[] for _ in range(nservers)]
     cdef bytes k, raw
     cdef int i
+    cdef Py_ssize_t n0
     cdef bint plain = len(prefix) == 0
     for key in keys:
         if type(key) is bytes:
@@ -90,9 +98,10 @@ def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes)
         if not good_key(k, PyBytes_GET_SIZE(raw)):
             key_bytes(key, prefix)                  # raises MemcacheIllegalInputError
             raise AssertionError(f"key {k!r} refused here but not by codec.key_bytes")
-        if PyDict_Contains(given, k):
-            continue
-        PyDict_SetItem(given, k, key)
+        n0 = PyDict_GET_SIZE(given)
+        PyDict_SetDefault(given, k, key)
+        if PyDict_GET_SIZE(given) == n0:
+            continue                                # asked before: once is enough
         if slot is not None:
             i = slot(k)
         elif hasher is None:
