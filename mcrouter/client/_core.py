@@ -38,6 +38,7 @@ T = TypeVar("T")
 Key = str | bytes
 Errors = list[MemcacheError | None]
 MULTIGET_CHUNK = 1000           # keys per get line: bounded lines, still one write per server
+MAX_SECONDS = 365 * 86400       # the longest timeout or interval a client takes (a year)
 
 
 class Plan(Generic[T]):
@@ -132,6 +133,14 @@ class Commands:
                  tls_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None) -> None:
         """The options both clients take (Client's docstring says what they mean)."""
+        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
+                            ("retry_interval", retry_interval),
+                            ("backoff_initial", backoff_initial)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value <= MAX_SECONDS:
+                raise MemcacheIllegalInputError(
+                    f"{name}={value!r}: give seconds above 0 and at most {MAX_SECONDS}")
+        check_int(tko, "tko", 1_000_000, 1)
         placement = servers if isinstance(servers, Placement) else \
             Placement.from_values(servers, hash, weights, on_down)
         serde = serde_of(serde, serializer, deserializer)

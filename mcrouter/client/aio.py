@@ -20,7 +20,7 @@ from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client.blocking import INTERRUPTED, MAX_INFLIGHT, MAX_OUT, MAX_REPLY, lost
-from mcrouter.client.codec import PROTOCOL_ERROR
+from mcrouter.client.codec import PROTOCOL_ERROR, check_int
 from mcrouter.client.errors import (MemcacheConnectionError, MemcacheError,
                                     MemcacheServerDownError, MemcacheTimeoutError)
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -227,7 +227,8 @@ class AsyncClient(Commands):
                  **options: Any) -> None:
         super().__init__(servers, **options)
         placement = self.placement
-        self.servers = [AsyncServer(self, a, max(1, pool_size)) for a in placement.servers]
+        size = check_int(pool_size, "pool_size", 10_000, 1)
+        self.servers = [AsyncServer(self, a, size) for a in placement.servers]
 
     @classmethod
     def from_config(cls, path: str, pool: str, **options: Any) -> "AsyncClient":

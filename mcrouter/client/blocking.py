@@ -24,7 +24,7 @@ from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, Waited, exchange,
                                    poll_fds)
-from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR
+from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR, check_int
 from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
 from mcrouter.client.placement import Placement, Server
@@ -286,7 +286,8 @@ class Client(Commands):
                  **options: Any) -> None:
         super().__init__(servers, **options)
         placement = self.placement
-        self.pools = [ServerPool(self, a, max(1, max_pool_size), i)
+        size = check_int(max_pool_size, "max_pool_size", 10_000, 1)
+        self.pools = [ServerPool(self, a, size, i)
                       for i, a in enumerate(placement.servers)]
 
     @classmethod

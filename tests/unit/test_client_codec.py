@@ -78,6 +78,26 @@ def test_bad_numbers_are_refused(c):
         c.plan_store("set", "k", object(), 0, None)
 
 
+@pytest.mark.parametrize("option,value,words", [
+    ("timeout", 0, "timeout=0: give seconds above 0 and at most 31536000"),
+    ("timeout", -1.0, "timeout=-1.0: give seconds above 0"),
+    ("timeout", float("nan"), "timeout=nan: give seconds above 0"),
+    ("timeout", 1e9, "timeout=1000000000.0: give seconds above 0 and at most 31536000"),
+    ("connect_timeout", "1", "connect_timeout='1': give seconds"),
+    ("retry_interval", True, "retry_interval=True: give seconds"),
+    ("backoff_initial", float("inf"), "backoff_initial=inf: give seconds"),
+    ("tko", 0, "tko 0 is not an integer from 1 to 1000000"),
+    ("max_pool_size", 0, "max_pool_size 0 is not an integer from 1 to 10000"),
+    ("max_pool_size", 2.5, "max_pool_size 2.5 is not an integer"),
+])
+def test_client_options_are_checked(option, value, words):
+    """A timeout of 0, NaN, a string or 30 years, a pool of 0:
+    each refused when the client is made, in one line naming it."""
+    with pytest.raises(MemcacheIllegalInputError) as e:
+        Client(["127.0.0.1:11211"], **{option: value})
+    assert str(e.value).startswith(words)
+
+
 def test_meta_requests_every_flag():
     def w(m, prefix=b""):
         return m.build(prefix)[1].wire
