@@ -84,12 +84,11 @@ class AsyncConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            fed = self.ring.feed(data)
-        except BaseException:           # raised in a reply's callback (see blocking.INTERRUPTED)
-            self.close(INTERRUPTED)
+            if self.ring.feed(data) < 0:
+                self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
+        except BaseException:           # raised in a reply's callback, or a Ctrl-C before the
+            self.close(INTERRUPTED)     # refused reply's connection was closed: out of step
             raise
-        if fed < 0:
-            self.close(f"{PROTOCOL_ERROR}reply {self.ring.fault_bytes!r} answers no request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone(f"connection lost: {exc}" if exc else "connection closed by the server")

@@ -270,3 +270,4 @@ def test_ctrl_c_after_a_refused_reply_drops_a_one_key_calls_connection(fake, mon
         monkeypatch.undo()
         assert c.get("b") == b"B"
         assert c.get("a") == b"A"
+
