@@ -276,3 +276,17 @@ def test_tls_goes_the_general_way(memcached, tmp_path, paths):
         del paths[:]
         assert c.get_many([*values, "missing"]) == values
         assert paths[0] == "_run"
+
+
+def test_the_fast_path_sends_the_general_paths_lines(fake, paths):
+    """Its get lines are codec.get_request's, byte for byte (one key, many,
+    a prefix, gets)."""
+    f = fake()
+    with Client([f.addr], key_prefix="p:") as c:
+        f.set(b"p:a", b"A")
+        warm(c, paths)
+        assert c.get_many(["a"]) == {"a": b"A"}
+        assert c.get_many(["a", b"b", "\u00e9", "a"]) == {"a": b"A"}
+        assert c.gets_many(["b", "a"])["a"][0] == b"A"
+        assert paths == []
+        assert f.requests == [b"get p:a", b"get p:a p:b p:\xc3\xa9", b"gets p:b p:a"]
