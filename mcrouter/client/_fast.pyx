@@ -328,7 +328,7 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
             raise MemoryError()
     try:
         run_exchange(n, fds, rings, lasts, buf, deadline, reads_per_wake, kinds, errs,
-                     None, None, False)
+                     None, None, False, NULL)
         return [(kinds[i], errs[i]) for i in range(n)]
     finally:
         if kinds != kinds_stack:
@@ -338,11 +338,12 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
 
 cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray buf,
                       double deadline, int reads_per_wake, int *kinds, int *errs,
-                      dict given, list outs, bint with_cas) except -1:
+                      dict given, dict out, bint with_cas, Py_ssize_t *parsed) except -1:
     """exchange's loop; each connection's verdict into kinds[i] (EX_*) and errs[i].
-    ``outs`` (get_many's, raw values only): each clean get reply is parsed
-    into a dict of its own, outs[i], as soon as it is complete, while the
-    other servers are still answering (None stays if it was not)."""
+    ``out`` (get_many's, raw values only): the clean get replies are parsed
+    into it while the other servers are still answering, in slot order (the
+    general path's key order: a reply waits for those before it);
+    ``parsed[0]`` counts them (more than n: a parse stopped short)."""
     cdef Py_ssize_t i, k, nact
     cdef pollfd stack[POLL_STACK]
     cdef Py_ssize_t idx_stack[POLL_STACK]
@@ -355,7 +356,6 @@ cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray 
     cdef char *bp = PyByteArray_AS_STRING(buf)
     cdef Py_ssize_t bn = PyByteArray_GET_SIZE(buf)
     cdef Request req
-    cdef dict out
     if n > POLL_STACK:
         p = <pollfd *>malloc(n * sizeof(pollfd))
         idx = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
@@ -430,13 +430,15 @@ cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray 
                     reads += 1
                     if got < bn:
                         break
-                if outs is not None and kinds[i] == EX_OK_:
-                    req = <Request>lasts[i]
-                    if clean_get(req):
-                        out = {}
-                        if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
-                                            req.keys) < 0:
-                            outs[i] = out
+                while out is not None and parsed[0] < n:
+                    req = <Request>lasts[parsed[0]]
+                    if kinds[parsed[0]] != EX_OK_ or not clean_get(req):
+                        break
+                    if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
+                                        req.keys) >= 0:
+                        parsed[0] = n + 1       # not reached (clean_get saw END)
+                        break
+                    parsed[0] += 1
         return 0
     finally:
         if p != stack:
@@ -556,7 +558,7 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
     cdef int errs[POLL_STACK]
     cdef int r
     cdef double deadline
-    cdef list outs = None
+    cdef Py_ssize_t parsed = 0
     health = client.health
     if not health.all_up or client.tls_context is not None:
         return client._run(client.plan_get_many(keys, with_cas))
@@ -615,13 +617,13 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
                     conn.push(req)      # the ring is full: the request answered lost
             sent = True
             # raw values (no deserializer: parsing calls nothing of the
-            # caller's) are parsed as each reply completes, one dict per
-            # server, while the others answer
+            # caller's, and is dropped if the call is handed over) are parsed
+            # as the replies complete, while the other servers answer
             deserialize = client.deserialize
-            outs = [None] * n if deserialize is None else None
+            out = {}
             run_exchange(n, [c.fd for c in taken], [c.ring for c in taken], reqs,
                          <bytearray>taken[0].buf, deadline, reads_per_wake, kinds, errs,
-                         given, outs, with_cas)
+                         given, out if deserialize is None else None, with_cas, &parsed)
             for k in range(n):
                 if kinds[k] != EX_OK_ or not clean_get(<Request>reqs[k]):
                     handover = 2
@@ -643,20 +645,13 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
         fails[<Py_ssize_t>slots[k]] = 0      # health.succeeded
     for k in range(n):
         give_back(pools[<Py_ssize_t>slots[k]], taken[k])
-    if outs is not None:
-        for k in range(n):
-            if outs[k] is None:
-                break
-        else:
-            out = <dict>outs[0]     # merged in slot order: the general path's key order
-            for k in range(1, n):
-                out.update(<dict>outs[k])
-            return out
-    out = {}
-    for k in range(n):
-        req = <Request>reqs[k]
+    while parsed < n:
+        req = <Request>reqs[parsed]
         if c_parse_get_into(<bytes>req.reply, given, out, deserialize, with_cas,
                             req.keys) >= 0:
-            # not reached (clean_get saw END): the general decoding, from the start
-            return get_plan(client, given, slots, reqs, with_cas).done([None] * n)
+            break
+        parsed += 1
+    if parsed != n:
+        # not reached (clean_get saw END): the general decoding, from the start
+        return get_plan(client, given, slots, reqs, with_cas).done([None] * n)
     return out
