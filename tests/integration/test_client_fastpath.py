@@ -290,3 +290,24 @@ def test_the_fast_path_sends_the_general_paths_lines(fake, paths):
         assert c.gets_many(["b", "a"])["a"][0] == b"A"
         assert paths == []
         assert f.requests == [b"get p:a", b"get p:a p:b p:\xc3\xa9", b"gets p:b p:a"]
+
+
+def test_replies_parsed_as_they_come_keep_the_general_paths_order(fake, memcached, paths):
+    """Raw values are parsed while other servers still answer; a reply that
+    comes before the replies of lower slots waits for them, so the result's
+    key order is the general path's (slot order), whatever the arrival."""
+    f, m = fake(), memcached()
+    with Client([f.addr, m.addr], hash=MD5, timeout=2.0) as c:
+        on_f = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 0][:4]
+        on_m = [k for k in (f"k{i}" for i in range(200)) if c.slot(k.encode()) == 1][:4]
+        for k in on_f:
+            f.set(k.encode(), b"F" + k.encode())
+        assert c.set_many({k: b"M" + k.encode() for k in on_m}) == []
+        warm(c, paths)
+        keys = [k for pair in zip(on_m, on_f) for k in pair]    # interleaved as asked
+        f.behave("delay", count=1, delay=0.2)   # slot 0 answers after slot 1
+        got = c.get_many(keys)
+        assert paths == []
+        assert list(got) == on_f + on_m == list(general(c, keys))
+        assert got == {**{k: b"F" + k.encode() for k in on_f},
+                       **{k: b"M" + k.encode() for k in on_m}}
