@@ -8,6 +8,11 @@ every request is answered or the call's deadline passes.  A request that
 times out keeps its place in its connection's ring: the connection goes
 back to the pool and its late reply is read and dropped by whoever uses
 the connection next, so no later reply is ever matched to the wrong request.
+
+``get_many``/``gets_many`` run their common case (plain sockets, every
+server up, an idle connection per server) in one compiled call,
+``_fast.get_many``, which hands anything else to ``_run_many`` (before it
+sends) or ``_after_send`` (after), so both paths end in the same code.
 """
 from __future__ import annotations
 
