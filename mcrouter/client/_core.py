@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from mcrouter._parser import Request
-from mcrouter.client._fast import group_keys, parse_get_into, parse_one
+from mcrouter.client._fast import MULTIGET_CHUNK, group_keys, parse_get_into, parse_one
 from mcrouter.client.codec import (MAX_EXPTIME, MAX_U64, STORE_CMDS, RawSerde, Serde, check_int,
                                    serde_of,
                                    error_of, get_request, key_bytes, line_error, line_request,
@@ -37,7 +37,7 @@ from mcrouter.protocol import (CMD_CAS, CMD_DELETE, CMD_FLUSH_ALL, CMD_GAT, CMD_
 T = TypeVar("T")
 Key = str | bytes
 Errors = list[MemcacheError | None]
-MULTIGET_CHUNK = 1000           # keys per get line: bounded lines, still one write per server
+# MULTIGET_CHUNK (_fast's): keys per get line: bounded lines, still one write per server
 MAX_SECONDS = 365 * 86400       # the longest timeout or interval a client takes (a year)
 
 
@@ -292,12 +292,24 @@ class Commands:
                       expire: int | None = None) -> Plan[dict[Key, Any]]:
         """One get line per server (per MULTIGET_CHUNK keys), merged per key."""
         given, groups = self._by_server(keys)
-        cmd = (CMD_GETS if with_cas else CMD_GET) if expire is None else \
-            (CMD_GATS if with_cas else CMD_GAT)
         if expire is not None:
             check_int(expire, "expire", MAX_EXPTIME)
+        return self.plan_get_groups(given, groups, with_cas, expire)
+
+    def plan_get_groups(self, given: dict[bytes, Key], groups: Mapping[int, list[bytes]],
+                        with_cas: bool, expire: int | None = None) -> Plan[dict[Key, Any]]:
+        """plan_get_many once its keys are placed (``_by_server``'s result; the
+        blocking client's fast path hands its grouping over here)."""
+        cmd = (CMD_GETS if with_cas else CMD_GET) if expire is None else \
+            (CMD_GATS if with_cas else CMD_GAT)
         reqs = [(slot, get_request(cmd, ks[i:i + MULTIGET_CHUNK], expire))
-                for slot, ks in groups.items() for i in range(0, len(ks), MULTIGET_CHUNK)]
+                for slot, ks in groups.items() if ks
+                for i in range(0, len(ks), MULTIGET_CHUNK)]
+        return self.plan_get_reqs(given, reqs, with_cas)
+
+    def plan_get_reqs(self, given: dict[bytes, Key], reqs: list[tuple[int, Request]],
+                      with_cas: bool) -> Plan[dict[Key, Any]]:
+        """The plan of get requests already built (here, or by _fast.get_many)."""
 
         def done(errors: Errors) -> dict[Key, Any]:
             out: dict[Key, Any] = {}

@@ -5,6 +5,8 @@ from mcrouter._hash import Hasher
 from mcrouter._parser import Owner, Request
 from mcrouter._ring import Ring
 
+MULTIGET_CHUNK: int
+
 def group_keys(keys: Iterable[Any], prefix: bytes, hasher: Hasher | None, nservers: int,
                slot: Callable[[bytes], int] | None,
                key_bytes: Callable[[Any], bytes]) -> tuple[dict[bytes, Any], list[list[bytes]]]: ...
@@ -22,6 +24,9 @@ EX_PROTOCOL: int
 
 def exchange(fds: list[int], rings: list[Ring], lasts: list[Request], buf: bytearray,
              deadline: float, reads_per_wake: int) -> list[tuple[int, int]]: ...
+
+def get_many(client: Any, keys: Iterable[Any], with_cas: bool,
+             reads_per_wake: int) -> dict[Any, Any]: ...
 
 class Waited(Owner):
     def on_reply(self, req: Request) -> None: ...

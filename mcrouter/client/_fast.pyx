@@ -6,7 +6,7 @@ call, and turning a get reply into values.
 the same for a whole batch in one call (no tuple or function call per key),
 and fall back to them for anything unusual (a bad key, to raise its error).
 """
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 
 from cpython.ref cimport PyObject
@@ -20,7 +20,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno, EINTR, EAGAIN
 from libc.stdlib cimport malloc, free
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -34,7 +34,7 @@ cdef extern from "<poll.h>" nogil:
         POLLOUT
 
 from mcrouter._hash cimport Hasher
-from mcrouter._parser cimport Owner, Request
+from mcrouter._parser cimport CMD_GET, CMD_GETS, RK_GET, ST_ERROR, Owner, Request
 from mcrouter._ring cimport Ring
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -51,7 +51,12 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_MONOTONIC
 
+from mcrouter.client.codec import key_bytes as codec_key_bytes
+
 DEF KEY_MAX = 250
+cdef enum:
+    MULTIGET_CHUNK_ = 1000
+MULTIGET_CHUNK = MULTIGET_CHUNK_    # keys per get line: bounded lines, still one write per server
 DEF POLL_STACK = 16                 # descriptors polled without an allocation
 DEF POLL_MAX_MS = 1 << 30           # one poll's wait at most: a far deadline (a timeout of
                                     # days) is waited for in parts, not cast past INT_MAX
@@ -75,6 +80,10 @@ def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes)
     per server slot the keys as sent, in order, each once.  ``hasher`` None
     means one server; ``slot`` (the client's, for rehash while a server is
     out) replaces the hasher when not None; ``key_bytes`` raises a bad key's error."""
+    return c_group_keys(keys, prefix, hasher, nservers, slot, key_bytes)
+
+
+cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes):
     cdef dict given = {}
     cdef list groups = [[] for _ in range(nservers)]
     cdef bytes k, raw
@@ -165,6 +174,11 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
     (memcached answers hits in the order asked) instead of a new bytes
     object hashed per key.  Returns -1 if the reply ends with END, else the
     offset of what ends it (an error line)."""
+    return c_parse_get_into(reply, given, out, deserialize, with_cas, asked)
+
+
+cdef Py_ssize_t c_parse_get_into(bytes reply, dict given, dict out, deserialize,
+                                 bint with_cas, list asked) except -2:
     cdef const char *p = PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, le, ks, ke, vs
     cdef Py_ssize_t j = 0, nasked = len(asked) if asked is not None else 0
@@ -262,7 +276,13 @@ def poll_fds(list fds, list want_out, int timeout_ms):
 
 
 # what exchange() says of a connection that must be closed
-EX_OK, EX_EOF, EX_READ, EX_WRITE, EX_PROTOCOL = 0, 1, 2, 3, 4
+cdef enum:
+    EX_OK_ = 0
+    EX_EOF_ = 1
+    EX_READ_ = 2
+    EX_WRITE_ = 3
+    EX_PROTOCOL_ = 4
+EX_OK, EX_EOF, EX_READ, EX_WRITE, EX_PROTOCOL = EX_OK_, EX_EOF_, EX_READ_, EX_WRITE_, EX_PROTOCOL_
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -294,7 +314,37 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
     (EX_OK, 0) or why it must be closed: (EX_EOF, 0), (EX_READ or EX_WRITE,
     errno), (EX_PROTOCOL, 0) (the Ring's fault_bytes say what came).  What
     blocking.Client._wait does with Python calls per step, for TLS sockets."""
-    cdef Py_ssize_t n = len(fds), i, k, nact
+    cdef Py_ssize_t n = len(fds), i
+    cdef int kinds_stack[POLL_STACK]
+    cdef int errs_stack[POLL_STACK]
+    cdef int *kinds = kinds_stack
+    cdef int *errs = errs_stack
+    if n > POLL_STACK:
+        kinds = <int *>malloc(n * sizeof(int))
+        errs = <int *>malloc(n * sizeof(int))
+        if kinds == NULL or errs == NULL:
+            free(kinds)
+            free(errs)
+            raise MemoryError()
+    try:
+        run_exchange(n, fds, rings, lasts, buf, deadline, reads_per_wake, kinds, errs,
+                     None, None, False, NULL)
+        return [(kinds[i], errs[i]) for i in range(n)]
+    finally:
+        if kinds != kinds_stack:
+            free(kinds)
+            free(errs)
+
+
+cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray buf,
+                      double deadline, int reads_per_wake, int *kinds, int *errs,
+                      dict given, dict out, bint with_cas, Py_ssize_t *parsed) except -1:
+    """exchange's loop; each connection's verdict into kinds[i] (EX_*) and errs[i].
+    ``out`` (get_many's, raw values only): the clean get replies are parsed
+    into it while the other servers are still answering, in slot order (the
+    general path's key order: a reply waits for those before it);
+    ``parsed[0]`` counts them (more than n: a parse stopped short)."""
+    cdef Py_ssize_t i, k, nact
     cdef pollfd stack[POLL_STACK]
     cdef Py_ssize_t idx_stack[POLL_STACK]
     cdef pollfd *p = stack
@@ -305,8 +355,7 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
     cdef Ring ring
     cdef char *bp = PyByteArray_AS_STRING(buf)
     cdef Py_ssize_t bn = PyByteArray_GET_SIZE(buf)
-    cdef list result = [(EX_OK, 0)] * n
-    cdef list closed = [False] * n
+    cdef Request req
     if n > POLL_STACK:
         p = <pollfd *>malloc(n * sizeof(pollfd))
         idx = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
@@ -316,14 +365,16 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
             raise MemoryError()
     try:
         for i in range(n):
+            kinds[i] = EX_OK_
+            errs[i] = 0
             err = send_out(<Ring>rings[i], <int>fds[i])
             if err:
-                result[i] = (EX_WRITE, err)
-                closed[i] = True
+                kinds[i] = EX_WRITE_
+                errs[i] = err
         while True:
             nact = 0
             for i in range(n):
-                if closed[i] or (<Request>lasts[i]).reply is not None:
+                if kinds[i] != EX_OK_ or (<Request>lasts[i]).reply is not None:
                     continue
                 ring = <Ring>rings[i]
                 p[nact].fd = <int>fds[i]
@@ -357,8 +408,8 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
                 if p[k].revents & POLLOUT:
                     err = send_out(ring, fd)
                     if err:
-                        result[i] = (EX_WRITE, err)
-                        closed[i] = True
+                        kinds[i] = EX_WRITE_
+                        errs[i] = err
                         continue
                 if not (p[k].revents & ~POLLOUT):
                     continue
@@ -367,21 +418,28 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
                     got = c_recv(fd, bp, bn, 0)
                     if got < 0:
                         if errno != EAGAIN and errno != EINTR:
-                            result[i] = (EX_READ, errno)
-                            closed[i] = True
+                            kinds[i] = EX_READ_
+                            errs[i] = errno
                         break
                     if got == 0:
-                        result[i] = (EX_EOF, 0)
-                        closed[i] = True
+                        kinds[i] = EX_EOF_
                         break
                     if ring.feed_ptr(<const unsigned char *>bp, got) < 0:
-                        result[i] = (EX_PROTOCOL, 0)
-                        closed[i] = True
+                        kinds[i] = EX_PROTOCOL_
                         break
                     reads += 1
                     if got < bn:
                         break
-        return result
+                while out is not None and parsed[0] < n:
+                    req = <Request>lasts[parsed[0]]
+                    if kinds[parsed[0]] != EX_OK_ or not clean_get(req):
+                        break
+                    if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
+                                        req.keys) >= 0:
+                        parsed[0] = n + 1       # not reached (clean_get saw END)
+                        break
+                    parsed[0] += 1
+        return 0
     finally:
         if p != stack:
             free(p)
@@ -395,3 +453,205 @@ cdef class Waited(Owner):
 
     cpdef on_reply(self, Request req):
         pass
+
+
+cdef inline bint clean_get(Request req):
+    """A get reply that codec.error_of passes and that ends with END: values
+    (or none) and nothing else, for the fast path to take as it is."""
+    cdef object r = req.reply
+    cdef const char *p
+    cdef Py_ssize_t n
+    if r is None or req.status == ST_ERROR:
+        return False
+    p = PyBytes_AS_STRING(<bytes>r)
+    n = PyBytes_GET_SIZE(<bytes>r)
+    if n < 5 or memcmp(p + n - 5, b"END\r\n", 5) != 0:
+        return False
+    return n == 5 or p[0] == b'V'
+
+
+cdef bytes get_wire(bytes head, list ks):
+    """``head + b" ".join(ks) + b"\\r\\n"`` (codec.get_request's line) written
+    once into a bytes of the right size, not built by three concatenations."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(head) + len(ks) + 1, i, m
+    cdef bytes k, out
+    cdef char *w
+    for k in ks:
+        n += PyBytes_GET_SIZE(k)
+    out = PyBytes_FromStringAndSize(NULL, n)
+    w = PyBytes_AS_STRING(out)
+    m = PyBytes_GET_SIZE(head)
+    memcpy(w, PyBytes_AS_STRING(head), m)
+    w += m
+    for i in range(len(ks)):
+        if i:
+            w[0] = b' '
+            w += 1
+        k = <bytes>ks[i]
+        m = PyBytes_GET_SIZE(k)
+        memcpy(w, PyBytes_AS_STRING(k), m)
+        w += m
+    w[0] = b'\r'
+    w[1] = b'\n'
+    return out
+
+
+cdef object get_plan(client, dict given, list slots, list reqs, bint with_cas):
+    """The general path's Plan of the requests the fast path built."""
+    return client.plan_get_reqs(given, list(zip(slots, reqs)), with_cas)
+
+
+cdef bint take_idle(pool, list taken):
+    """An idle connection of ``pool`` appended to ``taken`` under its lock
+    (ServerPool.acquire's own case with one idle, unchecked); False if none."""
+    lock = pool.lock
+    lock.acquire()
+    try:
+        idle = <list>pool.idle
+        if not idle:
+            return False
+        taken.append(idle.pop())
+        return True
+    finally:
+        lock.release()
+
+
+cdef void give_back(pool, conn) except *:
+    """ServerPool.release, its usual case inline: a connection of the pool's
+    generation, still open, back to the idle list (the waiting notified)."""
+    cdef bint done = False
+    lock = pool.lock
+    lock.acquire()
+    try:
+        if not conn.closed and conn.gen == pool.gen:
+            (<list>pool.idle).append(conn)
+            done = True
+            if pool.waiting:
+                pool.cond.notify()
+    finally:
+        lock.release()
+    if not done:
+        pool.release(conn)
+
+
+def get_many(client, keys, bint with_cas, int reads_per_wake):
+    """blocking.Client.get_many (gets_many: ``with_cas``) with its common
+    case in C: plain sockets, every server up, an idle connection in each
+    pool the keys need, at most MULTIGET_CHUNK keys per server.  It places
+    the keys, builds one get per server, takes the connections in slot order,
+    checks them with one poll, sends, waits (run_exchange) and, when every
+    reply came back clean, parses them, marks the servers healthy and
+    returns the connections.  Anything else is handed to the general path
+    at the point reached (the plan with what was taken: Client._run_many,
+    or Client._after_send once sent), so its behaviour is the call's."""
+    cdef Py_ssize_t ns, n, k
+    cdef list lists, ks, slots = [], reqs = [], taken = [], verdicts
+    cdef dict given, conns, out
+    cdef Request req
+    cdef Ring ring
+    cdef bytes head = b"gets " if with_cas else b"get "
+    cdef int cmd = CMD_GETS if with_cas else CMD_GET
+    cdef int handover = 0           # 1: before sending (_run_many), 2: after (_after_send)
+    cdef bint sent = False
+    cdef pollfd fds_poll[POLL_STACK]
+    cdef int kinds[POLL_STACK]
+    cdef int errs[POLL_STACK]
+    cdef int r
+    cdef double deadline
+    cdef Py_ssize_t parsed = 0
+    health = client.health
+    if not health.all_up or client.tls_context is not None:
+        return client._run(client.plan_get_many(keys, with_cas))
+    placement = client.placement
+    ns = len(<list>client.names)
+    given, lists = c_group_keys(keys, client.key_prefix,
+                                None if placement.single else placement.hasher, ns, None,
+                                codec_key_bytes)
+    for k in range(ns):
+        ks = <list>lists[k]
+        if not ks:
+            continue
+        if len(ks) > MULTIGET_CHUNK_:
+            return client._get_chunked(given, lists, with_cas)
+        req = Request.__new__(Request)
+        req.cmd = cmd
+        req.rkind = RK_GET
+        req.key = <bytes>ks[0]
+        req.keys = ks if len(ks) > 1 else None
+        req.wire = get_wire(head, ks)
+        slots.append(k)
+        reqs.append(req)
+    n = len(reqs)
+    if n == 0:
+        return {}
+    deadline = monotonic() + <double>client.timeout
+    if n > POLL_STACK:
+        return client._run(get_plan(client, given, slots, reqs, with_cas))
+    pools = <list>client.pools
+    try:
+        # in slot order, as every call takes them (ServerPool.acquire's rule)
+        for k in range(n):
+            if not take_idle(pools[<Py_ssize_t>slots[k]], taken):
+                handover = 1
+                break
+        if not handover:
+            # Client._in_step's poll: a connection owed nothing with something
+            # to read (stray bytes, EOF) goes to the general path's check
+            for k in range(n):
+                fds_poll[k].fd = <int>taken[k].fd
+                fds_poll[k].events = POLLIN | POLLPRI
+                fds_poll[k].revents = 0
+            r = poll(fds_poll, n, 0)
+            if r > 0:
+                for k in range(n):
+                    ring = <Ring>taken[k].ring
+                    if fds_poll[k].revents and len(ring.fifo) - ring.head == 0:
+                        handover = 1
+                        break
+        if not handover:
+            for k in range(n):          # Connection.push
+                conn = taken[k]
+                req = <Request>reqs[k]
+                req.owner = <Owner>conn
+                if not (<Ring>conn.ring).push(req, 0.0):
+                    conn.push(req)      # the ring is full: the request answered lost
+            sent = True
+            # raw values (no deserializer: parsing calls nothing of the
+            # caller's, and is dropped if the call is handed over) are parsed
+            # as the replies complete, while the other servers answer
+            deserialize = client.deserialize
+            out = {}
+            run_exchange(n, [c.fd for c in taken], [c.ring for c in taken], reqs,
+                         <bytearray>taken[0].buf, deadline, reads_per_wake, kinds, errs,
+                         given, out if deserialize is None else None, with_cas, &parsed)
+            for k in range(n):
+                if kinds[k] != EX_OK_ or not clean_get(<Request>reqs[k]):
+                    handover = 2
+                    break
+    except BaseException:
+        client._abort({slots[k]: taken[k] for k in range(len(taken))}, sent)
+        raise
+    if handover:
+        conns = {slots[k]: taken[k] for k in range(len(taken))}
+        plan = get_plan(client, given, slots, reqs, with_cas)
+        if handover == 2:
+            verdicts = [(kinds[k], errs[k]) for k in range(n)]
+            return client._after_send(plan, conns, verdicts)
+        if not conns:
+            return client._run(plan)
+        return client._run_many(plan, conns, deadline)
+    fails = <list>health.fails
+    for k in range(n):
+        fails[<Py_ssize_t>slots[k]] = 0      # health.succeeded
+    for k in range(n):
+        give_back(pools[<Py_ssize_t>slots[k]], taken[k])
+    while parsed < n:
+        req = <Request>reqs[parsed]
+        if c_parse_get_into(<bytes>req.reply, given, out, deserialize, with_cas,
+                            req.keys) >= 0:
+            break
+        parsed += 1
+    if parsed != n:
+        # not reached (clean_get saw END): the general decoding, from the start
+        return get_plan(client, given, slots, reqs, with_cas).done([None] * n)
+    return out

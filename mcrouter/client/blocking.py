@@ -8,6 +8,11 @@ every request is answered or the call's deadline passes.  A request that
 times out keeps its place in its connection's ring: the connection goes
 back to the pool and its late reply is read and dropped by whoever uses
 the connection next, so no later reply is ever matched to the wrong request.
+
+``get_many``/``gets_many`` run their common case (plain sockets, every
+server up, an idle connection per server) in one compiled call,
+``_fast.get_many``, which hands anything else to ``_run_many`` (before it
+sends) or ``_after_send`` (after), so both paths end in the same code.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
 from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, Waited, exchange,
                                    poll_fds)
+from mcrouter.client._fast import get_many as fast_get_many
 from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR, check_int
 from mcrouter.client.errors import MemcacheError, MemcacheTimeoutError
 from mcrouter.client.meta import MetaDebug, MetaRequest, MetaResult
@@ -317,11 +323,17 @@ class Client(Commands):
             self.pools[slot].release(conn)
         return plan.done([err])
 
-    def _run_many(self, plan: Plan[T]) -> T:
+    def _run_many(self, plan: Plan[T], conns: dict[int, Connection] | None = None,
+                  deadline: float | None = None) -> T:
+        """Every request pipelined, a connection per server.  ``conns`` and
+        ``deadline``: what the fast path (_fast.get_many) already took, in slot
+        order and not yet checked (Connection.in_step), when it hands over."""
         reqs = plan.reqs
         errors: Errors = [None] * len(reqs)
-        deadline = time.monotonic() + self.timeout
-        conns: dict[int, Connection] = {}
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        if conns is None:
+            conns = {}
         refused: dict[int, MemcacheError] = {}
         health = self.health
         try:
@@ -329,6 +341,8 @@ class Client(Commands):
             # threads can each hold one the other waits for
             all_up = health.all_up
             for slot in sorted({slot for slot, _ in reqs}):
+                if slot in conns:
+                    continue
                 try:
                     if not all_up:
                         self.check_up(slot)
@@ -346,20 +360,63 @@ class Client(Commands):
                     last[slot] = req
             if conns:
                 self._wait(conns, last, deadline)
-            for i, (slot, req) in enumerate(reqs):
-                if errors[i] is None and req.reply is None:
-                    errors[i] = MemcacheTimeoutError(f"no reply within {self.timeout}s",
-                                                     server=self.names[slot])
-            fails = health.fails
-            for slot, conn in conns.items():
-                if conn.closed or last[slot].reply is None:
-                    self._failed(slot)
-                else:
-                    fails[slot] = 0             # health.succeeded, inline: once per server
+            self._settle(reqs, errors, conns, last)
         finally:
             for slot, conn in conns.items():
                 self.pools[slot].release(conn)
         return plan.done(errors)
+
+    def _settle(self, reqs: list[tuple[int, Request]], errors: Errors,
+                conns: dict[int, Connection], last: dict[int, Request]) -> None:
+        """After the wait: a timeout error for each request unanswered, and
+        each server's health."""
+        for i, (slot, req) in enumerate(reqs):
+            if errors[i] is None and req.reply is None:
+                errors[i] = MemcacheTimeoutError(f"no reply within {self.timeout}s",
+                                                 server=self.names[slot])
+        fails = self.health.fails
+        for slot, conn in conns.items():
+            if conn.closed or last[slot].reply is None:
+                self._failed(slot)
+            else:
+                fails[slot] = 0             # health.succeeded, inline: once per server
+
+    def _after_send(self, plan: Plan[T], conns: dict[int, Connection],
+                    verdicts: list[tuple[int, int]]) -> T:
+        """The fast path's hand-over once it has sent and waited (exchange's
+        ``verdicts``) but not everything came back clean: the rest of
+        _run_many, from _exchange's closing of the broken connections on."""
+        reqs = plan.reqs
+        errors: Errors = [None] * len(reqs)
+        last = {slot: req for slot, req in reqs}
+        try:
+            cs = list(conns.values())
+            try:
+                self._close_broken(cs, verdicts)
+            except BaseException:
+                for c in cs:
+                    c.close(INTERRUPTED)
+                raise
+            self._settle(reqs, errors, conns, last)
+        finally:
+            for slot, conn in conns.items():
+                self.pools[slot].release(conn)
+        return plan.done(errors)
+
+    def _abort(self, conns: dict[int, Connection], sent: bool) -> None:
+        """The fast path cut by an exception (Ctrl-C): its connections go back,
+        closed if anything was sent (where each stream stands is unknown)."""
+        for slot, conn in conns.items():
+            try:
+                if sent:
+                    conn.close(INTERRUPTED)
+            finally:
+                self.pools[slot].release(conn)
+
+    def _get_chunked(self, given: dict[bytes, Key], lists: list[list[bytes]],
+                     with_cas: bool) -> dict[Key, Any]:
+        """The fast path's hand-over for a server owed more than MULTIGET_CHUNK keys."""
+        return self._run(self.plan_get_groups(given, dict(enumerate(lists)), with_cas))
 
     def _failed(self, slot: int) -> None:
         if self.health.failed(slot):
@@ -418,28 +475,34 @@ class Client(Commands):
     def _exchange(self, todo: list[tuple[Connection, Request]], deadline: float) -> None:
         """_wait's loop in C (_fast.exchange) for plain sockets: the same
         writes, one poll for all and reads; then each connection it found
-        broken is closed here, with the reason Connection.read would give
-        (str of the OSError it would have caught: "[Errno 104] ...").
-        The receive buffer is the first connection's: this call holds it."""
+        broken is closed (_close_broken).  The receive buffer is the first
+        connection's: this call holds it."""
         conns = [conn for conn, _ in todo]
         try:
             verdicts = exchange([c.fd for c in conns], [c.ring for c in conns],
                                 [req for _, req in todo], conns[0].buf, deadline,
                                 READS_PER_WAKE)
-            for conn, (kind, err) in zip(conns, verdicts):
-                if kind == EX_EOF:
-                    conn.close("connection closed by the server")
-                elif kind == EX_READ:
-                    conn.close(f"read failed: {OSError(err, os.strerror(err))}")
-                elif kind == EX_WRITE:
-                    conn.close(f"write failed: {OSError(err, os.strerror(err))}")
-                elif kind == EX_PROTOCOL:
-                    conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers "
-                               "no request")
+            self._close_broken(conns, verdicts)
         except BaseException:           # Ctrl-C, a signal handler's error (a signal that came
             for c in conns:             # during exchange is raised once it returns, maybe
                 c.close(INTERRUPTED)    # before a broken connection was closed): where each
             raise                       # stream stands is unknown
+
+    @staticmethod
+    def _close_broken(conns: list[Connection], verdicts: list[tuple[int, int]]) -> None:
+        """Close each connection exchange found broken, with the reason
+        Connection.read would give (str of the OSError it would have caught:
+        "[Errno 104] ...")."""
+        for conn, (kind, err) in zip(conns, verdicts):
+            if kind == EX_EOF:
+                conn.close("connection closed by the server")
+            elif kind == EX_READ:
+                conn.close(f"read failed: {OSError(err, os.strerror(err))}")
+            elif kind == EX_WRITE:
+                conn.close(f"write failed: {OSError(err, os.strerror(err))}")
+            elif kind == EX_PROTOCOL:
+                conn.close(f"{PROTOCOL_ERROR}reply {conn.ring.fault_bytes!r} answers "
+                           "no request")
 
     # -- pymemcache's calls ------------------------------------------------------
 
@@ -464,12 +527,12 @@ class Client(Commands):
         before any reply is read.  A server that fails costs its keys only:
         MemcachePartialError carries the rest (``result``) and each failed
         key's error (``errors``); with ``ignore_exc`` they are misses."""
-        return self._run(self.plan_get_many(keys))
+        return fast_get_many(self, keys, False, READS_PER_WAKE)
 
     get_multi = get_many
 
     def gets_many(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, bytes | None]]:
-        return self._run(self.plan_get_many(keys, with_cas=True))
+        return fast_get_many(self, keys, True, READS_PER_WAKE)
 
     def set(self, key: Key, value: Any, expire: int = 0, noreply: bool | None = None,
             flags: int | None = None) -> bool:
