@@ -21,6 +21,7 @@ EX_EOF: int
 EX_READ: int
 EX_WRITE: int
 EX_PROTOCOL: int
+EXCHANGE_MAX: int
 
 def exchange(fds: list[int], rings: list[Ring], lasts: list[Request], buf: bytearray,
              deadline: float, reads_per_wake: int) -> list[tuple[int, int]]: ...

@@ -283,6 +283,7 @@ cdef enum:
     EX_WRITE_ = 3
     EX_PROTOCOL_ = 4
 EX_OK, EX_EOF, EX_READ, EX_WRITE, EX_PROTOCOL = EX_OK_, EX_EOF_, EX_READ_, EX_WRITE_, EX_PROTOCOL_
+EXCHANGE_MAX = POLL_STACK       # connections one exchange takes; more wait in Python
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -315,25 +316,13 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
     errno), (EX_PROTOCOL, 0) (the Ring's fault_bytes say what came).  What
     blocking.Client._wait does with Python calls per step, for TLS sockets."""
     cdef Py_ssize_t n = len(fds), i
-    cdef int kinds_stack[POLL_STACK]
-    cdef int errs_stack[POLL_STACK]
-    cdef int *kinds = kinds_stack
-    cdef int *errs = errs_stack
+    cdef int kinds[POLL_STACK]
+    cdef int errs[POLL_STACK]
     if n > POLL_STACK:
-        kinds = <int *>malloc(n * sizeof(int))
-        errs = <int *>malloc(n * sizeof(int))
-        if kinds == NULL or errs == NULL:
-            free(kinds)
-            free(errs)
-            raise MemoryError()
-    try:
-        run_exchange(n, fds, rings, lasts, buf, deadline, reads_per_wake, kinds, errs,
-                     None, None, False, NULL)
-        return [(kinds[i], errs[i]) for i in range(n)]
-    finally:
-        if kinds != kinds_stack:
-            free(kinds)
-            free(errs)
+        raise ValueError(f"exchange takes at most {POLL_STACK} connections (EXCHANGE_MAX)")
+    run_exchange(n, fds, rings, lasts, buf, deadline, reads_per_wake, kinds, errs,
+                 None, None, False, NULL)
+    return [(kinds[i], errs[i]) for i in range(n)]
 
 
 cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray buf,
@@ -345,10 +334,8 @@ cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray 
     general path's key order: a reply waits for those before it);
     ``parsed[0]`` counts them (more than n: a parse stopped short)."""
     cdef Py_ssize_t i, k, nact
-    cdef pollfd stack[POLL_STACK]
-    cdef Py_ssize_t idx_stack[POLL_STACK]
-    cdef pollfd *p = stack
-    cdef Py_ssize_t *idx = idx_stack
+    cdef pollfd p[POLL_STACK]           # n is at most POLL_STACK: the callers see to it
+    cdef Py_ssize_t idx[POLL_STACK]
     cdef int r, err, reads, fd
     cdef ssize_t got
     cdef double left, ms
@@ -357,93 +344,83 @@ cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray 
     cdef Py_ssize_t bn = PyByteArray_GET_SIZE(buf)
     cdef Request req
     if n > POLL_STACK:
-        p = <pollfd *>malloc(n * sizeof(pollfd))
-        idx = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
-        if p == NULL or idx == NULL:
-            free(p)
-            free(idx)
-            raise MemoryError()
-    try:
+        raise ValueError("run_exchange: more connections than POLL_STACK")
+    for i in range(n):
+        kinds[i] = EX_OK_
+        errs[i] = 0
+        err = send_out(<Ring>rings[i], <int>fds[i])
+        if err:
+            kinds[i] = EX_WRITE_
+            errs[i] = err
+    while True:
+        nact = 0
         for i in range(n):
-            kinds[i] = EX_OK_
-            errs[i] = 0
-            err = send_out(<Ring>rings[i], <int>fds[i])
-            if err:
-                kinds[i] = EX_WRITE_
-                errs[i] = err
-        while True:
-            nact = 0
-            for i in range(n):
-                if kinds[i] != EX_OK_ or (<Request>lasts[i]).reply is not None:
-                    continue
-                ring = <Ring>rings[i]
-                p[nact].fd = <int>fds[i]
-                p[nact].events = POLLIN | POLLPRI
-                if PyByteArray_GET_SIZE(ring.out):
-                    p[nact].events |= POLLOUT
-                p[nact].revents = 0
-                idx[nact] = i
-                nact += 1
-            if nact == 0:
-                break
-            left = deadline - monotonic()
-            if left <= 0:
-                break
-            ms = left * 1000.0 + 1.0
-            if ms > POLL_MAX_MS:
-                ms = POLL_MAX_MS
-            with nogil:
-                r = poll(p, nact, <int>ms)
-            if r < 0:
-                if errno != EINTR:
-                    raise OSError(errno, "poll failed")
-                PyErr_CheckSignals()        # Ctrl-C: raised here (the caller closes)
+            if kinds[i] != EX_OK_ or (<Request>lasts[i]).reply is not None:
                 continue
-            for k in range(nact):
-                if not p[k].revents:
+            ring = <Ring>rings[i]
+            p[nact].fd = <int>fds[i]
+            p[nact].events = POLLIN | POLLPRI
+            if PyByteArray_GET_SIZE(ring.out):
+                p[nact].events |= POLLOUT
+            p[nact].revents = 0
+            idx[nact] = i
+            nact += 1
+        if nact == 0:
+            break
+        left = deadline - monotonic()
+        if left <= 0:
+            break
+        ms = left * 1000.0 + 1.0
+        if ms > POLL_MAX_MS:
+            ms = POLL_MAX_MS
+        with nogil:
+            r = poll(p, nact, <int>ms)
+        if r < 0:
+            if errno != EINTR:
+                raise OSError(errno, "poll failed")
+            PyErr_CheckSignals()        # Ctrl-C: raised here (the caller closes)
+            continue
+        for k in range(nact):
+            if not p[k].revents:
+                continue
+            i = idx[k]
+            ring = <Ring>rings[i]
+            fd = p[k].fd
+            if p[k].revents & POLLOUT:
+                err = send_out(ring, fd)
+                if err:
+                    kinds[i] = EX_WRITE_
+                    errs[i] = err
                     continue
-                i = idx[k]
-                ring = <Ring>rings[i]
-                fd = p[k].fd
-                if p[k].revents & POLLOUT:
-                    err = send_out(ring, fd)
-                    if err:
-                        kinds[i] = EX_WRITE_
-                        errs[i] = err
-                        continue
-                if not (p[k].revents & ~POLLOUT):
-                    continue
-                reads = 0
-                while reads < reads_per_wake:
-                    got = c_recv(fd, bp, bn, 0)
-                    if got < 0:
-                        if errno != EAGAIN and errno != EINTR:
-                            kinds[i] = EX_READ_
-                            errs[i] = errno
-                        break
-                    if got == 0:
-                        kinds[i] = EX_EOF_
-                        break
-                    if ring.feed_ptr(<const unsigned char *>bp, got) < 0:
-                        kinds[i] = EX_PROTOCOL_
-                        break
-                    reads += 1
-                    if got < bn:
-                        break
-                while out is not None and parsed[0] < n:
-                    req = <Request>lasts[parsed[0]]
-                    if kinds[parsed[0]] != EX_OK_ or not clean_get(req):
-                        break
-                    if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
-                                        req.keys) >= 0:
-                        parsed[0] = n + 1       # not reached (clean_get saw END)
-                        break
-                    parsed[0] += 1
-        return 0
-    finally:
-        if p != stack:
-            free(p)
-            free(idx)
+            if not (p[k].revents & ~POLLOUT):
+                continue
+            reads = 0
+            while reads < reads_per_wake:
+                got = c_recv(fd, bp, bn, 0)
+                if got < 0:
+                    if errno != EAGAIN and errno != EINTR:
+                        kinds[i] = EX_READ_
+                        errs[i] = errno
+                    break
+                if got == 0:
+                    kinds[i] = EX_EOF_
+                    break
+                if ring.feed_ptr(<const unsigned char *>bp, got) < 0:
+                    kinds[i] = EX_PROTOCOL_
+                    break
+                reads += 1
+                if got < bn:
+                    break
+            while out is not None and parsed[0] < n:
+                req = <Request>lasts[parsed[0]]
+                if kinds[parsed[0]] != EX_OK_ or not clean_get(req):
+                    break
+                if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
+                                    req.keys) >= 0:
+                    parsed[0] = n + 1       # not reached (clean_get saw END)
+                    break
+                parsed[0] += 1
+    return 0
 
 
 cdef class Waited(Owner):

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 from mcrouter._parser import Request
 from mcrouter._ring import Ring
 from mcrouter.client._core import Commands, Errors, Key, Plan, Reconnect
-from mcrouter.client._fast import (EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, Waited, exchange,
+from mcrouter.client._fast import (EXCHANGE_MAX, EX_EOF, EX_PROTOCOL, EX_READ, EX_WRITE, Waited, exchange,
                                    poll_fds)
 from mcrouter.client._fast import get_many as fast_get_many
 from mcrouter.client.codec import LOST_PREFIX, PROTOCOL_ERROR, check_int
@@ -447,7 +447,7 @@ class Client(Commands):
         last request of this call is answered (replies come in order), all
         the connections watched by one poll (_fast.poll_fds)."""
         todo = [(conn, last[slot]) for slot, conn in conns.items()]
-        if not any(conn.tls for conn, _ in todo):
+        if len(todo) <= EXCHANGE_MAX and not any(conn.tls for conn, _ in todo):
             self._exchange(todo, deadline)
             return
         unsent = [conn.flush() > 0 for conn, _ in todo]
