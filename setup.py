@@ -7,7 +7,7 @@ extensions = [
     Extension("mcrouter._metrics", ["mcrouter/_metrics.pyx"]),
     Extension("mcrouter._ring", ["mcrouter/_ring.pyx"]),
     Extension("mcrouter._downstream", ["mcrouter/_downstream.pyx"]),
-    Extension("mcrouter._hash", ["mcrouter/_hash.pyx"]),
+    Extension("mcrouter._hash", ["mcrouter/_hash.pyx"], depends=["mcrouter/_md5x.h"]),
     Extension("mcrouter._routing", ["mcrouter/_routing.pyx"]),
     Extension("mcrouter._loop", ["mcrouter/_loop.pyx"]),
     Extension("mcrouter._upstream", ["mcrouter/_upstream.pyx"]),

@@ -35,7 +35,7 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t
 from libc.string cimport memchr, memcmp, memcpy
 
-from mcrouter._hash cimport Hasher
+from mcrouter._hash cimport INDEX_MANY_, Hasher
 from mcrouter._metrics cimport local, G_ROUTES, R_FAILOVER, R_MISS_FAILOVER, R_FANOUT
 from mcrouter._parser cimport (Owner, Request, CMD_GET, CMD_GETS, CMD_GAT, CMD_GATS, CMD_STATS,
                                ST_OK, ST_FAIL, ST_ERROR, TAKE_NO, TAKE_YES)
@@ -973,6 +973,10 @@ cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
     cdef Py_ssize_t plen
     cdef char *dst
     cdef bint stream = req.stream
+    cdef const uint8_t *kp[INDEX_MANY_]
+    cdef size_t kn[INDEX_MANY_]
+    cdef int kd[INDEX_MANY_]
+    cdef Py_ssize_t j, c
     buf = &stack[0] if need <= 4 * SMALL_SLOTS + 64 else <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * need)
     if buf == NULL:
         raise MemoryError()
@@ -992,8 +996,15 @@ cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
         for i in range(nr):
             rslot[i] = -1
         for i in range(n):
+            if i % INDEX_MANY_ == 0:        # the next few keys placed together
+                c = min(INDEX_MANY_, n - i)
+                for j in range(c):
+                    k = <bytes>PyList_GET_ITEM(keys, i + j)
+                    kp[j] = <const uint8_t *>PyBytes_AS_STRING(k)
+                    kn[j] = PyBytes_GET_SIZE(k)
+                hasher.index_many(kp, kn, <int>c, kd)
             k = <bytes>PyList_GET_ITEM(keys, i)
-            d = hasher.index_span(<const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+            d = kd[i % INDEX_MANY_]
             if d < 0 or d >= nr:
                 raise IndexError(f"the hasher placed a key at {d}, past the {nr} routes")
             s = rslot[d]

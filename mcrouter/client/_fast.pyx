@@ -15,6 +15,18 @@ cdef extern from "Python.h":
     # one lookup where Contains then SetItem took two; a borrowed reference
     PyObject *PyDict_SetDefault(object d, object key, object default) except NULL
     Py_ssize_t PyDict_GET_SIZE(object d)
+    Py_ssize_t PyObject_LengthHint(object o, Py_ssize_t default) except -1
+
+cdef extern from *:
+    """
+    /* a dict made with room for n keys: no resize (rehash) while filling it */
+    #if PY_VERSION_HEX < 0x030D0000
+    #define MCR_DICT_PRESIZED(n) _PyDict_NewPresized(n)
+    #else
+    #define MCR_DICT_PRESIZED(n) PyDict_New()
+    #endif
+    """
+    dict dict_presized "MCR_DICT_PRESIZED" (Py_ssize_t n)
 from cpython.list cimport PyList_Append
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
@@ -33,7 +45,8 @@ cdef extern from "<poll.h>" nogil:
         POLLPRI
         POLLOUT
 
-from mcrouter._hash cimport Hasher
+from libc.stdint cimport uint8_t
+from mcrouter._hash cimport INDEX_MANY_, Hasher
 from mcrouter._parser cimport CMD_GET, CMD_GETS, RK_GET, ST_ERROR, Owner, Request
 from mcrouter._ring cimport Ring
 
@@ -80,16 +93,25 @@ def group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes)
     per server slot the keys as sent, in order, each once.  ``hasher`` None
     means one server; ``slot`` (the client's, for rehash while a server is
     out) replaces the hasher when not None; ``key_bytes`` raises a bad key's error."""
-    return c_group_keys(keys, prefix, hasher, nservers, slot, key_bytes)
+    cdef bint same
+    return c_group_keys(keys, prefix, hasher, nservers, slot, key_bytes, &same)
 
 
-cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes):
-    cdef dict given = {}
+cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, key_bytes,
+                        bint *same):
+    """group_keys; ``same`` set when every key is sent as given (bytes, no
+    prefix), so that a reply's key needs no lookup in ``given``."""
+    cdef dict given = dict_presized(min(PyObject_LengthHint(keys, 0), MULTIGET_CHUNK_))
     cdef list groups = [[] for _ in range(nservers)]
     cdef bytes k, raw
     cdef int i
     cdef Py_ssize_t n0
     cdef bint plain = len(prefix) == 0
+    cdef const uint8_t *bp[INDEX_MANY_]     # new keys waiting to be placed together:
+    cdef size_t bn[INDEX_MANY_]             # pointers into keys that ``given`` holds
+    cdef PyObject *bk[INDEX_MANY_]
+    cdef int nb = 0
+    same[0] = plain
     for key in keys:
         if type(key) is bytes:
             raw = <bytes>key
@@ -103,6 +125,8 @@ cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, k
             raw = key_bytes(key, prefix)            # the codec's own error or conversion
             if not plain:
                 raw = raw[len(prefix):]
+        if raw is not key:
+            same[0] = False
         k = raw if plain else prefix + raw
         if not good_key(k, PyBytes_GET_SIZE(raw)):
             key_bytes(key, prefix)                  # raises MemcacheIllegalInputError
@@ -112,13 +136,32 @@ cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, k
         if PyDict_GET_SIZE(given) == n0:
             continue                                # asked before: once is enough
         if slot is not None:
-            i = slot(k)
+            PyList_Append(<list>groups[<int>slot(k)], k)
         elif hasher is None:
-            i = 0
+            PyList_Append(<list>groups[0], k)
         else:
-            i = hasher.index(k)
-        PyList_Append(<list>groups[i], k)
+            bk[nb] = <PyObject *>k
+            bp[nb] = <const uint8_t *>PyBytes_AS_STRING(k)
+            bn[nb] = PyBytes_GET_SIZE(k)
+            nb += 1
+            if nb == INDEX_MANY_:
+                place(hasher, bp, bn, bk, nb, groups)
+                nb = 0
+    place(hasher, bp, bn, bk, nb, groups)
     return given, groups
+
+
+cdef inline int place(Hasher hasher, const uint8_t **bp, size_t *bn, PyObject **bk, int nb,
+                      list groups) except -1:
+    """Append each of ``nb`` keys to its server's group, placed in one
+    Hasher.index_many call (short md5 keys hashed side by side)."""
+    cdef int at[INDEX_MANY_]
+    cdef int j
+    if nb:
+        hasher.index_many(bp, bn, nb, at)
+        for j in range(nb):
+            PyList_Append(<list>groups[at[j]], <object>bk[j])
+    return 0
 
 
 cdef inline Py_ssize_t find_crlf(const char *p, Py_ssize_t pos, Py_ssize_t n):
@@ -174,11 +217,12 @@ def parse_get_into(bytes reply, dict given, dict out, deserialize, bint with_cas
     (memcached answers hits in the order asked) instead of a new bytes
     object hashed per key.  Returns -1 if the reply ends with END, else the
     offset of what ends it (an error line)."""
-    return c_parse_get_into(reply, given, out, deserialize, with_cas, asked)
+    return c_parse_get_into(reply, given, out, deserialize, with_cas, asked, False)
 
 
 cdef Py_ssize_t c_parse_get_into(bytes reply, dict given, dict out, deserialize,
-                                 bint with_cas, list asked) except -2:
+                                 bint with_cas, list asked, bint same) except -2:
+    """parse_get_into; ``same``: every key was sent as given (c_group_keys)."""
     cdef const char *p = PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply), pos = 0, le, ks, ke, vs
     cdef Py_ssize_t j = 0, nasked = len(asked) if asked is not None else 0
@@ -186,6 +230,7 @@ cdef Py_ssize_t c_parse_get_into(bytes reply, dict given, dict out, deserialize,
     cdef bytes k, data
     cdef object key, value
     cdef void *found
+    cdef bint matched
     while n - pos >= 6 and memcmp(p + pos, b"VALUE ", 6) == 0:
         le = find_crlf(p, pos + 6, n)
         if le < 0:
@@ -199,17 +244,22 @@ cdef Py_ssize_t c_parse_get_into(bytes reply, dict given, dict out, deserialize,
             return pos
         if le + 2 + <Py_ssize_t>size > n:
             return pos
+        matched = False
         while j < nasked:
             k = <bytes>asked[j]
             j += 1
             if PyBytes_GET_SIZE(k) == ke - ks and memcmp(PyBytes_AS_STRING(k), p + ks,
                                                          ke - ks) == 0:
+                matched = True
                 break
         else:
             k = p[ks:ke]
         data = p[le + 2:le + 2 + <Py_ssize_t>size]
-        found = PyDict_GetItem(given, k)
-        key = <object>found if found != NULL else k
+        if matched and same:
+            key = k
+        else:
+            found = PyDict_GetItem(given, k)
+            key = <object>found if found != NULL else k
         value = data if deserialize is None else deserialize(key, data, flags)
         PyDict_SetItem(out, key, (value, cas_token(p, vs, le)) if with_cas else value)
         pos = le + 4 + <Py_ssize_t>size
@@ -321,13 +371,14 @@ def exchange(list fds, list rings, list lasts, bytearray buf, double deadline,
     if n > POLL_STACK:
         raise ValueError(f"exchange takes at most {POLL_STACK} connections (EXCHANGE_MAX)")
     run_exchange(n, fds, rings, lasts, buf, deadline, reads_per_wake, kinds, errs,
-                 None, None, False, NULL)
+                 None, None, False, False, NULL)
     return [(kinds[i], errs[i]) for i in range(n)]
 
 
 cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray buf,
                       double deadline, int reads_per_wake, int *kinds, int *errs,
-                      dict given, dict out, bint with_cas, Py_ssize_t *parsed) except -1:
+                      dict given, dict out, bint with_cas, bint same,
+                      Py_ssize_t *parsed) except -1:
     """exchange's loop; each connection's verdict into kinds[i] (EX_*) and errs[i].
     ``out`` (get_many's, raw values only): the clean get replies are parsed
     into it while the other servers are still answering, in slot order (the
@@ -416,7 +467,7 @@ cdef int run_exchange(Py_ssize_t n, list fds, list rings, list lasts, bytearray 
                 if kinds[parsed[0]] != EX_OK_ or not clean_get(req):
                     break
                 if c_parse_get_into(<bytes>req.reply, given, out, None, with_cas,
-                                    req.keys) >= 0:
+                                    req.keys, same) >= 0:
                     parsed[0] = n + 1       # not reached (clean_get saw END)
                     break
                 parsed[0] += 1
@@ -536,6 +587,7 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
     cdef int r
     cdef double deadline
     cdef Py_ssize_t parsed = 0
+    cdef bint same
     health = client.health
     if not health.all_up or client.tls_context is not None:
         return client._run(client.plan_get_many(keys, with_cas))
@@ -543,7 +595,7 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
     ns = len(<list>client.names)
     given, lists = c_group_keys(keys, client.key_prefix,
                                 None if placement.single else placement.hasher, ns, None,
-                                codec_key_bytes)
+                                codec_key_bytes, &same)
     for k in range(ns):
         ks = <list>lists[k]
         if not ks:
@@ -597,10 +649,11 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
             # caller's, and is dropped if the call is handed over) are parsed
             # as the replies complete, while the other servers answer
             deserialize = client.deserialize
-            out = {}
+            out = dict_presized(len(given))
             run_exchange(n, [c.fd for c in taken], [c.ring for c in taken], reqs,
                          <bytearray>taken[0].buf, deadline, reads_per_wake, kinds, errs,
-                         given, out if deserialize is None else None, with_cas, &parsed)
+                         given, out if deserialize is None else None, with_cas, same,
+                         &parsed)
             for k in range(n):
                 if kinds[k] != EX_OK_ or not clean_get(<Request>reqs[k]):
                     handover = 2
@@ -625,7 +678,7 @@ def get_many(client, keys, bint with_cas, int reads_per_wake):
     while parsed < n:
         req = <Request>reqs[parsed]
         if c_parse_get_into(<bytes>req.reply, given, out, deserialize, with_cas,
-                            req.keys) >= 0:
+                            req.keys, same) >= 0:
             break
         parsed += 1
     if parsed != n:

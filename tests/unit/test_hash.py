@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mcrouter._hash import FUNCTIONS, Hasher, hash_key, ketama_name, md5_digest
+from mcrouter._hash import (DISTRIBUTIONS, FUNCTIONS, Hasher, hash_key, index_many, ketama_name,
+                            md5_digest, md5_words)
 from mcrouter._parser import RequestParser
 from mcrouter._routing import group_keys
 
@@ -46,6 +47,37 @@ def test_vectors_cover_every_function_and_the_11211_name_rule():
 def test_md5_matches_hashlib(n):
     data = bytes((i * 7 + 3) & 0xFF for i in range(n))
     assert md5_digest(data) == hashlib.md5(data).digest()
+
+
+def test_md5_side_by_side_matches_hashlib_for_every_short_length():
+    """_md5x.h's lanes: every length a one-block key can have (0..55), in
+    batches of 1 to 8 keys, each lane its own length and bytes."""
+    keys = [bytes((i * 31 + n * 7 + 1) & 0xFF for i in range(n)) for n in range(56)]
+    for size in range(1, 9):
+        for at in range(0, len(keys), size):
+            batch = keys[at:at + size]
+            assert md5_words(batch) == [int.from_bytes(hashlib.md5(k).digest()[:4], "little")
+                                        for k in batch]
+    with pytest.raises(ValueError):
+        md5_words([b"x" * 56])
+    with pytest.raises(ValueError):
+        md5_words([b"x"] * 9)
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+@pytest.mark.parametrize("options", [{}, {"salt": b"s1"}, {"stop": b"|#|"}, {"tags": b"{}"}])
+@pytest.mark.parametrize("function", ["md5", "fnv1a_64"])
+def test_index_many_places_every_key_as_index_does(dist, options, function):
+    """Hasher.index_many (the bulk calls' placement: md5 keys side by side,
+    the rest one by one) against index, key by key: empty keys, keys either
+    side of the one-block bound (55/56 bytes), 250-byte keys, tags and stops."""
+    import random
+    rng = random.Random(11)
+    keys = [b"", b"a", b"x" * 55, b"x" * 56, b"y" * 250, b"{tag}rest", b"pre|#|post"]
+    keys += [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 70))) for _ in range(3000)]
+    for names in ([b"a:1"], [b"a:1", b"b:2", b"c:3", b"d:4", b"e:5"]):
+        h = Hasher(names, None, function, dist, **options)
+        assert index_many(h, keys) == [h.index(k) for k in keys]
 
 
 def test_key_hashes_against_independent_definitions():
