@@ -81,6 +81,9 @@ class AsyncConnection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)   # urgent data: in order, as any byte
 
     def data_received(self, data: bytes) -> None:
         try:

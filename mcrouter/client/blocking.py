@@ -256,6 +256,7 @@ class ServerPool:
         try:
             sock = socket.create_connection((self.addr.host, self.addr.port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)   # urgent data: in order, as any byte
             if c.tls_context is not None:
                 sock = c.tls_context.wrap_socket(sock, server_hostname=c.server_hostname
                                                  or self.addr.host)

@@ -570,3 +570,45 @@ def test_an_endless_line_in_a_multiget_reply_is_refused_early(monkeypatch):
             assert errors == {MemcacheProtocolError}
     finally:
         flood.close()
+
+
+def test_urgent_data_is_part_of_the_reply_stream(fake, loop_factory):
+    """Bug (review 2): TCP urgent data from a server kept poll reporting
+    POLLPRI while recv skipped the byte, so a blocking call spun on the CPU
+    until its timeout.  Every byte a server sends is now read in order
+    (SO_OOBINLINE): an urgent ``E`` then ``ND\\r\\n`` is the reply ``END``, a miss."""
+    f = fake()
+    f.set(b"a", b"A")
+
+    def urgent_end(server) -> None:
+        time.sleep(0.2)                                 # the call is waiting by then
+        server.conns[-1].send(b"E", socket.MSG_OOB)
+        time.sleep(0.05)
+        server.conns[-1].send(b"ND\r\n")
+
+    with Client([f.addr], timeout=5.0) as c:
+        assert c.get("a") == b"A"
+        f.behave("hang", count=1)
+        t = threading.Thread(target=urgent_end, args=(f,))
+        t.start()
+        try:
+            assert c.get("a") is None
+        finally:
+            t.join()
+        assert c.get("a") == b"A"
+
+    async def main() -> None:
+        g = fake()
+        g.set(b"a", b"A")
+        async with AsyncClient([g.addr], timeout=5.0) as ac:
+            assert await ac.get("a") == b"A"
+            g.behave("hang", count=1)
+            t = threading.Thread(target=urgent_end, args=(g,))
+            t.start()
+            try:
+                assert await ac.get("a") is None
+            finally:
+                await asyncio.to_thread(t.join)
+            assert await ac.get("a") == b"A"
+    with asyncio.Runner(loop_factory=loop_factory) as runner:     # asyncio's loop and uvloop
+        runner.run(asyncio.wait_for(main(), 60))
