@@ -136,7 +136,8 @@ class AsyncConnection(asyncio.Protocol):
         if not self.loop.is_closed():
             self.transport.abort()
         else:                           # its loop is over (asyncio.run returned): no abort
-            with contextlib.suppress(OSError, AttributeError):
+            # (uvloop's socket object refuses shutdown with TypeError)
+            with contextlib.suppress(OSError, AttributeError, TypeError):
                 self.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
 
     def usable(self) -> bool:
