@@ -114,11 +114,14 @@ class Connection(Waited):
                 if ev & ~select.POLLOUT:
                     self.read()
 
-    def push(self, req: Request) -> None:
+    def push(self, req: Request) -> bool:
+        """Queue ``req``; False if the Ring refused it (answered at once: lost)."""
         req.owner = self
-        if not self.ring.push(req, 0.0):
-            req.finish(lost(f"more than {MAX_INFLIGHT} requests or {MAX_OUT} bytes queued on "
-                            "one connection"), 2)
+        if self.ring.push(req, 0.0):
+            return True
+        req.finish(lost(f"more than {MAX_INFLIGHT} requests or {MAX_OUT} bytes queued on "
+                        "one connection"), 2)
+        return False
 
     def flush(self) -> int:
         """Write what the socket takes now; the bytes still to write."""
@@ -351,16 +354,17 @@ class Client(Commands):
                 except MemcacheError as e:  # a failed connect was counted (ServerPool.connect)
                     refused[slot] = e
             self._in_step(conns, refused, deadline)
-            last: dict[int, Request] = {}  # each connection's last request of this call
+            # each connection's last request of this call that its Ring took: the
+            # one to wait for (one refused is answered already, those before it not)
+            last: dict[int, Request] = {}
             for i, (slot, req) in enumerate(reqs):
                 conn = conns.get(slot)
                 if conn is None:
                     errors[i] = refused[slot]
-                else:
-                    conn.push(req)
+                elif conn.push(req):
                     last[slot] = req
-            if conns:
-                self._wait(conns, last, deadline)
+            if last:
+                self._wait({slot: conns[slot] for slot in last}, last, deadline)
             self._settle(reqs, errors, conns, last)
         finally:
             for slot, conn in conns.items():
@@ -377,6 +381,8 @@ class Client(Commands):
                                                  server=self.names[slot])
         fails = self.health.fails
         for slot, conn in conns.items():
+            if slot not in last:
+                continue                    # nothing sent: no news of the server
             if conn.closed or last[slot].reply is None:
                 self._failed(slot)
             else:

@@ -612,3 +612,24 @@ def test_urgent_data_is_part_of_the_reply_stream(fake, loop_factory):
             assert await ac.get("a") == b"A"
     with asyncio.Runner(loop_factory=loop_factory) as runner:     # asyncio's loop and uvloop
         runner.run(asyncio.wait_for(main(), 60))
+
+
+def test_requests_a_full_ring_took_are_waited_for_not_timed_out(memcached, monkeypatch):
+    """Bug (review 2): a bulk call waited for each connection's last request
+    pushed; when the Ring refused that one (answered at once: lost), the wait
+    ended at once and the requests it had taken before were reported as
+    timeouts, unread, though memcached stored them."""
+    monkeypatch.setattr(blocking, "MAX_OUT", 4096)      # a Ring holding 4 KiB unsent
+    m = memcached()
+    refused = f"{m.addr}: more than {blocking.MAX_INFLIGHT} requests or 4096 bytes " \
+              "queued on one connection"
+    with Client([m.addr], timeout=5.0) as c:
+        # each "set kN 0 0 1000\r\n" + value + "\r\n" is 1,020 bytes: the Ring
+        # takes one while at most 4,096 bytes wait (k0..k4), then refuses
+        with pytest.raises(MemcachePartialError) as e:
+            c.set_many({f"k{i}": b"v" * 1000 for i in range(10)})
+        assert e.value.result == []
+        assert {k: str(v) for k, v in e.value.errors.items()} == {
+            f"k{i}": refused for i in range(5, 10)}
+        assert c.get_many([f"k{i}" for i in range(10)]) == {f"k{i}": b"v" * 1000
+                                                            for i in range(5)}
