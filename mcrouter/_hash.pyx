@@ -326,34 +326,47 @@ def hash_key(str function, bytes key):
 
 
 def index_many(Hasher hasher, list keys):
-    """[hasher.index(k) for k in keys] through Hasher.index_many (for tests)."""
+    """[hasher.index(k) for k in keys] through Hasher.index_many (for tests);
+    TypeError for anything but bytes (its pointer is read as a bytes')."""
     cdef const uint8_t *p[INDEX_MANY_]
     cdef size_t n[INDEX_MANY_]
     cdef int out[INDEX_MANY_]
     cdef list res = []
+    cdef tuple ks = tuple(keys)         # a snapshot: nothing below can shrink it
+    cdef bytes k
     cdef Py_ssize_t i, j, c
-    for i in range(0, len(keys), INDEX_MANY_):
-        c = min(INDEX_MANY_, len(keys) - i)
+    for k in ks:
+        pass                            # TypeError before any pointer is taken
+    for i in range(0, len(ks), INDEX_MANY_):
+        c = min(INDEX_MANY_, len(ks) - i)
         for j in range(c):
-            p[j] = <const uint8_t *>PyBytes_AS_STRING(<bytes>keys[i + j])
-            n[j] = PyBytes_GET_SIZE(<bytes>keys[i + j])
+            k = <bytes>ks[i + j]
+            p[j] = <const uint8_t *>PyBytes_AS_STRING(k)
+            n[j] = PyBytes_GET_SIZE(k)
         hasher.index_many(p, n, <int>c, out)
         res.extend([out[j] for j in range(c)])
     return res
 
 
 def md5_words(list keys):
-    """The first 32 bits of each key's MD5, the keys (at most MD5X_LANES, each
-    at most MD5X_MAX_KEY bytes) hashed side by side by _md5x.h (for tests)."""
+    """The first 32 bits of each key's MD5, the keys (bytes, at most
+    MD5X_LANES, each at most MD5X_MAX_KEY bytes) hashed side by side by
+    _md5x.h (for tests).  The sizes are the objects' own, not len()'s: a
+    bytes subclass's __len__ must not size a copy into the 64-byte block."""
     cdef const uint8_t *p[INDEX_MANY_]
     cdef size_t n[INDEX_MANY_]
     cdef uint32_t out[INDEX_MANY_]
-    cdef Py_ssize_t i, c = len(keys)
-    if c > MD5X_LANES or any(len(k) > MD5X_MAX_KEY for k in keys):
+    cdef tuple ks = tuple(keys)
+    cdef bytes k
+    cdef Py_ssize_t i, c = len(ks)
+    if c > MD5X_LANES:
         raise ValueError(f"at most {MD5X_LANES} keys of at most {MD5X_MAX_KEY} bytes")
     for i in range(c):
-        p[i] = <const uint8_t *>PyBytes_AS_STRING(<bytes>keys[i])
-        n[i] = PyBytes_GET_SIZE(<bytes>keys[i])
+        k = ks[i]                       # TypeError unless exactly bytes
+        if PyBytes_GET_SIZE(k) > MD5X_MAX_KEY:
+            raise ValueError(f"at most {MD5X_LANES} keys of at most {MD5X_MAX_KEY} bytes")
+        p[i] = <const uint8_t *>PyBytes_AS_STRING(k)
+        n[i] = PyBytes_GET_SIZE(k)
     md5x_first_words(p, n, <int>c, out)
     return [out[i] for i in range(c)]
 
@@ -390,6 +403,9 @@ DEF D_JUMP = 1
 DEF D_RENDEZVOUS = 2
 
 
+NOT_BUILT = "Hasher.__new__ without __init__ (or a failed __init__): no servers to place on"
+
+
 cdef class Hasher:
     """Maps a key to the index of one of ``len(names)`` servers (fields in _hash.pxd).
 
@@ -411,7 +427,13 @@ cdef class Hasher:
         free(self.weights)
 
     def __init__(self, list names, list weights=None, str function="fnv1a_64",
-                 str distribution="ketama", bytes salt=b"", bytes stop=b"", bytes tags=b""):
+                 str distribution="ketama", bytes salt not None=b"", bytes stop not None=b"",
+                 bytes tags not None=b""):
+        # everything checked before any field is set, and size (what makes the
+        # object usable) set last: a failed or repeated __init__ leaves no mix of
+        # two configurations (say md5_whole from one, fn from the other)
+        if self.size:
+            raise TypeError("a Hasher is built once: make a new Hasher for another pool")
         if not names:
             raise ValueError("a hasher needs at least one server")
         if weights is None:
@@ -420,9 +442,12 @@ cdef class Hasher:
             raise ValueError("one weight per server")
         if len(tags) not in (0, 2):
             raise ValueError("hash tags are two characters, e.g. {}")
+        if function not in FUNCTIONS:
+            raise ValueError(f"hash function {function!r}: one of {', '.join(FUNCTIONS)}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution {distribution!r}: one of {', '.join(DISTRIBUTIONS)}")
         self.fn = FUNCTIONS.index(function)
         self.dist = DISTRIBUTIONS.index(distribution)
-        self.size = len(names)
         self.salt = salt
         self.stop = stop
         self.tags = tags
@@ -432,6 +457,7 @@ cdef class Hasher:
         elif self.dist == D_RENDEZVOUS:
             self._build_rendezvous([n.encode() if isinstance(n, str) else n for n in names],
                                    weights)
+        self.size = len(names)
 
     cdef _build_ketama(self, list names, list weights):
         cdef uint32_t total = sum(int(w) for w in weights)
@@ -457,6 +483,10 @@ cdef class Hasher:
                     pts.append((le32(digest + 4 * x), idx))
         pts.sort(key=lambda t: t[0])     # stable, as glibc's merge-sorting qsort
         self.npoints = len(pts)
+        free(self.points)               # a build that failed before (__init__ called again)
+        free(self.owners)
+        free(self.buckets)
+        self.points = self.owners = self.buckets = NULL
         self.points = <uint32_t *>malloc(sizeof(uint32_t) * max(1, self.npoints))
         self.owners = <uint32_t *>malloc(sizeof(uint32_t) * max(1, self.npoints))
         if self.points == NULL or self.owners == NULL:
@@ -479,11 +509,14 @@ cdef class Hasher:
     cdef _build_rendezvous(self, list names, list weights):
         cdef int i
         cdef uint8_t digest[16]
-        self.seeds = <uint64_t *>malloc(sizeof(uint64_t) * self.size)
-        self.weights = <double *>malloc(sizeof(double) * self.size)
+        cdef int n = len(names)
+        free(self.seeds)                # a build that failed before (__init__ called again)
+        free(self.weights)
+        self.seeds = <uint64_t *>malloc(sizeof(uint64_t) * n)
+        self.weights = <double *>malloc(sizeof(double) * n)
         if self.seeds == NULL or self.weights == NULL:
             raise MemoryError()
-        for i in range(self.size):
+        for i in range(n):
             # the seed depends on the name only, so removing a server moves only its keys
             md5(<const uint8_t *>PyBytes_AS_STRING(names[i]), len(names[i]), digest)
             self.seeds[i] = le32(digest) | (<uint64_t>le32(digest + 4) << 32)
@@ -527,8 +560,10 @@ cdef class Hasher:
 
     cdef int index_span(self, const uint8_t *p, size_t n) except -2:
         """The server index of the key at ``p``, ``n`` bytes long."""
-        if self.size == 1:
-            return 0            # as twemproxy: a one-server pool is not hashed
+        if self.size <= 1:
+            if self.size == 1:
+                return 0        # as twemproxy: a one-server pool is not hashed
+            raise ValueError(NOT_BUILT)
         return self.index_of_hash(self.hash_span(p, n) if n else 0)
 
     cdef int index_many(self, const uint8_t **p, const size_t *n, int count,
@@ -609,6 +644,8 @@ cdef class Hasher:
         cdef uint32_t owner
         cdef double best, score
         cdef int i, win
+        if self.size == 0:
+            raise ValueError(NOT_BUILT)
         if len(up) != self.size:
             raise ValueError("one up flag per server")
         if self.size == 1 or self.dist == D_JUMP:

@@ -9,13 +9,12 @@ and fall back to them for anything unusual (a bad key, to raise its error).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 
-from cpython.ref cimport PyObject
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
 
 cdef extern from "Python.h":
     # one lookup where Contains then SetItem took two; a borrowed reference
     PyObject *PyDict_SetDefault(object d, object key, object default) except NULL
     Py_ssize_t PyDict_GET_SIZE(object d)
-    Py_ssize_t PyObject_LengthHint(object o, Py_ssize_t default) except -1
 
 cdef extern from *:
     """
@@ -101,66 +100,93 @@ cdef tuple c_group_keys(keys, bytes prefix, Hasher hasher, int nservers, slot, k
                         bint *same):
     """group_keys; ``same`` set when every key is sent as given (bytes, no
     prefix), so that a reply's key needs no lookup in ``given``."""
-    cdef dict given = dict_presized(min(PyObject_LengthHint(keys, 0), MULTIGET_CHUNK_))
-    cdef list groups = [[] for _ in range(nservers)]
+    cdef dict given = dict_presized(min(builtin_len(keys), MULTIGET_CHUNK_))
+    cdef list groups
     cdef bytes k, raw
     cdef int i
     cdef Py_ssize_t n0
     cdef bint plain = len(prefix) == 0
-    cdef const uint8_t *bp[INDEX_MANY_]     # new keys waiting to be placed together:
-    cdef size_t bn[INDEX_MANY_]             # pointers into keys that ``given`` holds
-    cdef PyObject *bk[INDEX_MANY_]
-    cdef int nb = 0
+    cdef const uint8_t *bp[INDEX_MANY_]     # new keys waiting to be placed together,
+    cdef size_t bn[INDEX_MANY_]             # each held here (bk: a reference of ours,
+    cdef PyObject *bk[INDEX_MANY_]          # not ``given``'s: the caller's code runs
+    cdef int nb = 0                         # between, and may reach ``given``)
+    if nservers < 1 or (hasher is not None and hasher.size > nservers):
+        raise ValueError(f"group_keys: {nservers} server slots for a hasher of "
+                         f"{hasher.size if hasher is not None else 1}; "
+                         "give one slot per server of the hasher")
+    groups = [[] for _ in range(nservers)]
     same[0] = plain
-    for key in keys:
-        if type(key) is bytes:
-            raw = <bytes>key
-        elif isinstance(key, str):
-            try:
-                raw = (<str>key).encode()
-            except UnicodeEncodeError:
-                key_bytes(key, prefix)              # raises MemcacheIllegalInputError
-                raise
-        else:
-            raw = key_bytes(key, prefix)            # the codec's own error or conversion
-            if not plain:
-                raw = raw[len(prefix):]
-        if raw is not key:
-            same[0] = False
-        k = raw if plain else prefix + raw
-        if not good_key(k, PyBytes_GET_SIZE(raw)):
-            key_bytes(key, prefix)                  # raises MemcacheIllegalInputError
-            raise AssertionError(f"key {k!r} refused here but not by codec.key_bytes")
-        n0 = PyDict_GET_SIZE(given)
-        PyDict_SetDefault(given, k, key)
-        if PyDict_GET_SIZE(given) == n0:
-            continue                                # asked before: once is enough
-        if slot is not None:
-            PyList_Append(<list>groups[<int>slot(k)], k)
-        elif hasher is None:
-            PyList_Append(<list>groups[0], k)
-        else:
-            bk[nb] = <PyObject *>k
-            bp[nb] = <const uint8_t *>PyBytes_AS_STRING(k)
-            bn[nb] = PyBytes_GET_SIZE(k)
-            nb += 1
-            if nb == INDEX_MANY_:
-                place(hasher, bp, bn, bk, nb, groups)
-                nb = 0
-    place(hasher, bp, bn, bk, nb, groups)
+    try:
+        for key in keys:
+            if type(key) is bytes:
+                raw = <bytes>key
+            elif isinstance(key, str):
+                try:
+                    raw = (<str>key).encode()
+                except UnicodeEncodeError:
+                    key_bytes(key, prefix)              # raises MemcacheIllegalInputError
+                    raise
+            else:
+                raw = key_bytes(key, prefix)            # the codec's own error or conversion
+                if not plain:
+                    raw = raw[len(prefix):]
+            if raw is not key:
+                same[0] = False
+            k = raw if plain else prefix + raw
+            if not good_key(k, PyBytes_GET_SIZE(raw)):
+                key_bytes(key, prefix)                  # raises MemcacheIllegalInputError
+                raise AssertionError(f"key {k!r} refused here but not by codec.key_bytes")
+            n0 = PyDict_GET_SIZE(given)
+            PyDict_SetDefault(given, k, key)
+            if PyDict_GET_SIZE(given) == n0:
+                continue                                # asked before: once is enough
+            if slot is not None:
+                i = slot(k)
+                if i < 0 or i >= nservers:
+                    raise IndexError(f"group_keys: slot() placed {k!r} at {i}, "
+                                     f"past the {nservers} servers")
+                PyList_Append(<list>groups[i], k)
+            elif hasher is None:
+                PyList_Append(<list>groups[0], k)
+            else:
+                Py_INCREF(k)
+                bk[nb] = <PyObject *>k
+                bp[nb] = <const uint8_t *>PyBytes_AS_STRING(k)
+                bn[nb] = PyBytes_GET_SIZE(k)
+                nb += 1
+                if nb == INDEX_MANY_:
+                    nb = place(hasher, bp, bn, bk, nb, groups)
+        nb = place(hasher, bp, bn, bk, nb, groups)
+    finally:
+        while nb:                                       # an error: ours let go
+            nb -= 1
+            Py_DECREF(<object>bk[nb])
     return given, groups
+
+
+cdef inline Py_ssize_t builtin_len(keys) except -1:
+    """len(keys) for the builtin collections (their C length: no code of the
+    caller's runs), else 0: only a size hint, which must not raise or call
+    a __len__/__length_hint__ that iterating would not."""
+    if (type(keys) is list or type(keys) is tuple or type(keys) is dict or type(keys) is set
+            or type(keys) is frozenset):
+        return len(keys)
+    return 0
 
 
 cdef inline int place(Hasher hasher, const uint8_t **bp, size_t *bn, PyObject **bk, int nb,
                       list groups) except -1:
     """Append each of ``nb`` keys to its server's group, placed in one
-    Hasher.index_many call (short md5 keys hashed side by side)."""
+    Hasher.index_many call (short md5 keys hashed side by side); our
+    references in ``bk`` released.  Returns 0 (the keys left pending)."""
     cdef int at[INDEX_MANY_]
     cdef int j
     if nb:
         hasher.index_many(bp, bn, nb, at)
         for j in range(nb):
             PyList_Append(<list>groups[at[j]], <object>bk[j])
+        for j in range(nb):
+            Py_DECREF(<object>bk[j])
     return 0
 
 

@@ -23,6 +23,7 @@ KEYS = [f"user:{i}:{'{'}t{i % 97}{'}'}|#|x{i}" for i in range(N)]
 
 POOLS = {
     "ketama-default": {},
+    "ketama-md5": {"hash": {"function": "md5"}},        # keys hashed 8 at a time (_md5x.h)
     "jump-crc32-hash_stop": {"hash": {"function": "crc32", "distribution": "jump",
                                       "hash_stop": "|#|"}},
     "rendezvous-weights-salt-tags": {"hash": {"function": "md5", "distribution": "rendezvous",
@@ -47,6 +48,8 @@ def test_client_places_keys_where_the_router_reads_them(name, memcached, router,
                 weights=pool.get("weights")) as c:
         assert c.set_many({k: k.encode() for k in KEYS}) == []
         slots = [c.slot(k.encode()) for k in KEYS]
+        got = c.get_many(KEYS)          # placed in bulk (index_many), set one by one (index)
+    assert got == {k: k.encode() for k in KEYS}
     assert [items(m) for m in servers] == [slots.count(i) for i in range(3)]
     assert min(slots.count(i) for i in range(3)) > N // 10       # every server holds keys
     # every key, read through the router: all hits, each its own value

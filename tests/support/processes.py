@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 START_TIMEOUT = 10.0        # a process must accept connections within this
 STOP_TIMEOUT = 10.0         # SIGTERM → exit, before SIGKILL
+
+
+def python_apart(code: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run ``code`` in a fresh interpreter: (exit status, its stdout).  For a
+    check whose failure may be a crash (a negative status: the signal), which
+    must not take the test run with it."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    return proc.returncode, proc.stdout + (proc.stderr.strip().splitlines() or [""])[-1]
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ from mcrouter.client.meta import parse_me, parse_meta
 from mcrouter.config import ConfigError, parse_config
 from mcrouter.protocol import CMD_MA, CMD_MG, CMD_MS, ST_OK
 from mcrouter.routes import pool_hasher
+from support import python_apart
 
 
 def wire(plan) -> bytes:
@@ -282,3 +283,93 @@ def test_fast_group_keys_checks_and_places_as_the_codec():
             group_keys(["ok", bad], b"", None, 1, None, key_bytes)
     with pytest.raises(MemcacheIllegalInputError):
         group_keys(["k" * 249], b"pp", None, 1, None, key_bytes)
+
+
+def test_fast_group_keys_holds_the_keys_it_has_yet_to_place():
+    """group_keys places new keys 8 at a time; those waiting were held only
+    by ``given``.  Code of the caller's runs in between (a generator of
+    keys), and ``given`` is within its reach once a value in it is tracked
+    by the gc (a memoryview key): clearing it freed the waiting keys, and
+    the groups held freed memory (other objects' bytes)."""
+    code = """if True:
+        import gc
+        from mcrouter._hash import Hasher
+        from mcrouter.client._fast import group_keys
+        from mcrouter.client.codec import key_bytes
+        h = Hasher(["a:1", "b:2", "c:3"], None, "md5")
+        hold = []
+        def keys():
+            yield memoryview(b"m0")
+            for i in range(3):
+                yield b"key%d" % i
+            for o in gc.get_objects():
+                if type(o) is dict and b"p:m0" in o:
+                    o.clear()
+            hold.extend(bytes([65 + i % 26]) * 7 for i in range(10000))
+        given, groups = group_keys(keys(), b"p:", h, 3, None, key_bytes)
+        ks = [b"p:m0", b"p:key0", b"p:key1", b"p:key2"]
+        print(given, groups == [[k for k in ks if h.index(k) == i] for i in range(3)])
+    """
+    assert python_apart(code) == (0, "{} True\n")
+
+
+def test_fast_group_keys_size_hint_runs_nothing_of_the_callers():
+    """The ``given`` dict is presized from a length hint: PyObject_LengthHint
+    called the keys' __len__/__length_hint__, so an iterable whose hint was
+    wrong (negative, huge, not an int, raising) made get_many raise where
+    iterating it works.  Only the builtin collections' C lengths are used."""
+    from mcrouter._hash import Hasher
+    from mcrouter.client._fast import group_keys
+    from mcrouter.client.codec import key_bytes
+    h = Hasher(["a:1", "b:2", "c:3"], None, "md5")
+    calls = []
+
+    class Keys:
+        def __init__(self, hint):
+            self.hint = hint
+
+        def __iter__(self):
+            return iter([b"a", b"b", b"a"])
+
+        def __len__(self):
+            calls.append("len")
+            return self.hint
+
+        def __length_hint__(self):
+            calls.append("hint")
+            if isinstance(self.hint, Exception):
+                raise self.hint
+            return self.hint
+
+    want = ({b"a": b"a", b"b": b"b"}, [[k for k in (b"a", b"b") if h.index(k) == i]
+                                       for i in range(3)])
+    for hint in (-1, 2 ** 70, "x", RuntimeError("hint")):
+        keys = Keys(hint)
+        assert group_keys(keys, b"", h, 3, None, key_bytes) == want
+    assert calls == []
+    assert group_keys({b"a": 1, b"b": 2}, b"", h, 3, None, key_bytes) == want
+    assert group_keys((b"a", b"b", b"a"), b"", h, 3, None, key_bytes) == want
+
+
+def test_fast_group_keys_refuses_slots_past_its_groups():
+    """A hasher of more servers than ``nservers``, or a ``slot`` placing a
+    key past them, indexed past the list of groups (the process died)."""
+    code = """if True:
+        from mcrouter._hash import Hasher
+        from mcrouter.client._fast import group_keys
+        from mcrouter.client.codec import key_bytes
+        h = Hasher(["s%d:1" % i for i in range(8)], None, "md5")
+        keys = [b"k%d" % i for i in range(50)]
+        for args in ((h, 2, None), (h, 8, lambda k: 8), (h, 8, lambda k: -1), (None, 0, None)):
+            try:
+                group_keys(keys, b"", args[0], args[1], args[2], key_bytes)
+            except (IndexError, ValueError) as e:
+                print(type(e).__name__, e)
+    """
+    assert python_apart(code) == (0, (
+        "ValueError group_keys: 2 server slots for a hasher of 8; give one slot per server "
+        "of the hasher\n"
+        "IndexError group_keys: slot() placed b'k0' at 8, past the 8 servers\n"
+        "IndexError group_keys: slot() placed b'k0' at -1, past the 8 servers\n"
+        "ValueError group_keys: 0 server slots for a hasher of 1; give one slot per server "
+        "of the hasher\n"))

@@ -14,6 +14,7 @@ from mcrouter._hash import (DISTRIBUTIONS, FUNCTIONS, Hasher, hash_key, index_ma
 from mcrouter._parser import RequestParser
 from mcrouter._routing import group_keys
 
+from support import python_apart
 from support.twemproxy_probe import probe_keys
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "ketama_twemproxy.json").read_text())
@@ -78,6 +79,62 @@ def test_index_many_places_every_key_as_index_does(dist, options, function):
     for names in ([b"a:1"], [b"a:1", b"b:2", b"c:3", b"d:4", b"e:5"]):
         h = Hasher(names, None, function, dist, **options)
         assert index_many(h, keys) == [h.index(k) for k in keys]
+
+
+def test_the_side_by_side_test_entry_points_take_only_bytes():
+    """md5_words and index_many hand each key's pointer and size to C: a
+    str, bytearray or int read as bytes gave a hash of whatever lies there,
+    and a bytes subclass whose __len__ says 1 passed md5_words' size check
+    and was copied whole into the 64-byte block (the process died)."""
+    h = Hasher(["a:1", "b:2"], None, "md5")
+    for bad in ("abc", bytearray(b"abc"), 5):
+        with pytest.raises(TypeError, match=f"Expected bytes, got {type(bad).__name__}"):
+            md5_words([bad])
+        with pytest.raises(TypeError, match=f"Expected bytes, got {type(bad).__name__}"):
+            index_many(h, [b"ok", bad])
+    assert python_apart(
+        "from mcrouter._hash import md5_words\n"
+        "class Short(bytes):\n"
+        "    def __len__(self): return 1\n"
+        "try:\n"
+        "    md5_words([Short(b'x' * 100000)])\n"
+        "except TypeError as e:\n"
+        "    print(e)\n") == (0, "Expected bytes, got Short\n")
+    assert md5_words([b"abc"]) == [int.from_bytes(hashlib.md5(b"abc").digest()[:4], "little")]
+    with pytest.raises(ValueError, match="at most 8 keys of at most 55 bytes"):
+        md5_words([b"x" * 56])
+
+
+def test_a_hasher_is_built_once_and_never_used_half_built():
+    """index_many's md5_whole is set with the function: a second __init__
+    that failed on its distribution left the function of the second (fnv)
+    with md5_whole of the first, so index_many placed keys by md5 and index
+    by fnv.  A Hasher is now built once; one never built (or whose build
+    failed) refuses to place rather than reading its absent continuum (the
+    process died)."""
+    names = ["a:1", "b:2", "c:3", "d:4", "e:5"]
+    keys = [b"key%d" % i for i in range(40)]
+    h = Hasher(names, None, "md5")
+    want = [h.index(k) for k in keys]
+    with pytest.raises(TypeError, match="a Hasher is built once"):
+        h.__init__(names, None, "fnv1a_64", "nope")
+    assert index_many(h, keys) == [h.index(k) for k in keys] == want
+    with pytest.raises(ValueError, match="distribution 'nope': one of ketama, jump, rendezvous"):
+        Hasher(names, None, "md5", "nope")
+    with pytest.raises(ValueError, match="hash function 'sha1': one of one_at_a_time, md5,"):
+        Hasher(names, None, "sha1")
+    with pytest.raises(TypeError):
+        Hasher(names, None, "md5", salt=None)
+    assert python_apart(
+        "from mcrouter._hash import Hasher, index_many\n"
+        "h = Hasher.__new__(Hasher)\n"
+        "for place in (lambda: h.index(b''), lambda: h.index(b'k'), lambda: h.index_up(b'', b''),\n"
+        "              lambda: index_many(h, [b'', b'k'])):\n"
+        "    try:\n"
+        "        place()\n"
+        "    except ValueError as e:\n"
+        "        print(e)\n") == (0, "Hasher.__new__ without __init__ (or a failed __init__): "
+                                  "no servers to place on\n" * 4)
 
 
 def test_key_hashes_against_independent_definitions():
