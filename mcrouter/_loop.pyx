@@ -324,14 +324,22 @@ cdef class Loop:
 
 
 cdef int flush_all(list batch) except -1:
-    """Clear each one's dirty mark, then flush it (a flush may mark it again)."""
+    """Clear each one's dirty mark, then flush it (a flush may mark it again).
+    A bug in one flush drops that one (logged, aborted), as dispatch does:
+    the rest of the batch, already taken off the dirty list, still goes out."""
     for x in batch:
-        if isinstance(x, Handler):
-            (<Handler>x).dirty = False
-            (<Handler>x).c_flush()
-        else:
-            x.dirty = False
-            x.flush()
+        try:
+            if isinstance(x, Handler):
+                (<Handler>x).dirty = False
+                (<Handler>x).c_flush()
+            else:
+                x.dirty = False
+                x.flush()
+        except Exception:
+            log.exception("closing a connection after an internal error while writing")
+            abort = getattr(x, "abort", None)
+            if abort is not None:
+                abort()
     return 0
 
 

@@ -301,6 +301,39 @@ def test_each_dirty_item_is_flushed_once_in_the_order_marked(loop):
     assert journal == [("up2", False), ("up0", False), ("up1", False)]
 
 
+def test_a_flush_that_raises_is_aborted_and_the_rest_of_the_batch_goes_out(loop, caplog):
+    """Bug: the batch was taken off the dirty list, and a flush raising cut
+    through it: the items after it kept ``dirty`` set without being on any
+    list, so nothing they queued was ever written again (and the error
+    reached the worker's loop)."""
+    journal: list = []
+
+    class Broken(Flush):
+        def flush(self) -> None:
+            super().flush()
+            raise ZeroDivisionError("bug")
+
+        def abort(self) -> None:
+            journal.append((self.name, "abort"))
+
+    ups = [Flush("up0", journal), Broken("up1", journal), Flush("up2", journal)]
+    clients = [Broken("c0", journal), Flush("c1", journal)]
+    for u in ups:
+        mark(loop.dirty_upstreams, u)
+    for c in clients:
+        mark(loop.dirty_clients, c)
+    with caplog.at_level(logging.ERROR, logger="mcrouter.loop"):
+        loop.flush()
+    assert journal == [("up0", False), ("up1", False), ("up1", "abort"), ("up2", False),
+                       ("c0", False), ("c0", "abort"), ("c1", False)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing a connection after an internal error while writing"] * 2
+    assert not any(x.dirty for x in ups + clients)
+    mark(loop.dirty_upstreams, ups[2])          # marked again: flushed again
+    loop.flush()
+    assert journal[-1] == ("up2", False)
+
+
 # -- timers (fake clock, fake epoll) ----------------------------------------
 
 class FakeEpoll:
