@@ -37,6 +37,7 @@ gomcrouter, anything unknown is refused.  Every error is one line,
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,8 @@ import yaml
 
 from mcrouter._hash import DISTRIBUTIONS, FUNCTIONS
 from mcrouter.protocol import COMMAND_IDS
+
+log = logging.getLogger("mcrouter.config")
 
 
 @dataclass(frozen=True)
@@ -575,6 +578,12 @@ class _Checker:
                             'write e.g. hash_tags: "{}"')
         if opts.get("hash_stop") == "":
             raise self.fail(items["hash_stop"][1], "hash_stop is empty", 'write e.g. hash_stop: "|#|"')
+        if opts.get("function") == "crc32" and opts.get("distribution", "ketama") == "ketama":
+            m = items["function"][1].start_mark
+            log.warning("%s:%d:%d: hash function crc32 is twemproxy's 15-bit crc32, so ketama "
+                        "puts every key on one server (as twemproxy does); use crc32a, the full "
+                        "CRC-32, unless the placement must match twemproxy's",
+                        self.path, m.line + 1, m.column + 1)
         return HashConfig(**opts)
 
     # -- routes ------------------------------------------------------------

@@ -26,6 +26,23 @@ def parse(text: str):
     return parse_config(textwrap.dedent(text), "r.yaml")
 
 
+def test_crc32_with_ketama_is_warned_of_in_one_line(caplog):
+    """twemproxy's crc32 is 15 bits against a 32-bit continuum: with ketama
+    every key lands on one server.  It loads (a fleet may need twemproxy's
+    exact placement), with one warning naming the line and the fix."""
+    text = ("pools:\n  a: {servers: [h:1, h:2], hash: {function: crc32}}\n"
+            "  b: {servers: [h:1, h:2], hash: {function: crc32, distribution: jump}}\n"
+            "  c: {servers: [h:1, h:2], hash: {function: crc32a}}\n"
+            "route: PoolRoute|a\n")
+    with caplog.at_level("WARNING", logger="mcrouter.config"):
+        cfg = parse(text)
+    assert cfg.pools["a"].hash == HashConfig("crc32", "ketama")
+    assert [r.getMessage() for r in caplog.records] == [
+        "r.yaml:2:45: hash function crc32 is twemproxy's 15-bit crc32, so ketama puts every key "
+        "on one server (as twemproxy does); use crc32a, the full CRC-32, unless the placement "
+        "must match twemproxy's"]
+
+
 def test_issue_form_and_shared_hosts():
     cfg = parse(POOLS + "route: PoolRoute|main\n")
     assert cfg.route == RouteConfig("PoolRoute", {"pool": "main"})
