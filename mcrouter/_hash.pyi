@@ -3,6 +3,7 @@ from typing_extensions import disjoint_base
 
 FUNCTIONS: tuple[str, ...]
 DISTRIBUTIONS: tuple[str, ...]
+NOT_BUILT: str
 
 def hash_key(function: str, key: bytes) -> int: ...
 def md5_digest(data: bytes) -> bytes: ...
