@@ -25,6 +25,7 @@ cdef class Hasher:
     cdef uint32_t hash_span(self, const uint8_t *p, size_t n) except? 0
     cdef int index_span(self, const uint8_t *p, size_t n) except -2
     cdef int index_many(self, const uint8_t **p, const size_t *n, int count, int *out) except -1
+    cdef int index_chunk(self, list keys, Py_ssize_t at, int *out) except -1
     cdef int index_of_hash(self, uint32_t h) noexcept
     cdef Py_ssize_t ketama_point(self, uint32_t h)
     cdef double rendezvous_score(self, uint32_t h, int i)

@@ -326,24 +326,19 @@ def hash_key(str function, bytes key):
 
 
 def index_many(Hasher hasher, list keys):
-    """[hasher.index(k) for k in keys] through Hasher.index_many (for tests);
+    """[hasher.index(k) for k in keys] through Hasher.index_chunk (for tests);
     TypeError for anything but bytes (its pointer is read as a bytes')."""
-    cdef const uint8_t *p[INDEX_MANY_]
-    cdef size_t n[INDEX_MANY_]
     cdef int out[INDEX_MANY_]
     cdef list res = []
-    cdef tuple ks = tuple(keys)         # a snapshot: nothing below can shrink it
+    cdef list ks = list(keys)           # a snapshot: nothing below can shrink it
     cdef bytes k
-    cdef Py_ssize_t i, j, c
-    for k in ks:
-        pass                            # TypeError before any pointer is taken
+    cdef Py_ssize_t i
+    cdef int c, j
+    for k in ks:                        # TypeError before any pointer is taken
+        if k is None:
+            raise TypeError("index_many takes bytes, not None")
     for i in range(0, len(ks), INDEX_MANY_):
-        c = min(INDEX_MANY_, len(ks) - i)
-        for j in range(c):
-            k = <bytes>ks[i + j]
-            p[j] = <const uint8_t *>PyBytes_AS_STRING(k)
-            n[j] = PyBytes_GET_SIZE(k)
-        hasher.index_many(p, n, <int>c, out)
+        c = hasher.index_chunk(ks, i, out)
         res.extend([out[j] for j in range(c)])
     return res
 
@@ -576,8 +571,9 @@ cdef class Hasher:
         cdef int at[INDEX_MANY_]
         cdef uint32_t h[INDEX_MANY_]
         cdef int i, nb = 0
+        cdef bint side_by_side = self.size > 1 and self.md5_whole
         for i in range(count):
-            if self.size > 1 and self.md5_whole and 0 < n[i] <= MD5X_MAX_KEY:
+            if side_by_side and 0 < n[i] <= MD5X_MAX_KEY:
                 bp[nb] = p[i]
                 bn[nb] = n[i]
                 at[nb] = i
@@ -589,6 +585,22 @@ cdef class Hasher:
             for i in range(nb):
                 out[at[i]] = self.index_of_hash(h[i])
         return 0
+
+    cdef int index_chunk(self, list keys, Py_ssize_t at, int *out) except -1:
+        """index_many of keys[at:at + INDEX_MANY_], bytes that ``keys`` holds
+        while this runs; how many were placed."""
+        cdef const uint8_t *p[INDEX_MANY_]
+        cdef size_t n[INDEX_MANY_]
+        cdef int c = <int>min(INDEX_MANY_, len(keys) - at), j
+        cdef bytes k
+        if c <= 0:
+            return 0
+        for j in range(c):
+            k = <bytes>keys[at + j]
+            p[j] = <const uint8_t *>PyBytes_AS_STRING(k)
+            n[j] = PyBytes_GET_SIZE(k)
+        self.index_many(p, n, c, out)
+        return c
 
     cdef int index_of_hash(self, uint32_t h) noexcept:
         """The server index of key hash ``h`` (more than one server)."""

@@ -973,10 +973,7 @@ cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
     cdef Py_ssize_t plen
     cdef char *dst
     cdef bint stream = req.stream
-    cdef const uint8_t *kp[INDEX_MANY_]
-    cdef size_t kn[INDEX_MANY_]
     cdef int kd[INDEX_MANY_]
-    cdef Py_ssize_t j, c
     buf = &stack[0] if need <= 4 * SMALL_SLOTS + 64 else <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * need)
     if buf == NULL:
         raise MemoryError()
@@ -997,12 +994,7 @@ cdef split_hashed(Request req, list routes, Hasher hasher, bytes up):
             rslot[i] = -1
         for i in range(n):
             if i % INDEX_MANY_ == 0:        # the next few keys placed together
-                c = min(INDEX_MANY_, n - i)
-                for j in range(c):
-                    k = <bytes>PyList_GET_ITEM(keys, i + j)
-                    kp[j] = <const uint8_t *>PyBytes_AS_STRING(k)
-                    kn[j] = PyBytes_GET_SIZE(k)
-                hasher.index_many(kp, kn, <int>c, kd)
+                hasher.index_chunk(keys, i, kd)
             k = <bytes>PyList_GET_ITEM(keys, i)
             d = kd[i % INDEX_MANY_]
             if d < 0 or d >= nr:
