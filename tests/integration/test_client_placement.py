@@ -51,7 +51,10 @@ def test_client_places_keys_where_the_router_reads_them(name, memcached, router,
         got = c.get_many(KEYS)          # placed in bulk (index_many), set one by one (index)
     assert got == {k: k.encode() for k in KEYS}
     assert [items(m) for m in servers] == [slots.count(i) for i in range(3)]
-    assert min(slots.count(i) for i in range(3)) > N // 10       # every server holds keys
+    # every server holds keys.  The ports (so the placement) differ each run, and the
+    # tags pool has only 97 tags: its weight-1 server expects 1/6 of them (about 16)
+    # and can get 9, so the bound is two tags' worth (chance of failing: about 4e-7).
+    assert min(slots.count(i) for i in range(3)) > N // 50
     # every key, read through the router: all hits, each its own value
     with Client([f"127.0.0.1:{r.port}"], timeout=10.0) as via_router:
         got = via_router.get_many(KEYS)
