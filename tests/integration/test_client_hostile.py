@@ -216,7 +216,7 @@ def test_a_busy_pool_does_not_count_against_the_server(memcached):
     server is answering) counted as a failure of the server: with tko=1 one
     busy moment ejected a healthy memcached for retry_interval."""
     m = memcached()
-    with Client([m.addr], max_pool_size=1, timeout=0.2, tko=1, retry_interval=30) as c:
+    with Client([m.addr], max_pool_size=1, timeout=1.0, tko=1, retry_interval=30) as c:
         assert c.set("a", b"1")
         pool = c.pools[0]
         held = pool.acquire(time.monotonic() + 1)   # another thread's call, in progress

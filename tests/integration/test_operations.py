@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from support import REPO, Client, free_port, pool_config, wait_until
+from support import REPO, Client, free_port, owner, pool_config, wait_until
 from support.loadgen import CounterLoader, Loader, value_reply
 
 KEYS = [f"key{i}" for i in range(32)]
@@ -28,34 +28,6 @@ def load_keys(m) -> dict[str, dict[str, bytes]]:
         m.set(k, value)
         sources[k] = value_reply(k, value)
     return {"m": sources}
-
-
-def owner(server_port: int, client_port: int, pids: list[int]) -> int | None:
-    """The pid among ``pids`` that holds the server side of a loopback TCP
-    connection (found through /proc/net/tcp and /proc/<pid>/fd)."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == server_port and \
-                        int(fields[2].rsplit(":", 1)[1], 16) == client_port:
-                    inode = fields[9]
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    return pid
-            except OSError:
-                pass
-    return None
 
 
 def spread(port: int, groups: list[list[int]], make: Callable[[int], Any],

@@ -18,10 +18,10 @@ processes, ports, waits).  The rest is imported from its module:
 """
 from .client import HOST, READ_TIMEOUT, Client, connect, first_difference, show
 from .processes import (MEMCACHED, REPO, START_TIMEOUT, STOP_TIMEOUT, Memcached, Router,
-                        children_of, free_ipv6_port, free_port, pool_config, port_closed,
-                        python_apart, wait_port, wait_until)
+                        children_of, free_ipv6_port, free_port, owner, pool_config,
+                        port_closed, python_apart, wait_port, wait_until)
 
 __all__ = ["HOST", "READ_TIMEOUT", "Client", "connect", "first_difference", "show",
            "MEMCACHED", "REPO", "START_TIMEOUT", "STOP_TIMEOUT", "Memcached", "Router",
-           "children_of", "free_ipv6_port", "free_port", "pool_config", "port_closed",
+           "children_of", "free_ipv6_port", "free_port", "owner", "pool_config", "port_closed",
            "python_apart", "wait_port", "wait_until"]

@@ -264,3 +264,31 @@ def pool_config(hosts: Iterable, route: str | dict = "DefaultRoute", **policies:
         if policies:
             r["operationPolicies"] = dict(policies)
     return {"orderedPool": pool, "route": r}
+
+
+def owner(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """The pid among ``pids`` that holds the server side of a loopback TCP
+    connection (found through /proc/net/tcp and /proc/<pid>/fd)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == server_port and \
+                        int(fields[2].rsplit(":", 1)[1], 16) == client_port:
+                    inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                pass
+    return None
