@@ -6,7 +6,6 @@ assertion says exactly which server a request reached.  "Killed" is a real
 """
 from __future__ import annotations
 
-import time
 import zlib
 
 import yaml
