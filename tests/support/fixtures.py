@@ -215,7 +215,7 @@ def router(tmp_path: Path) -> Iterable[Callable[..., Router]]:
             if wait_port(port, proc, ready_timeout) and \
                     (metrics_port is None or wait_port(metrics_port, proc, ready_timeout)):
                 # the port is bound by the master before workers fork: wait for them too
-                wait_until(lambda: len(r.worker_pids()) >= workers, ready_timeout)
+                wait_until(lambda: len(r.worker_pids()) >= workers, ready_timeout, interval=0.01)
                 return r
             r.stop()
             last = r.stderr()

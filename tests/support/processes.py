@@ -66,7 +66,7 @@ def wait_port(port: int, proc: subprocess.Popen | None = None,
             with socket.create_connection((HOST, port), timeout=0.5):
                 return True
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.01)
     return False
 
 
