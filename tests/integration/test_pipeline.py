@@ -10,15 +10,19 @@
 """
 from __future__ import annotations
 
+import os
 import random
-import socket
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from support import Client, first_difference, pool_config, show, wait_until
+from support import (REPO, Client, children_of, first_difference, free_port, pool_config, show,
+                     wait_port, wait_until)
 
 SENTINEL = b"set __end__ 0 0 3\r\nend\r\nget __end__\r\n"
 SENTINEL_REPLY = b"STORED\r\nVALUE __end__ 0 3\r\nend\r\nEND\r\n"
@@ -356,6 +360,35 @@ def test_sigterm_idle_router_exits_zero(memcached, router):
         assert r.wait(timeout=15) == 0, r.stderr()
         assert c.is_closed()
     assert wait_until(lambda: all(not _alive(p) for p in workers), 5)
+
+
+def test_a_stopped_router_exits_at_once_with_its_log_written(memcached, tmp_path):
+    """The master ends with os._exit (no interpreter teardown): its exit code
+    and its last log lines still come out, with stderr a pipe and Python's
+    buffering left on (no PYTHONUNBUFFERED)."""
+    m = memcached()
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"pools:\n  a:\n    servers: [{m.addr}]\nroute: PoolRoute|a\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcrouter", "run", "-f", str(cfg),
+                             "-l", f"127.0.0.1:{port}", "-n", "1"], cwd=str(REPO), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_port(port, proc)
+        assert wait_until(lambda: len(children_of(proc.pid, "mcr-worker")) == 1, 10)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert any(line.endswith(f" INFO mcrouter[{proc.pid}]: stopping: finishing requests in flight")
+               for line in lines), lines
+    assert "Traceback" not in err.decode()
 
 
 def _alive(pid: int) -> bool:
