@@ -6,7 +6,6 @@ exit status 2; never a traceback.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -239,7 +238,7 @@ def run(
         _die(str(e))
     setup_logging(log_level, log_format)
     from mcrouter.hosttable import TableFull
-    from mcrouter.master import Master
+    from mcrouter.master import Master, exit_now
     try:
         code = Master(settings, config, addrs, metrics_addr, text).run()
     except (ListenError, TableFull) as e:
@@ -247,21 +246,8 @@ def run(
     except OSError as e:
         where = getattr(e, "listen_addr", None) or " ".join(map(str, addrs))
         _die(f"cannot listen on {where}: {e.strerror or e}; choose another address with -l")
-    _exit_now(code)
+    exit_now(code)
 
-
-def _exit_now(code: int) -> None:
-    """End the stopped router's process without the interpreter's teardown:
-    every child is reaped and every socket closed by now, the shared blocks
-    are anonymous maps, and freeing each module's objects one by one (typer,
-    pydantic, dnspython) took 120 ms of every stop."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):       # a closed or broken pipe: nothing to save
-            pass
-    os._exit(code)
 
 
 @app.command("check-config")

@@ -54,7 +54,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 from mcrouter import discovery, reload, sdnotify
 from mcrouter._metrics import (G_GENERATION, G_MASTER_PID, G_RELOAD_LAST_OK, G_SIDECAR_RESTARTS,
@@ -94,6 +94,25 @@ def set_process_name(name: str) -> None:
 
 def child_name(slot: int) -> str:
     return "sidecar" if slot == SIDECAR else f"worker {slot}"
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process at once, after writing out what it logged: a child
+    must never return into the master's code, and a stopped master skips the
+    interpreter's teardown (freeing typer, pydantic and dnspython one object
+    at a time took 120 ms of every stop).  Everything it opened is closed or
+    an anonymous map by then.  A closed or broken stdout/stderr (None when
+    the process started with that descriptor closed) cannot stop the exit."""
+    try:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+    finally:
+        os._exit(code)
 
 
 class Master:
@@ -468,9 +487,7 @@ class Master:
         except BaseException:       # noqa: BLE001 - a child must never return into the master's code
             log.exception("%s crashed", name)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            exit_now(code)
 
     def kill_worker(self, pid: int, sig: int) -> None:
         try:

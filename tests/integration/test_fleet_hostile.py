@@ -163,7 +163,7 @@ def test_lookup_timeout_bounds_every_query_of_a_pool_together(zone):
     began = time.monotonic()
     with pytest.raises(discovery.DiscoveryError):
         discovery.resolve(srv_source(zone), timeout=1.0)
-    assert time.monotonic() - began < 2.5
+    assert time.monotonic() - began < 1.9         # not the budget twice (2 s)
 
 
 def test_srv_root_target_and_port_zero_are_not_servers(zone):

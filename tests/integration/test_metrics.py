@@ -292,7 +292,7 @@ def test_killed_sidecar_serves_again_promptly(memcached, router):
     stop.set()
     t.join(10)
     assert not errors
-    assert max(latencies) < 1.0, f"a get waited {max(latencies):.2f}s"
+    assert max(latencies) < 0.9, f"a get waited {max(latencies):.2f}s"
     assert Scrape(r.scrape())["mcrouter_restarts_total", {"process": "sidecar"}] == 2
 
 
@@ -316,7 +316,7 @@ def test_scrapes_during_load_parse_and_a_slow_client_cannot_hold_the_endpoint(me
         for _ in range(10):
             t0 = time.monotonic()
             s = Scrape(r.scrape(timeout=2))        # parsed by prometheus-client's parser
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 1.5     # not held until an idle client is cut (2 s)
             counts.append(s["mcrouter_requests_total", {"cmd": "set"}])
             time.sleep(0.05)
         assert counts == sorted(counts) and counts[-1] > counts[0]

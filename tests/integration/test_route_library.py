@@ -258,6 +258,12 @@ def test_shadow_key_fraction_is_a_fixed_slice_of_keys(memcached, router):
     def copied() -> set[str]:
         return {k for k in keys if shadow.get_raw(k) != b"END\r\n"}
     wait_until(lambda: copied() == expected, 5)      # shadow copies are sent in the background
+    # then one more key of the slice, set after them: once it is on the shadow,
+    # a copy of a key outside the slice would have landed too
+    sentinel = next(f"s{i}" for i in range(100) if zlib.crc32(f"s{i}".encode()) < 2**31)
+    with r.client() as c:
+        assert c.request(set_req(sentinel, b"v"), b"STORED\r\n") == b"STORED\r\n"
+    assert wait_until(lambda: shadow.get_raw(sentinel) != b"END\r\n", 5)
     assert copied() == expected and 0 < len(expected) < 40
 
 
