@@ -249,7 +249,6 @@ def run(
     exit_now(code)
 
 
-
 @app.command("check-config")
 def check_config(router_config: str = typer.Option("router.yaml", "-f", "--router-config",
                                                    help="Route config (YAML).")) -> None:
