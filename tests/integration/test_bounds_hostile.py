@@ -12,6 +12,7 @@ import time
 
 from support import connect, pool_config
 from support.hostile import PeakRss, read_replies, rss_kib, send_without_reading
+from support.polling import stop_process
 
 MIB = 1024          # KiB
 
@@ -170,7 +171,7 @@ def test_requests_waiting_on_a_stalled_host_hold_at_most_b(memcached, router):
     count = 200                                     # 50 MB of sets
     data = b"".join(b"set s%d 0 0 256000\r\n" % i + value + b"\r\n" for i in range(count))
     before = rss_kib(worker)
-    os.kill(m.pid, signal.SIGSTOP)
+    stop_process(m.pid)
     try:
         with PeakRss(worker) as peak:
             s, sent = send_without_reading(r.port, data, 3.0)

@@ -11,6 +11,7 @@ import urllib.request
 import yaml
 
 from support import HOST, pool_config, wait_until
+from support.polling import stop_process
 
 
 def probe(r, path: str) -> tuple[int, str]:
@@ -30,7 +31,7 @@ def test_ready_only_once_every_worker_runs_the_current_generation(memcached, rou
     assert probe(r, "/healthz") == (200, "ok: 2 of 2 worker(s) on config generation 1\n")
     assert probe(r, "/livez") == (200, "ok\n")
     stopped = r.worker_pids()[0]            # a child of the router this test started
-    os.kill(stopped, signal.SIGSTOP)
+    stop_process(stopped)
     try:
         r.config_path.write_text(yaml.safe_dump(pool_config([m1, m2])))
         r.signal(signal.SIGHUP)

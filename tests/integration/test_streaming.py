@@ -15,6 +15,7 @@ from support import connect, pool_config
 from support.hostile import growth_while_read
 
 from support.fake_upstream import FakeUpstream
+from support.polling import stop_process
 
 MIB = 1024          # KiB
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
@@ -59,7 +60,7 @@ def test_a_streamed_reply_waits_for_the_clients_earlier_replies(memcached, route
     first = block(b"a:x", b"first") + b"END\r\n"
     second = b"".join(block(k, value) for k in keys) + b"END\r\n"
     c = connect(r.port, timeout=20)
-    os.kill(slow.pid, signal.SIGSTOP)
+    stop_process(slow.pid)
     try:
         c.send(b"get a:x\r\n" + b"get " + b" ".join(keys) + b"\r\n")
         time.sleep(1.0)                     # the large reply has arrived by now

@@ -16,6 +16,7 @@ from support.hostile import growth_while_read
 from test_pool_route import placement, pool_yaml
 
 from support.fake_upstream import FakeUpstream
+from support.polling import stop_process
 
 MIB = 1024          # KiB
 TIMEOUT = b"SERVER_ERROR mcrouter: upstream timeout\r\n"
@@ -77,7 +78,7 @@ def test_nothing_after_a_stopped_servers_first_key_goes_on(memcached, router):
     expected = b"".join(block(k) for k in keys) + b"END\r\n"
     prefix = b"".join(block(k) for k in run[:3])
     c = connect(r.port, timeout=20)
-    os.kill(ms[1].pid, signal.SIGSTOP)
+    stop_process(ms[1].pid)
     try:
         c.send(b"get " + b" ".join(keys) + b"\r\n")
         assert c.recv_exact(len(prefix), timeout=20) == prefix

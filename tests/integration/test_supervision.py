@@ -8,6 +8,7 @@ import sys
 import time
 
 from support import pool_config
+from support.polling import stop_process
 
 
 def alive(pid: int) -> bool:
@@ -99,7 +100,7 @@ def test_a_worker_late_to_confirm_a_reload_leaves_the_master_serving(memcached, 
     r = router(pool_config([m]), workers=2, extra=["--confirm-timeout", "1"])
     assert r.wait_log("start: all 2 worker(s) run config generation 1")
     stopped = r.worker_pids()[0]
-    os.kill(stopped, signal.SIGSTOP)
+    stop_process(stopped)
     try:
         r.signal(signal.SIGHUP)
         assert r.wait_log("did not confirm generation 2 within 1s; 1 of 2 worker(s) confirmed",

@@ -61,8 +61,16 @@ def stop_process(pid: int, timeout: float = 5.0) -> None:
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
-                return
+        if all(_state(f"/proc/{pid}/task/{tid}/stat") in ("T", "t")     # every thread: one
+               for tid in os.listdir(f"/proc/{pid}/task")):            # may serve meanwhile
+            return
         time.sleep(0.005)
     pytest.fail(f"process {pid} did not stop within {timeout} s of SIGSTOP")
+
+
+def _state(stat_path: str) -> str:
+    try:
+        with open(stat_path) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:             # a thread that just ended
+        return "T"
